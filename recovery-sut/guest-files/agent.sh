@@ -1,0 +1,52 @@
+#!/bin/sh
+# kfi guest agent: tells the host about boot phases and sends a heartbeat on
+# the virtio-serial port named org.kfi.agent. One line per message:
+#   kfi phase <name> <event-uptime-s> <send-uptime-s>
+#   kfi hb <seq> <send-uptime-s>
+# The host dates each event from the arrival time minus (send - event), so a
+# phase reached before the port existed is still dated correctly.
+PORT_NAME=org.kfi.agent
+
+uptime_s() { read -r up _ < /proc/uptime; echo "$up"; }
+
+find_port() {
+    # virtio_console adds ports from a work queue: wait for the sysfs entry.
+    for _ in $(seq 1 500); do
+        for d in /sys/class/virtio-ports/*; do
+            if [ "$(cat "$d/name" 2>/dev/null)" = "$PORT_NAME" ] && [ -c "/dev/${d##*/}" ]; then
+                echo "/dev/${d##*/}"
+                return 0
+            fi
+        done
+        sleep 0.02
+    done
+    echo "kfi-agent: no virtio port named $PORT_NAME" >&2
+    return 1
+}
+
+case "$1" in
+phase)
+    # agent phase NAME [EVENT_UPTIME]
+    port=$(find_port) || exit 1
+    now=$(uptime_s)
+    echo "kfi phase $2 ${3:-$now} $now" > "$port"
+    ;;
+heartbeat)
+    # agent heartbeat [INTERVAL_S]; never returns, survives a lost port.
+    interval=${2:-1}
+    seq=0
+    while :; do
+        port=$(find_port) && exec 3> "$port" || { sleep 1; continue; }
+        while :; do
+            seq=$((seq + 1))
+            echo "kfi hb $seq $(uptime_s)" >&3 || break
+            sleep "$interval"
+        done
+        exec 3>&-
+    done
+    ;;
+*)
+    echo "usage: agent phase NAME [UPTIME] | agent heartbeat [INTERVAL]" >&2
+    exit 2
+    ;;
+esac

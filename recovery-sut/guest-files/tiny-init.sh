@@ -1,0 +1,44 @@
+#!/bin/busybox sh
+# PID 1 of the tiny guest: load the drivers, bring up the network, mount the
+# optional data disk, serve the document set, then become the heartbeat.
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /data
+/bin/busybox mount -t proc proc /proc
+read -r T_KERNEL _ < /proc/uptime
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+# Settings first: a campaign may need them before the host connects.
+hb=1
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+    kfi.hb=*) hb=${arg#kfi.hb=} ;;
+    kfi.sysctl=*) v=${arg#kfi.sysctl=}; sysctl -w "${v%%:*}=${v#*:}" ;;
+    esac
+done
+
+while read -r mod; do
+    insmod "/lib/modules/$mod.ko" || echo "kfi-init: insmod $mod failed"
+done < /lib/modules/load-order
+/etc/kfi/agent phase kernel "$T_KERNEL"
+
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+/etc/kfi/agent phase userland
+
+if [ -b /dev/vda ]; then
+    if mount -t ext4 /dev/vda /data; then
+        /etc/kfi/agent phase data-mounted
+    else
+        echo "kfi-init: cannot mount the data disk /dev/vda"
+    fi
+fi
+
+httpd -p 80 -h /www
+until wget -q -O /dev/null http://127.0.0.1/index.html; do sleep 0.05; done
+/etc/kfi/agent phase services-ready
+
+exec /etc/kfi/agent heartbeat "$hb"

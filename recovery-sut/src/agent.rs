@@ -1,0 +1,221 @@
+//! The host end of the guest agent's virtio-serial channel: boot phases and
+//! heartbeats, dated on the host's clock relative to the VM's start.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// One line the agent can send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentLine {
+    /// `kfi phase NAME EVENT_UPTIME SEND_UPTIME`
+    Phase {
+        /// Phase name.
+        name: String,
+        /// Guest uptime when the phase was reached.
+        event_uptime: f64,
+        /// Guest uptime when the line was written.
+        send_uptime: f64,
+    },
+    /// `kfi hb SEQ SEND_UPTIME`
+    Heartbeat {
+        /// Sequence number since the agent started.
+        seq: u64,
+        /// Guest uptime when sent.
+        uptime: f64,
+    },
+}
+
+/// Parses one agent line; anything else is `None` (the port may carry
+/// noise after a guest crash, and that must not take the host down).
+pub fn parse_line(line: &str) -> Option<AgentLine> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "kfi" {
+        return None;
+    }
+    let number = |w: Option<&str>| w.and_then(|w| w.parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0);
+    let line = match words.next()? {
+        "phase" => {
+            let name = words.next()?.to_string();
+            let event_uptime = number(words.next())?;
+            let send_uptime = number(words.next())?;
+            AgentLine::Phase { name, event_uptime, send_uptime }
+        }
+        "hb" => AgentLine::Heartbeat { seq: words.next()?.parse().ok()?, uptime: number(words.next())? },
+        _ => return None,
+    };
+    words.next().is_none().then_some(line)
+}
+
+/// A boot phase as the host saw it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PhaseEvent {
+    /// Phase name.
+    pub name: String,
+    /// Seconds since the VM's QEMU process started.
+    pub at_s: f64,
+    /// Guest uptime at the phase.
+    pub guest_uptime_s: f64,
+}
+
+/// The latest heartbeat.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    phases: Vec<PhaseEvent>,
+    heartbeat: Option<Heartbeat>,
+    closed: bool,
+}
+
+/// The channel's state, shared with its reader thread.
+#[derive(Debug, Clone)]
+pub struct AgentChannel {
+    shared: Arc<(Mutex<State>, Condvar)>,
+}
+
+impl AgentChannel {
+    /// Connects to the agent socket QEMU serves; `origin` is the instant
+    /// phase times count from.
+    pub fn connect(socket: &Path, origin: Instant) -> std::io::Result<AgentChannel> {
+        let stream = UnixStream::connect(socket)?;
+        let channel = AgentChannel { shared: Arc::new((Mutex::new(State::default()), Condvar::new())) };
+        let shared = channel.shared.clone();
+        std::thread::Builder::new().name("agent-reader".into()).spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let now = Instant::now();
+                let Some(msg) = parse_line(&line) else {
+                    tracing::debug!(%line, "ignoring agent line");
+                    continue;
+                };
+                let (lock, cvar) = &*shared;
+                let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+                match msg {
+                    AgentLine::Phase { name, event_uptime, send_uptime } => {
+                        let lag = Duration::from_secs_f64((send_uptime - event_uptime).max(0.0));
+                        let at = now.checked_sub(lag).unwrap_or(origin).saturating_duration_since(origin);
+                        state.phases.push(PhaseEvent { name, at_s: at.as_secs_f64(), guest_uptime_s: event_uptime });
+                    }
+                    AgentLine::Heartbeat { seq, .. } => state.heartbeat = Some(Heartbeat { seq, at: now }),
+                }
+                cvar.notify_all();
+            }
+            let (lock, cvar) = &*shared;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+            cvar.notify_all();
+        })?;
+        Ok(channel)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every phase seen so far, in arrival order.
+    pub fn phases(&self) -> Vec<PhaseEvent> {
+        self.state().phases.clone()
+    }
+
+    /// The latest heartbeat.
+    pub fn last_heartbeat(&self) -> Option<Heartbeat> {
+        self.state().heartbeat
+    }
+
+    /// Forgets phases and heartbeats (after a reboot or restore).
+    pub fn reset(&self) {
+        let mut state = self.state();
+        state.phases.clear();
+        state.heartbeat = None;
+    }
+
+    /// Waits until `pred` holds for the state, the channel closes, or the
+    /// timeout passes. Returns whether `pred` held.
+    fn wait_for(&self, timeout: Duration, mut pred: impl FnMut(&State) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.shared;
+        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if pred(&state) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if state.closed || left.is_zero() {
+                return false;
+            }
+            state = cvar.wait_timeout(state, left.min(Duration::from_millis(200))).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Waits for a phase; `None` on timeout or a closed channel.
+    pub fn wait_phase(&self, name: &str, timeout: Duration) -> Option<PhaseEvent> {
+        let mut found = None;
+        self.wait_for(timeout, |s| {
+            found = s.phases.iter().find(|p| p.name == name).cloned();
+            found.is_some()
+        });
+        found
+    }
+
+    /// Waits for a heartbeat with a sequence number above `after`.
+    pub fn wait_heartbeat(&self, after: u64, timeout: Duration) -> Option<Heartbeat> {
+        let mut found = None;
+        self.wait_for(timeout, |s| {
+            found = s.heartbeat.filter(|h| h.seq > after);
+            found.is_some()
+        });
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_phases_and_heartbeats() {
+        assert_eq!(
+            parse_line("kfi phase kernel 1.25 1.50"),
+            Some(AgentLine::Phase { name: "kernel".into(), event_uptime: 1.25, send_uptime: 1.5 })
+        );
+        assert_eq!(parse_line("kfi hb 7 9.01"), Some(AgentLine::Heartbeat { seq: 7, uptime: 9.01 }));
+        for bad in [
+            "",
+            "kfi",
+            "kfi phase",
+            "kfi phase x 1",
+            "kfi hb -1 2",
+            "kfi hb 1 nan",
+            "kfi hb 1 2 3",
+            "hb 1 2",
+            "kfi phase x 1 inf",
+        ] {
+            assert_eq!(parse_line(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn phase_lines_round_trip(name in "[a-z-]{1,20}", ev in 0.0f64..1e6, lag in 0.0f64..100.0) {
+            let line = format!("kfi phase {name} {ev} {}", ev + lag);
+            let parsed = parse_line(&line);
+            prop_assert_eq!(parsed, Some(AgentLine::Phase { name, event_uptime: ev, send_uptime: ev + lag }));
+        }
+
+        #[test]
+        fn arbitrary_input_never_panics(line in ".{0,120}") {
+            let _ = parse_line(&line);
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Guest images: the profiles kfi can boot, how each is built into the
+//! cache, and how a built image is found and checked again.
+
+mod debian;
+pub mod docset;
+pub mod initramfs;
+mod tiny;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cache::{Cache, CacheError, Manifest};
+use crate::kernel::{Kernel, KernelError};
+use crate::tools::ToolError;
+pub use docset::{Doc, DocSet};
+
+/// Bumped whenever a change to the build code changes what an image holds
+/// without changing any of the embedded scripts.
+const RECIPE_VERSION: u32 = 1;
+
+/// The guest agent, shared by every profile.
+pub(crate) const AGENT_SH: &str = include_str!("../../guest-files/agent.sh");
+
+/// Seed and size of the document set every profile serves.
+pub(crate) const DOCSET_SEED: u64 = 1;
+pub(crate) const DOCSET_COUNT: usize = 200;
+
+/// A kind of guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Busybox initramfs with busybox httpd: boots in seconds, for tests
+    /// and quick campaigns.
+    Tiny,
+    /// Debian bookworm with systemd, Apache, PHP and MariaDB on an ext4
+    /// root, for the realistic experiments.
+    Debian,
+}
+
+impl Profile {
+    /// Every profile.
+    pub const ALL: [Profile; 2] = [Profile::Tiny, Profile::Debian];
+
+    /// The profile's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Tiny => "tiny",
+            Profile::Debian => "debian",
+        }
+    }
+
+    /// The phases the agent reports, in boot order. `data-mounted` only
+    /// happens in `tiny` when a data disk is attached.
+    pub fn phases(self) -> &'static [&'static str] {
+        &["kernel", "userland", "data-mounted", "services-ready"]
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Profile {
+    type Err = GuestError;
+    fn from_str(s: &str) -> Result<Self, GuestError> {
+        Profile::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| GuestError::UnknownProfile(s.to_string()))
+    }
+}
+
+/// Errors while building or opening guest images.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// No such profile.
+    #[error("unknown guest profile `{0}`: the profiles are `tiny` and `debian`")]
+    UnknownProfile(String),
+    /// The image was never built.
+    #[error("the {profile} guest image for kernel {kernel} is not built: run `kfi guest build {profile}`")]
+    NotBuilt {
+        /// Profile.
+        profile: Profile,
+        /// Kernel release.
+        kernel: String,
+    },
+    /// The kernel could not be had.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A host program failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// A build step failed.
+    #[error("building the {profile} guest failed while {step}: {detail}")]
+    Build {
+        /// Profile.
+        profile: Profile,
+        /// What it was doing.
+        step: &'static str,
+        /// Why it failed.
+        detail: String,
+    },
+}
+
+impl GuestError {
+    pub(crate) fn build(profile: Profile, step: &'static str, detail: impl fmt::Display) -> Self {
+        GuestError::Build { profile, step, detail: detail.to_string() }
+    }
+}
+
+/// What a built image records about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageMeta {
+    /// Profile.
+    pub profile: Profile,
+    /// Hash of everything that went into the image.
+    pub recipe: String,
+    /// Kernel release the image's modules belong to.
+    pub kernel_release: String,
+    /// Kernel identity (package and version, or hash).
+    pub kernel_identity: String,
+    /// When it was built (seconds since the epoch).
+    pub built_unix: u64,
+    /// How long the build took.
+    pub build_seconds: f64,
+    /// Extra kernel command line this profile needs.
+    pub cmdline: String,
+    /// Root disk image, if the profile boots from one.
+    pub rootfs: Option<String>,
+    /// Minimum guest RAM in MiB.
+    pub min_memory_mib: u32,
+}
+
+/// A built, checked guest image and the kernel it boots.
+#[derive(Debug, Clone)]
+pub struct GuestImage {
+    /// Directory in the cache.
+    pub dir: PathBuf,
+    /// Its metadata.
+    pub meta: ImageMeta,
+    /// The kernel.
+    pub kernel: Kernel,
+    /// The document set its web server serves.
+    pub docs: DocSet,
+}
+
+impl GuestImage {
+    /// Profile.
+    pub fn profile(&self) -> Profile {
+        self.meta.profile
+    }
+    /// The initramfs.
+    pub fn initramfs(&self) -> PathBuf {
+        self.dir.join("initramfs.cpio")
+    }
+    /// The root disk, for profiles that have one.
+    pub fn rootfs(&self) -> Option<PathBuf> {
+        self.meta.rootfs.as_ref().map(|r| self.dir.join(r))
+    }
+    /// The pristine data disk every VM gets a copy-on-write overlay of.
+    pub fn data_template(&self) -> PathBuf {
+        self.dir.join("data.img")
+    }
+    /// Total size of the image's files.
+    pub fn size_bytes(&self) -> u64 {
+        Manifest::<ImageMeta>::load(&self.dir)
+            .ok()
+            .flatten()
+            .map(|m| m.files.values().map(|f| f.size).sum())
+            .unwrap_or(0)
+    }
+}
+
+fn recipe_hash(profile: Profile, kernel: &Kernel) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("recipe {RECIPE_VERSION}\nprofile {profile}\nkernel {}\n", kernel.identity()));
+    for (name, _) in &kernel.modules {
+        h.update(format!("module {name}\n"));
+    }
+    h.update(format!("docset {DOCSET_SEED} {DOCSET_COUNT}\n"));
+    h.update(AGENT_SH);
+    h.update(match profile {
+        Profile::Tiny => tiny::RECIPE,
+        Profile::Debian => debian::RECIPE,
+    });
+    hex::encode(h.finalize())
+}
+
+fn image_dir(cache: &Cache, profile: Profile, kernel: &Kernel) -> Result<PathBuf, CacheError> {
+    let recipe = recipe_hash(profile, kernel);
+    Ok(cache.subdir("guests")?.join(format!("{profile}-{}-{}", kernel.release, &recipe[..12])))
+}
+
+fn fix_command(profile: Profile) -> String {
+    format!("kfi guest build {profile} --force")
+}
+
+/// Opens a built image, checking it against its manifest.
+pub fn open(cache: &Cache, profile: Profile, kernel: &Kernel) -> Result<GuestImage, GuestError> {
+    let dir = image_dir(cache, profile, kernel)?;
+    let Some(manifest) = Manifest::<ImageMeta>::load(&dir)? else {
+        return Err(GuestError::NotBuilt { profile, kernel: kernel.release.clone() });
+    };
+    manifest.verify(&dir, &format!("{profile} guest image"), &fix_command(profile))?;
+    let docs_path = dir.join("docs.json");
+    let docs_text = std::fs::read_to_string(&docs_path).map_err(|e| CacheError::io("read", &docs_path, e))?;
+    let docs = serde_json::from_str(&docs_text).map_err(|source| CacheError::Manifest { path: docs_path, source })?;
+    Ok(GuestImage { dir, meta: manifest.meta, kernel: kernel.clone(), docs })
+}
+
+/// Checks every file of a built image by full hash.
+pub fn verify_full(image: &GuestImage) -> Result<(), GuestError> {
+    let manifest = Manifest::<ImageMeta>::load(&image.dir)?
+        .ok_or_else(|| GuestError::NotBuilt { profile: image.profile(), kernel: image.kernel.release.clone() })?;
+    manifest.verify_full(&image.dir, &format!("{} guest image", image.profile()), &fix_command(image.profile()))?;
+    Ok(())
+}
+
+/// Builds an image (even if one exists when `force`), atomically.
+pub fn build(
+    cache: &Cache,
+    profile: Profile,
+    kernel: &Kernel,
+    force: bool,
+    progress: &dyn Fn(&str),
+) -> Result<GuestImage, GuestError> {
+    let dir = image_dir(cache, profile, kernel)?;
+    // Under the lock, a builder that waited finds the other's result.
+    let _lock = crate::cache::BuildLock::acquire(&dir)?;
+    if !force {
+        match open(cache, profile, kernel) {
+            Err(GuestError::NotBuilt { .. }) => {}
+            other => return other,
+        }
+    }
+    let started = Instant::now();
+    let partial = crate::cache::PartialDir::begin(&dir)?;
+    let out = partial.path();
+    let (docs, files) = docset::generate(DOCSET_SEED, DOCSET_COUNT);
+    let spec = match profile {
+        Profile::Tiny => tiny::build(out, kernel, &files, progress)?,
+        Profile::Debian => debian::build(cache, out, kernel, &files, progress)?,
+    };
+    let docs_path = out.join("docs.json");
+    let docs_json =
+        serde_json::to_string_pretty(&docs).map_err(|e| GuestError::build(profile, "writing docs.json", e))?;
+    std::fs::write(&docs_path, docs_json).map_err(|e| CacheError::io("write", &docs_path, e))?;
+    let meta = ImageMeta {
+        profile,
+        recipe: recipe_hash(profile, kernel),
+        kernel_release: kernel.release.clone(),
+        kernel_identity: kernel.identity(),
+        built_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        build_seconds: started.elapsed().as_secs_f64(),
+        cmdline: spec.cmdline,
+        rootfs: spec.rootfs,
+        min_memory_mib: spec.min_memory_mib,
+    };
+    let rootfs = meta.rootfs.clone();
+    let mut names = vec!["initramfs.cpio", "data.img", "docs.json"];
+    if let Some(root) = &rootfs {
+        names.push(root.as_str());
+    }
+    progress("hashing the image");
+    Manifest::build(out, meta, &names)?.store(out)?;
+    partial.commit()?;
+    open(cache, profile, kernel)
+}
+
+/// Opens the image, building it first if it was never built.
+pub fn ensure(
+    cache: &Cache,
+    profile: Profile,
+    kernel: &Kernel,
+    progress: &dyn Fn(&str),
+) -> Result<GuestImage, GuestError> {
+    match open(cache, profile, kernel) {
+        Err(GuestError::NotBuilt { .. }) => {
+            progress(&format!("building the {profile} guest image (first use)"));
+            build(cache, profile, kernel, false, progress)
+        }
+        other => other,
+    }
+}
+
+/// What a profile's builder hands back besides its files.
+pub(crate) struct BuildSpec {
+    pub cmdline: String,
+    pub rootfs: Option<String>,
+    pub min_memory_mib: u32,
+}
+
+/// Makes an ext4 image of `size_mib` from a directory, without mounting.
+pub(crate) fn make_ext4(image: &Path, from: &Path, label: &str, size_mib: u64) -> Result<(), ToolError> {
+    crate::tools::MKE2FS
+        .run(
+            [
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-t".as_ref(),
+                "ext4".as_ref(),
+                "-L".as_ref(),
+                label.as_ref(),
+                "-d".as_ref(),
+                from.as_os_str(),
+                image.as_os_str(),
+                format!("{size_mib}M").as_ref(),
+            ],
+            None,
+        )
+        .map(|_| ())
+}
+
+/// Writes the data disk template: an ext4 filesystem with a marker file.
+pub(crate) fn make_data_disk(out: &Path, size_mib: u64) -> Result<(), GuestError> {
+    let content = tempfile::tempdir().map_err(|e| CacheError::io("create temp dir", std::env::temp_dir(), e))?;
+    let marker = content.path().join("KFI-DATA-DISK");
+    std::fs::write(&marker, b"kfi data disk: writes here survive every recovery strategy\n")
+        .map_err(|e| CacheError::io("write", &marker, e))?;
+    make_ext4(&out.join("data.img"), content.path(), "kfi-data", size_mib)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_names_round_trip_and_unknown_is_named() {
+        for p in Profile::ALL {
+            assert_eq!(p.name().parse::<Profile>().unwrap(), p);
+        }
+        let err = "ubuntu".parse::<Profile>().unwrap_err().to_string();
+        assert!(err.contains("`ubuntu`") && err.contains("tiny"), "{err}");
+    }
+}

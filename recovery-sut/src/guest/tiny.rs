@@ -1,0 +1,86 @@
+//! The `tiny` profile: one uncompressed initramfs holding static busybox,
+//! the guest kernel's driver modules, the agent and the document set.
+
+use std::path::Path;
+
+use super::initramfs::Initramfs;
+use super::{BuildSpec, GuestError, Profile, AGENT_SH};
+use crate::cache::CacheError;
+use crate::kernel::Kernel;
+use crate::tools;
+
+/// PID 1 of the tiny guest.
+const INIT_SH: &str = include_str!("../../guest-files/tiny-init.sh");
+
+/// What, besides the shared inputs, decides the tiny image's content.
+pub(crate) const RECIPE: &str = INIT_SH;
+
+/// Size of the tiny guest's data disk.
+const DATA_DISK_MIB: u64 = 64;
+
+/// Checks that a binary is statically linked (no ELF interpreter): the
+/// initramfs has no shared libraries.
+pub(crate) fn require_static(profile: Profile, path: &Path) -> Result<Vec<u8>, GuestError> {
+    let bytes = std::fs::read(path).map_err(|e| CacheError::io("read", path, e))?;
+    let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| GuestError::build(profile, "reading busybox", e))?;
+    if elf.interpreter.is_some() {
+        return Err(GuestError::build(
+            profile,
+            "checking busybox",
+            format!(
+                "{} is dynamically linked; install the static one with `apt-get install busybox-static`",
+                path.display()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Adds what every kfi initramfs holds: busybox, device nodes, the agent and
+/// the kernel's modules with their load order.
+pub(crate) fn base_initramfs(profile: Profile, kernel: &Kernel) -> Result<Initramfs, GuestError> {
+    let busybox = require_static(profile, &tools::BUSYBOX.find()?)?;
+    let mut fs = Initramfs::default();
+    for dir in ["bin", "dev", "proc", "sys", "tmp", "run", "etc/kfi", "lib/modules"] {
+        fs.dir(dir);
+    }
+    fs.file("bin/busybox", busybox, 0o755);
+    fs.symlink("bin/sh", "busybox");
+    fs.char_dev("dev/console", 5, 1);
+    fs.char_dev("dev/null", 1, 3);
+    fs.file("etc/kfi/agent", AGENT_SH.as_bytes().to_vec(), 0o755);
+    let mut order = String::new();
+    for (name, path) in &kernel.modules {
+        fs.copy_from(&format!("lib/modules/{name}.ko"), path).map_err(|e| CacheError::io("read", path, e))?;
+        order.push_str(name);
+        order.push('\n');
+    }
+    fs.file("lib/modules/load-order", order.into_bytes(), 0o644);
+    Ok(fs)
+}
+
+pub(crate) fn build(
+    out: &Path,
+    kernel: &Kernel,
+    docs: &[(String, Vec<u8>)],
+    progress: &dyn Fn(&str),
+) -> Result<BuildSpec, GuestError> {
+    progress("assembling the tiny initramfs");
+    let mut fs = base_initramfs(Profile::Tiny, kernel)?;
+    fs.file("init", INIT_SH.as_bytes().to_vec(), 0o755);
+    fs.dir("data");
+    for (url, data) in docs {
+        fs.file(&format!("www{url}"), data.clone(), 0o644);
+    }
+    let path = out.join("initramfs.cpio");
+    let file = std::fs::File::create(&path).map_err(|e| CacheError::io("create", &path, e))?;
+    let writer = fs.write_to(std::io::BufWriter::new(file)).map_err(|e| CacheError::io("write", &path, e))?;
+    writer
+        .into_inner()
+        .map_err(|e| CacheError::io("flush", &path, e.into_error()))?
+        .sync_all()
+        .map_err(|e| CacheError::io("sync", &path, e))?;
+    progress("making the data disk");
+    super::make_data_disk(out, DATA_DISK_MIB)?;
+    Ok(BuildSpec { cmdline: String::new(), rootfs: None, min_memory_mib: 128 })
+}

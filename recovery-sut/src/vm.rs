@@ -1,0 +1,640 @@
+//! One running guest: the QEMU process, its QMP session, its agent channel,
+//! its console log and its forwarded ports.
+//!
+//! QEMU is started so that it cannot outlive its owner: it gets
+//! `PR_SET_PDEATHSIG(SIGKILL)` (the kernel kills it when the thread that
+//! spawned it dies, even by `kill -9`) and [`Vm`]'s `Drop` kills it on every
+//! other path, panics included. Because the death signal follows the
+//! spawning *thread*, start VMs from a thread that lives as long as they do.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::accel::Accel;
+use crate::agent::{AgentChannel, PhaseEvent};
+use crate::guest::GuestImage;
+use crate::ports::{self, PortInUse};
+use crate::probe::{self, ProbeError};
+use crate::qmp::{Qmp, QmpError, QmpEvent};
+use crate::tools::{self, ToolError};
+
+/// How long QEMU gets to create its sockets before it counts as hung.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a VM is started.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Accelerator (decided beforehand, see [`crate::accel`]).
+    pub accel: Accel,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Host port for the guest's port 80; `None` picks a free one.
+    pub http_port: Option<u16>,
+    /// Host port for the gdbstub; `None` picks a free one.
+    pub gdb_port: Option<u16>,
+    /// Attach a copy-on-write overlay of the image's data disk.
+    pub data_disk: bool,
+    /// Agent heartbeat interval in seconds.
+    pub heartbeat_s: u32,
+    /// Extra kernel command-line words.
+    pub extra_cmdline: Vec<String>,
+    /// Keep the run directory (console log, QEMU output) after the VM ends.
+    pub keep_run_dir: bool,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            accel: Accel::Tcg,
+            memory_mib: 256,
+            cpus: 1,
+            http_port: None,
+            gdb_port: None,
+            data_disk: false,
+            heartbeat_s: 1,
+            extra_cmdline: Vec::new(),
+            keep_run_dir: false,
+        }
+    }
+}
+
+/// Errors starting or driving a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A host program is missing or failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// A requested port is taken.
+    #[error(transparent)]
+    PortInUse(#[from] PortInUse),
+    /// A file operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// QEMU exited when it should be running.
+    #[error("QEMU exited {when} ({status}); its last words: {stderr}")]
+    Exited {
+        /// When it was noticed.
+        when: &'static str,
+        /// Exit status.
+        status: String,
+        /// The end of its stderr.
+        stderr: String,
+    },
+    /// QMP failed.
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    /// A phase did not arrive in time.
+    #[error("the guest did not reach phase `{phase}` within {timeout:?} (phases so far: {seen}); see the console log {console}")]
+    PhaseTimeout {
+        /// Phase waited for.
+        phase: String,
+        /// Timeout.
+        timeout: Duration,
+        /// Phases that did arrive.
+        seen: String,
+        /// Console log path.
+        console: PathBuf,
+    },
+    /// The service never answered correctly.
+    #[error("no correct HTTP answer within {timeout:?}: last attempt: {last}; see the console log {console}")]
+    HttpTimeout {
+        /// Timeout.
+        timeout: Duration,
+        /// The last probe's failure.
+        last: ProbeError,
+        /// Console log path.
+        console: PathBuf,
+    },
+    /// Not enough RAM for the profile.
+    #[error("the {profile} guest needs at least {min} MiB of RAM, {asked} MiB were asked for")]
+    TooLittleMemory {
+        /// Profile.
+        profile: String,
+        /// Minimum.
+        min: u32,
+        /// Asked.
+        asked: u32,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VmError + 'a {
+    move |source| VmError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// A summary of one boot, as `kfi boot --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootReport {
+    /// Guest profile.
+    pub profile: String,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// QEMU version.
+    pub qemu_version: String,
+    /// Guest kernel release.
+    pub kernel_version: String,
+    /// Where the kernel came from.
+    pub kernel: String,
+    /// Guest RAM.
+    pub memory_mib: u32,
+    /// Phase name -> seconds since QEMU started.
+    pub phases: std::collections::BTreeMap<String, f64>,
+    /// Seconds from QEMU start to the first correct HTTP answer.
+    pub http_ready_s: Option<f64>,
+}
+
+/// A running guest. Dropping it kills QEMU.
+pub struct Vm {
+    child: duct::Handle,
+    qmp: Qmp,
+    agent: AgentChannel,
+    run_dir: Option<tempfile::TempDir>,
+    kept_dir: Option<PathBuf>,
+    started: Instant,
+    http: SocketAddr,
+    gdb: SocketAddr,
+    accel: Accel,
+    memory_mib: u32,
+    image: GuestImage,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("pid", &self.pid()).field("http", &self.http).field("gdb", &self.gdb).finish()
+    }
+}
+
+struct Ports {
+    http: u16,
+    gdb: u16,
+    chosen: bool,
+}
+
+fn pick_ports(config: &VmConfig) -> Result<Ports, VmError> {
+    let pick = |want: Option<u16>, purpose| -> Result<u16, VmError> {
+        match want {
+            Some(port) => {
+                ports::check_free(port, purpose)?;
+                Ok(port)
+            }
+            None => ports::free_port().map_err(io_err("bind a free port on", Path::new("127.0.0.1"))),
+        }
+    };
+    Ok(Ports {
+        http: pick(config.http_port, "HTTP forward")?,
+        gdb: pick(config.gdb_port, "gdbstub")?,
+        chosen: config.http_port.is_none() && config.gdb_port.is_none(),
+    })
+}
+
+fn qemu_args(image: &GuestImage, config: &VmConfig, dir: &Path, ports: &Ports) -> Vec<String> {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let mut cmdline = vec!["console=ttyS0".to_string(), "nokaslr".into(), format!("kfi.hb={}", config.heartbeat_s)];
+    cmdline.extend(image.meta.cmdline.split_whitespace().map(str::to_string));
+    cmdline.extend(config.extra_cmdline.iter().cloned());
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!("kfi-{}", image.profile()),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-machine".into(),
+        "pc".into(),
+        "-accel".into(),
+        config.accel.name().into(),
+        "-cpu".into(),
+        config.accel.cpu_model().into(),
+        "-m".into(),
+        config.memory_mib.to_string(),
+        "-smp".into(),
+        config.cpus.to_string(),
+        "-kernel".into(),
+        image.kernel.boot_image.display().to_string(),
+        "-initrd".into(),
+        image.initramfs().display().to_string(),
+        "-append".into(),
+        cmdline.join(" "),
+        "-serial".into(),
+        format!("file:{}", p("console.log")),
+        "-chardev".into(),
+        format!("socket,id=qmp,path={},server=on,wait=off", p("qmp.sock")),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
+        "-device".into(),
+        "virtio-serial-pci,id=vser0".into(),
+        "-chardev".into(),
+        format!("socket,id=agent,path={},server=on,wait=off", p("agent.sock")),
+        "-device".into(),
+        "virtserialport,bus=vser0.0,chardev=agent,name=org.kfi.agent".into(),
+        "-netdev".into(),
+        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:80", ports.http),
+        "-device".into(),
+        "virtio-net-pci,netdev=net0,romfile=".into(),
+        "-device".into(),
+        "pvpanic".into(),
+        "-action".into(),
+        "panic=pause".into(),
+        "-gdb".into(),
+        format!("tcp:127.0.0.1:{}", ports.gdb),
+        "-pidfile".into(),
+        p("qemu.pid"),
+    ];
+    let mut disk = |id: &str, file: String| {
+        args.push("-drive".into());
+        args.push(format!("if=none,id={id},file={file},format=qcow2,cache=unsafe"));
+        args.push("-device".into());
+        args.push(format!("virtio-blk-pci,drive={id},serial=kfi-{id}"));
+    };
+    if image.rootfs().is_some() {
+        disk("root", p("root.qcow2"));
+    }
+    if config.data_disk || image.rootfs().is_some() {
+        disk("data", p("data.qcow2"));
+    }
+    args
+}
+
+fn overlay(base: &Path, overlay: &Path) -> Result<(), ToolError> {
+    let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
+    tools::QEMU_IMG
+        .run(
+            [
+                "create".as_ref(),
+                "-q".as_ref(),
+                "-f".as_ref(),
+                "qcow2".as_ref(),
+                "-F".as_ref(),
+                "raw".as_ref(),
+                "-b".as_ref(),
+                base.as_os_str(),
+                overlay.as_os_str(),
+            ],
+            None,
+        )
+        .map(drop)
+}
+
+/// Configures the child QEMU so it dies with this thread, in its own
+/// process group (a terminal's Ctrl-C goes to kfi, which then shuts the
+/// guest down in order).
+fn die_with_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
+    // SAFETY: getpid is async-signal-safe and has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and only calls
+    // async-signal-safe functions (prctl, getppid, setpgid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The owner may have died between fork and prctl.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("owner exited before QEMU started"));
+            }
+            libc::setpgid(0, 0);
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+fn is_bind_failure(stderr: &str) -> bool {
+    stderr.contains("host forwarding rule")
+        || stderr.contains("Address already in use")
+        || stderr.contains("Failed to bind")
+}
+
+impl Vm {
+    /// Starts a guest and connects QMP and the agent channel. Returns once
+    /// QEMU runs; use [`Vm::wait_phase`] and [`Vm::wait_http`] for the boot.
+    pub fn start(image: &GuestImage, config: &VmConfig) -> Result<Vm, VmError> {
+        if config.memory_mib < image.meta.min_memory_mib {
+            return Err(VmError::TooLittleMemory {
+                profile: image.profile().to_string(),
+                min: image.meta.min_memory_mib,
+                asked: config.memory_mib,
+            });
+        }
+        let qemu = tools::QEMU.find()?;
+        // Auto-picked ports can be taken between the check and QEMU's bind.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let ports = pick_ports(config)?;
+            match Self::start_once(&qemu, image, config, &ports) {
+                Err(VmError::Exited { stderr, .. }) if ports.chosen && attempts < 4 && is_bind_failure(&stderr) => {
+                    tracing::debug!(%stderr, "port race, retrying with new ports");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(qemu: &Path, image: &GuestImage, config: &VmConfig, ports: &Ports) -> Result<Vm, VmError> {
+        let run_dir = tempfile::Builder::new()
+            .prefix("kfi-vm-")
+            .tempdir()
+            .map_err(io_err("create a run directory in", &std::env::temp_dir()))?;
+        let dir = run_dir.path().to_path_buf();
+        if let Some(root) = image.rootfs() {
+            overlay(&root, &dir.join("root.qcow2"))?;
+        }
+        if config.data_disk || image.rootfs().is_some() {
+            overlay(&image.data_template(), &dir.join("data.qcow2"))?;
+        }
+        let args = qemu_args(image, config, &dir, ports);
+        std::fs::write(dir.join("qemu.cmdline"), format!("{} {}\n", qemu.display(), args.join(" ")))
+            .map_err(io_err("write", &dir))?;
+        let started = Instant::now();
+        let child = duct::cmd(qemu, &args)
+            .stdin_null()
+            .stdout_path(dir.join("qemu.stdout"))
+            .stderr_path(dir.join("qemu.stderr"))
+            .unchecked()
+            .before_spawn(die_with_parent)
+            .start()
+            .map_err(|source| ToolError::Spawn { command: qemu.display().to_string(), source })?;
+
+        // From here on, dropping `child` without kill would leak QEMU:
+        // wrap it first so every error path below kills it.
+        let mut guard = ChildGuard(Some(child));
+        let exited = |guard: &mut ChildGuard, when: &'static str| -> Option<VmError> {
+            let out = guard.0.as_ref()?.try_wait().ok()??;
+            Some(VmError::Exited { when, status: out.status.to_string(), stderr: read_tail(&dir.join("qemu.stderr")) })
+        };
+        let deadline = started + SOCKET_TIMEOUT;
+        let qmp = loop {
+            if let Some(e) = exited(&mut guard, "at once") {
+                return Err(e);
+            }
+            if dir.join("qmp.sock").exists() && dir.join("agent.sock").exists() {
+                match Qmp::connect(&dir.join("qmp.sock")) {
+                    Ok(q) => break q,
+                    Err(e) if Instant::now() > deadline => return Err(e.into()),
+                    Err(_) => {}
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(VmError::Exited {
+                    when: "hung before opening its sockets",
+                    status: "killed".into(),
+                    stderr: read_tail(&dir.join("qemu.stderr")),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let agent = AgentChannel::connect(&dir.join("agent.sock"), started)
+            .map_err(io_err("connect to", &dir.join("agent.sock")))?;
+        let (run_dir, kept_dir) =
+            if config.keep_run_dir { (None, Some(run_dir.keep())) } else { (Some(run_dir), None) };
+        Ok(Vm {
+            child: guard.0.take().expect("child present"),
+            qmp,
+            agent,
+            run_dir,
+            kept_dir,
+            started,
+            http: SocketAddr::from((Ipv4Addr::LOCALHOST, ports.http)),
+            gdb: SocketAddr::from((Ipv4Addr::LOCALHOST, ports.gdb)),
+            accel: config.accel,
+            memory_mib: config.memory_mib,
+            image: image.clone(),
+        })
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pids().first().copied().unwrap_or(0)
+    }
+
+    /// The run directory (console log, QEMU's output, sockets).
+    pub fn run_dir(&self) -> &Path {
+        self.run_dir.as_ref().map(|d| d.path()).or(self.kept_dir.as_deref()).expect("a run dir")
+    }
+
+    /// The guest's serial console log.
+    pub fn console_log(&self) -> PathBuf {
+        self.run_dir().join("console.log")
+    }
+
+    /// Host address forwarded to the guest's port 80.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// Host address of the gdbstub.
+    pub fn gdb_addr(&self) -> SocketAddr {
+        self.gdb
+    }
+
+    /// The accelerator in use.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// The image it booted.
+    pub fn image(&self) -> &GuestImage {
+        &self.image
+    }
+
+    /// When QEMU was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The agent channel.
+    pub fn agent(&self) -> &AgentChannel {
+        &self.agent
+    }
+
+    /// The QMP session.
+    pub fn qmp(&mut self) -> &mut Qmp {
+        &mut self.qmp
+    }
+
+    /// `Err` if QEMU has exited.
+    pub fn check_alive(&self) -> Result<(), VmError> {
+        match self.child.try_wait() {
+            Ok(Some(out)) => Err(VmError::Exited {
+                when: "unexpectedly",
+                status: out.status.to_string(),
+                stderr: read_tail(&self.run_dir().join("qemu.stderr")),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for the agent to report a phase.
+    pub fn wait_phase(&self, phase: &str, timeout: Duration) -> Result<PhaseEvent, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let slice = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(250));
+            if let Some(event) = self.agent.wait_phase(phase, slice) {
+                return Ok(event);
+            }
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                let seen = self.agent.phases().iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(VmError::PhaseTimeout {
+                    phase: phase.into(),
+                    timeout,
+                    seen: if seen.is_empty() { "none".into() } else { seen },
+                    console: self.console_log(),
+                });
+            }
+        }
+    }
+
+    /// Waits for the first correct answer for the index page; returns the
+    /// time since QEMU started.
+    pub fn wait_http(&self, timeout: Duration) -> Result<Duration, VmError> {
+        let deadline = Instant::now() + timeout;
+        match probe::wait_correct(self.http, self.image.docs.index(), deadline, || self.check_alive().is_ok()) {
+            Ok(at) => Ok(at - self.started),
+            Err(last) => {
+                self.check_alive()?;
+                Err(VmError::HttpTimeout { timeout, last, console: self.console_log() })
+            }
+        }
+    }
+
+    /// Pauses the guest's CPUs.
+    pub fn stop(&mut self) -> Result<(), VmError> {
+        self.qmp.execute("stop", None)?;
+        Ok(())
+    }
+
+    /// Resumes the guest's CPUs.
+    pub fn cont(&mut self) -> Result<(), VmError> {
+        self.qmp.execute("cont", None)?;
+        Ok(())
+    }
+
+    /// QEMU's run state (`running`, `paused`, `guest-panicked`, ...).
+    pub fn status(&mut self) -> Result<String, VmError> {
+        let status = self.qmp.execute("query-status", None)?;
+        Ok(status.get("status").and_then(|s| s.as_str()).unwrap_or("unknown").to_string())
+    }
+
+    /// QMP events received and not yet taken.
+    pub fn events(&self) -> Vec<QmpEvent> {
+        self.qmp.drain_events()
+    }
+
+    /// The boot summary so far.
+    pub fn report(&self, http_ready: Option<Duration>) -> BootReport {
+        BootReport {
+            profile: self.image.profile().to_string(),
+            accel: self.accel.name().into(),
+            qemu_version: self.qmp.qemu_version().into(),
+            kernel_version: self.image.kernel.release.clone(),
+            kernel: self.image.kernel.describe(),
+            memory_mib: self.memory_mib,
+            phases: self.agent.phases().into_iter().map(|p| (p.name, round_ms(p.at_s))).collect(),
+            http_ready_s: http_ready.map(|d| round_ms(d.as_secs_f64())),
+        }
+    }
+
+    /// Asks the guest to power off (ACPI), then QEMU to quit, then kills it.
+    /// Returns how it ended.
+    pub fn shutdown(mut self, grace: Duration) -> Shutdown {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return Shutdown::AlreadyExited;
+        }
+        // The tiny guest has no ACPI daemon: the power button does nothing.
+        let acpi = self.image.profile() != crate::guest::Profile::Tiny;
+        if acpi
+            && self.qmp.execute_timeout("system_powerdown", None, Duration::from_secs(2)).is_ok()
+            && self.wait_exit(grace)
+        {
+            return Shutdown::PoweredOff;
+        }
+        // `quit` flushes disk caches and exits cleanly even when the guest
+        // ignores the power button (the tiny guest has no ACPI daemon).
+        let _ = self.qmp.execute_timeout("quit", None, Duration::from_secs(2));
+        if self.wait_exit(Duration::from_secs(5)) {
+            return Shutdown::Quit;
+        }
+        let _ = self.child.kill();
+        Shutdown::Killed
+    }
+
+    fn wait_exit(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Kills QEMU at once (what a host crash would do).
+    pub fn kill(self) {
+        let _ = self.child.kill();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// How [`Vm::shutdown`] ended the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shutdown {
+    /// The guest powered off by itself.
+    PoweredOff,
+    /// QEMU quit on request.
+    Quit,
+    /// QEMU had to be killed.
+    Killed,
+    /// It had already exited.
+    AlreadyExited,
+}
+
+struct ChildGuard(Option<duct::Handle>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            let _ = child.kill();
+        }
+    }
+}
+
+fn read_tail(path: &Path) -> String {
+    let text = std::fs::read(path).map(|b| tools::tail(&b, 1500)).unwrap_or_default();
+    if text.is_empty() {
+        "(nothing on stderr)".into()
+    } else {
+        text
+    }
+}
+
+fn round_ms(s: f64) -> f64 {
+    (s * 1000.0).round() / 1000.0
+}
+
+/// Used by [`crate::accel`] to say which QEMU binary runs.
+pub fn qemu_version() -> Result<String, ToolError> {
+    let out = tools::QEMU.run(["--version"], None)?;
+    let first = out.lines().next().unwrap_or_default();
+    Ok(first.trim_start_matches("QEMU emulator version ").trim().to_string())
+}

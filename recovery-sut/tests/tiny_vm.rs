@@ -1,0 +1,135 @@
+//! Tests against the real tiny guest under QEMU: boot to a correct HTTP
+//! answer, phases in order, heartbeats, stop/cont, GUEST_PANICKED, and
+//! what happens on bad input.
+
+mod support;
+
+use std::time::Duration;
+
+use recovery_sut::probe;
+use recovery_sut::{Accel, Vm, VmConfig, VmError};
+use support::{process_running, tiny_image, wait_until};
+
+const BOOT: Duration = Duration::from_secs(90);
+
+fn tcg() -> VmConfig {
+    VmConfig { accel: Accel::Tcg, ..VmConfig::default() }
+}
+
+#[test]
+fn tiny_guest_boots_to_correct_http_with_phases_in_order() {
+    let image = tiny_image();
+    let vm = Vm::start(&image, &VmConfig { data_disk: true, ..tcg() }).expect("start");
+    let ready = vm.wait_http(BOOT).expect("correct HTTP answer");
+    vm.wait_phase("services-ready", Duration::from_secs(10)).expect("services-ready");
+
+    let phases = vm.agent().phases();
+    let names: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["kernel", "userland", "data-mounted", "services-ready"]);
+    assert!(phases.windows(2).all(|w| w[0].at_s <= w[1].at_s), "phase times not monotonic: {phases:?}");
+    assert!(phases.windows(2).all(|w| w[0].guest_uptime_s <= w[1].guest_uptime_s));
+    assert!(phases[0].at_s > 0.0 && phases[3].at_s <= ready.as_secs_f64() + 1.0);
+
+    // Every document, not only the index, comes back byte-exact.
+    for doc in image.docs.docs.iter().step_by(25) {
+        probe::check_doc(vm.http_addr(), doc, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{}: {e}", doc.path));
+    }
+    let report = vm.report(Some(ready));
+    assert_eq!(report.accel, "tcg");
+    assert!(report.qemu_version.starts_with(char::is_numeric), "{}", report.qemu_version);
+    assert_eq!(report.kernel_version, image.kernel.release);
+}
+
+#[test]
+fn heartbeats_stop_while_paused_and_resume_after_cont() {
+    let image = tiny_image();
+    let mut vm = Vm::start(&image, &tcg()).expect("start");
+    vm.wait_phase("services-ready", BOOT).expect("boot");
+    let first = vm.agent().wait_heartbeat(0, Duration::from_secs(10)).expect("a heartbeat");
+
+    vm.stop().expect("stop");
+    assert_eq!(vm.status().unwrap(), "paused");
+    let paused_at = vm.agent().last_heartbeat().unwrap().seq;
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(vm.agent().last_heartbeat().unwrap().seq <= paused_at + 1, "heartbeats went on while paused");
+
+    vm.cont().expect("cont");
+    assert_eq!(vm.status().unwrap(), "running");
+    let later = vm.agent().wait_heartbeat(paused_at + 1, Duration::from_secs(10)).expect("heartbeat after cont");
+    assert!(later.seq > first.seq);
+}
+
+#[test]
+fn guest_panic_pauses_the_vm_and_raises_guest_panicked() {
+    let image = tiny_image();
+    // An NMI with unknown_nmi_panic set is a real kernel panic, raised from
+    // outside without any guest-side helper.
+    let config = VmConfig { extra_cmdline: vec!["unknown_nmi_panic".into()], ..tcg() };
+    let mut vm = Vm::start(&image, &config).expect("start");
+    vm.wait_phase("services-ready", BOOT).expect("boot");
+    vm.qmp().execute("inject-nmi", None).expect("inject-nmi");
+    let event = vm.qmp().wait_event("GUEST_PANICKED", Duration::from_secs(20)).expect("GUEST_PANICKED event");
+    assert_eq!(event.data["action"], "pause");
+    assert_eq!(vm.status().unwrap(), "guest-panicked");
+    // pvpanic fires from the panic notifiers, before the console is flushed:
+    // resuming lets the kernel finish writing its panic report.
+    vm.cont().expect("cont");
+    let log = vm.console_log();
+    let has_panic = || std::fs::read_to_string(&log).unwrap_or_default().contains("Kernel panic - not syncing");
+    assert!(wait_until(Duration::from_secs(10), has_panic), "console log has no panic message");
+}
+
+#[test]
+fn dropping_the_vm_kills_qemu() {
+    let image = tiny_image();
+    let vm = Vm::start(&image, &tcg()).expect("start");
+    let pid = vm.pid();
+    assert!(process_running(pid));
+    drop(vm);
+    assert!(wait_until(Duration::from_secs(5), || !process_running(pid)), "QEMU {pid} survived its Vm");
+}
+
+#[test]
+fn a_panicking_owner_leaves_no_qemu() {
+    let image = tiny_image();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owner = std::thread::spawn(move || {
+        let vm = Vm::start(&image, &tcg()).expect("start");
+        tx.send(vm.pid()).unwrap();
+        panic!("owner dies with a running VM");
+    });
+    let pid = rx.recv().unwrap();
+    assert!(owner.join().is_err());
+    assert!(wait_until(Duration::from_secs(5), || !process_running(pid)), "QEMU {pid} survived a panic");
+}
+
+#[test]
+fn qemu_that_exits_at_once_is_reported_with_its_words() {
+    let image = tiny_image();
+    // More RAM than any host has: QEMU refuses at start-up.
+    let err = Vm::start(&image, &VmConfig { memory_mib: 64 << 20, ..tcg() }).unwrap_err();
+    match &err {
+        VmError::Exited { when, stderr, .. } => {
+            assert_eq!(*when, "at once");
+            assert!(stderr.contains("memory"), "{stderr}");
+        }
+        other => panic!("expected Exited, got {other}"),
+    }
+}
+
+#[test]
+fn occupied_port_is_named_before_qemu_starts() {
+    let image = tiny_image();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let err = Vm::start(&image, &VmConfig { http_port: Some(port), ..tcg() }).unwrap_err();
+    assert!(matches!(err, VmError::PortInUse(_)), "{err}");
+    assert!(err.to_string().contains(&port.to_string()));
+}
+
+#[test]
+fn too_little_memory_is_refused() {
+    let image = tiny_image();
+    let err = Vm::start(&image, &VmConfig { memory_mib: 16, ..tcg() }).unwrap_err();
+    assert!(err.to_string().contains("at least"), "{err}");
+}

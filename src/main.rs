@@ -1,0 +1,373 @@
+//! `kfi`: the command line of the kernel fault-injection and recovery lab.
+//! It parses arguments and wires the library crates together; the work
+//! itself lives in `recovery-sut`, `injector`, `workloads` and `analysis`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use recovery_sut::{accel, doctor, guest, kernel, AccelChoice, Cache, KernelChoice, Profile, Vm, VmConfig};
+
+#[derive(Parser)]
+#[command(name = "kfi", version, about = "Kernel fault injection and recovery evaluation lab", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check QEMU, accelerators, the cache, free disk and missing packages.
+    Doctor {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch or inspect the guest kernel.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// Build or check guest images.
+    #[command(subcommand)]
+    Guest(GuestCommand),
+    /// Boot a guest, print its phase timeline, and keep it up until Ctrl-C.
+    Boot(BootArgs),
+}
+
+#[derive(Subcommand)]
+enum KernelCommand {
+    /// Fetch the current Debian linux-image-amd64 into the cache.
+    Fetch {
+        /// Also fetch the -dbg package (debug vmlinux with DWARF, real System.map; about 850 MB).
+        #[arg(long)]
+        debug: bool,
+        /// Fetch again even if cached.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuestCommand {
+    /// Build a guest image into the cache (atomically; cached by recipe hash).
+    Build {
+        /// Guest profile.
+        profile: ProfileArg,
+        /// Rebuild even if an image with the same recipe exists.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        kernel: KernelArgs,
+    },
+    /// Check every file of a built image against its manifest (full hash).
+    Verify {
+        /// Guest profile.
+        profile: ProfileArg,
+        #[command(flatten)]
+        kernel: KernelArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProfileArg {
+    /// Busybox initramfs with busybox httpd (boots in seconds).
+    Tiny,
+    /// Debian bookworm: systemd, Apache, PHP, MariaDB on ext4.
+    Debian,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Profile {
+        match p {
+            ProfileArg::Tiny => Profile::Tiny,
+            ProfileArg::Debian => Profile::Debian,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+enum AccelArg {
+    /// KVM when a short probe boot proves it works here, else TCG.
+    #[default]
+    Auto,
+    /// Software emulation.
+    Tcg,
+    /// Hardware virtualisation, without probing.
+    Kvm,
+}
+
+#[derive(Args, Clone)]
+struct KernelArgs {
+    /// Boot this bzImage instead of the current Debian kernel.
+    #[arg(long, value_name = "BZIMAGE")]
+    kernel: Option<PathBuf>,
+    /// The ELF vmlinux (with DWARF) matching --kernel, for the injector.
+    #[arg(long, requires = "kernel")]
+    vmlinux: Option<PathBuf>,
+    /// The lib/modules/<release> tree matching --kernel (omit if the drivers are built in).
+    #[arg(long, requires = "kernel")]
+    modules: Option<PathBuf>,
+}
+
+impl KernelArgs {
+    fn choice(&self) -> KernelChoice {
+        match &self.kernel {
+            None => KernelChoice::Debian,
+            Some(k) => {
+                KernelChoice::User { kernel: k.clone(), vmlinux: self.vmlinux.clone(), modules: self.modules.clone() }
+            }
+        }
+    }
+}
+
+#[derive(Args)]
+struct BootArgs {
+    /// Guest profile.
+    #[arg(long, value_enum, default_value = "tiny")]
+    guest: ProfileArg,
+    /// Exit after the first correct HTTP answer instead of waiting for Ctrl-C.
+    #[arg(long)]
+    until_ready: bool,
+    /// Print one JSON object (accel, qemu_version, kernel_version, phases, http_ready_s).
+    #[arg(long)]
+    json: bool,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u32,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Host port forwarded to the guest's port 80 (default: a free one).
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// Host port of the gdbstub (default: a free one).
+    #[arg(long)]
+    gdb_port: Option<u16>,
+    /// Attach the data disk to the tiny guest (debian always has it).
+    #[arg(long)]
+    data_disk: bool,
+    /// Seconds to wait for the guest to serve HTTP.
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Keep the run directory (console log, QEMU output) and print its path.
+    #[arg(long)]
+    keep_run_dir: bool,
+    #[command(flatten)]
+    kernel: KernelArgs,
+}
+
+fn say(msg: &str) {
+    eprintln!("kfi: {msg}");
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KFI_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("kfi: error: {err}");
+            for (i, cause) in err.chain().skip(1).enumerate() {
+                eprintln!("  {}: {cause}", i + 1);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let cache = Cache::from_env()?;
+    match cli.command {
+        Command::Doctor { json } => cmd_doctor(&cache, json),
+        Command::Kernel(KernelCommand::Fetch { debug, force }) => {
+            if force {
+                kernel::forget_debian(&cache)?;
+            }
+            let k = kernel::resolve(&cache, &KernelChoice::Debian, &say)?;
+            let k = if debug { kernel::fetch_debug(&cache, &k, &say)? } else { k };
+            println!("kernel {}", k.describe());
+            println!("  vmlinuz     {}", k.vmlinuz.display());
+            println!(
+                "  modules     {} ({})",
+                k.modules.len(),
+                k.modules.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(" ")
+            );
+            if let (Some(v), Some(m)) = (&k.vmlinux, &k.system_map) {
+                println!("  vmlinux     {}", v.display());
+                println!("  System.map  {}", m.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Guest(GuestCommand::Build { profile, force, kernel }) => {
+            let k = kernel::resolve(&cache, &kernel.choice(), &say)?;
+            let started = Instant::now();
+            let image = guest::build(&cache, profile.into(), &k, force, &say)?;
+            println!(
+                "{} guest image ready: {} ({:.1} MB, built in {:.1} s{})",
+                image.profile(),
+                image.dir.display(),
+                image.size_bytes() as f64 / 1e6,
+                image.meta.build_seconds,
+                if started.elapsed().as_secs_f64() < image.meta.build_seconds { ", cached" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Guest(GuestCommand::Verify { profile, kernel }) => {
+            let k = kernel::resolve(&cache, &kernel.choice(), &say)?;
+            let image = guest::open(&cache, profile.into(), &k)?;
+            guest::verify_full(&image)?;
+            println!("{} guest image {} is intact", image.profile(), image.dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Boot(args) => cmd_boot(&cache, args),
+    }
+}
+
+fn cmd_doctor(cache: &Cache, json: bool) -> Result<ExitCode> {
+    let report = doctor::examine(cache);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("QEMU          {}", report.qemu_version.as_deref().unwrap_or("not installed"));
+        println!(
+            "accelerators  {}",
+            if report.accelerators.is_empty() { "none".into() } else { report.accelerators.join(", ") }
+        );
+        if let Some(note) = &report.kvm_note {
+            println!("              kvm: /dev/kvm unusable: {note}");
+        }
+        if let Some(probe) = &report.kvm_probe {
+            println!("              kvm probe: {}", probe["decision"]["reason"].as_str().unwrap_or("?"));
+        }
+        println!(
+            "cache         {} ({:.1} MB used, {:.1} GB free)",
+            report.cache_dir,
+            report.cache_bytes as f64 / 1e6,
+            report.free_bytes as f64 / 1e9
+        );
+        match &report.debian_kernel {
+            Ok(k) => println!("kernel        {k}"),
+            Err(e) => println!("kernel        unknown: {e}"),
+        }
+        for t in &report.tools {
+            match &t.path {
+                Some(p) => println!("  ok       {:<20} {p}", t.program),
+                None => println!("  MISSING  {:<20} {} (package {})", t.program, t.purpose, t.package),
+            }
+        }
+        if let Some(cmd) = &report.install_command {
+            println!("install what is missing with:\n  {cmd}");
+        }
+    }
+    Ok(if report.ready_for_tiny() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn cmd_boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
+    let profile: Profile = args.guest.into();
+    let quiet = |_: &str| {};
+    let progress: &dyn Fn(&str) = if args.json { &quiet } else { &say };
+    let k = kernel::resolve(cache, &args.kernel.choice(), progress)?;
+    let image = guest::ensure(cache, profile, &k, progress)?;
+    let choice = match args.accel {
+        AccelArg::Auto => AccelChoice::Auto,
+        AccelArg::Tcg => AccelChoice::Tcg,
+        AccelArg::Kvm => AccelChoice::Kvm,
+    };
+    let decision = accel::decide(choice, cache, &image)?;
+    let config = VmConfig {
+        accel: decision.accel,
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        http_port: args.http_port,
+        gdb_port: args.gdb_port,
+        data_disk: args.data_disk,
+        keep_run_dir: args.keep_run_dir,
+        ..VmConfig::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    }
+    let vm = Vm::start(&image, &config)?;
+    if !args.json {
+        println!(
+            "{} guest: kernel {}, QEMU {}, accel {} ({})",
+            profile,
+            k.describe(),
+            vm.report(None).qemu_version,
+            decision.accel.name(),
+            decision.reason
+        );
+        println!("  {:>8.3} s  qemu started (pid {}, run dir {})", 0.0, vm.pid(), vm.run_dir().display());
+    }
+    let timeout = Duration::from_secs(args.timeout.unwrap_or(match profile {
+        Profile::Tiny => 120,
+        Profile::Debian => 300,
+    }));
+    let deadline = Instant::now() + timeout;
+    let mut shown = 0;
+    let show_phases = |shown: &mut usize| {
+        let phases = vm.agent().phases();
+        for p in &phases[*shown..] {
+            if !args.json {
+                println!("  {:>8.3} s  {}", p.at_s, p.name);
+            }
+        }
+        *shown = phases.len();
+    };
+    // Phases print as they arrive; the readiness verdict is the HTTP probe.
+    let http = loop {
+        show_phases(&mut shown);
+        if stop.load(Ordering::SeqCst) {
+            vm.shutdown(Duration::from_secs(3));
+            anyhow::bail!("interrupted before the guest was ready");
+        }
+        match vm.wait_http(Duration::from_millis(200)) {
+            Ok(at) => break at,
+            Err(recovery_sut::VmError::HttpTimeout { last, console, .. }) if Instant::now() >= deadline => {
+                anyhow::bail!("the {profile} guest gave no correct HTTP answer within {timeout:?} (last attempt: {last}); console log: {}", console.display())
+            }
+            Err(recovery_sut::VmError::HttpTimeout { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // The agent reports services-ready right after its own local check,
+    // which can reach the host a moment after the first correct answer.
+    let _ = vm.wait_phase("services-ready", Duration::from_secs(5));
+    show_phases(&mut shown);
+    let report = vm.report(Some(http));
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["accel_reason"] = decision.reason.clone().into();
+        value["http_addr"] = vm.http_addr().to_string().into();
+        value["gdb_addr"] = vm.gdb_addr().to_string().into();
+        println!("{value}");
+    } else {
+        println!("  {:>8.3} s  http-ready (correct answer on http://{}/)", http.as_secs_f64(), vm.http_addr());
+    }
+    if args.until_ready {
+        vm.shutdown(Duration::from_secs(2));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.json {
+        println!("guest is up: HTTP http://{}/ , gdbstub {}; Ctrl-C stops it", vm.http_addr(), vm.gdb_addr());
+    }
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(e) = vm.check_alive() {
+            return Err(e.into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let how = vm.shutdown(Duration::from_secs(3));
+    say(&format!("guest stopped ({how:?})"));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,157 @@
+//! End-to-end tests of the `kfi` binary: the orphan guarantee under
+//! `kill -9`, the boot JSON, and the errors users see on bad input.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use recovery_sut::{guest, kernel, Cache, KernelChoice, Profile};
+
+fn kfi() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kfi"))
+}
+
+/// The real cache, with the kernel and tiny image present.
+fn real_cache() -> Cache {
+    let cache = Cache::from_env().unwrap();
+    let k = kernel::resolve(&cache, &KernelChoice::Debian, &|_| {}).unwrap();
+    guest::ensure(&cache, Profile::Tiny, &k, &|_| {}).unwrap();
+    cache
+}
+
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let comm = head.split_once('(').map(|x| x.1).unwrap_or_default().to_string();
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push((child, comm));
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).is_some_and(|st| st != "Z"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn kill_9_of_kfi_leaves_no_qemu_behind() {
+    real_cache();
+    let mut child = kfi()
+        .args(["boot", "--guest", "tiny", "--accel", "tcg"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let kfi_pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("http-ready"));
+    assert!(ready, "kfi boot never reported http-ready");
+    let qemu: Vec<u32> =
+        children_of(kfi_pid).into_iter().filter(|(_, c)| c.starts_with("qemu-system")).map(|(p, _)| p).collect();
+    assert_eq!(qemu.len(), 1, "expected one QEMU child of kfi");
+
+    // SAFETY: plain kill(2) on a child we spawned.
+    assert_eq!(unsafe { libc::kill(kfi_pid as i32, libc::SIGKILL) }, 0);
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(qemu[0]) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(qemu[0]), "QEMU {} outlived kfi after kill -9", qemu[0]);
+}
+
+#[test]
+fn boot_json_has_the_documented_fields() {
+    real_cache();
+    let out = kfi().args(["boot", "--guest", "tiny", "--until-ready", "--json", "--accel", "tcg"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!(v["accel"], "tcg");
+    assert!(v["qemu_version"].as_str().unwrap().starts_with(char::is_numeric));
+    assert!(v["kernel_version"].as_str().unwrap().contains('.'));
+    let http = v["http_ready_s"].as_f64().unwrap();
+    let phases = v["phases"].as_object().unwrap();
+    for name in ["kernel", "userland", "services-ready"] {
+        let at = phases[name].as_f64().unwrap_or_else(|| panic!("phase {name} missing"));
+        assert!(at > 0.0 && at <= http + 1.0, "{name} at {at}, http at {http}");
+    }
+    assert!(phases["kernel"].as_f64() < phases["userland"].as_f64());
+}
+
+#[test]
+fn unknown_profile_lists_the_real_ones() {
+    let out = kfi().args(["boot", "--guest", "ubuntu"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ubuntu") && err.contains("tiny") && err.contains("debian"), "{err}");
+}
+
+#[test]
+fn missing_qemu_names_the_package_to_install() {
+    real_cache();
+    let out = kfi()
+        .args(["boot", "--guest", "tiny", "--until-ready", "--accel", "tcg"])
+        .env("KFI_QEMU", "/nonexistent/qemu")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("apt-get install qemu-system-x86"), "{err}");
+}
+
+#[test]
+fn missing_user_kernel_is_named() {
+    let out = kfi().args(["guest", "build", "tiny", "--kernel", "/nonexistent/bzImage"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kernel /nonexistent/bzImage does not exist"), "{err}");
+}
+
+fn image_dir(cache: &Path) -> PathBuf {
+    std::fs::read_dir(cache.join("guests"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("tiny-"))
+        .expect("a tiny image")
+}
+
+#[test]
+fn corrupt_or_truncated_image_is_refused_and_rebuild_repairs_it() {
+    let real = real_cache();
+    // A private cache sharing the real kernels, so corrupting it harms no
+    // other test.
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(real.root().join("kernels"), tmp.path().join("kernels")).unwrap();
+    let run = |args: &[&str]| kfi().args(args).env("KFI_CACHE", tmp.path()).output().unwrap();
+    assert!(run(&["guest", "build", "tiny"]).status.success());
+    let dir = image_dir(tmp.path());
+
+    let initramfs = dir.join("initramfs.cpio");
+    let len = std::fs::metadata(&initramfs).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&initramfs).unwrap().set_len(len / 2).unwrap();
+    let out = run(&["boot", "--guest", "tiny", "--until-ready", "--accel", "tcg"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("corrupt") && err.contains("initramfs.cpio"), "{err}");
+    assert!(err.contains("kfi guest build tiny --force"), "{err}");
+
+    assert!(run(&["guest", "build", "tiny", "--force"]).status.success());
+    assert!(run(&["guest", "verify", "tiny"]).status.success());
+
+    // A flipped byte in the (large) data disk, same size.
+    let data = dir.join("data.img");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[4096] ^= 0x40;
+    std::fs::write(&data, bytes).unwrap();
+    let out = run(&["guest", "verify", "tiny"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("data.img") && err.contains("SHA-256"), "{err}");
+}
