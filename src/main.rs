@@ -137,9 +137,9 @@ struct BootArgs {
     /// Accelerator.
     #[arg(long, value_enum, default_value = "auto")]
     accel: AccelArg,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory: u32,
+    /// Guest RAM in MiB (default: 256 for tiny, 1024 for debian).
+    #[arg(long)]
+    memory: Option<u32>,
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u32,
@@ -284,7 +284,10 @@ fn cmd_boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
     let decision = accel::decide(choice, cache, &image)?;
     let config = VmConfig {
         accel: decision.accel,
-        memory_mib: args.memory,
+        memory_mib: args.memory.unwrap_or(match profile {
+            Profile::Tiny => 256,
+            Profile::Debian => 1024,
+        }),
         cpus: args.cpus,
         http_port: args.http_port,
         gdb_port: args.gdb_port,
@@ -355,7 +358,8 @@ fn cmd_boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
         println!("  {:>8.3} s  http-ready (correct answer on http://{}/)", http.as_secs_f64(), vm.http_addr());
     }
     if args.until_ready {
-        vm.shutdown(Duration::from_secs(2));
+        // Disks are throw-away overlays: no need to wait for a clean poweroff.
+        vm.shutdown(Duration::ZERO);
         return Ok(ExitCode::SUCCESS);
     }
     if !args.json {
@@ -367,7 +371,7 @@ fn cmd_boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let how = vm.shutdown(Duration::from_secs(3));
+    let how = vm.shutdown(Duration::from_secs(15));
     say(&format!("guest stopped ({how:?})"));
     Ok(ExitCode::SUCCESS)
 }

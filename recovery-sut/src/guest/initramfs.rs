@@ -79,6 +79,13 @@ impl Initramfs {
         Ok(())
     }
 
+    /// Writes the archive to a file and syncs it.
+    pub fn write_file(&self, path: &Path) -> io::Result<()> {
+        let file = std::fs::File::create(path)?;
+        let writer = self.write_to(io::BufWriter::new(file))?;
+        writer.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()
+    }
+
     /// Writes the archive in newc format.
     pub fn write_to<W: Write>(&self, mut out: W) -> io::Result<W> {
         for (ino, (path, node)) in self.entries.iter().enumerate() {

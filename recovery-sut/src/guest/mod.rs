@@ -274,7 +274,26 @@ pub fn build(
     progress("hashing the image");
     Manifest::build(out, meta, &names)?.store(out)?;
     partial.commit()?;
+    prune_other_recipes(&dir);
     open(cache, profile, kernel)
+}
+
+/// Removes images of the same profile and kernel built from other recipes
+/// (older kfi versions): nothing opens them any more, and a debian image
+/// is half a gigabyte.
+fn prune_other_recipes(current: &Path) {
+    let (Some(parent), Some(name)) = (current.parent(), current.file_name().and_then(|n| n.to_str())) else { return };
+    let Some((stem, _recipe)) = name.rsplit_once('-') else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let other = entry.file_name().to_string_lossy().into_owned();
+        let Some(other_recipe) = other.strip_prefix(stem).and_then(|r| r.strip_prefix('-')) else { continue };
+        if other != name && other_recipe.len() == 12 && other_recipe.chars().all(|c| c.is_ascii_hexdigit()) {
+            tracing::info!(image = %other, "removing an image built from an older recipe");
+            let _ = std::fs::remove_dir_all(entry.path());
+            let _ = std::fs::remove_file(parent.join(format!("{other}.lock")));
+        }
+    }
 }
 
 /// Opens the image, building it first if it was never built.

@@ -73,13 +73,7 @@ pub(crate) fn build(
         fs.file(&format!("www{url}"), data.clone(), 0o644);
     }
     let path = out.join("initramfs.cpio");
-    let file = std::fs::File::create(&path).map_err(|e| CacheError::io("create", &path, e))?;
-    let writer = fs.write_to(std::io::BufWriter::new(file)).map_err(|e| CacheError::io("write", &path, e))?;
-    writer
-        .into_inner()
-        .map_err(|e| CacheError::io("flush", &path, e.into_error()))?
-        .sync_all()
-        .map_err(|e| CacheError::io("sync", &path, e))?;
+    fs.write_file(&path).map_err(|e| CacheError::io("write", &path, e))?;
     progress("making the data disk");
     super::make_data_disk(out, DATA_DISK_MIB)?;
     Ok(BuildSpec { cmdline: String::new(), rootfs: None, min_memory_mib: 128 })

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Runs as kfi-agent.service in the debian guest: reports the userland,
+# data-mounted and services-ready phases, then becomes the heartbeat.
+AGENT=/usr/local/sbin/kfi-agent
+hb=1
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in kfi.hb=*) hb=${arg#kfi.hb=} ;; esac
+done
+
+$AGENT phase userland
+until mountpoint -q /data; do sleep 0.05; done
+$AGENT phase data-mounted
+# is-active with several units succeeds when any one is active: ask each.
+for unit in apache2.service mariadb.service; do
+    until systemctl is-active --quiet "$unit"; do sleep 0.1; done
+done
+$AGENT phase services-ready
+exec $AGENT heartbeat "$hb"
