@@ -166,6 +166,38 @@ fn say(msg: &str) {
     eprintln!("kfi: {msg}");
 }
 
+/// Shows long set-up work (kernel download, image builds) as a spinner
+/// with the current step and the elapsed time; on a non-terminal stderr
+/// each step is one line.
+struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress { bar }
+    }
+
+    fn step(&self, msg: &str) {
+        if self.bar.is_hidden() {
+            say(msg);
+        } else {
+            self.bar.set_message(msg.to_string());
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KFI_LOG").unwrap_or_else(|_| "warn".into()))
@@ -191,8 +223,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if force {
                 kernel::forget_debian(&cache)?;
             }
-            let k = kernel::resolve(&cache, &KernelChoice::Debian, &say)?;
-            let k = if debug { kernel::fetch_debug(&cache, &k, &say)? } else { k };
+            let progress = Progress::new();
+            let step = |m: &str| progress.step(m);
+            let k = kernel::resolve(&cache, &KernelChoice::Debian, &step)?;
+            let k = if debug { kernel::fetch_debug(&cache, &k, &step)? } else { k };
+            drop(progress);
             println!("kernel {}", k.describe());
             println!("  vmlinuz     {}", k.vmlinuz.display());
             println!(
@@ -207,9 +242,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Guest(GuestCommand::Build { profile, force, kernel }) => {
-            let k = kernel::resolve(&cache, &kernel.choice(), &say)?;
+            let progress = Progress::new();
+            let step = |m: &str| progress.step(m);
+            let k = kernel::resolve(&cache, &kernel.choice(), &step)?;
             let started = Instant::now();
-            let image = guest::build(&cache, profile.into(), &k, force, &say)?;
+            let image = guest::build(&cache, profile.into(), &k, force, &step)?;
+            drop(progress);
             println!(
                 "{} guest image ready: {} ({:.1} MB, built in {:.1} s{})",
                 image.profile(),
@@ -272,16 +310,22 @@ fn cmd_doctor(cache: &Cache, json: bool) -> Result<ExitCode> {
 
 fn cmd_boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
     let profile: Profile = args.guest.into();
-    let quiet = |_: &str| {};
-    let progress: &dyn Fn(&str) = if args.json { &quiet } else { &say };
-    let k = kernel::resolve(cache, &args.kernel.choice(), progress)?;
-    let image = guest::ensure(cache, profile, &k, progress)?;
+    let spinner = (!args.json).then(Progress::new);
+    let step = |m: &str| {
+        if let Some(s) = &spinner {
+            s.step(m)
+        }
+    };
+    let k = kernel::resolve(cache, &args.kernel.choice(), &step)?;
+    let image = guest::ensure(cache, profile, &k, &step)?;
+    step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
     let choice = match args.accel {
         AccelArg::Auto => AccelChoice::Auto,
         AccelArg::Tcg => AccelChoice::Tcg,
         AccelArg::Kvm => AccelChoice::Kvm,
     };
     let decision = accel::decide(choice, cache, &image)?;
+    drop(spinner);
     let config = VmConfig {
         accel: decision.accel,
         memory_mib: args.memory.unwrap_or(match profile {

@@ -155,3 +155,25 @@ fn corrupt_or_truncated_image_is_refused_and_rebuild_repairs_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("data.img") && err.contains("SHA-256"), "{err}");
 }
+
+/// The realistic guest end to end: debootstrap build (cached after the
+/// first run), then a boot to a correct answer from Apache with every phase.
+#[test]
+fn debian_guest_builds_and_boots_to_apache() {
+    real_cache();
+    let build = kfi().args(["guest", "build", "debian"]).output().unwrap();
+    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    let out = kfi().args(["boot", "--guest", "debian", "--until-ready", "--json", "--accel", "tcg"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!(v["profile"], "debian");
+    let phases = v["phases"].as_object().unwrap();
+    let at =
+        |name: &str| phases.get(name).and_then(|p| p.as_f64()).unwrap_or_else(|| panic!("phase {name} missing: {v}"));
+    assert!(
+        at("kernel") < at("userland")
+            && at("userland") <= at("data-mounted")
+            && at("data-mounted") <= at("services-ready")
+    );
+    assert!(v["http_ready_s"].as_f64().unwrap() > at("kernel"));
+}
