@@ -389,7 +389,12 @@ fn cmd_boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
     };
     // The agent reports services-ready right after its own local check,
     // which can reach the host a moment after the first correct answer.
-    let _ = vm.wait_phase("services-ready", Duration::from_secs(5));
+    // (In debian, Apache answers before MariaDB is up.)
+    if let Err(e) =
+        vm.wait_phase("services-ready", deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5)))
+    {
+        tracing::warn!("{e}");
+    }
     show_phases(&mut shown);
     let report = vm.report(Some(http));
     if args.json {
