@@ -1,5 +1,6 @@
 //! End-to-end tests of the `kfi` binary: the orphan guarantee under
 //! `kill -9`, the boot JSON, and the errors users see on bad input.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -342,7 +342,7 @@ mod tests {
     fn manifest_detects_truncation_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("a"), b"hello world").unwrap();
-        let manifest = Manifest::build(dir.path(), "meta", &["a"]).unwrap();
+        let manifest = Manifest::build(dir.path(), "meta".to_string(), &["a"]).unwrap();
         manifest.verify(dir.path(), "test", "fix").unwrap();
 
         fs::write(dir.path().join("a"), b"hello").unwrap();

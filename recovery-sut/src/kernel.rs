@@ -434,7 +434,8 @@ mod tests {
         let mut image = vec![0u8; 0x1000];
         image[0x202..0x206].copy_from_slice(b"HdrS");
         image[0x20e..0x210].copy_from_slice(&0x0300u16.to_le_bytes());
-        image[0x500..0x500 + 30].copy_from_slice(b"6.1.0-56-amd64 (debian@x) #1\0");
+        let version = b"6.1.0-56-amd64 (debian@x) #1\0";
+        image[0x500..0x500 + version.len()].copy_from_slice(version);
         let file = tempfile::NamedTempFile::new().unwrap();
         fs::write(file.path(), &image).unwrap();
         assert_eq!(bzimage_version(file.path()).unwrap(), "6.1.0-56-amd64");

@@ -1,6 +1,7 @@
 //! Tests against the real tiny guest under QEMU: boot to a correct HTTP
 //! answer, phases in order, heartbeats, stop/cont, GUEST_PANICKED, and
 //! what happens on bad input.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;
 
