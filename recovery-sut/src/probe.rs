@@ -89,6 +89,9 @@ pub fn check_doc(addr: SocketAddr, doc: &Doc, timeout: Duration) -> Result<(), P
     Ok(())
 }
 
+/// How long one readiness attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Polls until a correct answer or the deadline; returns the last failure
 /// on timeout.
 pub fn wait_correct(
@@ -98,7 +101,10 @@ pub fn wait_correct(
     mut alive: impl FnMut() -> bool,
 ) -> Result<Instant, ProbeError> {
     loop {
-        let attempt = check_doc(addr, doc, Duration::from_secs(2));
+        // Short attempts: before the guest's network is up, QEMU's user-mode
+        // stack accepts the host connection and then retransmits its SYN to
+        // the guest for seconds; a fresh attempt is quicker than waiting.
+        let attempt = check_doc(addr, doc, ATTEMPT_TIMEOUT);
         let now = Instant::now();
         match attempt {
             Ok(()) => return Ok(now),
