@@ -16,6 +16,7 @@ pub mod modinfo;
 pub mod ports;
 pub mod probe;
 pub mod qmp;
+pub mod snapshot;
 pub mod tools;
 pub mod vm;
 

@@ -46,6 +46,14 @@ pub struct VmConfig {
     pub extra_cmdline: Vec<String>,
     /// Keep the run directory (console log, QEMU output) after the VM ends.
     pub keep_run_dir: bool,
+    /// Back guest RAM by a shared file in the run directory, so a snapshot
+    /// can leave RAM out of the migration stream (`x-ignore-shared`) and a
+    /// restore can map it lazily.
+    pub shared_ram: bool,
+    /// Where the disk overlays live; they are created there if missing and
+    /// reused if present, so a restored VM sees the disk as the crashed one
+    /// left it (the data disk is never rolled back). `None`: the run dir.
+    pub disk_dir: Option<PathBuf>,
 }
 
 impl Default for VmConfig {
@@ -60,6 +68,8 @@ impl Default for VmConfig {
             heartbeat_s: 1,
             extra_cmdline: Vec::new(),
             keep_run_dir: false,
+            shared_ram: false,
+            disk_dir: None,
         }
     }
 }
@@ -118,6 +128,9 @@ pub enum VmError {
         /// Console log path.
         console: PathBuf,
     },
+    /// A snapshot could not be loaded.
+    #[error("restoring the snapshot failed: {0}")]
+    Restore(String),
     /// Not enough RAM for the profile.
     #[error("the {profile} guest needs at least {min} MiB of RAM, {asked} MiB were asked for")]
     TooLittleMemory {
@@ -168,6 +181,7 @@ pub struct Vm {
     accel: Accel,
     memory_mib: u32,
     image: GuestImage,
+    config: VmConfig,
 }
 
 impl std::fmt::Debug for Vm {
@@ -199,7 +213,25 @@ fn pick_ports(config: &VmConfig) -> Result<Ports, VmError> {
     })
 }
 
-fn qemu_args(image: &GuestImage, config: &VmConfig, dir: &Path, ports: &Ports) -> Vec<String> {
+/// Where guest RAM comes from.
+enum Ram<'a> {
+    /// Anonymous memory.
+    Anonymous,
+    /// A shared file in the run directory (snapshottable).
+    SharedFile,
+    /// A snapshot's RAM file, mapped copy-on-write so it loads lazily and
+    /// stays reusable.
+    Snapshot(&'a Path),
+}
+
+fn qemu_args(
+    image: &GuestImage,
+    config: &VmConfig,
+    dir: &Path,
+    disk_dir: &Path,
+    ports: &Ports,
+    ram: &Ram,
+) -> Vec<String> {
     let p = |name: &str| dir.join(name).display().to_string();
     let mut cmdline = vec!["console=ttyS0".to_string(), "nokaslr".into(), format!("kfi.hb={}", config.heartbeat_s)];
     cmdline.extend(image.meta.cmdline.split_whitespace().map(str::to_string));
@@ -212,7 +244,10 @@ fn qemu_args(image: &GuestImage, config: &VmConfig, dir: &Path, ports: &Ports) -
         "-display".into(),
         "none".into(),
         "-machine".into(),
-        "pc".into(),
+        match ram {
+            Ram::Anonymous => "pc".into(),
+            Ram::SharedFile | Ram::Snapshot(_) => "pc,memory-backend=pc.ram".to_string(),
+        },
         "-accel".into(),
         config.accel.name().into(),
         "-cpu".into(),
@@ -252,6 +287,28 @@ fn qemu_args(image: &GuestImage, config: &VmConfig, dir: &Path, ports: &Ports) -
         "-pidfile".into(),
         p("qemu.pid"),
     ];
+    match ram {
+        Ram::Anonymous => {}
+        Ram::SharedFile => {
+            args.push("-object".into());
+            args.push(format!(
+                "memory-backend-file,id=pc.ram,size={}M,mem-path={},share=on",
+                config.memory_mib,
+                p("guest.ram")
+            ));
+        }
+        Ram::Snapshot(file) => {
+            args.push("-object".into());
+            args.push(format!(
+                "memory-backend-file,id=pc.ram,size={}M,mem-path={},share=off",
+                config.memory_mib,
+                file.display()
+            ));
+            args.push("-incoming".into());
+            args.push("defer".into());
+        }
+    }
+    let d = |name: &str| disk_dir.join(name).display().to_string();
     let mut disk = |id: &str, file: String| {
         args.push("-drive".into());
         args.push(format!("if=none,id={id},file={file},format=qcow2,cache=unsafe"));
@@ -259,15 +316,18 @@ fn qemu_args(image: &GuestImage, config: &VmConfig, dir: &Path, ports: &Ports) -
         args.push(format!("virtio-blk-pci,drive={id},serial=kfi-{id}"));
     };
     if image.rootfs().is_some() {
-        disk("root", p("root.qcow2"));
+        disk("root", d("root.qcow2"));
     }
     if config.data_disk || image.rootfs().is_some() {
-        disk("data", p("data.qcow2"));
+        disk("data", d("data.qcow2"));
     }
     args
 }
 
 fn overlay(base: &Path, overlay: &Path) -> Result<(), ToolError> {
+    if overlay.exists() {
+        return Ok(());
+    }
     let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
     tools::QEMU_IMG
         .run(
@@ -321,6 +381,42 @@ impl Vm {
     /// Starts a guest and connects QMP and the agent channel. Returns once
     /// QEMU runs; use [`Vm::wait_phase`] and [`Vm::wait_http`] for the boot.
     pub fn start(image: &GuestImage, config: &VmConfig) -> Result<Vm, VmError> {
+        let ram = if config.shared_ram { Ram::SharedFile } else { Ram::Anonymous };
+        Self::launch(image, config, &ram)
+    }
+
+    /// Starts QEMU from a snapshot: device state from its stream, RAM
+    /// mapped copy-on-write from its RAM file. Returns once the guest runs.
+    pub fn restore(image: &GuestImage, config: &VmConfig, snapshot: &crate::snapshot::Snapshot) -> Result<Vm, VmError> {
+        let config = VmConfig { memory_mib: snapshot.meta.memory_mib, ..config.clone() };
+        let mut vm = Self::launch(image, &config, &Ram::Snapshot(&snapshot.ram_file()))?;
+        vm.qmp.execute(
+            "migrate-set-capabilities",
+            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+        )?;
+        let uri = format!("exec:cat {}", snapshot.state_file().display());
+        vm.qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
+        // The snapshot was saved from a paused guest, so the loaded guest
+        // stays paused ("inmigrate" until the stream ends) until `cont`.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match vm.status()?.as_str() {
+                "running" => return Ok(vm),
+                "paused" | "postmigrate" => {
+                    vm.cont()?;
+                }
+                "inmigrate" | "prelaunch" if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                other => {
+                    return Err(VmError::Restore(format!(
+                        "the VM is `{other}` instead of running after loading {}",
+                        snapshot.state_file().display()
+                    )))
+                }
+            }
+        }
+    }
+
+    fn launch(image: &GuestImage, config: &VmConfig, ram: &Ram) -> Result<Vm, VmError> {
         if config.memory_mib < image.meta.min_memory_mib {
             return Err(VmError::TooLittleMemory {
                 profile: image.profile().to_string(),
@@ -334,7 +430,7 @@ impl Vm {
         loop {
             attempts += 1;
             let ports = pick_ports(config)?;
-            match Self::start_once(&qemu, image, config, &ports) {
+            match Self::start_once(&qemu, image, config, &ports, ram) {
                 Err(VmError::Exited { stderr, .. }) if ports.chosen && attempts < 4 && is_bind_failure(&stderr) => {
                     tracing::debug!(%stderr, "port race, retrying with new ports");
                 }
@@ -343,19 +439,20 @@ impl Vm {
         }
     }
 
-    fn start_once(qemu: &Path, image: &GuestImage, config: &VmConfig, ports: &Ports) -> Result<Vm, VmError> {
+    fn start_once(qemu: &Path, image: &GuestImage, config: &VmConfig, ports: &Ports, ram: &Ram) -> Result<Vm, VmError> {
         let run_dir = tempfile::Builder::new()
             .prefix("kfi-vm-")
             .tempdir()
             .map_err(io_err("create a run directory in", &std::env::temp_dir()))?;
         let dir = run_dir.path().to_path_buf();
+        let disk_dir = config.disk_dir.clone().unwrap_or_else(|| dir.clone());
         if let Some(root) = image.rootfs() {
-            overlay(&root, &dir.join("root.qcow2"))?;
+            overlay(&root, &disk_dir.join("root.qcow2"))?;
         }
         if config.data_disk || image.rootfs().is_some() {
-            overlay(&image.data_template(), &dir.join("data.qcow2"))?;
+            overlay(&image.data_template(), &disk_dir.join("data.qcow2"))?;
         }
-        let args = qemu_args(image, config, &dir, ports);
+        let args = qemu_args(image, config, &dir, &disk_dir, ports, ram);
         std::fs::write(dir.join("qemu.cmdline"), format!("{} {}\n", qemu.display(), args.join(" ")))
             .map_err(io_err("write", &dir))?;
         let started = Instant::now();
@@ -412,6 +509,7 @@ impl Vm {
             accel: config.accel,
             memory_mib: config.memory_mib,
             image: image.clone(),
+            config: config.clone(),
         })
     }
 
@@ -445,6 +543,11 @@ impl Vm {
         self.accel
     }
 
+    /// The configuration it was started with (ports as actually used).
+    pub fn config(&self) -> VmConfig {
+        VmConfig { http_port: Some(self.http.port()), gdb_port: Some(self.gdb.port()), ..self.config.clone() }
+    }
+
     /// The image it booted.
     pub fn image(&self) -> &GuestImage {
         &self.image
@@ -458,6 +561,11 @@ impl Vm {
     /// The agent channel.
     pub fn agent(&self) -> &AgentChannel {
         &self.agent
+    }
+
+    /// QEMU's version, from the QMP greeting.
+    pub fn qmp_version(&self) -> String {
+        self.qmp.qemu_version().to_string()
     }
 
     /// The QMP session.
@@ -568,7 +676,7 @@ impl Vm {
         if self.wait_exit(Duration::from_secs(5)) {
             return Shutdown::Quit;
         }
-        let _ = self.child.kill();
+        kill_and_reap(&self.child);
         Shutdown::Killed
     }
 
@@ -585,13 +693,13 @@ impl Vm {
 
     /// Kills QEMU at once (what a host crash would do).
     pub fn kill(self) {
-        let _ = self.child.kill();
+        kill_and_reap(&self.child);
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        kill_and_reap(&self.child);
     }
 }
 
@@ -614,9 +722,16 @@ struct ChildGuard(Option<duct::Handle>);
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Some(child) = self.0.take() {
-            let _ = child.kill();
+            kill_and_reap(&child);
         }
     }
+}
+
+/// SIGKILL, then wait, so that QEMU's ports and files are released when
+/// this returns (duct's `kill` alone does not wait).
+fn kill_and_reap(child: &duct::Handle) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn read_tail(path: &Path) -> String {

@@ -134,3 +134,50 @@ fn too_little_memory_is_refused() {
     let err = Vm::start(&image, &VmConfig { memory_mib: 16, ..tcg() }).unwrap_err();
     assert!(err.to_string().contains("at least"), "{err}");
 }
+
+#[test]
+fn service_snapshot_restores_the_service_and_is_reusable() {
+    use recovery_sut::snapshot::{self, Snapshot};
+    use std::time::Instant;
+    let image = tiny_image();
+    let store = tempfile::tempdir().unwrap();
+    let mut vm = Vm::start(&image, &VmConfig { shared_ram: true, ..tcg() }).expect("start");
+    vm.wait_http(BOOT).expect("boot");
+    let snap = snapshot::take(&mut vm, &store.path().join("svc"), "services-ready").expect("snapshot");
+    assert!(snap.meta.pause_s < 5.0, "paused {} s", snap.meta.pause_s);
+    probe::check_doc(vm.http_addr(), image.docs.index(), Duration::from_secs(10)).expect("serving after the snapshot");
+    let config = vm.config();
+    vm.kill();
+
+    for round in 0..2 {
+        let started = Instant::now();
+        let vm = Vm::restore(&image, &config, &Snapshot::open(&snap.dir).unwrap()).expect("restore");
+        let loaded = started.elapsed();
+        let ready =
+            probe::wait_correct(vm.http_addr(), image.docs.index(), Instant::now() + Duration::from_secs(20), || true)
+                .expect("correct answer after restore");
+        eprintln!("round {round}: loaded in {loaded:?}, correct answer {:?} after the restore began", ready - started);
+        assert_eq!(vm.http_addr().port(), config.http_port.unwrap(), "clients must find the service where it was");
+        vm.agent().wait_heartbeat(0, Duration::from_secs(10)).expect("the agent's heartbeat goes on after restore");
+    }
+}
+
+#[test]
+fn corrupt_snapshot_is_refused() {
+    use recovery_sut::snapshot::{self, Snapshot};
+    let image = tiny_image();
+    let store = tempfile::tempdir().unwrap();
+    let mut vm = Vm::start(&image, &VmConfig { shared_ram: true, ..tcg() }).expect("start");
+    vm.wait_phase("services-ready", BOOT).expect("boot");
+    let snap = snapshot::take(&mut vm, &store.path().join("svc"), "services-ready").expect("snapshot");
+    let state = snap.state_file();
+    let mut bytes = std::fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&state, bytes).unwrap();
+    let err = Snapshot::open(&snap.dir).unwrap_err().to_string();
+    assert!(err.contains("corrupt") && err.contains("state"), "{err}");
+    std::fs::OpenOptions::new().write(true).open(snap.ram_file()).unwrap().set_len(4096).unwrap();
+    let err = Snapshot::open(&snap.dir).unwrap_err().to_string();
+    assert!(err.contains("corrupt"), "{err}");
+}

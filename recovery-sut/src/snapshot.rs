@@ -1,0 +1,169 @@
+//! VM snapshots for recovery: device state as a migration stream plus the
+//! guest RAM as a plain file, checksummed and written atomically.
+//!
+//! Guest RAM stays out of the stream (`x-ignore-shared` with file-backed,
+//! shared RAM): saving is a pause, a few hundred KB of device state and a
+//! file copy; restoring maps the RAM file copy-on-write, so pages load on
+//! first touch and the file stays reusable for the next restore.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cache::{CacheError, Manifest, PartialDir};
+use crate::vm::{Vm, VmError};
+
+const STATE: &str = "state";
+const RAM: &str = "ram";
+
+/// What a snapshot records about how it was made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotMeta {
+    /// Guest profile.
+    pub profile: String,
+    /// Kernel identity.
+    pub kernel: String,
+    /// QEMU version that wrote it.
+    pub qemu_version: String,
+    /// Accelerator.
+    pub accel: String,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// The boot phase it was taken at.
+    pub phase: String,
+    /// How long the guest was paused to take it, in seconds.
+    pub pause_s: f64,
+}
+
+/// Errors taking or opening snapshots.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The VM cannot be snapshotted.
+    #[error("cannot snapshot: {0}")]
+    Unsupported(String),
+    /// QEMU failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Files failed or do not match their manifest.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The migration did not complete.
+    #[error("saving the device state failed: {0}")]
+    Migration(String),
+    /// No snapshot at the path.
+    #[error("no snapshot at {0}")]
+    Missing(PathBuf),
+    /// The snapshot belongs to another guest, kernel or QEMU.
+    #[error("snapshot {dir} does not match this VM: {detail}")]
+    Mismatch {
+        /// Snapshot directory.
+        dir: PathBuf,
+        /// What differs.
+        detail: String,
+    },
+}
+
+/// A snapshot on disk, checked against its manifest when opened.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// How it was made.
+    pub meta: SnapshotMeta,
+}
+
+impl Snapshot {
+    /// The device-state migration stream.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join(STATE)
+    }
+
+    /// The guest RAM image.
+    pub fn ram_file(&self) -> PathBuf {
+        self.dir.join(RAM)
+    }
+
+    /// Opens a snapshot and checks every file against the manifest (sizes
+    /// always; content of the small state stream always, of the RAM file
+    /// when its size or mtime moved).
+    pub fn open(dir: &Path) -> Result<Snapshot, SnapshotError> {
+        let manifest = Manifest::<SnapshotMeta>::load(dir)?.ok_or_else(|| SnapshotError::Missing(dir.to_path_buf()))?;
+        manifest.verify(dir, "snapshot", "take a new snapshot")?;
+        Ok(Snapshot { dir: dir.to_path_buf(), meta: manifest.meta })
+    }
+
+    /// Checks that this snapshot can restore `vm`'s guest on this QEMU.
+    pub fn check_matches(&self, vm: &Vm) -> Result<(), SnapshotError> {
+        let want = (vm.image().profile().to_string(), vm.image().kernel.identity(), vm.qmp_version());
+        let have = (self.meta.profile.clone(), self.meta.kernel.clone(), self.meta.qemu_version.clone());
+        if want != have {
+            return Err(SnapshotError::Mismatch {
+                dir: self.dir.clone(),
+                detail: format!("snapshot is {have:?}, VM is {want:?}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Snapshots a running VM into `dir` (replacing what is there). The guest
+/// is paused for the duration and resumed afterwards.
+pub fn take(vm: &mut Vm, dir: &Path, phase: &str) -> Result<Snapshot, SnapshotError> {
+    let ram = vm.run_dir().join("guest.ram");
+    if !vm.config().shared_ram || !ram.exists() {
+        return Err(SnapshotError::Unsupported("the VM was not started with shared_ram".into()));
+    }
+    let partial = PartialDir::begin(dir)?;
+    let qmp = vm.qmp();
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+    )
+    .map_err(VmError::from)?;
+    // The default cap (about 128 MiB/s) would make even the small stream slow.
+    qmp.execute("migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40}))).map_err(VmError::from)?;
+    let paused = Instant::now();
+    qmp.execute("stop", None).map_err(VmError::from)?;
+    let result = save_while_paused(vm, &ram, partial.path());
+    // Resume whatever happened: a failed snapshot must not leave the
+    // service down.
+    let resumed = vm.cont();
+    let pause_s = paused.elapsed().as_secs_f64();
+    result?;
+    resumed?;
+    let meta = SnapshotMeta {
+        profile: vm.image().profile().to_string(),
+        kernel: vm.image().kernel.identity(),
+        qemu_version: vm.qmp_version(),
+        accel: vm.accel().name().to_string(),
+        memory_mib: vm.config().memory_mib,
+        phase: phase.to_string(),
+        pause_s,
+    };
+    Manifest::build(partial.path(), meta, &[STATE, RAM])?.store(partial.path())?;
+    partial.commit()?;
+    Snapshot::open(dir)
+}
+
+fn save_while_paused(vm: &mut Vm, ram: &Path, out: &Path) -> Result<(), SnapshotError> {
+    let uri = format!("exec:cat > {}", out.join(STATE).display());
+    vm.qmp().execute("migrate", Some(json!({ "uri": uri }))).map_err(VmError::from)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = vm.qmp().execute("query-migrate", None).map_err(VmError::from)?;
+        match info.get("status").and_then(|s| s.as_str()).unwrap_or("none") {
+            "completed" => break,
+            "failed" | "cancelled" => {
+                let why = info.get("error-desc").and_then(|s| s.as_str()).unwrap_or("no reason given");
+                return Err(SnapshotError::Migration(why.to_string()));
+            }
+            _ if Instant::now() > deadline => return Err(SnapshotError::Migration("no completion in 120 s".into())),
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    let target = out.join(RAM);
+    std::fs::copy(ram, &target).map_err(|e| CacheError::io("copy guest RAM to", &target, e))?;
+    Ok(())
+}
