@@ -16,6 +16,7 @@ mod exchange;
 mod open;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,10 +118,18 @@ pub(crate) struct Plan {
     origin: Instant,
     stop_at: Instant,
     timeout: Duration,
+    /// Set by the caller to end the run before its duration is over.
+    stop: Arc<AtomicBool>,
 }
 
 impl Plan {
-    fn new(target: SocketAddr, docs: &DocList, spec: &LoadSpec, origin: Instant) -> Result<Self, LoadError> {
+    fn new(
+        target: SocketAddr,
+        docs: &DocList,
+        spec: &LoadSpec,
+        origin: Instant,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, LoadError> {
         docs.validate().map_err(LoadError::Docs)?;
         match spec.mode {
             Mode::Closed(c) if c.clients == 0 => return Err(LoadError::NoClients),
@@ -154,7 +163,13 @@ impl Plan {
             origin,
             stop_at: Instant::now() + spec.duration,
             timeout: spec.timeout,
+            stop,
         })
+    }
+
+    /// Whether no new request may start at `now`.
+    pub(crate) fn over(&self, now: Instant) -> bool {
+        now >= self.stop_at || self.stop.load(Ordering::Relaxed)
     }
 
     /// Sends one request for document `index` that counts as started at
@@ -204,7 +219,20 @@ pub async fn run(
     spec: &LoadSpec,
     origin: Instant,
 ) -> Result<Vec<Record>, LoadError> {
-    let plan = Arc::new(Plan::new(target, docs, spec, origin)?);
+    run_until(target, docs, spec, origin, Arc::new(AtomicBool::new(false))).await
+}
+
+/// [`run`], ending early once `stop` is set: no request starts after that,
+/// and those in flight finish (each by its own deadline). The duration
+/// stays an upper bound.
+pub async fn run_until(
+    target: SocketAddr,
+    docs: &DocList,
+    spec: &LoadSpec,
+    origin: Instant,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<Record>, LoadError> {
+    let plan = Arc::new(Plan::new(target, docs, spec, origin, stop)?);
     tracing::info!(%target, mode = ?spec.mode, duration = ?spec.duration, timeout = ?spec.timeout, "load starts");
     let mut records = match spec.mode {
         Mode::Closed(closed_loop) => {
@@ -242,6 +270,17 @@ pub fn run_blocking(
     spec: &LoadSpec,
     origin: Instant,
 ) -> Result<Vec<Record>, LoadError> {
+    run_blocking_until(target, docs, spec, origin, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`run_until`] on a runtime of its own.
+pub fn run_blocking_until(
+    target: SocketAddr,
+    docs: &DocList,
+    spec: &LoadSpec,
+    origin: Instant,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<Record>, LoadError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(LoadError::Runtime)?;
-    runtime.block_on(run(target, docs, spec, origin))
+    runtime.block_on(run_until(target, docs, spec, origin, stop))
 }

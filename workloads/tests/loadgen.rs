@@ -263,3 +263,29 @@ fn unusable_inputs_are_refused_before_any_request() {
     let empty = DocList { seed: 1, docs: Vec::new() };
     assert!(matches!(refused(&empty, closed(1, 0, 0), 100), Some(LoadError::Docs(_))));
 }
+
+#[test]
+fn a_stop_signal_ends_the_run_before_its_duration() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let files = documents();
+    let docs = doc_list(&files);
+    let server = TestServer::start(Behaviour::serving(&files));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(ms(300));
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let begun = Instant::now();
+    let records = workloads::run_blocking_until(server.addr, &docs, &spec(closed(2, 2, 10), 20_000, 1000), begun, stop)
+        .expect("load");
+    let took = begun.elapsed();
+    stopper.join().unwrap();
+    assert!(took < Duration::from_secs(3), "a 20 s run asked to stop at 0.3 s took {took:?}");
+    assert!(!records.is_empty());
+    assert_eq!(server.stats.requests() as usize, records.len());
+    assert!(records.iter().all(|r| r.start < 0.3 + 0.1), "a request started after the stop");
+}

@@ -15,7 +15,7 @@ pub(crate) async fn client(plan: Arc<Plan>, spec: ClosedLoop, mut picker: Reques
     let mut conn: Option<Conn> = None;
     loop {
         let start = Instant::now();
-        if start >= plan.stop_at {
+        if plan.over(start) {
             break;
         }
         let record = plan.request(&mut conn, picker.next_index(), start).await;

@@ -28,7 +28,7 @@ pub(crate) async fn run(plan: Arc<Plan>, spec: OpenLoop, mut picker: RequestPick
         // Each due instant is computed from the start, not by adding an
         // interval to the previous one, so rounding never drifts the rate.
         let due = begin + Duration::from_secs_f64(k as f64 / spec.rate);
-        if due >= plan.stop_at {
+        if plan.over(due) {
             break;
         }
         tokio::time::sleep_until(due.into()).await;
