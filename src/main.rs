@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod recover;
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use recovery_sut::{accel, doctor, guest, kernel, AccelChoice, Cache, KernelChoice, Profile, Vm, VmConfig};
@@ -35,6 +37,44 @@ enum Command {
     Guest(GuestCommand),
     /// Boot a guest, print its phase timeline, and keep it up until Ctrl-C.
     Boot(BootArgs),
+    /// Crash the guest repeatedly under client load and measure each recovery strategy's client-seen downtime.
+    Recover(RecoverArgs),
+}
+
+#[derive(Args)]
+struct RecoverArgs {
+    /// Guest profile.
+    #[arg(long, value_enum, default_value = "tiny")]
+    guest: ProfileArg,
+    /// How to crash the guest.
+    #[arg(long, value_enum, default_value = "panic")]
+    crash: recover::Crash,
+    /// Strategies to compare, comma-separated (full-reboot is the baseline).
+    #[arg(long, value_delimiter = ',', default_value = "full-reboot,service-restore")]
+    strategy: Vec<String>,
+    /// Crashes per strategy.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Closed-loop HTTP clients.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Seconds of load before each crash.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seed of the request mix.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object (trials and per-strategy summary).
+    #[arg(long)]
+    json: bool,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    /// Guest RAM in MiB (default: 256 for tiny, 1024 for debian).
+    #[arg(long)]
+    memory: Option<u32>,
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 #[derive(Subcommand)]
@@ -266,7 +306,108 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Boot(args) => cmd_boot(&cache, args),
+        Command::Recover(args) => cmd_recover(&cache, args),
     }
+}
+
+fn accel_choice(arg: AccelArg) -> AccelChoice {
+    match arg {
+        AccelArg::Auto => AccelChoice::Auto,
+        AccelArg::Tcg => AccelChoice::Tcg,
+        AccelArg::Kvm => AccelChoice::Kvm,
+    }
+}
+
+fn default_memory(profile: Profile) -> u32 {
+    match profile {
+        Profile::Tiny => 256,
+        Profile::Debian => 1024,
+    }
+}
+
+fn cmd_recover(cache: &Cache, args: RecoverArgs) -> Result<ExitCode> {
+    use recovery_sut::recovery::Strategy;
+    let profile: Profile = args.guest.into();
+    let strategies = args.strategy.iter().map(|s| s.parse::<Strategy>()).collect::<Result<Vec<_>, _>>()?;
+    let spinner = (!args.json).then(Progress::new);
+    let step = |m: &str| {
+        if let Some(s) = &spinner {
+            s.step(m)
+        }
+    };
+    let k = kernel::resolve(cache, &args.kernel.choice(), &step)?;
+    let image = guest::ensure(cache, profile, &k, &step)?;
+    let decision = accel::decide(accel_choice(args.accel), cache, &image)?;
+    step(&format!("booting the {profile} guest ({}) and taking the service snapshot", decision.accel.name()));
+    let config = VmConfig {
+        accel: decision.accel,
+        memory_mib: args.memory.unwrap_or(default_memory(profile)),
+        ..VmConfig::default()
+    };
+    let plan = recover::RecoverPlan {
+        strategies: strategies.clone(),
+        repeat: args.repeat,
+        crash: args.crash,
+        warmup: Duration::from_secs_f64(args.warmup.max(0.5)),
+        tail: Duration::from_millis(500),
+        clients: args.clients.max(1),
+        seed: args.seed,
+    };
+    let show = |t: &recover::Trial| {
+        step(&format!(
+            "{} #{}: downtime {}",
+            t.strategy,
+            t.rep + 1,
+            t.downtime_s.map_or("not recovered".into(), |d| format!("{d:.3} s"))
+        ))
+    };
+    let trials = recover::run(&image, &config, &plan, &show)?;
+    drop(spinner);
+    let summary = recover::summarize(&trials, &strategies);
+    let unrecovered = summary.iter().any(|s| s.recovered < s.trials);
+    if args.json {
+        let value = serde_json::json!({
+            "guest": profile.name(),
+            "kernel_version": k.release,
+            "kernel": k.describe(),
+            "accel": decision.accel.name(),
+            "accel_reason": decision.reason,
+            "qemu_version": recovery_sut::vm::qemu_version().unwrap_or_default(),
+            "crash": args.crash,
+            "repeat": args.repeat,
+            "clients": plan.clients,
+            "seed": args.seed,
+            "strategies": summary,
+            "trials": trials,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "{profile} guest, {} crashes, {} per strategy, accel {}, kernel {}",
+            args.crash.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
+            args.repeat,
+            decision.accel.name(),
+            k.release
+        );
+        println!(
+            "{:<16} {:>9} {:>10} {:>10} {:>10} {:>10} {:>11}",
+            "strategy", "recovered", "median s", "p95 s", "detect s", "restart s", "vs reboot"
+        );
+        for s in &summary {
+            let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+            println!(
+                "{:<16} {:>9} {:>10} {:>10} {:>10} {:>10} {:>11}",
+                s.strategy.name(),
+                format!("{}/{}", s.recovered, s.trials),
+                f(s.downtime_median_s),
+                f(s.downtime_p95_s),
+                f(s.detect_median_s),
+                f(s.restart_median_s),
+                s.reduction_vs_full_reboot.map_or("-".into(), |r| format!("-{:.1}%", r * 100.0))
+            );
+        }
+    }
+    Ok(if unrecovered { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn cmd_doctor(cache: &Cache, json: bool) -> Result<ExitCode> {
@@ -319,19 +460,11 @@ fn cmd_boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
     let k = kernel::resolve(cache, &args.kernel.choice(), &step)?;
     let image = guest::ensure(cache, profile, &k, &step)?;
     step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
-    let choice = match args.accel {
-        AccelArg::Auto => AccelChoice::Auto,
-        AccelArg::Tcg => AccelChoice::Tcg,
-        AccelArg::Kvm => AccelChoice::Kvm,
-    };
-    let decision = accel::decide(choice, cache, &image)?;
+    let decision = accel::decide(accel_choice(args.accel), cache, &image)?;
     drop(spinner);
     let config = VmConfig {
         accel: decision.accel,
-        memory_mib: args.memory.unwrap_or(match profile {
-            Profile::Tiny => 256,
-            Profile::Debian => 1024,
-        }),
+        memory_mib: args.memory.unwrap_or(default_memory(profile)),
         cpus: args.cpus,
         http_port: args.http_port,
         gdb_port: args.gdb_port,

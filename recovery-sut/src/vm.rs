@@ -213,6 +213,10 @@ fn pick_ports(config: &VmConfig) -> Result<Ports, VmError> {
     })
 }
 
+fn hostfwd(port: u16) -> String {
+    format!("hostfwd=tcp:127.0.0.1:{port}-:80")
+}
+
 /// Where guest RAM comes from.
 enum Ram<'a> {
     /// Anonymous memory.
@@ -275,7 +279,11 @@ fn qemu_args(
         "-device".into(),
         "virtserialport,bus=vser0.0,chardev=agent,name=org.kfi.agent".into(),
         "-netdev".into(),
-        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:80", ports.http),
+        match ram {
+            // Forwarded only once the restored guest runs (see Vm::restore).
+            Ram::Snapshot(_) => "user,id=net0".to_string(),
+            _ => format!("user,id=net0,{}", hostfwd(ports.http)),
+        },
         "-device".into(),
         "virtio-net-pci,netdev=net0,romfile=".into(),
         "-device".into(),
@@ -401,7 +409,24 @@ impl Vm {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match vm.status()?.as_str() {
-                "running" => return Ok(vm),
+                "running" => {
+                    // QEMU's user networking accepts host connections as soon
+                    // as a forward exists and then loses the guest-side SYN
+                    // while the guest is still loading, leaving clients to a
+                    // multi-second retransmit. Forwarding only a running
+                    // guest makes early connects fail fast instead.
+                    let add = format!("hostfwd_add net0 tcp:127.0.0.1:{}-:80", vm.http.port());
+                    let out =
+                        vm.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": add })))?;
+                    if let Some(text) = out.as_str().filter(|t| !t.trim().is_empty()) {
+                        return Err(VmError::Restore(format!(
+                            "cannot forward port {}: {}",
+                            vm.http.port(),
+                            text.trim()
+                        )));
+                    }
+                    return Ok(vm);
+                }
                 "paused" | "postmigrate" => {
                     vm.cont()?;
                 }

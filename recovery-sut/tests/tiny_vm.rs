@@ -181,3 +181,53 @@ fn corrupt_snapshot_is_refused() {
     let err = Snapshot::open(&snap.dir).unwrap_err().to_string();
     assert!(err.contains("corrupt"), "{err}");
 }
+
+fn panic_and_recover(
+    sut: &mut recovery_sut::Sut,
+    strategy: recovery_sut::Strategy,
+) -> recovery_sut::recovery::RecoveryTiming {
+    use recovery_sut::recovery::FailureCause;
+    sut.vm().qmp().execute("inject-nmi", None).expect("inject-nmi");
+    let failure = sut.wait_failure(Duration::from_secs(30), Duration::from_secs(5)).expect("failure detected");
+    assert_eq!(failure.cause, FailureCause::GuestPanicked);
+    let timing = sut.recover(strategy, &failure).expect("recovered");
+    let image = sut.vm().image().clone();
+    for doc in image.docs.docs.iter().step_by(40) {
+        probe::check_doc(sut.vm().http_addr(), doc, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{}: {e}", doc.path));
+    }
+    timing
+}
+
+#[test]
+fn each_strategy_recovers_a_kernel_panic_and_serves_correct_content() {
+    use recovery_sut::{Strategy, Sut};
+    let image = tiny_image();
+    let config = VmConfig { extra_cmdline: vec!["unknown_nmi_panic".into()], ..tcg() };
+    let mut sut = Sut::boot(&image, &config).expect("boot");
+    sut.snapshot_service().expect("snapshot");
+    let port = sut.vm().http_addr().port();
+    for strategy in [Strategy::FullReboot, Strategy::ServiceRestore, Strategy::ServiceRestore] {
+        let timing = panic_and_recover(&mut sut, strategy);
+        assert_eq!(timing.strategy, strategy, "{timing:?}");
+        assert!(timing.fallback_reason.is_none(), "{timing:?}");
+        assert_eq!(sut.vm().http_addr().port(), port, "the service moved");
+    }
+}
+
+#[test]
+fn a_corrupt_service_snapshot_falls_back_to_full_reboot_and_says_why() {
+    use recovery_sut::{Strategy, Sut};
+    let image = tiny_image();
+    let config = VmConfig { extra_cmdline: vec!["unknown_nmi_panic".into()], ..tcg() };
+    let mut sut = Sut::boot(&image, &config).expect("boot");
+    let state = sut.snapshot_service().expect("snapshot").state_file();
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&state, bytes).unwrap();
+    let timing = panic_and_recover(&mut sut, Strategy::ServiceRestore);
+    assert_eq!(timing.requested, Strategy::ServiceRestore);
+    assert_eq!(timing.strategy, Strategy::FullReboot);
+    let reason = timing.fallback_reason.expect("a reason");
+    assert!(reason.contains("corrupt") && reason.contains("state"), "{reason}");
+}
