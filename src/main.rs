@@ -47,7 +47,7 @@ struct RecoverArgs {
     #[arg(long, value_enum, default_value = "tiny")]
     guest: ProfileArg,
     /// How to crash the guest.
-    #[arg(long, value_enum, default_value = "panic")]
+    #[arg(long, value_enum, default_value = "sysrq")]
     crash: recover::Crash,
     /// Strategies to compare, comma-separated (full-reboot is the baseline).
     #[arg(long, value_delimiter = ',', default_value = "full-reboot,service-restore")]

@@ -178,3 +178,34 @@ fn debian_guest_builds_and_boots_to_apache() {
     );
     assert!(v["http_ready_s"].as_f64().unwrap() > at("kernel"));
 }
+
+/// The lab's headline measurement end to end: crash the tiny guest under
+/// client load, recover with each strategy, compare client-seen downtime.
+#[test]
+fn recover_json_shows_snapshot_restore_far_faster_than_reboot() {
+    real_cache();
+    let out = kfi()
+        .args(["recover", "--guest", "tiny", "--repeat", "1", "--json", "--accel", "tcg", "--warmup", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    for key in ["accel", "qemu_version", "kernel_version", "seed", "crash"] {
+        assert!(!v[key].is_null(), "{key} missing: {v}");
+    }
+    let strategies = v["strategies"].as_array().unwrap();
+    let median = |name: &str| {
+        let s = strategies.iter().find(|s| s["strategy"] == name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(s["recovered"], s["trials"], "{name} left a failure unrecovered: {s}");
+        s["downtime_median_s"].as_f64().unwrap()
+    };
+    let (reboot, restore) = (median("full-reboot"), median("service-restore"));
+    assert!(reboot > 1.0, "a full reboot cannot take {reboot} s: it boots a kernel");
+    assert!(restore < reboot / 3.0, "service-restore {restore} s vs full-reboot {reboot} s");
+    let trials = v["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2);
+    for t in trials {
+        assert_eq!(t["timing"]["cause"], "guest-panicked", "{t}");
+        assert!(t["correct"].as_u64().unwrap() > 0);
+    }
+}

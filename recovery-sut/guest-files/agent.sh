@@ -3,6 +3,8 @@
 # the virtio-serial port named org.kfi.agent. One line per message:
 #   kfi phase <name> <event-uptime-s> <send-uptime-s>
 #   kfi hb <seq> <send-uptime-s>
+# While it beats it also obeys the host's commands on the same port:
+#   kfi-cmd sysrq <key>     (e.g. `c`: crash the kernel the way an admin would)
 # The host dates each event from the arrival time minus (send - event), so a
 # phase reached before the port existed is still dated correctly.
 PORT_NAME=org.kfi.agent
@@ -36,12 +38,29 @@ heartbeat)
     interval=${2:-1}
     seq=0
     while :; do
-        port=$(find_port) && exec 3> "$port" || { sleep 1; continue; }
+        port=$(find_port) && exec 3<> "$port" || { sleep 1; continue; }
+        # A virtio port opens once at a time: the command reader shares
+        # the heartbeat's descriptor.
+        (
+            # A read sees end-of-file whenever the host side goes away
+            # (QEMU replaced by a restore): keep listening.
+            while :; do
+                while read -r word cmd arg <&3; do
+                    [ "$word" = kfi-cmd ] || continue
+                    case "$cmd" in
+                    sysrq) echo "$arg" > /proc/sysrq-trigger ;;
+                    esac
+                done
+                sleep 0.1
+            done
+        ) &
+        reader=$!
         while :; do
             seq=$((seq + 1))
             echo "kfi hb $seq $(uptime_s)" >&3 || break
             sleep "$interval"
         done
+        kill "$reader" 2>/dev/null
         exec 3>&-
     done
     ;;

@@ -82,6 +82,7 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct AgentChannel {
     shared: Arc<(Mutex<State>, Condvar)>,
+    writer: Arc<Mutex<UnixStream>>,
 }
 
 impl AgentChannel {
@@ -89,7 +90,8 @@ impl AgentChannel {
     /// phase times count from.
     pub fn connect(socket: &Path, origin: Instant) -> std::io::Result<AgentChannel> {
         let stream = UnixStream::connect(socket)?;
-        let channel = AgentChannel { shared: Arc::new((Mutex::new(State::default()), Condvar::new())) };
+        let writer = Arc::new(Mutex::new(stream.try_clone()?));
+        let channel = AgentChannel { shared: Arc::new((Mutex::new(State::default()), Condvar::new())), writer };
         let shared = channel.shared.clone();
         std::thread::Builder::new().name("agent-reader".into()).spawn(move || {
             for line in BufReader::new(stream).lines() {
@@ -120,6 +122,15 @@ impl AgentChannel {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a command line to the agent (`kfi-cmd ...`). The guest reads it
+    /// only while its heartbeat loop runs, i.e. after `services-ready`.
+    pub fn send(&self, command: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        writer.write_all(format!("kfi-cmd {command}\n").as_bytes())?;
+        writer.flush()
     }
 
     /// Every phase seen so far, in arrival order.
