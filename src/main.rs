@@ -50,7 +50,7 @@ struct RecoverArgs {
     #[arg(long, value_enum, default_value = "sysrq")]
     crash: recover::Crash,
     /// Strategies to compare, comma-separated (full-reboot is the baseline).
-    #[arg(long, value_delimiter = ',', default_value = "full-reboot,service-restore")]
+    #[arg(long, value_delimiter = ',', default_value = "full-reboot,phase-restore,service-restore")]
     strategy: Vec<String>,
     /// Crashes per strategy.
     #[arg(long, default_value_t = 5)]
@@ -339,9 +339,12 @@ fn cmd_recover(cache: &Cache, args: RecoverArgs) -> Result<ExitCode> {
     let image = guest::ensure(cache, profile, &k, &step)?;
     let decision = accel::decide(accel_choice(args.accel), cache, &image)?;
     step(&format!("booting the {profile} guest ({}) and taking the service snapshot", decision.accel.name()));
+    // The data disk is attached, as in production: phase-restore remounts
+    // it, and service-restore must prove it unchanged.
     let config = VmConfig {
         accel: decision.accel,
         memory_mib: args.memory.unwrap_or(default_memory(profile)),
+        data_disk: true,
         ..VmConfig::default()
     };
     let plan = recover::RecoverPlan {
@@ -390,15 +393,16 @@ fn cmd_recover(cache: &Cache, args: RecoverArgs) -> Result<ExitCode> {
             k.release
         );
         println!(
-            "{:<16} {:>9} {:>10} {:>10} {:>10} {:>10} {:>11}",
-            "strategy", "recovered", "median s", "p95 s", "detect s", "restart s", "vs reboot"
+            "{:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>11}",
+            "strategy", "recovered", "fallbacks", "median s", "p95 s", "detect s", "restart s", "vs reboot"
         );
         for s in &summary {
             let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
             println!(
-                "{:<16} {:>9} {:>10} {:>10} {:>10} {:>10} {:>11}",
+                "{:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>11}",
                 s.strategy.name(),
                 format!("{}/{}", s.recovered, s.trials),
+                s.fallbacks,
                 f(s.downtime_median_s),
                 f(s.downtime_p95_s),
                 f(s.detect_median_s),

@@ -82,6 +82,8 @@ pub struct StrategySummary {
     pub strategy: Strategy,
     /// Trials that recovered.
     pub recovered: usize,
+    /// Trials where the strategy could not run and another one did.
+    pub fallbacks: usize,
     /// Trials run.
     pub trials: usize,
     /// Median downtime, seconds.
@@ -127,6 +129,7 @@ pub fn summarize(trials: &[Trial], strategies: &[Strategy]) -> Vec<StrategySumma
             StrategySummary {
                 strategy,
                 recovered: downtimes.len(),
+                fallbacks: mine.iter().filter(|t| t.timing.strategy != strategy).count(),
                 trials: mine.len(),
                 downtime_median_s: median(downtimes.iter().copied()),
                 downtime_p95_s: nearest_rank(&downtimes, 0.95),
@@ -153,10 +156,12 @@ pub fn run(image: &GuestImage, config: &VmConfig, plan: &RecoverPlan, progress: 
     let docs = DocList::load(&image.dir.join("docs.json"))?;
     let mut config = config.clone();
     config.extra_cmdline.extend(plan.crash.kernel_args());
-    let mut sut = Sut::boot(image, &config).context("booting the system under test")?;
-    sut.snapshot_service().context("taking the service snapshot")?;
     let mut trials = Vec::new();
     for &strategy in &plan.strategies {
+        // A fresh system per strategy: no strategy inherits the disk or
+        // snapshots another one left behind.
+        let mut sut = Sut::boot(image, &config).context("booting the system under test")?;
+        sut.snapshot_service().context("taking the service snapshot")?;
         for rep in 0..plan.repeat {
             let trial =
                 trial(&mut sut, &docs, strategy, rep, plan).with_context(|| format!("{strategy} trial {rep}"))?;

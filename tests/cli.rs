@@ -199,11 +199,15 @@ fn recover_json_shows_snapshot_restore_far_faster_than_reboot() {
         assert_eq!(s["recovered"], s["trials"], "{name} left a failure unrecovered: {s}");
         s["downtime_median_s"].as_f64().unwrap()
     };
-    let (reboot, restore) = (median("full-reboot"), median("service-restore"));
+    let (reboot, phase, service) = (median("full-reboot"), median("phase-restore"), median("service-restore"));
     assert!(reboot > 1.0, "a full reboot cannot take {reboot} s: it boots a kernel");
-    assert!(restore < reboot / 3.0, "service-restore {restore} s vs full-reboot {reboot} s");
+    assert!(phase < reboot / 3.0, "phase-restore {phase} s vs full-reboot {reboot} s");
+    assert!(service < reboot / 3.0, "service-restore {service} s vs full-reboot {reboot} s");
+    for s in strategies {
+        assert_eq!(s["fallbacks"], 0, "a strategy fell back with a read-only workload: {s}");
+    }
     let trials = v["trials"].as_array().unwrap();
-    assert_eq!(trials.len(), 2);
+    assert_eq!(trials.len(), 3);
     for t in trials {
         assert_eq!(t["timing"]["cause"], "guest-panicked", "{t}");
         assert!(t["correct"].as_u64().unwrap() > 0);

@@ -5,6 +5,10 @@
 #   kfi hb <seq> <send-uptime-s>
 # While it beats it also obeys the host's commands on the same port:
 #   kfi-cmd sysrq <key>     (e.g. `c`: crash the kernel the way an admin would)
+#   kfi-cmd append <n>      append n to /data/acked, fdatasync, then answer
+#                           `kfi ack <n>`: an acknowledged, durable write
+# `agent hold PHASE` reports `held` and blocks until `kfi-cmd continue`: the
+# host snapshots the guest at that boundary.
 # The host dates each event from the arrival time minus (send - event), so a
 # phase reached before the port existed is still dated correctly.
 PORT_NAME=org.kfi.agent
@@ -49,6 +53,7 @@ heartbeat)
                     [ "$word" = kfi-cmd ] || continue
                     case "$cmd" in
                     sysrq) echo "$arg" > /proc/sysrq-trigger ;;
+                    append) echo "$arg" >> /data/acked && sync -d /data/acked && echo "kfi ack $arg" >&3 ;;
                     esac
                 done
                 sleep 0.1
@@ -64,8 +69,19 @@ heartbeat)
         exec 3>&-
     done
     ;;
+hold)
+    # agent hold PHASE: stop at a phase boundary until the host says go on.
+    port=$(find_port) || exit 1
+    exec 3<> "$port"
+    now=$(uptime_s)
+    echo "kfi phase held $now $now" >&3
+    while read -r word cmd _ <&3 || sleep 0.05; do
+        [ "$word $cmd" = "kfi-cmd continue" ] && break
+    done
+    exec 3>&-
+    ;;
 *)
-    echo "usage: agent phase NAME [UPTIME] | agent heartbeat [INTERVAL]" >&2
+    echo "usage: agent phase NAME [UPTIME] | agent heartbeat [INTERVAL] | agent hold" >&2
     exit 2
     ;;
 esac

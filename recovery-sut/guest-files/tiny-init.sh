@@ -11,9 +11,11 @@ mount -t devtmpfs devtmpfs /dev
 
 # Settings first: a campaign may need them before the host connects.
 hb=1
+hold=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
     kfi.hb=*) hb=${arg#kfi.hb=} ;;
+    kfi.hold=*) hold=${arg#kfi.hold=} ;;
     kfi.sysctl=*) v=${arg#kfi.sysctl=}; sysctl -w "${v%%:*}=${v#*:}" ;;
     esac
 done
@@ -28,9 +30,12 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 /etc/kfi/agent phase userland
+# The phase-restore boundary: userland up, data disk not yet mounted. A
+# restored guest continues from here and mounts the disk as it is now.
+[ "$hold" = userland ] && /etc/kfi/agent hold
 
 if [ -b /dev/vda ]; then
-    if mount -t ext4 /dev/vda /data; then
+    if mount -t ext4 -o noatime /dev/vda /data; then
         /etc/kfi/agent phase data-mounted
     else
         echo "kfi-init: cannot mount the data disk /dev/vda"

@@ -21,6 +21,11 @@ pub enum AgentLine {
         /// Guest uptime when the line was written.
         send_uptime: f64,
     },
+    /// `kfi ack N`: write N is on the data disk and synced.
+    Ack {
+        /// The write's number.
+        seq: u64,
+    },
     /// `kfi hb SEQ SEND_UPTIME`
     Heartbeat {
         /// Sequence number since the agent started.
@@ -46,6 +51,7 @@ pub fn parse_line(line: &str) -> Option<AgentLine> {
             AgentLine::Phase { name, event_uptime, send_uptime }
         }
         "hb" => AgentLine::Heartbeat { seq: words.next()?.parse().ok()?, uptime: number(words.next())? },
+        "ack" => AgentLine::Ack { seq: words.next()?.parse().ok()? },
         _ => return None,
     };
     words.next().is_none().then_some(line)
@@ -75,6 +81,7 @@ pub struct Heartbeat {
 struct State {
     phases: Vec<PhaseEvent>,
     heartbeat: Option<Heartbeat>,
+    acks: std::collections::BTreeSet<u64>,
     closed: bool,
 }
 
@@ -110,6 +117,9 @@ impl AgentChannel {
                         state.phases.push(PhaseEvent { name, at_s: at.as_secs_f64(), guest_uptime_s: event_uptime });
                     }
                     AgentLine::Heartbeat { seq, .. } => state.heartbeat = Some(Heartbeat { seq, at: now }),
+                    AgentLine::Ack { seq } => {
+                        state.acks.insert(seq);
+                    }
                 }
                 cvar.notify_all();
             }
@@ -178,6 +188,16 @@ impl AgentChannel {
         found
     }
 
+    /// Write numbers the guest acknowledged as durable.
+    pub fn acked(&self) -> Vec<u64> {
+        self.state().acks.iter().copied().collect()
+    }
+
+    /// Waits for the acknowledgement of write `seq`.
+    pub fn wait_ack(&self, seq: u64, timeout: Duration) -> bool {
+        self.wait_for(timeout, |s| s.acks.contains(&seq))
+    }
+
     /// Waits for a heartbeat with a sequence number above `after`.
     pub fn wait_heartbeat(&self, after: u64, timeout: Duration) -> Option<Heartbeat> {
         let mut found = None;
@@ -201,6 +221,7 @@ mod tests {
             Some(AgentLine::Phase { name: "kernel".into(), event_uptime: 1.25, send_uptime: 1.5 })
         );
         assert_eq!(parse_line("kfi hb 7 9.01"), Some(AgentLine::Heartbeat { seq: 7, uptime: 9.01 }));
+        assert_eq!(parse_line("kfi ack 12"), Some(AgentLine::Ack { seq: 12 }));
         for bad in [
             "",
             "kfi",

@@ -20,19 +20,25 @@ pub enum Strategy {
     /// Reset the VM and boot firmware, kernel, init and services from
     /// scratch: the baseline the published results compare against.
     FullReboot,
+    /// Restore the snapshot taken at the boundary "userland up, data disk
+    /// not yet mounted", then mount the data disk as it is now and start
+    /// the services: no stale cache can disagree with the disk.
+    PhaseRestore,
     /// Restore the snapshot taken with the services running, in a fresh
-    /// QEMU on the same ports, with RAM mapped lazily.
+    /// QEMU on the same ports, with RAM mapped lazily. Valid only while the
+    /// data disk is unchanged since the snapshot.
     ServiceRestore,
 }
 
 impl Strategy {
     /// Every strategy, baseline first.
-    pub const ALL: [Strategy; 2] = [Strategy::FullReboot, Strategy::ServiceRestore];
+    pub const ALL: [Strategy; 3] = [Strategy::FullReboot, Strategy::PhaseRestore, Strategy::ServiceRestore];
 
     /// Its name on the command line and in results.
     pub fn name(self) -> &'static str {
         match self {
             Strategy::FullReboot => "full-reboot",
+            Strategy::PhaseRestore => "phase-restore",
             Strategy::ServiceRestore => "service-restore",
         }
     }
@@ -46,7 +52,7 @@ impl fmt::Display for Strategy {
 
 /// An unknown strategy name.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown recovery strategy `{0}`: the strategies are full-reboot and service-restore")]
+#[error("unknown recovery strategy `{0}`: the strategies are full-reboot, phase-restore and service-restore")]
 pub struct UnknownStrategy(String);
 
 impl FromStr for Strategy {
@@ -139,11 +145,26 @@ pub struct Sut {
     _disks: tempfile::TempDir,
     snapshots: tempfile::TempDir,
     service_snapshot: Option<Snapshot>,
+    phase_snapshot: Option<Snapshot>,
+    /// Data-disk writes the current QEMU had counted when the disk last
+    /// matched the service snapshot's view of it.
+    data_baseline: Option<u64>,
+    /// The data disk changed since the service snapshot: restoring it
+    /// would bring back a page cache that disagrees with the disk.
+    data_dirty: bool,
+}
+
+/// Write requests QEMU has counted on the data disk, if there is one.
+fn data_writes(vm: &mut Vm) -> Option<u64> {
+    let stats = vm.qmp().execute("query-blockstats", None).ok()?;
+    stats.as_array()?.iter().find(|d| d["device"] == "data")?["stats"]["wr_operations"].as_u64()
 }
 
 impl Sut {
     /// Boots the guest (RAM file-backed, so snapshots are lazy) and waits for
-    /// the first correct answer. Later VMs reuse its ports.
+    /// the first correct answer. Later VMs reuse its ports. Guests that can
+    /// hold at the userland boundary (tiny) are snapshotted there on the way
+    /// up, for phase-restore.
     pub fn boot(image: &GuestImage, config: &VmConfig) -> Result<Sut, RecoveryError> {
         let disks = tempfile::Builder::new()
             .prefix("kfi-disks-")
@@ -153,11 +174,33 @@ impl Sut {
             .prefix("kfi-snapshots-")
             .tempdir()
             .map_err(|source| RecoveryError::Io { what: "the snapshot directory", source })?;
-        let config = VmConfig { shared_ram: true, disk_dir: Some(disks.path().to_path_buf()), ..config.clone() };
-        let vm = Vm::start(image, &config)?;
+        let holds = image.profile() == crate::guest::Profile::Tiny;
+        let mut config = VmConfig { shared_ram: true, disk_dir: Some(disks.path().to_path_buf()), ..config.clone() };
+        if holds {
+            config.extra_cmdline.push("kfi.hold=userland".into());
+        }
+        let mut vm = Vm::start(image, &config)?;
+        let phase_snapshot = if holds {
+            vm.wait_phase("held", SERVICE_TIMEOUT)?;
+            let snap = snapshot::take(&mut vm, &snapshots.path().join("phase"), "userland")?;
+            vm.agent().send("continue").map_err(|source| RecoveryError::Io { what: "the agent command", source })?;
+            Some(snap)
+        } else {
+            None
+        };
         vm.wait_http(SERVICE_TIMEOUT)?;
         let config = vm.config();
-        Ok(Sut { image: image.clone(), config, vm: Some(vm), _disks: disks, snapshots, service_snapshot: None })
+        Ok(Sut {
+            image: image.clone(),
+            config,
+            vm: Some(vm),
+            _disks: disks,
+            snapshots,
+            service_snapshot: None,
+            phase_snapshot,
+            data_baseline: None,
+            data_dirty: false,
+        })
     }
 
     /// The running VM.
@@ -174,7 +217,14 @@ impl Sut {
     pub fn snapshot_service(&mut self) -> Result<&Snapshot, RecoveryError> {
         let dir = self.snapshots.path().join("service");
         let snap = snapshot::take(self.vm(), &dir, "services-ready")?;
+        self.data_baseline = data_writes(self.vm());
+        self.data_dirty = false;
         Ok(self.service_snapshot.insert(snap))
+    }
+
+    /// The phase snapshot, if the guest could hold for one.
+    pub fn phase_snapshot(&self) -> Option<&Snapshot> {
+        self.phase_snapshot.as_ref()
     }
 
     /// Waits for a failure: a GUEST_PANICKED event, a heartbeat older than
@@ -205,27 +255,48 @@ impl Sut {
     /// to a full reboot when no valid snapshot exists) and waits for the
     /// first correct answer.
     pub fn recover(&mut self, strategy: Strategy, failure: &Failure) -> Result<RecoveryTiming, RecoveryError> {
-        let mut used = strategy;
-        let mut fallback_reason = None;
         let started = Instant::now();
+        // The crashed QEMU still counts the data disk's writes.
+        if let (Some(baseline), Some(now)) = (self.data_baseline, data_writes(self.vm())) {
+            if now > baseline {
+                self.data_dirty = true;
+            }
+        }
+        let mut fallback_reason = None;
+        let mut used = strategy;
         if strategy == Strategy::ServiceRestore {
-            match self.service_snapshot.as_ref().map(|s| Snapshot::open(&s.dir)) {
-                None => fallback_reason = Some("no service snapshot was taken".to_string()),
-                Some(Err(e)) => fallback_reason = Some(format!("the service snapshot is unusable: {e}")),
-                Some(Ok(snap)) => match self.restore(&snap) {
-                    Ok(()) => {}
-                    Err(e) => fallback_reason = Some(format!("restoring the snapshot failed: {e}")),
-                },
+            let reason = if self.data_dirty {
+                Some(
+                    "the data disk was written since the service snapshot; its page cache would disagree with the disk"
+                        .to_string(),
+                )
+            } else {
+                self.try_restore(self.service_snapshot.clone(), "service").err()
+            };
+            if let Some(reason) = reason {
+                used = if self.phase_snapshot.is_some() { Strategy::PhaseRestore } else { Strategy::FullReboot };
+                fallback_reason = Some(reason);
             }
-            if let Some(reason) = &fallback_reason {
-                tracing::warn!("service-restore falls back to full-reboot: {reason}");
-                used = Strategy::FullReboot;
+        }
+        if used == Strategy::PhaseRestore {
+            match self.try_restore(self.phase_snapshot.clone(), "phase") {
+                Ok(()) => self
+                    .vm()
+                    .agent()
+                    .send("continue")
+                    .map_err(|source| RecoveryError::Io { what: "the agent command", source })?,
+                Err(reason) => {
+                    used = Strategy::FullReboot;
+                    fallback_reason = Some(fallback_reason.map_or(reason.clone(), |r| format!("{r}; then {reason}")));
+                }
             }
+        }
+        if let Some(reason) = &fallback_reason {
+            tracing::warn!("{strategy} falls back to {used}: {reason}");
         }
         if used == Strategy::FullReboot {
             self.full_reboot()?;
         }
-        debug_assert!(self.vm.is_some());
         let restart_s = started.elapsed().as_secs_f64();
         let vm = self.vm();
         let ready =
@@ -237,14 +308,54 @@ impl Sut {
                 timeout: SERVICE_TIMEOUT,
                 last: e.to_string(),
             })?;
+        let service_s = ready.duration_since(failure.detected_at).as_secs_f64();
+        match used {
+            // The restored guest's view of the disk is the snapshot's, and
+            // the new QEMU counts writes from zero.
+            Strategy::ServiceRestore => self.data_baseline = data_writes(self.vm()),
+            // The data disk, if any, was mounted anew (journal replay included).
+            Strategy::PhaseRestore | Strategy::FullReboot => {
+                if data_writes(self.vm()).is_some() {
+                    self.data_dirty = true;
+                }
+            }
+        }
+        // After a reboot in the same QEMU (RAM still file-backed and
+        // shared) a fresh service snapshot restores validity.
+        if used == Strategy::FullReboot && self.service_snapshot.is_some() && self.vm().snapshottable() {
+            let vm = self.vm();
+            if vm.wait_phase("services-ready", SERVICE_TIMEOUT).is_ok() {
+                self.snapshot_service()?;
+            }
+        }
+        // Commands sent while the guest has the agent port closed are lost;
+        // the agent reads commands from before its first heartbeat on.
+        if self.vm().agent().wait_heartbeat(0, SERVICE_TIMEOUT).is_none() {
+            tracing::warn!("no agent heartbeat after {used}");
+        }
         Ok(RecoveryTiming {
             strategy: used,
             requested: strategy,
             fallback_reason,
             cause: failure.cause,
             restart_s,
-            service_s: ready.duration_since(failure.detected_at).as_secs_f64(),
+            service_s,
         })
+    }
+
+    /// Replaces the VM by one restored from `snap`; `Err` carries why it
+    /// could not, for the fallback's reason.
+    fn try_restore(&mut self, snap: Option<Snapshot>, which: &str) -> Result<(), String> {
+        let snap = snap.ok_or_else(|| format!("no {which} snapshot was taken"))?;
+        let snap = Snapshot::open(&snap.dir).map_err(|e| format!("the {which} snapshot is unusable: {e}"))?;
+        if let Some(old) = self.vm.take() {
+            old.kill();
+        }
+        // On failure no VM is left: the fallback's full reboot starts one.
+        let vm = Vm::restore(&self.image, &self.config, &snap)
+            .map_err(|e| format!("restoring the {which} snapshot failed: {e}"))?;
+        self.vm = Some(vm);
+        Ok(())
     }
 
     fn full_reboot(&mut self) -> Result<(), RecoveryError> {
@@ -261,21 +372,12 @@ impl Sut {
             // QEMU itself is gone: a cold start on the same ports and disks.
             _ => Vm::start(&self.image, &self.config)?,
         };
+        // The boot stops at the phase boundary it was told to hold at.
+        if self.phase_snapshot.is_some() {
+            vm.wait_phase("held", SERVICE_TIMEOUT)?;
+            vm.agent().send("continue").map_err(|source| RecoveryError::Io { what: "the agent command", source })?;
+        }
         self.vm = Some(vm);
         Ok(())
-    }
-
-    fn restore(&mut self, snap: &Snapshot) -> Result<(), RecoveryError> {
-        if let Some(old) = self.vm.take() {
-            old.kill();
-        }
-        match Vm::restore(&self.image, &self.config, snap) {
-            Ok(vm) => {
-                self.vm = Some(vm);
-                Ok(())
-            }
-            // No VM left: the fallback's full reboot starts a cold one.
-            Err(e) => Err(e.into()),
-        }
     }
 }

@@ -112,8 +112,11 @@ impl Snapshot {
 /// is paused for the duration and resumed afterwards.
 pub fn take(vm: &mut Vm, dir: &Path, phase: &str) -> Result<Snapshot, SnapshotError> {
     let ram = vm.run_dir().join("guest.ram");
-    if !vm.config().shared_ram || !ram.exists() {
-        return Err(SnapshotError::Unsupported("the VM was not started with shared_ram".into()));
+    if !vm.snapshottable() || !ram.exists() {
+        return Err(SnapshotError::Unsupported(
+            "the VM's RAM is not a shared file of its own (started without shared_ram, or restored from a snapshot)"
+                .into(),
+        ));
     }
     let partial = PartialDir::begin(dir)?;
     let qmp = vm.qmp();

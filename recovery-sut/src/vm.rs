@@ -182,6 +182,8 @@ pub struct Vm {
     memory_mib: u32,
     image: GuestImage,
     config: VmConfig,
+    /// RAM is the run directory's shared file (not a snapshot's private map).
+    snapshottable: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -535,6 +537,7 @@ impl Vm {
             memory_mib: config.memory_mib,
             image: image.clone(),
             config: config.clone(),
+            snapshottable: matches!(ram, Ram::SharedFile),
         })
     }
 
@@ -571,6 +574,13 @@ impl Vm {
     /// The configuration it was started with (ports as actually used).
     pub fn config(&self) -> VmConfig {
         VmConfig { http_port: Some(self.http.port()), gdb_port: Some(self.gdb.port()), ..self.config.clone() }
+    }
+
+    /// Whether [`crate::snapshot::take`] can snapshot it: its RAM is a
+    /// shared file of its own. A restored VM maps a snapshot's RAM
+    /// privately and cannot.
+    pub fn snapshottable(&self) -> bool {
+        self.snapshottable
     }
 
     /// The image it booted.

@@ -330,6 +330,11 @@ pub(crate) fn make_ext4(image: &Path, from: &Path, label: &str, size_mib: u64) -
                 "ext4".as_ref(),
                 "-L".as_ref(),
                 label.as_ref(),
+                // No background inode-table and journal initialisation after
+                // mount: those writes would make an untouched disk look
+                // written to, and invalidate snapshots for nothing.
+                "-E".as_ref(),
+                "lazy_itable_init=0,lazy_journal_init=0".as_ref(),
                 "-d".as_ref(),
                 from.as_os_str(),
                 image.as_os_str(),

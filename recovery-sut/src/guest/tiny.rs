@@ -69,6 +69,9 @@ pub(crate) fn build(
     let mut fs = base_initramfs(Profile::Tiny, kernel)?;
     fs.file("init", INIT_SH.as_bytes().to_vec(), 0o755);
     fs.dir("data");
+    // The data disk's files are readable over HTTP (/data/acked holds the
+    // acknowledged writes), so a recovery can be checked from outside.
+    fs.symlink("www/data", "/data");
     for (url, data) in docs {
         fs.file(&format!("www{url}"), data.clone(), 0o644);
     }
