@@ -390,7 +390,7 @@ pub fn fetch_debug(cache: &Cache, kernel: &Kernel, progress: &dyn Fn(&str)) -> R
             // cost gigabytes, so go through tar with a member filter.
             let tar_out = fs::File::create(&tar).map_err(|e| CacheError::io("create", &tar, e))?;
             let dpkg = tools::DPKG_DEB.find()?;
-            duct::cmd(dpkg, [deb.as_os_str(), std::ffi::OsStr::new("--fsys-tarfile")])
+            duct::cmd(dpkg, [std::ffi::OsStr::new("--fsys-tarfile"), deb.as_os_str()])
                 .stdout_file(tar_out)
                 .run()
                 .map_err(|source| ToolError::Spawn { command: "dpkg-deb --fsys-tarfile".into(), source })?;

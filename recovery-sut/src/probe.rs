@@ -52,7 +52,10 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpA
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: kfi-probe\r\n\r\n")?;
+    // One write: a server may answer and close as soon as it has read the
+    // request line, and a second write would then fail with EPIPE.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: kfi-probe\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw)
@@ -136,8 +139,13 @@ mod tests {
         let server = std::thread::spawn(move || {
             for body in [&b"right"[..], &b"wrong"[..]] {
                 let (mut s, _) = listener.accept().unwrap();
+                let mut request = Vec::new();
                 let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf).unwrap();
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).unwrap();
+                    assert!(n > 0, "client closed mid-request");
+                    request.extend_from_slice(&buf[..n]);
+                }
                 s.write_all(b"HTTP/1.0 200 OK\r\n\r\n").unwrap();
                 s.write_all(body).unwrap();
             }
