@@ -407,7 +407,11 @@ fn cmd_recover(cache: &Cache, args: RecoverArgs) -> Result<ExitCode> {
                 f(s.downtime_p95_s),
                 f(s.detect_median_s),
                 f(s.restart_median_s),
-                s.reduction_vs_full_reboot.map_or("-".into(), |r| format!("-{:.1}%", r * 100.0))
+                if s.strategy == Strategy::FullReboot {
+                    "baseline".to_string()
+                } else {
+                    s.reduction_vs_full_reboot.map_or("-".into(), |r| format!("{:+.1}%", -r * 100.0))
+                }
             );
         }
     }

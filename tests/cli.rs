@@ -213,3 +213,25 @@ fn recover_json_shows_snapshot_restore_far_faster_than_reboot() {
         assert!(t["correct"].as_u64().unwrap() > 0);
     }
 }
+
+/// `--kernel`/`--modules`: a kernel of the user's own boots the tiny guest
+/// (here the cached Debian files, passed as if they were the user's).
+#[test]
+fn a_user_supplied_kernel_and_module_tree_boot() {
+    let cache = real_cache();
+    let k = kernel::resolve(&cache, &KernelChoice::Debian, &|_| {}).unwrap();
+    let modules = k.modules[0].1.parent().unwrap().to_path_buf();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = kfi()
+        .args(["boot", "--guest", "tiny", "--until-ready", "--json", "--accel", "tcg", "--kernel"])
+        .arg(&k.vmlinuz)
+        .arg("--modules")
+        .arg(&modules)
+        .env("KFI_CACHE", tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kernel_version"], k.release.as_str());
+    assert!(v["kernel"].as_str().unwrap().contains("user-supplied"), "{v}");
+}

@@ -251,9 +251,11 @@ impl Sut {
         }
     }
 
-    /// Brings the service back after `failure` with `strategy` (falling back
-    /// to a full reboot when no valid snapshot exists) and waits for the
-    /// first correct answer.
+    /// Brings the service back after `failure` with `strategy` and waits for
+    /// the first correct answer. A service snapshot that is missing, corrupt
+    /// or stale (the data disk was written since) falls back to
+    /// phase-restore, and a phase snapshot that cannot be used to a full
+    /// reboot; the timing says which ran and why.
     pub fn recover(&mut self, strategy: Strategy, failure: &Failure) -> Result<RecoveryTiming, RecoveryError> {
         let started = Instant::now();
         // The crashed QEMU still counts the data disk's writes.
