@@ -34,15 +34,22 @@ case "$1" in
 phase)
     # agent phase NAME [EVENT_UPTIME]
     port=$(find_port) || exit 1
-    now=$(uptime_s)
-    echo "kfi phase $2 ${3:-$now} $now" > "$port"
+    # A virtio port opens once at a time; another agent process (debian's
+    # hold) may have it for a moment.
+    for _ in $(seq 1 250); do
+        now=$(uptime_s)
+        echo "kfi phase $2 ${3:-$now} $now" 2>/dev/null > "$port" && exit 0
+        sleep 0.02
+    done
+    exit 1
     ;;
 heartbeat)
     # agent heartbeat [INTERVAL_S]; never returns, survives a lost port.
     interval=${2:-1}
     seq=0
     while :; do
-        port=$(find_port) && exec 3<> "$port" || { sleep 1; continue; }
+        port=$(find_port) && (exec 3<> "$port") 2>/dev/null || { sleep 0.1; continue; }
+        exec 3<> "$port"
         # A virtio port opens once at a time: the command reader shares
         # the heartbeat's descriptor.
         (
@@ -72,6 +79,8 @@ heartbeat)
 hold)
     # agent hold PHASE: stop at a phase boundary until the host says go on.
     port=$(find_port) || exit 1
+    # A failed `exec` redirection would end this shell: probe in a subshell.
+    until (exec 3<> "$port") 2>/dev/null; do sleep 0.02; done
     exec 3<> "$port"
     now=$(uptime_s)
     echo "kfi phase held $now $now" >&3

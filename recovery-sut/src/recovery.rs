@@ -161,10 +161,9 @@ fn data_writes(vm: &mut Vm) -> Option<u64> {
 }
 
 impl Sut {
-    /// Boots the guest (RAM file-backed, so snapshots are lazy) and waits for
-    /// the first correct answer. Later VMs reuse its ports. Guests that can
-    /// hold at the userland boundary (tiny) are snapshotted there on the way
-    /// up, for phase-restore.
+    /// Boots the guest (RAM file-backed, so snapshots are lazy), takes the
+    /// phase snapshot at the userland boundary on the way up, and waits for
+    /// the first correct answer. Later VMs reuse its ports.
     pub fn boot(image: &GuestImage, config: &VmConfig) -> Result<Sut, RecoveryError> {
         let disks = tempfile::Builder::new()
             .prefix("kfi-disks-")
@@ -174,20 +173,15 @@ impl Sut {
             .prefix("kfi-snapshots-")
             .tempdir()
             .map_err(|source| RecoveryError::Io { what: "the snapshot directory", source })?;
-        let holds = image.profile() == crate::guest::Profile::Tiny;
+        // Both profiles hold at "userland up, data disk not mounted" when
+        // asked to (tiny in its init, debian before kfi-data.service): the
+        // phase snapshot is taken there on the way up.
         let mut config = VmConfig { shared_ram: true, disk_dir: Some(disks.path().to_path_buf()), ..config.clone() };
-        if holds {
-            config.extra_cmdline.push("kfi.hold=userland".into());
-        }
+        config.extra_cmdline.push("kfi.hold=userland".into());
         let mut vm = Vm::start(image, &config)?;
-        let phase_snapshot = if holds {
-            vm.wait_phase("held", SERVICE_TIMEOUT)?;
-            let snap = snapshot::take(&mut vm, &snapshots.path().join("phase"), "userland")?;
-            vm.agent().send("continue").map_err(|source| RecoveryError::Io { what: "the agent command", source })?;
-            Some(snap)
-        } else {
-            None
-        };
+        vm.wait_phase("held", SERVICE_TIMEOUT)?;
+        let phase_snapshot = Some(snapshot::take(&mut vm, &snapshots.path().join("phase"), "userland")?);
+        vm.agent().send("continue").map_err(|source| RecoveryError::Io { what: "the agent command", source })?;
         vm.wait_http(SERVICE_TIMEOUT)?;
         let config = vm.config();
         Ok(Sut {

@@ -81,7 +81,11 @@ Before=apache2.service mariadb.service
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/bin/mount -t ext4 -o rw /dev/vdb /data
+TimeoutStartSec=infinity
+# The phase-restore boundary: with kfi.hold=userland on the kernel command
+# line the agent reports `held` and waits for the host to snapshot.
+ExecStartPre=/bin/sh -c 'if grep -qw kfi.hold=userland /proc/cmdline; then exec /usr/local/sbin/kfi-agent hold; fi'
+ExecStart=/bin/mount -t ext4 -o rw,noatime /dev/vdb /data
 ExecStop=/bin/umount /data
 
 [Install]
