@@ -239,20 +239,29 @@ fn each_strategy_recovers_a_kernel_panic_and_serves_correct_content() {
 }
 
 #[test]
-fn a_corrupt_service_snapshot_falls_back_to_full_reboot_and_says_why() {
+fn corrupt_snapshots_fall_back_to_the_next_strategy_and_say_why() {
     use recovery_sut::{Strategy, Sut};
+    let corrupt = |state: std::path::PathBuf| {
+        let mut bytes = std::fs::read(&state).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&state, bytes).unwrap();
+    };
     let image = tiny_image();
     let config = VmConfig { extra_cmdline: vec!["unknown_nmi_panic".into()], ..tcg() };
     let mut sut = Sut::boot(&image, &config).expect("boot");
-    let state = sut.snapshot_service().expect("snapshot").state_file();
-    let mut bytes = std::fs::read(&state).unwrap();
-    bytes[100] ^= 0xff;
-    std::fs::write(&state, bytes).unwrap();
+    corrupt(sut.snapshot_service().expect("snapshot").state_file());
     let timing = panic_and_recover(&mut sut, Strategy::ServiceRestore);
     assert_eq!(timing.requested, Strategy::ServiceRestore);
+    assert_eq!(timing.strategy, Strategy::PhaseRestore);
+    let reason = timing.fallback_reason.expect("a reason");
+    assert!(reason.contains("service snapshot") && reason.contains("corrupt") && reason.contains("state"), "{reason}");
+
+    // With the phase snapshot broken too, only a full reboot is left.
+    corrupt(sut.phase_snapshot().expect("phase snapshot").state_file());
+    let timing = panic_and_recover(&mut sut, Strategy::ServiceRestore);
     assert_eq!(timing.strategy, Strategy::FullReboot);
     let reason = timing.fallback_reason.expect("a reason");
-    assert!(reason.contains("corrupt") && reason.contains("state"), "{reason}");
+    assert!(reason.contains("service snapshot") && reason.contains("phase snapshot"), "{reason}");
 }
 
 #[test]
