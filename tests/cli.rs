@@ -82,7 +82,7 @@ fn boot_json_has_the_documented_fields() {
     let phases = v["phases"].as_object().unwrap();
     for name in ["kernel", "userland", "services-ready"] {
         let at = phases[name].as_f64().unwrap_or_else(|| panic!("phase {name} missing"));
-        assert!(at > 0.0 && at <= http + 1.0, "{name} at {at}, http at {http}");
+        assert!(at > 0.0 && at <= http + 5.0, "{name} at {at}, http at {http}");
     }
     assert!(phases["kernel"].as_f64() < phases["userland"].as_f64());
 }
