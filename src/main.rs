@@ -43,9 +43,8 @@ enum Command {
 
 #[derive(Args)]
 struct RecoverArgs {
-    /// Guest profile.
-    #[arg(long, value_enum, default_value = "tiny")]
-    guest: ProfileArg,
+    #[command(flatten)]
+    vm: GuestArgs,
     /// How to crash the guest.
     #[arg(long, value_enum, default_value = "sysrq")]
     crash: recover::Crash,
@@ -67,14 +66,6 @@ struct RecoverArgs {
     /// Print one JSON object (trials and per-strategy summary).
     #[arg(long)]
     json: bool,
-    /// Accelerator.
-    #[arg(long, value_enum, default_value = "auto")]
-    accel: AccelArg,
-    /// Guest RAM in MiB (default: 256 for tiny, 1024 for debian).
-    #[arg(long)]
-    memory: Option<u32>,
-    #[command(flatten)]
-    kernel: KernelArgs,
 }
 
 #[derive(Subcommand)]
@@ -165,21 +156,14 @@ impl KernelArgs {
 
 #[derive(Args)]
 struct BootArgs {
-    /// Guest profile.
-    #[arg(long, value_enum, default_value = "tiny")]
-    guest: ProfileArg,
+    #[command(flatten)]
+    vm: GuestArgs,
     /// Exit after the first correct HTTP answer instead of waiting for Ctrl-C.
     #[arg(long)]
     until_ready: bool,
     /// Print one JSON object (accel, qemu_version, kernel_version, phases, http_ready_s).
     #[arg(long)]
     json: bool,
-    /// Accelerator.
-    #[arg(long, value_enum, default_value = "auto")]
-    accel: AccelArg,
-    /// Guest RAM in MiB (default: 256 for tiny, 1024 for debian).
-    #[arg(long)]
-    memory: Option<u32>,
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u32,
@@ -198,8 +182,54 @@ struct BootArgs {
     /// Keep the run directory (console log, QEMU output) and print its path.
     #[arg(long)]
     keep_run_dir: bool,
+}
+
+/// What every command that runs a guest needs: which guest, on which
+/// kernel, accelerator and RAM size.
+#[derive(Args)]
+struct GuestArgs {
+    /// Guest profile.
+    #[arg(long, value_enum, default_value = "tiny")]
+    guest: ProfileArg,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    /// Guest RAM in MiB (default: 256 for tiny, 1024 for debian).
+    #[arg(long)]
+    memory: Option<u32>,
     #[command(flatten)]
     kernel: KernelArgs,
+}
+
+/// A guest ready to start: its image, kernel, accelerator and RAM size.
+struct Prepared {
+    profile: Profile,
+    kernel: recovery_sut::Kernel,
+    image: recovery_sut::GuestImage,
+    decision: recovery_sut::AccelDecision,
+    memory_mib: u32,
+}
+
+impl GuestArgs {
+    /// Resolves the kernel, builds the image if needed and picks the
+    /// accelerator, reporting each step.
+    fn prepare(&self, cache: &Cache, step: &dyn Fn(&str)) -> Result<Prepared> {
+        let profile: Profile = self.guest.into();
+        let kernel = kernel::resolve(cache, &self.kernel.choice(), step)?;
+        let image = guest::ensure(cache, profile, &kernel, step)?;
+        step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
+        let choice = match self.accel {
+            AccelArg::Auto => AccelChoice::Auto,
+            AccelArg::Tcg => AccelChoice::Tcg,
+            AccelArg::Kvm => AccelChoice::Kvm,
+        };
+        let decision = accel::decide(choice, cache, &image)?;
+        let memory_mib = self.memory.unwrap_or(match profile {
+            Profile::Tiny => 256,
+            Profile::Debian => 1024,
+        });
+        Ok(Prepared { profile, kernel, image, decision, memory_mib })
+    }
 }
 
 fn say(msg: &str) {
@@ -310,24 +340,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn accel_choice(arg: AccelArg) -> AccelChoice {
-    match arg {
-        AccelArg::Auto => AccelChoice::Auto,
-        AccelArg::Tcg => AccelChoice::Tcg,
-        AccelArg::Kvm => AccelChoice::Kvm,
-    }
-}
-
-fn default_memory(profile: Profile) -> u32 {
-    match profile {
-        Profile::Tiny => 256,
-        Profile::Debian => 1024,
-    }
-}
-
 fn cmd_recover(cache: &Cache, args: RecoverArgs) -> Result<ExitCode> {
     use recovery_sut::recovery::Strategy;
-    let profile: Profile = args.guest.into();
     let strategies = args.strategy.iter().map(|s| s.parse::<Strategy>()).collect::<Result<Vec<_>, _>>()?;
     let spinner = (!args.json).then(Progress::new);
     let step = |m: &str| {
@@ -335,18 +349,11 @@ fn cmd_recover(cache: &Cache, args: RecoverArgs) -> Result<ExitCode> {
             s.step(m)
         }
     };
-    let k = kernel::resolve(cache, &args.kernel.choice(), &step)?;
-    let image = guest::ensure(cache, profile, &k, &step)?;
-    let decision = accel::decide(accel_choice(args.accel), cache, &image)?;
+    let Prepared { profile, kernel: k, image, decision, memory_mib } = args.vm.prepare(cache, &step)?;
     step(&format!("booting the {profile} guest ({}) and taking the service snapshot", decision.accel.name()));
     // The data disk is attached, as in production: phase-restore remounts
     // it, and service-restore must prove it unchanged.
-    let config = VmConfig {
-        accel: decision.accel,
-        memory_mib: args.memory.unwrap_or(default_memory(profile)),
-        data_disk: true,
-        ..VmConfig::default()
-    };
+    let config = VmConfig { accel: decision.accel, memory_mib, data_disk: true, ..VmConfig::default() };
     let plan = recover::RecoverPlan {
         strategies: strategies.clone(),
         repeat: args.repeat,
@@ -458,21 +465,17 @@ fn cmd_doctor(cache: &Cache, json: bool) -> Result<ExitCode> {
 }
 
 fn cmd_boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
-    let profile: Profile = args.guest.into();
     let spinner = (!args.json).then(Progress::new);
     let step = |m: &str| {
         if let Some(s) = &spinner {
             s.step(m)
         }
     };
-    let k = kernel::resolve(cache, &args.kernel.choice(), &step)?;
-    let image = guest::ensure(cache, profile, &k, &step)?;
-    step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
-    let decision = accel::decide(accel_choice(args.accel), cache, &image)?;
+    let Prepared { profile, kernel: k, image, decision, memory_mib } = args.vm.prepare(cache, &step)?;
     drop(spinner);
     let config = VmConfig {
         accel: decision.accel,
-        memory_mib: args.memory.unwrap_or(default_memory(profile)),
+        memory_mib,
         cpus: args.cpus,
         http_port: args.http_port,
         gdb_port: args.gdb_port,

@@ -304,33 +304,17 @@ pub struct Registers {
     raw: Vec<u8>,
 }
 
-/// The registers kept as fields, in field order.
-const FIELDS: [Reg; 24] = [
-    Reg::Rax,
-    Reg::Rbx,
-    Reg::Rcx,
-    Reg::Rdx,
-    Reg::Rsi,
-    Reg::Rdi,
-    Reg::Rbp,
-    Reg::Rsp,
-    Reg::R8,
-    Reg::R9,
-    Reg::R10,
-    Reg::R11,
-    Reg::R12,
-    Reg::R13,
-    Reg::R14,
-    Reg::R15,
-    Reg::Rip,
-    Reg::Eflags,
-    Reg::Cs,
-    Reg::Ss,
-    Reg::Ds,
-    Reg::Es,
-    Reg::Fs,
-    Reg::Gs,
-];
+/// The registers kept as fields, in field order: the first 24 of
+/// [`Reg::ALL`] (general-purpose, rip, eflags, segment selectors).
+const FIELDS: [Reg; 24] = {
+    let mut fields = [Reg::Rax; 24];
+    let mut i = 0;
+    while i < fields.len() {
+        fields[i] = Reg::ALL[i];
+        i += 1;
+    }
+    fields
+};
 
 impl Registers {
     /// Decodes a `g` block. The typed fields must all be present; registers
