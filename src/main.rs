@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod campaign;
+mod faults;
+mod inject;
 mod recover;
+mod workload;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -39,6 +43,24 @@ enum Command {
     Boot(BootArgs),
     /// Crash the guest repeatedly under client load and measure each recovery strategy's client-seen downtime.
     Recover(RecoverArgs),
+    /// List the deterministic faults of a campaign seed (the same list on every machine).
+    Faults(faults::FaultsArgs),
+    /// Boot a guest, inject one fault under HTTP load, observe it and classify the outcome.
+    Inject(inject::InjectArgs),
+    /// Run, resume, inspect or merge campaigns of experiments described in TOML (see experiments/).
+    #[command(subcommand)]
+    Campaign(campaign::cli::CampaignCommand),
+    /// Re-run exactly one experiment of a campaign and print it next to the stored record.
+    Replay(campaign::cli::ReplayArgs),
+    /// Regenerate tables, figures and report.md of a results directory from its stored data alone.
+    Report(campaign::cli::ReportArgs),
+    /// Regression mode for a recovery VMM's CI: run a fixed crash set and fail on any unrecovered failure, lost write or slower strategy.
+    Check(campaign::cli::CheckArgs),
+    /// Reproduce the published downtime result: run experiments/downtime.toml and write results/downtime/.
+    Reproduce(campaign::cli::ReproduceArgs),
+    /// Offer the Apache or RUBiS workload to a booted guest and report throughput, latency and errors.
+    #[command(subcommand)]
+    Workload(workload::WorkloadCommand),
 }
 
 #[derive(Args)]
@@ -211,25 +233,36 @@ struct Prepared {
 }
 
 impl GuestArgs {
-    /// Resolves the kernel, builds the image if needed and picks the
-    /// accelerator, reporting each step.
+    /// The guest these arguments name, ready to start.
     fn prepare(&self, cache: &Cache, step: &dyn Fn(&str)) -> Result<Prepared> {
-        let profile: Profile = self.guest.into();
-        let kernel = kernel::resolve(cache, &self.kernel.choice(), step)?;
-        let image = guest::ensure(cache, profile, &kernel, step)?;
-        step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
         let choice = match self.accel {
             AccelArg::Auto => AccelChoice::Auto,
             AccelArg::Tcg => AccelChoice::Tcg,
             AccelArg::Kvm => AccelChoice::Kvm,
         };
-        let decision = accel::decide(choice, cache, &image)?;
-        let memory_mib = self.memory.unwrap_or(match profile {
-            Profile::Tiny => 256,
-            Profile::Debian => 1024,
-        });
-        Ok(Prepared { profile, kernel, image, decision, memory_mib })
+        prepare_guest(cache, self.guest.into(), &self.kernel.choice(), choice, self.memory, step)
     }
+}
+
+/// Resolves the kernel, builds the image if needed and picks the
+/// accelerator, reporting each step.
+fn prepare_guest(
+    cache: &Cache,
+    profile: Profile,
+    kernel_choice: &KernelChoice,
+    accel_choice: AccelChoice,
+    memory: Option<u32>,
+    step: &dyn Fn(&str),
+) -> Result<Prepared> {
+    let kernel = kernel::resolve(cache, kernel_choice, step)?;
+    let image = guest::ensure(cache, profile, &kernel, step)?;
+    step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
+    let decision = accel::decide(accel_choice, cache, &image)?;
+    let memory_mib = memory.unwrap_or(match profile {
+        Profile::Tiny => 256,
+        Profile::Debian => 1024,
+    });
+    Ok(Prepared { profile, kernel, image, decision, memory_mib })
 }
 
 fn say(msg: &str) {
@@ -337,6 +370,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Boot(args) => cmd_boot(&cache, args),
         Command::Recover(args) => cmd_recover(&cache, args),
+        Command::Faults(args) => faults::cmd(&cache, args),
+        Command::Inject(args) => inject::cmd(&cache, args),
+        Command::Campaign(campaign::cli::CampaignCommand::Run(args)) => campaign::cli::run(&cache, args),
+        Command::Campaign(campaign::cli::CampaignCommand::Status(args)) => campaign::cli::status(args),
+        Command::Campaign(campaign::cli::CampaignCommand::Merge { into, from }) => campaign::cli::merge(&into, &from),
+        Command::Replay(args) => campaign::cli::replay(&cache, args),
+        Command::Report(args) => campaign::cli::report(args),
+        Command::Reproduce(args) => campaign::cli::reproduce(&cache, args),
+        Command::Check(args) => campaign::cli::check(&cache, args),
+        Command::Workload(cmd) => workload::cmd(&cache, cmd),
     }
 }
 

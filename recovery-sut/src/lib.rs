@@ -25,5 +25,5 @@ pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use cache::Cache;
 pub use guest::{GuestImage, Profile};
 pub use kernel::{Kernel, KernelChoice};
-pub use recovery::{Strategy, Sut};
+pub use recovery::{Golden, Strategy, Sut};
 pub use vm::{BootReport, Vm, VmConfig, VmError};

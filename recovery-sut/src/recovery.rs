@@ -3,10 +3,11 @@
 //! back with a chosen strategy, timing each step.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::guest::GuestImage;
 use crate::probe;
@@ -14,7 +15,7 @@ use crate::snapshot::{self, Snapshot, SnapshotError};
 use crate::vm::{Vm, VmConfig, VmError};
 
 /// How the service is brought back after a kernel failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Reset the VM and boot firmware, kernel, init and services from
@@ -136,6 +137,38 @@ pub enum RecoveryError {
 /// failed (a full reboot under TCG takes seconds, the debian guest tens).
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// A campaign's frozen starting point (see [`Sut::freeze`]): every
+/// experiment restores it instead of booting, so experiments are
+/// independent and cost a restore, not a boot.
+#[derive(Debug, Clone)]
+pub struct Golden {
+    /// The running service, with its disks.
+    pub service: Snapshot,
+    /// The userland-boundary snapshot, for phase-restore.
+    pub phase: Option<Snapshot>,
+    image: GuestImage,
+    config: VmConfig,
+}
+
+impl Golden {
+    /// The guest image it was made from.
+    pub fn image(&self) -> &GuestImage {
+        &self.image
+    }
+}
+
+fn copy_snapshot(snap: &Snapshot, dir: &Path) -> Result<Snapshot, RecoveryError> {
+    std::fs::create_dir_all(dir).map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })?;
+    for entry in std::fs::read_dir(&snap.dir).map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })? {
+        let entry = entry.map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })?;
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name()))
+                .map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })?;
+        }
+    }
+    Ok(Snapshot::open(dir)?)
+}
+
 /// A guest whose service the VMM keeps up.
 pub struct Sut {
     image: GuestImage,
@@ -193,6 +226,62 @@ impl Sut {
             service_snapshot: None,
             phase_snapshot,
             data_baseline: None,
+            data_dirty: false,
+        })
+    }
+
+    /// Freezes the running service as a campaign's starting point: a
+    /// service snapshot with copies of the disk overlays, and a copy of the
+    /// phase snapshot, all under `dir` (which outlives this SUT).
+    pub fn freeze(&mut self, dir: &Path) -> Result<Golden, RecoveryError> {
+        let disks: Vec<PathBuf> = ["root.qcow2", "data.qcow2"]
+            .iter()
+            .map(|name| self._disks.path().join(name))
+            .filter(|p| p.exists())
+            .collect();
+        let service = snapshot::take_with_disks(self.vm(), &dir.join("service"), "services-ready", &disks)?;
+        let phase = match &self.phase_snapshot {
+            Some(phase) => Some(copy_snapshot(phase, &dir.join("phase"))?),
+            None => None,
+        };
+        Ok(Golden { service, phase, image: self.image.clone(), config: self.config.clone() })
+    }
+
+    /// A SUT restored from `golden`: its own copies of the golden disks,
+    /// its own ports, and the golden snapshots as its recovery snapshots
+    /// (they are only read; a new service snapshot goes to its own dir).
+    pub fn from_golden(golden: &Golden) -> Result<Sut, RecoveryError> {
+        let disks = tempfile::Builder::new()
+            .prefix("kfi-disks-")
+            .tempdir()
+            .map_err(|source| RecoveryError::Io { what: "the disk directory", source })?;
+        let snapshots = tempfile::Builder::new()
+            .prefix("kfi-snapshots-")
+            .tempdir()
+            .map_err(|source| RecoveryError::Io { what: "the snapshot directory", source })?;
+        let service = Snapshot::open(&golden.service.dir)?;
+        for disk in service.disk_files() {
+            let target = disks.path().join(disk.file_name().unwrap_or_default());
+            std::fs::copy(&disk, &target).map_err(|source| RecoveryError::Io { what: "a golden disk copy", source })?;
+        }
+        let config = VmConfig {
+            disk_dir: Some(disks.path().to_path_buf()),
+            http_port: None,
+            gdb_port: None,
+            ..golden.config.clone()
+        };
+        let mut vm = Vm::restore(&golden.image, &config, &service)?;
+        let data_baseline = data_writes(&mut vm);
+        let config = vm.config();
+        Ok(Sut {
+            image: golden.image.clone(),
+            config,
+            vm: Some(vm),
+            _disks: disks,
+            snapshots,
+            service_snapshot: Some(service),
+            phase_snapshot: golden.phase.clone(),
+            data_baseline,
             data_dirty: false,
         })
     }
@@ -344,6 +433,11 @@ impl Sut {
     fn try_restore(&mut self, snap: Option<Snapshot>, which: &str) -> Result<(), String> {
         let snap = snap.ok_or_else(|| format!("no {which} snapshot was taken"))?;
         let snap = Snapshot::open(&snap.dir).map_err(|e| format!("the {which} snapshot is unusable: {e}"))?;
+        // Lets a test build make restores slower on purpose, to prove that
+        // `kfi check` catches a regression; unset in real use.
+        if let Some(ms) = std::env::var("KFI_TEST_RESTORE_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         if let Some(old) = self.vm.take() {
             old.kill();
         }

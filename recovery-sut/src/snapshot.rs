@@ -17,6 +17,8 @@ use crate::vm::{Vm, VmError};
 
 const STATE: &str = "state";
 const RAM: &str = "ram";
+/// Copies of disk overlays taken with a snapshot (see [`take_with_disks`]).
+const DISKS: &str = "disks";
 
 /// What a snapshot records about how it was made.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,6 +87,16 @@ impl Snapshot {
         self.dir.join(RAM)
     }
 
+    /// Disk overlays saved with the snapshot (empty unless it was taken by
+    /// [`take_with_disks`]), as paths inside the snapshot.
+    pub fn disk_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.join(DISKS))
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+
     /// Opens a snapshot and checks every file against the manifest (sizes
     /// always; content of the small state stream always, of the RAM file
     /// when its size or mtime moved).
@@ -111,6 +123,15 @@ impl Snapshot {
 /// Snapshots a running VM into `dir` (replacing what is there). The guest
 /// is paused for the duration and resumed afterwards.
 pub fn take(vm: &mut Vm, dir: &Path, phase: &str) -> Result<Snapshot, SnapshotError> {
+    take_with_disks(vm, dir, phase, &[])
+}
+
+/// As [`take`], and also copies the given disk overlays while the guest is
+/// paused (QEMU flushes its block devices on `stop`, so the copies match
+/// the saved RAM's page cache). A campaign's golden snapshot needs them:
+/// every experiment restores RAM *and* disks to the same instant, which a
+/// recovery snapshot must never do to the data disk.
+pub fn take_with_disks(vm: &mut Vm, dir: &Path, phase: &str, disks: &[PathBuf]) -> Result<Snapshot, SnapshotError> {
     let ram = vm.run_dir().join("guest.ram");
     if !vm.snapshottable() || !ram.exists() {
         return Err(SnapshotError::Unsupported(
@@ -129,7 +150,7 @@ pub fn take(vm: &mut Vm, dir: &Path, phase: &str) -> Result<Snapshot, SnapshotEr
     qmp.execute("migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40}))).map_err(VmError::from)?;
     let paused = Instant::now();
     qmp.execute("stop", None).map_err(VmError::from)?;
-    let result = save_while_paused(vm, &ram, partial.path());
+    let result = save_while_paused(vm, &ram, partial.path()).and_then(|()| copy_disks(disks, partial.path()));
     // Resume whatever happened: a failed snapshot must not leave the
     // service down.
     let resumed = vm.cont();
@@ -145,9 +166,27 @@ pub fn take(vm: &mut Vm, dir: &Path, phase: &str) -> Result<Snapshot, SnapshotEr
         phase: phase.to_string(),
         pause_s,
     };
-    Manifest::build(partial.path(), meta, &[STATE, RAM])?.store(partial.path())?;
+    let disk_names: Vec<String> =
+        disks.iter().filter_map(|d| d.file_name().map(|n| format!("{DISKS}/{}", n.to_string_lossy()))).collect();
+    let mut files = vec![STATE, RAM];
+    files.extend(disk_names.iter().map(String::as_str));
+    Manifest::build(partial.path(), meta, &files)?.store(partial.path())?;
     partial.commit()?;
     Snapshot::open(dir)
+}
+
+fn copy_disks(disks: &[PathBuf], out: &Path) -> Result<(), SnapshotError> {
+    if disks.is_empty() {
+        return Ok(());
+    }
+    let dir = out.join(DISKS);
+    std::fs::create_dir_all(&dir).map_err(|e| CacheError::io("create", &dir, e))?;
+    for disk in disks {
+        let name = disk.file_name().ok_or_else(|| SnapshotError::Missing(disk.clone()))?;
+        let target = dir.join(name);
+        std::fs::copy(disk, &target).map_err(|e| CacheError::io("copy a disk overlay to", &target, e))?;
+    }
+    Ok(())
 }
 
 fn save_while_paused(vm: &mut Vm, ram: &Path, out: &Path) -> Result<(), SnapshotError> {

@@ -17,11 +17,13 @@
 //! - [`loadgen`]: closed- and open-loop HTTP/1.1 load for a fixed duration.
 //! - [`timeline`]: records into bins with counts and latency percentiles.
 //! - [`downtime`]: downtime and throughput recovery across a failure.
+//! - [`rubis`]: the RUBiS auction workload (site, data, emulated clients).
 
 pub mod docs;
 pub mod downtime;
 pub mod loadgen;
 pub mod record;
+pub mod rubis;
 pub mod timeline;
 
 pub use docs::{Doc, DocList, DocsError, RequestPicker};

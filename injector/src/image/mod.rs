@@ -9,6 +9,7 @@
 //! costs milliseconds. The guest boots with `nokaslr`, so these link-time
 //! addresses are the run-time ones.
 
+pub mod code;
 pub mod dwarf;
 pub mod elf;
 pub mod index;

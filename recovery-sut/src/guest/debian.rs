@@ -12,6 +12,8 @@ use crate::cache::{Cache, CacheError};
 use crate::kernel::Kernel;
 use crate::tools;
 
+use workloads::rubis;
+
 const INIT_SH: &str = include_str!("../../guest-files/debian-init.sh");
 const PHASES_SH: &str = include_str!("../../guest-files/debian-phases.sh");
 
@@ -92,6 +94,39 @@ ExecStop=/bin/umount /data
 WantedBy=multi-user.target
 ";
 
+/// MariaDB keeps its datadir on the data disk: the recovery VMM never rolls
+/// that disk back, so a write the site acknowledged must be there and not
+/// on the root disk, which snapshot restores return to an older state.
+/// The buffer pool and redo log are sized for a small guest and a 256 MiB
+/// data disk.
+const MARIADB_CNF: &str = "[mysqld]
+datadir = /data/mysql
+innodb_buffer_pool_size = 64M
+innodb_log_file_size = 16M
+performance_schema = OFF
+skip_name_resolve = ON
+";
+
+/// The data disk is mounted by kfi-data.service, after the phase snapshot
+/// point: MariaDB must not start without it, or it would create an empty
+/// datadir on the root disk's /data.
+const MARIADB_DROPIN: &str = "[Unit]
+Requires=kfi-data.service
+After=kfi-data.service
+
+[Service]
+# debian-start checks for an upgrade (nothing to do: the datadir was made
+# by this very package) and checks every table in the background, which
+# under emulation takes CPU from the service being measured.
+ExecStartPost=
+";
+
+/// The data disk's marker, as every profile's data disk has it.
+const DATA_DISK_MARKER: &[u8] = b"kfi data disk: writes here survive every recovery strategy\n";
+
+/// Where the build runs its one-off server inside the chroot.
+const BUILD_SOCKET: &str = "/run/mysqld/kfi-build.sock";
+
 /// Units that only slow an emulated boot and have no part in experiments.
 const MASKED_UNITS: &[&str] = &[
     "apt-daily.timer",
@@ -108,10 +143,17 @@ const MASKED_UNITS: &[&str] = &[
 ];
 
 /// What, besides the shared inputs, decides the debian image's content.
+/// The RUBiS files are `workloads::rubis::GUEST_RECIPE`, named here again
+/// because a recipe must be one constant string (a test keeps the two
+/// lists equal).
 pub(crate) const RECIPE: &str = concat!(
     include_str!("../../guest-files/debian-init.sh"),
     include_str!("../../guest-files/debian-phases.sh"),
     include_str!("debian.rs"),
+    include_str!("../../../workloads/rubis/rubis.php"),
+    include_str!("../../../workloads/rubis/schema.sql"),
+    include_str!("../../../workloads/src/rubis/interaction.rs"),
+    include_str!("../../../workloads/src/rubis/data.rs"),
 );
 
 /// The Debian mirror: `KFI_DEBIAN_MIRROR`, else the first source in the
@@ -183,6 +225,11 @@ fn configure(root: &Path, docs: &[(String, Vec<u8>)]) -> Result<(), GuestError> 
     for unit in MASKED_UNITS {
         symlink("/dev/null", units.join(unit))?;
     }
+    write(root.join("etc/mysql/mariadb.conf.d/90-kfi.cnf"), MARIADB_CNF, 0o644)?;
+    write(root.join("etc/systemd/system/mariadb.service.d/kfi.conf"), MARIADB_DROPIN, 0o644)?;
+    for (path, text) in rubis::site_files() {
+        write(root.join("var/www/html").join(path), &text, 0o644)?;
+    }
     // Serve the same document set as the tiny guest.
     let www = root.join("var/www/html");
     for (url, data) in docs {
@@ -202,6 +249,157 @@ fn configure(root: &Path, docs: &[(String, Vec<u8>)]) -> Result<(), GuestError> 
             }
         }
     }
+    Ok(())
+}
+
+/// The uid and gid of `user` in the chroot's passwd.
+fn chroot_ids(root: &Path, user: &str) -> Result<(u32, u32), GuestError> {
+    let passwd = root.join("etc/passwd");
+    let text = fs::read_to_string(&passwd).map_err(|e| CacheError::io("read", &passwd, e))?;
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == user)
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+        .ok_or_else(|| {
+            GuestError::build(
+                Profile::Debian,
+                "loading the RUBiS database",
+                format!("no `{user}` user in {}", passwd.display()),
+            )
+        })
+}
+
+fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<(), GuestError> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| CacheError::io("chown", path, e).into())
+}
+
+/// Runs `args` inside the chroot at `root`, feeding it `stdin`; fails with
+/// its output when it fails.
+fn in_chroot(root: &Path, step: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), GuestError> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("chroot")
+        .arg(root)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| GuestError::build(Profile::Debian, step, format!("cannot run chroot: {e}")))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| GuestError::build(Profile::Debian, step, format!("writing to {}: {e}", args[0])))?;
+    }
+    let out = child.wait_with_output().map_err(|e| GuestError::build(Profile::Debian, step, e))?;
+    if !out.status.success() {
+        return Err(GuestError::build(
+            Profile::Debian,
+            step,
+            format!(
+                "`{}` in the chroot failed ({}): {}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A MariaDB server running in the build chroot; killed if the build
+/// fails before it is shut down.
+struct BuildServer(std::process::Child);
+
+impl Drop for BuildServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Creates the RUBiS database at image build time, so no guest boot pays
+/// for it: a private MariaDB server in the chroot (no network, its own
+/// socket) initialises a datadir under the chroot's /data, loads schema
+/// and data, and shuts down; the datadir then moves to `data`, the content
+/// of the data disk.
+fn load_database(root: &Path, data: &Path, spec: &rubis::DataSpec) -> Result<(), GuestError> {
+    const STEP: &str = "loading the RUBiS database";
+    let started = std::time::Instant::now();
+    let mysql = chroot_ids(root, "mysql")?;
+    let datadir = root.join("data/mysql");
+    fs::create_dir_all(&datadir).map_err(|e| CacheError::io("create", &datadir, e))?;
+    chown(&datadir, mysql)?;
+    let run = root.join("run/mysqld");
+    fs::create_dir_all(&run).map_err(|e| CacheError::io("create", &run, e))?;
+    chown(&run, mysql)?;
+    in_chroot(
+        root,
+        STEP,
+        &[
+            "mariadb-install-db",
+            "--user=mysql",
+            "--datadir=/data/mysql",
+            "--auth-root-authentication-method=socket",
+            "--skip-test-db",
+        ],
+        None,
+    )?;
+    let log = root.join("run/mysqld/kfi-build.log");
+    let server = std::process::Command::new("chroot")
+        .arg(root)
+        .args([
+            "mariadbd",
+            "--user=mysql",
+            "--datadir=/data/mysql",
+            "--skip-networking",
+            &format!("--socket={BUILD_SOCKET}"),
+            "--pid-file=/run/mysqld/kfi-build.pid",
+            "--log-error=/run/mysqld/kfi-build.log",
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| GuestError::build(Profile::Debian, STEP, format!("cannot start mariadbd in the chroot: {e}")))?;
+    let mut server = BuildServer(server);
+    let socket = root.join(BUILD_SOCKET.trim_start_matches('/'));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !socket.exists() {
+        let exited = server.0.try_wait().ok().flatten();
+        if exited.is_some() || std::time::Instant::now() > deadline {
+            return Err(GuestError::build(
+                Profile::Debian,
+                STEP,
+                format!(
+                    "mariadbd in the chroot {} before opening its socket; its log: {}",
+                    if exited.is_some() { "exited" } else { "took over 120 s" },
+                    fs::read_to_string(&log).unwrap_or_default()
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let sql = rubis::load_sql(spec);
+    in_chroot(root, STEP, &["mariadb", &format!("--socket={BUILD_SOCKET}")], Some(&sql))?;
+    in_chroot(root, STEP, &["mariadb-admin", &format!("--socket={BUILD_SOCKET}"), "shutdown"], None)?;
+    let status = server.0.wait().map_err(|e| GuestError::build(Profile::Debian, STEP, e))?;
+    if !status.success() {
+        return Err(GuestError::build(Profile::Debian, STEP, format!("mariadbd shut down with {status}")));
+    }
+    let _ = fs::remove_file(&log);
+    // The package's own datadir is never used: the configuration points at
+    // /data/mysql. Emptying it keeps the root image small.
+    let unused = root.join("var/lib/mysql");
+    if let Ok(entries) = fs::read_dir(&unused) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        }
+    }
+    fs::create_dir_all(data).map_err(|e| CacheError::io("create", data, e))?;
+    fs::rename(&datadir, data.join("mysql")).map_err(|e| CacheError::io("move", &datadir, e))?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), sql_bytes = sql.len(), "RUBiS database loaded");
     Ok(())
 }
 
@@ -237,10 +435,19 @@ pub(crate) fn build(
     )?;
     progress("configuring the root filesystem");
     configure(&root, docs)?;
+    let data = scratch.path().join("data");
+    let spec = rubis::DataSpec::default();
+    progress(&format!(
+        "loading the RUBiS database ({} users, {} items on sale, {} sold) into the data disk",
+        spec.users, spec.items, spec.old_items
+    ));
+    load_database(&root, &data, &spec)?;
     progress(&format!("making the {ROOTFS_MIB} MiB ext4 root disk"));
     super::make_ext4(&out.join("rootfs.img"), &root, "kfi-root", ROOTFS_MIB)?;
     progress("making the data disk");
-    super::make_data_disk(out, DATA_DISK_MIB)?;
+    let marker = data.join("KFI-DATA-DISK");
+    fs::write(&marker, DATA_DISK_MARKER).map_err(|e| CacheError::io("write", &marker, e))?;
+    super::make_ext4(&out.join("data.img"), &data, "kfi-data", DATA_DISK_MIB)?;
 
     progress("assembling the debian initramfs");
     let mut initramfs = tiny::base_initramfs(Profile::Debian, kernel)?;
@@ -249,4 +456,16 @@ pub(crate) fn build(
     let path = out.join("initramfs.cpio");
     initramfs.write_file(&path).map_err(|e| CacheError::io("write", &path, e))?;
     Ok(BuildSpec { cmdline: "net.ifnames=0".into(), rootfs: Some("rootfs.img".into()), min_memory_mib: 384 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_covers_every_rubis_input() {
+        for text in workloads::rubis::GUEST_RECIPE {
+            assert!(RECIPE.contains(text), "a RUBiS guest file is missing from the debian recipe");
+        }
+    }
 }

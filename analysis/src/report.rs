@@ -1,0 +1,620 @@
+//! `report.md`, data exports and figures for a set of records: what
+//! `kfi reproduce` writes after a campaign and `kfi report RESULTS_DIR`
+//! regenerates from the store alone.
+//!
+//! Layout under the output directory:
+//! `report.md`, `data/experiments.csv`, `data/experiments.parquet`,
+//! `data/timeline.csv` (when any record has a timeline), `figures/*.svg`
+//! and `figures/*.png`. The output is a function of the records only (no
+//! dates, no host paths), so regenerating it from the same store gives the
+//! same files.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::figures::{self, Figure, FigureError};
+use crate::frame::{self, FrameError};
+use crate::record::ExperimentRecord;
+use crate::store::{CampaignMeta, Store, StoreError, STORE_FILE};
+use crate::tables::{self, DowntimeStats, Table, FULL_REBOOT, PUBLISHED_REDUCTION};
+
+/// Errors writing a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Nothing to report on.
+    #[error("no experiment records in {what}; run the campaign first (`kfi campaign run FILE`)")]
+    NoRecords {
+        /// Where records were looked for.
+        what: String,
+    },
+    /// The store has no such campaign.
+    #[error("campaign `{campaign}` is not in {store} (it holds: {available}); name one of those")]
+    UnknownCampaign {
+        /// Store file.
+        store: PathBuf,
+        /// Campaign asked for.
+        campaign: String,
+        /// Campaigns present.
+        available: String,
+    },
+    /// There is no store where one was expected.
+    #[error("no campaign store at {path}; pass a results directory that a campaign wrote (it holds {STORE_FILE})")]
+    NoStore {
+        /// Path looked at.
+        path: PathBuf,
+    },
+    /// Reading the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Exporting data failed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// Drawing a figure failed.
+    #[error(transparent)]
+    Figure(#[from] FigureError),
+    /// Building a DataFrame for a table failed.
+    #[error("cannot build the DataFrame of table `{table}`")]
+    Table {
+        /// Table title.
+        table: String,
+        /// Underlying error.
+        #[source]
+        source: polars::error::PolarsError,
+    },
+    /// Writing a file or directory failed.
+    #[error("cannot write {path}; check that the output directory is writable")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The comparison the report's first line states.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Headline {
+    /// Strategy compared with full reboot.
+    pub strategy: String,
+    /// Workload.
+    pub workload: String,
+    /// Failure class (`crash:sysrq`, `injected fault`).
+    pub failure: String,
+    /// `1 - median(strategy) / median(full-reboot)`.
+    pub reduction: f64,
+    /// Recovered experiments of the strategy.
+    pub n: usize,
+    /// Recovered full-reboot experiments.
+    pub n_reference: usize,
+    /// Median downtime of the strategy, seconds.
+    pub median_s: f64,
+    /// Median downtime of full reboot, seconds.
+    pub reference_median_s: f64,
+    /// Guest profile(s) of these experiments.
+    pub profile: String,
+    /// Accelerator(s) of these experiments, upper case.
+    pub accel: String,
+}
+
+/// What [`write_report`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSummary {
+    /// The report's first line.
+    pub headline: String,
+    /// The numbers behind it, when the data has a comparison.
+    pub comparison: Option<Headline>,
+    /// Records reported on.
+    pub experiments: usize,
+    /// `report.md`.
+    pub report: PathBuf,
+    /// `data/experiments.csv`.
+    pub csv: PathBuf,
+    /// `data/experiments.parquet`.
+    pub parquet: PathBuf,
+    /// `data/timeline.csv`, when any record has a timeline.
+    pub timeline_csv: Option<PathBuf>,
+    /// Figures written.
+    pub figures: Vec<Figure>,
+}
+
+/// Picks the comparison for the first line: `service-restore` if measured,
+/// else the strategy with the largest reduction; crashes before injected
+/// faults; then the group with most experiments.
+pub fn headline(records: &[ExperimentRecord]) -> Option<Headline> {
+    let stats = tables::downtime_stats(records);
+    let reference = |s: &DowntimeStats| {
+        stats
+            .iter()
+            .find(|r| r.workload == s.workload && r.failure == s.failure && r.strategy == FULL_REBOOT)
+            .and_then(|r| r.summary)
+    };
+    let rank = |a: &DowntimeStats, b: &DowntimeStats| {
+        let key = |s: &DowntimeStats| {
+            (s.strategy == "service-restore", s.failure.starts_with("crash:"), s.summary.map_or(0, |x| x.n))
+        };
+        key(a).cmp(&key(b)).then_with(|| a.reduction.unwrap_or(0.0).total_cmp(&b.reduction.unwrap_or(0.0)))
+    };
+    let mut best: Option<&DowntimeStats> = None;
+    // Among equals the first in table order wins.
+    for s in stats.iter().filter(|s| s.strategy != FULL_REBOOT && s.reduction.is_some() && s.summary.is_some()) {
+        if best.is_none_or(|b| rank(s, b) == std::cmp::Ordering::Greater) {
+            best = Some(s);
+        }
+    }
+    let best = best?;
+    let reference = reference(best)?;
+    let summary = best.summary?;
+    let in_group: Vec<&ExperimentRecord> = records
+        .iter()
+        .filter(|r| r.workload == best.workload && tables::failure_class(r) == best.failure)
+        .filter(|r| r.recovery.as_ref().is_some_and(|x| x.requested == best.strategy || x.requested == FULL_REBOOT))
+        .collect();
+    let joined = |f: &dyn Fn(&ExperimentRecord) -> String| {
+        in_group.iter().map(|r| f(r)).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("/")
+    };
+    Some(Headline {
+        strategy: best.strategy.clone(),
+        workload: best.workload.clone(),
+        failure: best.failure.clone(),
+        reduction: best.reduction?,
+        n: summary.n,
+        n_reference: reference.n,
+        median_s: summary.median,
+        reference_median_s: reference.median,
+        profile: joined(&|r| r.provenance.profile.clone()),
+        accel: joined(&|r| r.provenance.accel.to_uppercase()),
+    })
+}
+
+/// The report's first line.
+pub fn headline_line(h: Option<&Headline>, experiments: usize) -> String {
+    let published = format!("published: about {:.0}%.", PUBLISHED_REDUCTION * 100.0);
+    let Some(h) = h else {
+        return format!(
+            "Measured: no downtime comparison with full reboot in these {experiments} experiments; {published}"
+        );
+    };
+    let verb = if h.reduction >= 0.0 { "cuts" } else { "raises" };
+    let n = if h.n == h.n_reference {
+        format!("n={}", h.n)
+    } else {
+        format!("n={} vs {} full reboots", h.n, h.n_reference)
+    };
+    format!(
+        "Measured: {} {verb} client-seen downtime by {:.1}% vs full reboot (median, {n}, {} guest, {}, {} workload, \
+         {}); {published}",
+        h.strategy,
+        100.0 * h.reduction.abs(),
+        h.profile,
+        h.accel,
+        h.workload,
+        h.failure,
+    )
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
+    move |source| ReportError::Io { path: path.to_path_buf(), source }
+}
+
+fn rel(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base).unwrap_or(path).to_string_lossy().into_owned()
+}
+
+fn push_table(md: &mut String, t: &Table) {
+    let _ = write!(md, "\n## {}\n\n{}", t.title, t.to_markdown());
+}
+
+fn check_tables(tables: &[&Table]) -> Result<(), ReportError> {
+    for t in tables {
+        t.to_dataframe().map_err(|source| ReportError::Table { table: t.title.clone(), source })?;
+    }
+    Ok(())
+}
+
+/// Writes the report, data exports and figures for `records` under
+/// `out_dir` (created if needed); figures from an earlier run that the
+/// data no longer supports are removed.
+pub fn write_report(records: &[ExperimentRecord], out_dir: &Path) -> Result<ReportSummary, ReportError> {
+    write_report_with(records, &[], out_dir)
+}
+
+/// [`write_report`] with the stored campaign descriptions (file hash, seed,
+/// size), which let the report say whether each campaign is complete.
+pub fn write_report_with(
+    records: &[ExperimentRecord],
+    campaigns: &[CampaignMeta],
+    out_dir: &Path,
+) -> Result<ReportSummary, ReportError> {
+    if records.is_empty() {
+        return Err(ReportError::NoRecords { what: "the records given".into() });
+    }
+    let data = out_dir.join("data");
+    let figs_dir = out_dir.join("figures");
+    std::fs::create_dir_all(&data).map_err(io_err(&data))?;
+    std::fs::create_dir_all(&figs_dir).map_err(io_err(&figs_dir))?;
+
+    let build = |what| move |source| FrameError::Build { what, source };
+    let csv = data.join("experiments.csv");
+    let parquet = data.join("experiments.parquet");
+    let mut df = frame::records_frame(records).map_err(build("experiments"))?;
+    frame::write_csv(&mut df, &csv)?;
+    frame::write_parquet(&mut df, &parquet)?;
+    let timeline_csv = if records.iter().any(|r| !r.timeline.is_empty()) {
+        let path = data.join("timeline.csv");
+        let mut tl = frame::timeline_frame(records).map_err(build("timeline"))?;
+        frame::write_csv(&mut tl, &path)?;
+        Some(path)
+    } else {
+        None
+    };
+
+    let figures = figures::write_figures(records, &figs_dir)?;
+    remove_stale_figures(&figs_dir, &figures)?;
+
+    let head = headline(records);
+    let first = headline_line(head.as_ref(), records.len());
+    let mut md = String::new();
+    md.push_str(&first);
+    md.push('\n');
+    let names: BTreeSet<&str> = records.iter().map(|r| r.campaign.as_str()).collect();
+    let _ = write!(
+        md,
+        "\n# Report: {}\n\n{} experiments. Generated from the stored records (regenerate with `kfi report RESULTS_DIR`); data in \
+         [data/experiments.csv](data/experiments.csv) and [data/experiments.parquet](data/experiments.parquet)",
+        names.iter().copied().collect::<Vec<_>>().join(", "),
+        records.len()
+    );
+    if let Some(tl) = &timeline_csv {
+        let _ = write!(md, ", timelines in [{0}]({0})", rel(tl, out_dir));
+    }
+    md.push_str(".\n");
+    if let Some(h) = &head {
+        let _ = write!(
+            md,
+            "\nHeadline numbers: median downtime {:.3} s with {} (n={}) against {:.3} s with full reboot (n={}); \
+             the paper reports about {:.0}% less downtime for its restore strategies.\n",
+            h.median_s,
+            h.strategy,
+            h.n,
+            h.reference_median_s,
+            h.n_reference,
+            PUBLISHED_REDUCTION * 100.0
+        );
+    }
+    if !campaigns.is_empty() {
+        md.push_str("\n## Campaigns\n\n| campaign | experiment file sha256 | seed | stored | status |\n| --- | --- | ---: | ---: | --- |\n");
+        for c in campaigns {
+            let stored = records.iter().filter(|r| r.campaign == c.name).count() as u64;
+            let status =
+                if stored >= c.total { "complete".to_string() } else { format!("{} missing", c.total - stored) };
+            let _ =
+                writeln!(md, "| {} | `{}` | {} | {stored} of {} | {status} |", c.name, c.file_sha256, c.seed, c.total);
+        }
+    }
+
+    let downtime = tables::downtime(records);
+    let by_model = tables::outcomes_by_model(records);
+    let by_subsystem = tables::outcomes_by_subsystem(records);
+    let activation = tables::activation(records);
+    let success = tables::recovery_success(records);
+    let ram = tables::metric_vs_param(
+        records,
+        figures::names::RESTORE_S,
+        "(s)",
+        figures::names::RAM_MB,
+        Some(figures::names::REDUCTION),
+    )
+    .map(|t| Table { title: "Restore time vs guest RAM".into(), ..t });
+    let storage = tables::metric_vs_param(
+        records,
+        figures::names::RESTORE_S,
+        "(s)",
+        figures::names::STORAGE,
+        Some(figures::names::REDUCTION),
+    )
+    .map(|t| Table { title: "Restore time vs storage".into(), ..t });
+    let overhead = tables::overhead(records);
+    let provenance = tables::provenance(records);
+    let mut all: Vec<&Table> = vec![&downtime, &by_model, &by_subsystem, &activation, &success, &overhead, &provenance];
+    all.extend(ram.iter());
+    all.extend(storage.iter());
+    check_tables(&all)?;
+
+    let link = |md: &mut String, prefix: &str| {
+        for f in figures.iter().filter(|f| f.name.starts_with(prefix)) {
+            let _ = write!(
+                md,
+                "\n![{}]({})\n\n[SVG]({}) · [PNG]({})\n",
+                f.title,
+                rel(&f.svg, out_dir),
+                rel(&f.svg, out_dir),
+                rel(&f.png, out_dir)
+            );
+        }
+    };
+    if !downtime.rows.is_empty() {
+        push_table(&mut md, &downtime);
+        link(&mut md, "downtime-");
+        if figures.iter().any(|f| f.name.starts_with("throughput-")) {
+            md.push_str("\n## Throughput around the failure\n\nCorrect answers per second, mean over the experiments of each strategy, against time relative to the failure.\n");
+            link(&mut md, "throughput-");
+        }
+        push_table(&mut md, &success);
+    }
+    if !by_model.rows.is_empty() {
+        push_table(&mut md, &by_model);
+        link(&mut md, "outcomes");
+    }
+    if !by_subsystem.rows.is_empty() {
+        push_table(&mut md, &by_subsystem);
+    }
+    if !activation.rows.is_empty() {
+        push_table(&mut md, &activation);
+    }
+    if let Some(t) = &ram {
+        push_table(&mut md, t);
+        link(&mut md, "restore-vs-ram");
+    }
+    if let Some(t) = &storage {
+        push_table(&mut md, t);
+        link(&mut md, "restore-vs-storage");
+    }
+    push_table(&mut md, &overhead);
+    push_table(&mut md, &provenance);
+    md.push_str(
+        "\n## Method\n\nMedians are middle values (mean of the two middle ones for even n); p95 interpolates \
+         linearly between order statistics (type 7); the 95% confidence interval of the mean uses Student's t \
+         with n−1 degrees of freedom. Downtime is client-seen: from the first failed request to the first \
+         correct answer after recovery. Experiments whose service did not come back are counted as not \
+         recovered and left out of the downtime statistics.\n",
+    );
+
+    let report = out_dir.join("report.md");
+    std::fs::write(&report, md).map_err(io_err(&report))?;
+    Ok(ReportSummary {
+        headline: first,
+        comparison: head,
+        experiments: records.len(),
+        report,
+        csv,
+        parquet,
+        timeline_csv,
+        figures,
+    })
+}
+
+fn remove_stale_figures(dir: &Path, keep: &[Figure]) -> Result<(), ReportError> {
+    let keep: BTreeSet<&Path> = keep.iter().flat_map(|f| [f.svg.as_path(), f.png.as_path()]).collect();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        let ours = path.extension().is_some_and(|e| e == "svg" || e == "png");
+        if ours && !keep.contains(path.as_path()) {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// `kfi report RESULTS_DIR`: regenerates everything from the store alone.
+/// `store_path` is the store file or a results directory holding
+/// [`STORE_FILE`]; `campaign` picks one campaign, `None` reports every
+/// campaign in the store.
+pub fn report_from_store(
+    store_path: &Path,
+    campaign: Option<&str>,
+    out_dir: &Path,
+) -> Result<ReportSummary, ReportError> {
+    let file = if store_path.is_dir() { store_path.join(STORE_FILE) } else { store_path.to_path_buf() };
+    if !file.is_file() {
+        return Err(ReportError::NoStore { path: file });
+    }
+    let store = Store::open(&file)?;
+    let metas = store.campaigns()?;
+    let (records, metas) = match campaign {
+        Some(name) => {
+            let Some(meta) = metas.iter().find(|m| m.name == name).cloned() else {
+                return Err(ReportError::UnknownCampaign {
+                    store: file,
+                    campaign: name.into(),
+                    available: metas.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+                });
+            };
+            (store.records(name)?, vec![meta])
+        }
+        None => (store.all_records()?, metas),
+    };
+    if records.is_empty() {
+        return Err(ReportError::NoRecords { what: file.display().to_string() });
+    }
+    write_report_with(&records, &metas, out_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture;
+    use crate::tables::Cell;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn fixture_gives_known_downtime_numbers() {
+        let stats = tables::downtime_stats(&fixture::records());
+        let get = |s: &str| stats.iter().find(|x| x.strategy == s).unwrap();
+        let full = get("full-reboot").summary.unwrap();
+        let service = get("service-restore").summary.unwrap();
+        let phase = get("phase-restore");
+        assert_eq!((full.n, full.median, full.mean), (5, 22.0, 22.0));
+        assert!(close(full.p95, 23.8));
+        assert!(close(service.median, 1.4) && close(service.mean, 1.4));
+        assert!(close(get("service-restore").reduction.unwrap(), 1.0 - 1.4 / 22.0));
+        assert!(close(phase.reduction.unwrap(), 1.0 - 7.0 / 22.0));
+        assert_eq!(get("full-reboot").reduction, Some(0.0));
+        // t(4) * sd / sqrt(5), sd = sqrt(2.5)
+        let (lo, hi) = full.ci95.unwrap();
+        assert!((hi - 22.0 - 2.776_445 * 2.5_f64.sqrt() / 5_f64.sqrt()).abs() < 1e-5 && close(22.0 - lo, hi - 22.0));
+        assert_eq!(
+            stats.iter().map(|s| s.strategy.as_str()).collect::<Vec<_>>(),
+            ["full-reboot", "phase-restore", "service-restore"]
+        );
+
+        let table = tables::downtime(&fixture::records());
+        let md = table.to_markdown();
+        assert!(md.contains("| apache | crash:sysrq | service-restore | 5 | 1.400 | 1.400 |"), "{md}");
+        assert!(md.contains("93.6%"), "{md}");
+        let df = table.to_dataframe().unwrap();
+        assert_eq!(df.height(), 3);
+        assert!(df.column("ci95_mean_s_lo").is_ok() && df.column("reduction_pct").is_ok());
+    }
+
+    #[test]
+    fn fixture_gives_known_outcome_and_activation_numbers() {
+        let records = fixture::records();
+        let by_model = tables::outcomes_by_model(&records);
+        let row = by_model.rows.iter().find(|r| r[0] == Cell::Text("reg-flip".into())).unwrap();
+        assert_eq!(row[1], Cell::Count(10));
+        let header: Vec<&str> = by_model.columns.iter().map(|c| c.header.as_str()).collect();
+        assert_eq!(header, ["fault model", "n", "forced-crash", "panic", "oops", "benign", "not-activated"]);
+        assert_eq!(row[3], Cell::CountPct(4, 40.0));
+        assert_eq!(row[6], Cell::CountPct(2, 20.0));
+        let sys = tables::outcomes_by_subsystem(&records);
+        assert_eq!(sys.rows.len(), 2);
+        let act = tables::activation(&records);
+        assert_eq!(act.rows[0][2], Cell::Count(8));
+        assert_eq!(act.rows[0][3], Cell::Pct(Some(80.0)));
+        assert_eq!(act.rows[0][4], Cell::Pct(Some(75.0)));
+        let ok = tables::recovery_success(&records);
+        assert_eq!(ok.rows.len(), 3);
+        assert!(ok.rows.iter().all(|r| r[3] == Cell::Pct(Some(100.0))));
+        let ram = tables::metric_vs_param(&records, "restore_s", "(s)", "ram_mb", Some("reduction")).unwrap();
+        let md = ram.to_markdown();
+        assert!(md.contains("| off | 256 | 1 | 0.800 |") && md.contains("| on | 1024 | 1 | 0.900 |"), "{md}");
+        assert!(tables::metric_vs_param(&records, "nothing", "(s)", "ram_mb", None).is_none());
+        let over = tables::overhead(&records);
+        assert_eq!(over.rows[0][4], Cell::Pct(Some(50.0)));
+        for t in [by_model, sys, act, ok, ram, over, tables::provenance(&records)] {
+            t.to_dataframe().unwrap();
+        }
+    }
+
+    #[test]
+    fn headline_states_measured_and_published_reduction() {
+        let h = headline(&fixture::records()).unwrap();
+        assert_eq!((h.strategy.as_str(), h.n, h.n_reference), ("service-restore", 5, 5));
+        assert_eq!(
+            headline_line(Some(&h), 31),
+            "Measured: service-restore cuts client-seen downtime by 93.6% vs full reboot (median, n=5, tiny guest, \
+             TCG, apache workload, crash:sysrq); published: about 90%."
+        );
+        // Without service-restore the best other strategy is named.
+        let no_service: Vec<_> = fixture::records()
+            .into_iter()
+            .filter(|r| r.recovery.as_ref().is_none_or(|x| x.requested != "service-restore"))
+            .collect();
+        assert_eq!(headline(&no_service).unwrap().strategy, "phase-restore");
+        // Nothing to compare.
+        let line = headline_line(headline(&fixture::records()[15..]).as_ref(), 16);
+        assert!(line.starts_with("Measured: no downtime comparison") && line.ends_with("published: about 90%."));
+    }
+
+    fn png_size(path: &Path) -> (u32, u32) {
+        let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        // Not blank: more than a handful of distinct pixels.
+        let distinct: BTreeSet<&[u8]> = buf.chunks(3).collect();
+        assert!(distinct.len() > 8, "{} looks blank", path.display());
+        (info.width, info.height)
+    }
+
+    #[test]
+    fn report_writes_data_figures_and_first_line() {
+        let dir = crate::testdir::TestDir::new();
+        let out = dir.path().join("results");
+        // A stale figure from an earlier run goes away.
+        std::fs::create_dir_all(out.join("figures")).unwrap();
+        std::fs::write(out.join("figures/old.svg"), "<svg/>").unwrap();
+        let summary = write_report(&fixture::records(), &out).unwrap();
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert_eq!(md.lines().next().unwrap(), summary.headline);
+        assert!(summary.headline.starts_with("Measured: service-restore cuts client-seen downtime by 93.6%"));
+        assert!(!out.join("figures/old.svg").exists());
+
+        let names: Vec<&str> = summary.figures.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "downtime-apache-crash-sysrq",
+                "throughput-apache-crash-sysrq",
+                "outcomes",
+                "restore-vs-ram",
+                "restore-vs-storage"
+            ]
+        );
+        let labels = [
+            ("downtime-apache-crash-sysrq", "client-seen downtime (s)"),
+            ("throughput-apache-crash-sysrq", "time relative to failure (s)"),
+            ("outcomes", "share of experiments (%)"),
+            ("restore-vs-ram", "guest RAM (MiB)"),
+            ("restore-vs-storage", "restore time (s)"),
+        ];
+        for (f, (name, label)) in summary.figures.iter().zip(labels) {
+            assert_eq!(f.name, name);
+            let svg = std::fs::read_to_string(&f.svg).unwrap();
+            assert!(svg.contains(label), "{name}.svg lacks `{label}`");
+            assert_eq!(png_size(&f.png), figures::SIZE);
+            let bytes = std::fs::metadata(&f.png).unwrap().len();
+            assert!(bytes > 8_000, "{name}.png is only {bytes} bytes");
+            assert!(md.contains(&format!("figures/{name}.svg")), "report does not link {name}");
+        }
+        let downtime_svg = std::fs::read_to_string(&summary.figures[0].svg).unwrap();
+        assert!(downtime_svg.contains("published: −90%"));
+
+        let csv = std::fs::read_to_string(&summary.csv).unwrap();
+        assert_eq!(csv.lines().count(), 32);
+        assert!(csv.lines().next().unwrap().contains("downtime_s"));
+        assert!(csv.lines().next().unwrap().contains("param_ram_mb") && csv.contains("metric_restore_s"));
+        use polars::prelude::{ParquetReader, SerReader};
+        let back = ParquetReader::new(std::fs::File::open(&summary.parquet).unwrap()).finish().unwrap();
+        let frame = crate::frame::records_frame(&fixture::records()).unwrap();
+        assert_eq!(back.shape(), frame.shape());
+        assert!(back.equals_missing(&frame), "the Parquet file reads back as the frame");
+        assert!(summary.timeline_csv.is_some());
+        for section in ["Client-seen downtime per recovery strategy", "Outcomes per fault model", "Provenance"] {
+            assert!(md.contains(section), "report lacks {section}");
+        }
+
+        // Regenerating gives the same report.
+        let again = write_report(&fixture::records(), &out).unwrap();
+        assert_eq!(std::fs::read_to_string(&again.report).unwrap(), md);
+    }
+
+    #[test]
+    fn report_from_store_reads_the_stored_campaign() {
+        let dir = crate::testdir::TestDir::new();
+        let results = dir.path().join("results");
+        let store = Store::open(results.join(STORE_FILE)).unwrap();
+        store.begin_campaign(&fixture::meta()).unwrap();
+        for r in fixture::downtime_records() {
+            store.insert(&r).unwrap();
+        }
+        drop(store);
+        let summary = report_from_store(&results, None, &results).unwrap();
+        assert_eq!(summary.experiments, 15);
+        let md = std::fs::read_to_string(&summary.report).unwrap();
+        assert!(md.starts_with("Measured: service-restore cuts client-seen downtime by 93.6%"));
+        assert!(md.contains("| fixture |") && md.contains("15 of 31 | 16 missing"), "{md}");
+        assert_eq!(report_from_store(&results, Some("fixture"), &results).unwrap().experiments, 15);
+
+        let err = report_from_store(&results, Some("nope"), &results).unwrap_err().to_string();
+        assert!(err.contains("`nope` is not in") && err.contains("fixture"), "{err}");
+        let err = report_from_store(&dir.path().join("empty"), None, &results).unwrap_err();
+        assert!(matches!(err, ReportError::NoStore { .. }), "{err}");
+        assert!(matches!(write_report(&[], &results).unwrap_err(), ReportError::NoRecords { .. }));
+    }
+}

@@ -1,0 +1,641 @@
+//! The report's tables, computed from records in plain Rust (statistics
+//! defined in [`crate::stats`]) and rendered as Markdown or turned into
+//! polars DataFrames.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use polars::prelude::{Column as PlColumn, DataFrame, PolarsResult};
+
+use crate::record::{outcome, ExperimentRecord, Injection};
+use crate::stats::Summary;
+
+/// The reduction of downtime the paper reports for its restore strategies
+/// against a full reboot.
+pub const PUBLISHED_REDUCTION: f64 = 0.90;
+
+/// The baseline strategy every reduction is computed against.
+pub const FULL_REBOOT: &str = "full-reboot";
+
+/// Known strategies, in the order tables and figures list them; others
+/// follow alphabetically.
+pub const STRATEGY_ORDER: [&str; 4] = ["full-reboot", "kexec-reboot", "phase-restore", "service-restore"];
+
+/// Known outcomes, in the order tables and figures list them; others
+/// follow alphabetically.
+pub const OUTCOME_ORDER: [&str; 7] = [
+    outcome::FORCED_CRASH,
+    outcome::PANIC,
+    outcome::OOPS,
+    outcome::HANG,
+    outcome::SERVICE_ERROR,
+    outcome::BENIGN,
+    outcome::NOT_ACTIVATED,
+];
+
+/// Outcomes in which a fault became visible.
+const MANIFESTED: [&str; 5] =
+    [outcome::FORCED_CRASH, outcome::PANIC, outcome::OOPS, outcome::HANG, outcome::SERVICE_ERROR];
+
+/// Sort key putting known names first in their listed order.
+pub(crate) fn order_key<'a>(known: &[&str], name: &'a str) -> (usize, &'a str) {
+    (known.iter().position(|k| *k == name).unwrap_or(known.len()), name)
+}
+
+/// One table cell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// Text.
+    Text(String),
+    /// A count.
+    Count(u64),
+    /// A number (seconds unless the header says otherwise), 3 decimals.
+    Num(Option<f64>),
+    /// A percentage (0-100), one decimal.
+    Pct(Option<f64>),
+    /// A count and its share of the row (0-100); two DataFrame columns
+    /// (`id`, `id_pct`).
+    CountPct(u64, f64),
+    /// An interval; two DataFrame columns (`id_lo`, `id_hi`).
+    Range(Option<(f64, f64)>),
+}
+
+impl Cell {
+    fn markdown(&self) -> String {
+        match self {
+            Cell::Text(s) => s.replace('|', "\\|"),
+            Cell::Count(n) => n.to_string(),
+            Cell::Num(Some(x)) => format!("{x:.3}"),
+            Cell::Pct(Some(p)) => format!("{p:.1}%"),
+            Cell::CountPct(n, p) => format!("{n} ({p:.1}%)"),
+            Cell::Range(Some((lo, hi))) => format!("{lo:.3} – {hi:.3}"),
+            Cell::Num(None) | Cell::Pct(None) | Cell::Range(None) => "–".into(),
+        }
+    }
+}
+
+/// A table column: an identifier for DataFrames and a header for Markdown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Col {
+    /// snake_case identifier (DataFrame column name).
+    pub id: String,
+    /// Markdown header, with units.
+    pub header: String,
+}
+
+fn col(id: &str, header: &str) -> Col {
+    Col { id: id.into(), header: header.into() }
+}
+
+/// A rendered table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// Heading.
+    pub title: String,
+    /// Columns.
+    pub columns: Vec<Col>,
+    /// Rows, one cell per column.
+    pub rows: Vec<Vec<Cell>>,
+    /// What the numbers mean, printed under the table.
+    pub note: String,
+}
+
+impl Table {
+    /// GitHub-flavoured Markdown: the table and its note (no heading).
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "| {} |\n",
+            self.columns.iter().map(|c| c.header.as_str()).collect::<Vec<_>>().join(" | ")
+        ));
+        let align: Vec<&str> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let text = self.rows.iter().all(|r| matches!(r.get(i), Some(Cell::Text(_))));
+                if text {
+                    "---"
+                } else {
+                    "---:"
+                }
+            })
+            .collect();
+        s.push_str(&format!("| {} |\n", align.join(" | ")));
+        for row in &self.rows {
+            s.push_str(&format!("| {} |\n", row.iter().map(Cell::markdown).collect::<Vec<_>>().join(" | ")));
+        }
+        if !self.note.is_empty() {
+            s.push('\n');
+            s.push_str(&self.note);
+            s.push('\n');
+        }
+        s
+    }
+
+    /// The table as a DataFrame: a column per table column (two for counts
+    /// with shares and for intervals), typed by its cells.
+    pub fn to_dataframe(&self) -> PolarsResult<DataFrame> {
+        let mut cols = Vec::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            let cells: Vec<&Cell> = self.rows.iter().filter_map(|r| r.get(i)).collect();
+            let first = cells.first().copied();
+            let id = c.id.as_str();
+            match first {
+                Some(Cell::Count(_)) => {
+                    let v: Vec<Option<u64>> =
+                        cells.iter().map(|c| if let Cell::Count(n) = c { Some(*n) } else { None }).collect();
+                    cols.push(PlColumn::new(id.into(), v));
+                }
+                Some(Cell::Num(_)) | Some(Cell::Pct(_)) => {
+                    let v: Vec<Option<f64>> = cells
+                        .iter()
+                        .map(|c| match c {
+                            Cell::Num(x) | Cell::Pct(x) => *x,
+                            _ => None,
+                        })
+                        .collect();
+                    cols.push(PlColumn::new(id.into(), v));
+                }
+                Some(Cell::CountPct(..)) => {
+                    let (n, p): (Vec<Option<u64>>, Vec<Option<f64>>) = cells
+                        .iter()
+                        .map(|c| if let Cell::CountPct(n, p) = c { (Some(*n), Some(*p)) } else { (None, None) })
+                        .unzip();
+                    cols.push(PlColumn::new(id.into(), n));
+                    cols.push(PlColumn::new(format!("{id}_pct").into(), p));
+                }
+                Some(Cell::Range(_)) => {
+                    let (lo, hi): (Vec<Option<f64>>, Vec<Option<f64>>) = cells
+                        .iter()
+                        .map(|c| match c {
+                            Cell::Range(Some((lo, hi))) => (Some(*lo), Some(*hi)),
+                            _ => (None, None),
+                        })
+                        .unzip();
+                    cols.push(PlColumn::new(format!("{id}_lo").into(), lo));
+                    cols.push(PlColumn::new(format!("{id}_hi").into(), hi));
+                }
+                Some(Cell::Text(_)) | None => {
+                    let v: Vec<Option<String>> =
+                        cells.iter().map(|c| if let Cell::Text(s) = c { Some(s.clone()) } else { None }).collect();
+                    cols.push(PlColumn::new(id.into(), v));
+                }
+            }
+        }
+        DataFrame::new(self.rows.len(), cols)
+    }
+}
+
+/// The failure class a downtime is grouped by: `crash:<kind>` for forced
+/// crashes, `injected fault` for faults, `none` otherwise.
+pub fn failure_class(r: &ExperimentRecord) -> String {
+    match &r.injection {
+        Injection::Fault { .. } => "injected fault".into(),
+        other => other.label(),
+    }
+}
+
+/// Downtime of one strategy in one (workload, failure class) group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DowntimeStats {
+    /// Workload.
+    pub workload: String,
+    /// Failure class ([`failure_class`]).
+    pub failure: String,
+    /// Strategy requested.
+    pub strategy: String,
+    /// Experiments with a recovery in the group.
+    pub experiments: usize,
+    /// Summary of the downtimes that were measured (recovered experiments).
+    pub summary: Option<Summary>,
+    /// `1 - median / median(full-reboot)` in the same group.
+    pub reduction: Option<f64>,
+    /// Experiments whose service did not come back in the window.
+    pub not_recovered: usize,
+    /// Experiments where another strategy ran (fallback).
+    pub fallbacks: usize,
+}
+
+/// Downtime per (workload, failure class, strategy) over the records with
+/// a recovery, in table order.
+pub fn downtime_stats(records: &[ExperimentRecord]) -> Vec<DowntimeStats> {
+    let mut groups: BTreeMap<(String, String), BTreeMap<String, Vec<&ExperimentRecord>>> = BTreeMap::new();
+    for r in records {
+        if let Some(rec) = &r.recovery {
+            groups
+                .entry((r.workload.clone(), failure_class(r)))
+                .or_default()
+                .entry(rec.requested.clone())
+                .or_default()
+                .push(r);
+        }
+    }
+    let mut out = Vec::new();
+    for ((workload, failure), by_strategy) in groups {
+        let summarize = |rs: &[&ExperimentRecord]| {
+            Summary::of(&rs.iter().filter_map(|r| r.downtime_s.filter(|_| recovered(r))).collect::<Vec<_>>())
+        };
+        let reference = by_strategy.get(FULL_REBOOT).and_then(|rs| summarize(rs)).map(|s| s.median);
+        let mut strategies: Vec<_> = by_strategy.into_iter().collect();
+        strategies.sort_by(|a, b| order_key(&STRATEGY_ORDER, &a.0).cmp(&order_key(&STRATEGY_ORDER, &b.0)));
+        for (strategy, rs) in strategies {
+            let summary = summarize(&rs);
+            let reduction = match (summary, reference) {
+                (Some(s), Some(m)) if m > 0.0 => Some(1.0 - s.median / m),
+                _ => None,
+            };
+            out.push(DowntimeStats {
+                workload: workload.clone(),
+                failure: failure.clone(),
+                experiments: rs.len(),
+                summary,
+                reduction,
+                not_recovered: rs.iter().filter(|r| !recovered(r)).count(),
+                fallbacks: rs.iter().filter(|r| r.recovery.as_ref().is_some_and(|x| x.used != x.requested)).count(),
+                strategy,
+            });
+        }
+    }
+    out
+}
+
+/// Recovered: the recovery says so and a downtime was measured.
+fn recovered(r: &ExperimentRecord) -> bool {
+    r.recovery.as_ref().is_some_and(|x| x.recovered) && r.downtime_s.is_some()
+}
+
+/// Downtime per strategy and workload.
+pub fn downtime(records: &[ExperimentRecord]) -> Table {
+    let rows = downtime_stats(records)
+        .into_iter()
+        .map(|d| {
+            let s = d.summary;
+            vec![
+                Cell::Text(d.workload),
+                Cell::Text(d.failure),
+                Cell::Text(d.strategy),
+                Cell::Count(s.map_or(0, |s| s.n as u64)),
+                Cell::Num(s.map(|s| s.mean)),
+                Cell::Num(s.map(|s| s.median)),
+                Cell::Num(s.map(|s| s.p95)),
+                Cell::Range(s.and_then(|s| s.ci95)),
+                Cell::Pct(d.reduction.map(|x| 100.0 * x)),
+                Cell::Count(d.not_recovered as u64),
+                Cell::Count(d.fallbacks as u64),
+            ]
+        })
+        .collect();
+    Table {
+        title: "Client-seen downtime per recovery strategy".into(),
+        columns: vec![
+            col("workload", "workload"),
+            col("failure", "failure"),
+            col("strategy", "strategy"),
+            col("n", "n"),
+            col("mean_s", "mean (s)"),
+            col("median_s", "median (s)"),
+            col("p95_s", "p95 (s)"),
+            col("ci95_mean_s", "95% CI of mean (s)"),
+            col("reduction_pct", "reduction vs full reboot (median)"),
+            col("not_recovered", "not recovered"),
+            col("fallbacks", "fallbacks"),
+        ],
+        rows,
+        note: "n counts recovered experiments, whose downtime was measured; strategies are the requested ones \
+               (fallbacks counted). Reduction = 1 − median(strategy) / median(full-reboot) in the same workload \
+               and failure class. CI: Student's t on the mean. p95: linear interpolation (type 7)."
+            .into(),
+    }
+}
+
+/// Outcome distribution per group: counts and shares of each outcome.
+fn outcome_table(
+    records: &[ExperimentRecord],
+    title: &str,
+    id: &str,
+    header: &str,
+    group: impl Fn(&ExperimentRecord) -> Option<String>,
+) -> Table {
+    let mut groups: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut outcomes = BTreeSet::new();
+    for r in records {
+        if let Some(g) = group(r) {
+            *groups.entry(g).or_default().entry(r.outcome.clone()).or_default() += 1;
+            outcomes.insert(r.outcome.clone());
+        }
+    }
+    let mut outcomes: Vec<String> = outcomes.into_iter().collect();
+    outcomes.sort_by(|a, b| order_key(&OUTCOME_ORDER, a).cmp(&order_key(&OUTCOME_ORDER, b)));
+    let mut columns = vec![col(id, header), col("n", "n")];
+    columns.extend(outcomes.iter().map(|o| col(&o.replace('-', "_"), o)));
+    let rows = groups
+        .into_iter()
+        .map(|(g, counts)| {
+            let n: u64 = counts.values().sum();
+            let mut row = vec![Cell::Text(g), Cell::Count(n)];
+            row.extend(outcomes.iter().map(|o| {
+                let c = counts.get(o).copied().unwrap_or(0);
+                Cell::CountPct(c, 100.0 * c as f64 / n as f64)
+            }));
+            row
+        })
+        .collect();
+    Table { title: title.into(), columns, rows, note: "Counts, with the share of the row in parentheses.".into() }
+}
+
+/// Outcome distribution per fault model (forced crashes as `crash:<kind>`).
+pub fn outcomes_by_model(records: &[ExperimentRecord]) -> Table {
+    outcome_table(records, "Outcomes per fault model", "fault_model", "fault model", |r| {
+        (!matches!(r.injection, Injection::None)).then(|| r.injection.label())
+    })
+}
+
+/// Outcome distribution per subsystem of the injected faults' targets.
+pub fn outcomes_by_subsystem(records: &[ExperimentRecord]) -> Table {
+    outcome_table(records, "Outcomes per subsystem", "subsystem", "subsystem", |r| match &r.injection {
+        Injection::Fault { subsystem, .. } => Some(subsystem.clone().unwrap_or_else(|| "(unknown)".into())),
+        _ => None,
+    })
+}
+
+/// Activation rate per fault model, and how often an activated fault
+/// became visible.
+pub fn activation(records: &[ExperimentRecord]) -> Table {
+    #[derive(Default)]
+    struct Acc {
+        n: u64,
+        activated: u64,
+        manifested: u64,
+        latency: Vec<f64>,
+    }
+    let mut by_model: BTreeMap<String, Acc> = BTreeMap::new();
+    for r in records {
+        if let Injection::Fault { model, activated, activation_s, .. } = &r.injection {
+            let a = by_model.entry(model.clone()).or_default();
+            a.n += 1;
+            if *activated {
+                a.activated += 1;
+                a.manifested += u64::from(MANIFESTED.contains(&r.outcome.as_str()));
+                a.latency.extend(activation_s);
+            }
+        }
+    }
+    let rows = by_model
+        .into_iter()
+        .map(|(model, a)| {
+            vec![
+                Cell::Text(model),
+                Cell::Count(a.n),
+                Cell::Count(a.activated),
+                Cell::Pct(Some(100.0 * a.activated as f64 / a.n as f64)),
+                Cell::Pct((a.activated > 0).then(|| 100.0 * a.manifested as f64 / a.activated as f64)),
+                Cell::Num(Summary::of(&a.latency).map(|s| s.median)),
+            ]
+        })
+        .collect();
+    Table {
+        title: "Fault activation per model".into(),
+        columns: vec![
+            col("fault_model", "fault model"),
+            col("n", "n"),
+            col("activated", "activated"),
+            col("activation_rate_pct", "activation rate"),
+            col("manifested_pct", "manifested when activated"),
+            col("median_activation_s", "median time to activation (s)"),
+        ],
+        rows,
+        note: "Manifested: outcome panic, oops, hang or service-error.".into(),
+    }
+}
+
+/// Recovery success per requested strategy, with fallbacks and lost writes.
+pub fn recovery_success(records: &[ExperimentRecord]) -> Table {
+    #[derive(Default)]
+    struct Acc {
+        n: u64,
+        ok: u64,
+        fallbacks: u64,
+        lost: u64,
+        with_loss: u64,
+    }
+    let mut by: BTreeMap<String, Acc> = BTreeMap::new();
+    for r in records {
+        if let Some(x) = &r.recovery {
+            let a = by.entry(x.requested.clone()).or_default();
+            a.n += 1;
+            a.ok += u64::from(x.recovered);
+            a.fallbacks += u64::from(x.used != x.requested);
+            let lost = r.lost_writes.unwrap_or(0);
+            a.lost += lost;
+            a.with_loss += u64::from(lost > 0);
+        }
+    }
+    let mut rows: Vec<_> = by.into_iter().collect();
+    rows.sort_by(|a, b| order_key(&STRATEGY_ORDER, &a.0).cmp(&order_key(&STRATEGY_ORDER, &b.0)));
+    Table {
+        title: "Recovery success per strategy".into(),
+        columns: vec![
+            col("strategy", "strategy"),
+            col("n", "n"),
+            col("recovered", "recovered"),
+            col("success_pct", "success rate"),
+            col("fallbacks", "fallbacks"),
+            col("lost_writes", "lost acknowledged writes"),
+            col("experiments_losing_writes", "experiments losing writes"),
+        ],
+        rows: rows
+            .into_iter()
+            .map(|(s, a)| {
+                vec![
+                    Cell::Text(s),
+                    Cell::Count(a.n),
+                    Cell::Count(a.ok),
+                    Cell::Pct(Some(100.0 * a.ok as f64 / a.n as f64)),
+                    Cell::Count(a.fallbacks),
+                    Cell::Count(a.lost),
+                    Cell::Count(a.with_loss),
+                ]
+            })
+            .collect(),
+        note: "Recovered: the service answered correctly again within the observation window.".into(),
+    }
+}
+
+/// A parameter's value for an experiment (`params`).
+pub fn param<'a>(r: &'a ExperimentRecord, name: &str) -> Option<&'a str> {
+    r.params.get(name).map(String::as_str)
+}
+
+/// Orders parameter values numerically when they all parse as numbers,
+/// else by first appearance.
+pub(crate) fn order_values(values: Vec<String>) -> Vec<String> {
+    let mut seen = Vec::new();
+    for v in values {
+        if !seen.contains(&v) {
+            seen.push(v);
+        }
+    }
+    if seen.iter().all(|v| v.parse::<f64>().is_ok()) {
+        seen.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)));
+    }
+    seen
+}
+
+/// Points of a metric against a parameter, optionally split into series by
+/// a second parameter: `(series, value, metric values)` in table order.
+pub fn metric_points(
+    records: &[ExperimentRecord],
+    metric: &str,
+    param_name: &str,
+    series: Option<&str>,
+) -> Vec<(String, String, Vec<f64>)> {
+    let with: Vec<&ExperimentRecord> = records
+        .iter()
+        .filter(|r| r.metrics.get(metric).is_some_and(|m| m.is_finite()) && param(r, param_name).is_some())
+        .collect();
+    let series_of = |r: &ExperimentRecord| series.map_or(String::new(), |s| param(r, s).unwrap_or("–").to_string());
+    let values = order_values(with.iter().filter_map(|r| param(r, param_name).map(String::from)).collect());
+    let series_values = order_values(with.iter().map(|r| series_of(r)).collect());
+    let mut out = Vec::new();
+    for s in &series_values {
+        for v in &values {
+            let ms: Vec<f64> = with
+                .iter()
+                .filter(|r| &series_of(r) == s && param(r, param_name) == Some(v.as_str()))
+                .filter_map(|r| r.metrics.get(metric).copied())
+                .collect();
+            if !ms.is_empty() {
+                out.push((s.clone(), v.clone(), ms));
+            }
+        }
+    }
+    out
+}
+
+/// A measured metric against a parameter (e.g. `restore_s` vs `ram_mb`,
+/// split by `reduction`): n, mean, median, min, max per value. `None` when
+/// no record has both.
+pub fn metric_vs_param(
+    records: &[ExperimentRecord],
+    metric: &str,
+    metric_header: &str,
+    param_name: &str,
+    series: Option<&str>,
+) -> Option<Table> {
+    let points = metric_points(records, metric, param_name, series);
+    if points.is_empty() {
+        return None;
+    }
+    // A series parameter no record has is left out.
+    let series = series.filter(|_| points.iter().any(|p| p.0 != "–"));
+    let mut columns = Vec::new();
+    if let Some(s) = series {
+        columns.push(col(s, s));
+    }
+    columns.push(col(param_name, param_name));
+    columns.extend([
+        col("n", "n"),
+        col("mean", &format!("mean {metric_header}")),
+        col("median", &format!("median {metric_header}")),
+        col("min", &format!("min {metric_header}")),
+        col("max", &format!("max {metric_header}")),
+    ]);
+    let rows = points
+        .into_iter()
+        .filter_map(|(s, v, ms)| {
+            let sum = Summary::of(&ms)?;
+            let mut row = Vec::new();
+            if series.is_some() {
+                row.push(Cell::Text(s));
+            }
+            row.extend([
+                Cell::Text(v),
+                Cell::Count(sum.n as u64),
+                Cell::Num(Some(sum.mean)),
+                Cell::Num(Some(sum.median)),
+                Cell::Num(Some(sum.min)),
+                Cell::Num(Some(sum.max)),
+            ]);
+            Some(row)
+        })
+        .collect();
+    Some(Table { title: format!("{metric} vs {param_name}"), columns, rows, note: String::new() })
+}
+
+/// Campaign overhead: time per experiment beyond its observation window.
+pub fn overhead(records: &[ExperimentRecord]) -> Table {
+    let mut by: BTreeMap<String, Vec<&ExperimentRecord>> = BTreeMap::new();
+    for r in records {
+        by.entry(r.campaign.clone()).or_default().push(r);
+    }
+    let rows = by
+        .into_iter()
+        .map(|(c, rs)| {
+            let wall: Vec<f64> = rs.iter().map(|r| r.wall_s).collect();
+            let over: Vec<f64> = rs.iter().map(|r| r.wall_s - r.window_s).collect();
+            let window: f64 = rs.iter().map(|r| r.window_s).sum();
+            let total_over: f64 = over.iter().sum();
+            let wall_sum: f64 = wall.iter().sum();
+            vec![
+                Cell::Text(c),
+                Cell::Count(rs.len() as u64),
+                Cell::Num(Summary::of(&wall).map(|s| s.mean)),
+                Cell::Num(Summary::of(&over).map(|s| s.mean)),
+                Cell::Pct((window > 0.0).then(|| 100.0 * total_over / window)),
+                Cell::Num((wall_sum > 0.0).then(|| 3600.0 * rs.len() as f64 / wall_sum)),
+            ]
+        })
+        .collect();
+    Table {
+        title: "Campaign overhead".into(),
+        columns: vec![
+            col("campaign", "campaign"),
+            col("n", "experiments"),
+            col("mean_wall_s", "mean wall time (s)"),
+            col("mean_overhead_s", "mean overhead (s)"),
+            col("overhead_pct", "overhead / window"),
+            col("experiments_per_hour", "experiments per hour (one job)"),
+        ],
+        rows,
+        note: "Overhead = wall time − observation window, per experiment (restore, setup, teardown, storing). \
+               Experiments per hour assume one job; --jobs runs several at once."
+            .into(),
+    }
+}
+
+/// Where the numbers come from: distinct provenance with its experiments.
+pub fn provenance(records: &[ExperimentRecord]) -> Table {
+    let mut by: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+    for r in records {
+        let p = &r.provenance;
+        let k = vec![
+            r.campaign.clone(),
+            p.accel.clone(),
+            p.qemu_version.clone(),
+            p.kernel_version.clone(),
+            p.profile.clone(),
+            p.ram_mb.to_string(),
+            p.seed.to_string(),
+            p.kfi_version.clone(),
+            p.host.clone(),
+        ];
+        *by.entry(k).or_default() += 1;
+    }
+    let ids = ["campaign", "accel", "qemu", "kernel", "profile", "ram_mb", "seed", "kfi", "host"];
+    let mut columns: Vec<Col> = ids.iter().map(|i| col(i, i)).collect();
+    columns[5].header = "guest RAM (MiB)".into();
+    columns.push(col("n", "experiments"));
+    Table {
+        title: "Provenance".into(),
+        columns,
+        rows: by
+            .into_iter()
+            .map(|(k, n)| {
+                let mut row: Vec<Cell> = k.into_iter().map(Cell::Text).collect();
+                row.push(Cell::Count(n));
+                row
+            })
+            .collect(),
+        note: String::new(),
+    }
+}

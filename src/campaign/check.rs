@@ -1,0 +1,223 @@
+//! `kfi check`: regression mode for the recovery VMM's own CI. A short,
+//! fixed campaign runs; the check fails when any failure was not
+//! recovered, any acknowledged write was lost, or a strategy's downtime
+//! ratio to full reboot grew beyond a tolerance over the stored baseline.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use analysis::record::ExperimentRecord;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Per-strategy medians of a check run; the baseline is one of these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Campaign it was measured on.
+    pub campaign: String,
+    /// Accelerator, QEMU and kernel it was measured with.
+    pub provenance: String,
+    /// Median client-seen downtime per strategy, seconds.
+    pub median_downtime_s: BTreeMap<String, f64>,
+    /// Median downtime of each strategy divided by full reboot's.
+    pub ratio_to_full_reboot: BTreeMap<String, f64>,
+}
+
+/// One thing that went wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Problem {
+    /// A failure the VMM did not bring back.
+    NotRecovered {
+        /// Experiment key.
+        key: String,
+        /// Why, as recorded.
+        why: String,
+    },
+    /// Acknowledged writes missing after recovery.
+    LostWrites {
+        /// Experiment key.
+        key: String,
+        /// How many.
+        lost: u64,
+    },
+    /// A strategy's downtime ratio grew beyond the tolerance.
+    Regressed {
+        /// Strategy.
+        strategy: String,
+        /// Baseline ratio to full reboot.
+        baseline: f64,
+        /// Measured ratio.
+        measured: f64,
+    },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::NotRecovered { key, why } => write!(f, "not recovered: {key}: {why}"),
+            Problem::LostWrites { key, lost } => write!(f, "{lost} acknowledged writes lost: {key}"),
+            Problem::Regressed { strategy, baseline, measured } => write!(
+                f,
+                "{strategy} regressed: downtime is {:.1}% of full reboot's, baseline {:.1}% (+{:.1} points, {:+.0}%)",
+                measured * 100.0,
+                baseline * 100.0,
+                (measured - baseline) * 100.0,
+                (measured / baseline - 1.0) * 100.0
+            ),
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// The medians and ratios of a run's records.
+pub fn measure(campaign: &str, records: &[ExperimentRecord]) -> Baseline {
+    let mut by_strategy: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in records {
+        if let (Some(rec), Some(d)) = (&r.recovery, r.downtime_s) {
+            by_strategy.entry(rec.requested.clone()).or_default().push(d);
+        }
+    }
+    let median_downtime_s: BTreeMap<String, f64> =
+        by_strategy.into_iter().filter_map(|(s, v)| median(v).map(|m| (s, m))).collect();
+    let ratio_to_full_reboot = match median_downtime_s.get("full-reboot") {
+        Some(&full) if full > 0.0 => median_downtime_s.iter().map(|(s, &m)| (s.clone(), m / full)).collect(),
+        _ => BTreeMap::new(),
+    };
+    let provenance = records
+        .first()
+        .map(|r| {
+            let p = &r.provenance;
+            format!("{} guest, {}, QEMU {}, kernel {}", p.profile, p.accel, p.qemu_version, p.kernel_version)
+        })
+        .unwrap_or_default();
+    Baseline { campaign: campaign.to_string(), provenance, median_downtime_s, ratio_to_full_reboot }
+}
+
+/// Everything wrong with a run against `baseline`. A ratio regresses when
+/// it exceeds the baseline's by more than `tolerance` (relative) *and* by
+/// more than `slack` (absolute): tiny ratios are noisy in relative terms.
+pub fn problems(records: &[ExperimentRecord], baseline: &Baseline, tolerance: f64, slack: f64) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for r in records {
+        if let Some(rec) = &r.recovery {
+            if !rec.recovered {
+                out.push(Problem::NotRecovered {
+                    key: r.key.clone(),
+                    why: rec.fallback_reason.clone().unwrap_or_else(|| "no correct answer in the window".into()),
+                });
+            }
+        }
+        if let Some(lost) = r.lost_writes.filter(|&l| l > 0) {
+            out.push(Problem::LostWrites { key: r.key.clone(), lost });
+        }
+    }
+    let measured = measure(&baseline.campaign, records);
+    for (strategy, &base) in &baseline.ratio_to_full_reboot {
+        let Some(&now) = measured.ratio_to_full_reboot.get(strategy) else { continue };
+        if now > base * (1.0 + tolerance) && now - base > slack {
+            out.push(Problem::Regressed { strategy: strategy.clone(), baseline: base, measured: now });
+        }
+    }
+    out
+}
+
+/// Reads a baseline file.
+pub fn load_baseline(path: &Path) -> Result<Baseline> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!("no baseline at {}: record one with `kfi check FILE --update-baseline`", path.display())
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a kfi check baseline", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use analysis::record::{Injection, Provenance, RecoveryRecord};
+
+    fn record(i: u64, strategy: &str, downtime: f64, recovered: bool, lost: u64) -> ExperimentRecord {
+        ExperimentRecord {
+            campaign: "regression".into(),
+            experiment: i,
+            key: format!("crash=sysrq strategy={strategy} rep={i}"),
+            workload: "apache".into(),
+            injection: Injection::Crash { crash: "sysrq".into() },
+            outcome: "panic".into(),
+            outcome_detail: None,
+            recovery: Some(RecoveryRecord {
+                requested: strategy.into(),
+                used: strategy.into(),
+                fallback_reason: None,
+                cause: "guest-panicked".into(),
+                recovered,
+                detect_s: 0.01,
+                restart_s: 0.1,
+                service_s: 0.2,
+            }),
+            downtime_s: recovered.then_some(downtime),
+            throughput_back_s: None,
+            requests: 10,
+            correct: 9,
+            acked_writes: Some(5),
+            lost_writes: Some(lost),
+            params: Default::default(),
+            metrics: Default::default(),
+            timeline: Vec::new(),
+            provenance: Provenance {
+                accel: "tcg".into(),
+                qemu_version: "7.2.22".into(),
+                kernel_version: "6.1.0".into(),
+                profile: "tiny".into(),
+                ram_mb: 256,
+                seed: 1,
+                kfi_version: "0".into(),
+                host: "h".into(),
+            },
+            started_at: String::new(),
+            wall_s: 1.0,
+            window_s: 1.0,
+        }
+    }
+
+    fn run(service: f64) -> Vec<ExperimentRecord> {
+        vec![
+            record(0, "full-reboot", 6.0, true, 0),
+            record(1, "full-reboot", 6.4, true, 0),
+            record(2, "service-restore", service, true, 0),
+            record(3, "service-restore", service + 0.02, true, 0),
+        ]
+    }
+
+    #[test]
+    fn the_baseline_passes_and_a_slower_strategy_fails_with_its_numbers() {
+        let baseline = measure("regression", &run(0.5));
+        assert_eq!(baseline.median_downtime_s["full-reboot"], 6.2);
+        assert!((baseline.ratio_to_full_reboot["service-restore"] - 0.51 / 6.2).abs() < 1e-12);
+        assert!(problems(&run(0.5), &baseline, 0.5, 0.02).is_empty());
+        // Noise inside the tolerance passes.
+        assert!(problems(&run(0.6), &baseline, 0.5, 0.02).is_empty());
+        let found = problems(&run(2.0), &baseline, 0.5, 0.02);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let text = found[0].to_string();
+        assert!(text.starts_with("service-restore regressed") && text.contains("baseline 8.2%"), "{text}");
+    }
+
+    #[test]
+    fn lost_writes_and_unrecovered_failures_always_fail() {
+        let baseline = measure("regression", &run(0.5));
+        let mut records = run(0.5);
+        records.push(record(4, "phase-restore", 0.0, false, 0));
+        records.push(record(5, "service-restore", 0.5, true, 2));
+        let found = problems(&records, &baseline, 0.5, 0.02);
+        assert!(found.iter().any(|p| matches!(p, Problem::NotRecovered { .. })), "{found:?}");
+        assert!(found.iter().any(|p| matches!(p, Problem::LostWrites { lost: 2, .. })), "{found:?}");
+    }
+}

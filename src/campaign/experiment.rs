@@ -1,0 +1,318 @@
+//! One experiment: restore the golden snapshot, load the service, inject,
+//! watch, recover, and turn what the clients saw into a record.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use analysis::record::{ExperimentRecord, Injection as RecordInjection, Provenance, RecoveryRecord, TimelineBin};
+use anyhow::{bail, Context, Result};
+use recovery_sut::recovery::{Failure, FailureCause, RecoveryError, RecoveryTiming};
+use recovery_sut::{probe, Golden, Sut};
+use workloads::downtime::{analyze, DowntimeConfig};
+use workloads::timeline::Timeline;
+use workloads::{seconds_since, ClosedLoop, DocList, LoadSpec, Mode, Record};
+
+use super::spec::{Campaign, CrashKind, Injection, Planned};
+
+/// What every experiment of a campaign shares.
+pub struct Shared<'a> {
+    /// The campaign.
+    pub campaign: &'a Campaign,
+    /// Its starting point.
+    pub golden: &'a Golden,
+    /// The document set the load requests and checks.
+    pub docs: &'a DocList,
+    /// How results are obtained.
+    pub provenance: &'a Provenance,
+    /// Turns a planned fault into an injected one (none: the campaign has
+    /// no faults).
+    pub faults: Option<&'a dyn FaultRunner>,
+}
+
+/// Injects fault experiments; provided by the injector wiring so this
+/// module stays about the experiment's frame (load, recovery, record).
+pub trait FaultRunner: Sync {
+    /// Injects fault `index` of group `group` into the running guest and
+    /// watches it for `window`; returns what happened.
+    fn inject(&self, sut: &mut Sut, group: usize, index: u64, window: Duration) -> Result<FaultObservation>;
+}
+
+/// What a fault experiment observed before recovery.
+pub struct FaultObservation {
+    /// The record's injection part (model, target, description, spec,
+    /// activation).
+    pub injection: RecordInjection,
+    /// Parsed oops, when any.
+    pub detail: Option<serde_json::Value>,
+    /// What the watch saw; the outcome is judged once the client records
+    /// are in.
+    pub watch: crate::inject::Watch,
+}
+
+/// Runs one planned experiment to its record.
+pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
+    let wall = Instant::now();
+    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let f = &shared.campaign.file;
+    let window = Duration::from_secs_f64(f.observe.window_s);
+    let mut sut = Sut::from_golden(shared.golden).context("restoring the golden snapshot")?;
+    let addr = sut.vm().http_addr();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let origin = Instant::now();
+    let load = start_load(addr, shared, planned, origin, Arc::clone(&stop));
+    let run = (|| -> Result<Observed> {
+        std::thread::sleep(Duration::from_secs_f64(f.workload.warmup_s));
+        let acked = if f.workload.acked_writes > 0 {
+            Some(acknowledge_writes(&mut sut, planned.index, f.workload.acked_writes)?)
+        } else {
+            None
+        };
+        let mut observed = inject_and_watch(shared, &mut sut, planned, window)?;
+        if let Some(failure) = &observed.failure {
+            match sut.recover(planned.strategy, failure) {
+                Ok(timing) => observed.recovery = Some(timing),
+                Err(RecoveryError::NotRecovered { last, .. }) => observed.not_recovered = Some(last),
+                Err(e) => return Err(e).context("recovering"),
+            }
+            std::thread::sleep(Duration::from_secs_f64(f.observe.tail_s));
+        }
+        if let Some(seqs) = acked {
+            let lost = lost_writes(addr, &seqs, observed.recovery.is_some());
+            observed.acked = Some((seqs.len() as u64, lost));
+        }
+        Ok(observed)
+    })();
+    stop.store(true, Ordering::SeqCst);
+    let load_s = origin.elapsed().as_secs_f64();
+    let records = load.join().map_err(|_| anyhow::anyhow!("the load generator thread panicked"))??;
+    let observed = run?;
+    drop(sut);
+    let times = Times { started_at, wall_s: wall.elapsed().as_secs_f64(), load_s };
+    record(shared, planned, observed, &records, origin, times)
+}
+
+/// What happened between injection and the end of recovery.
+struct Observed {
+    injection: RecordInjection,
+    outcome: String,
+    detail: Option<serde_json::Value>,
+    failure: Option<Failure>,
+    recovery: Option<RecoveryTiming>,
+    not_recovered: Option<String>,
+    /// (acknowledged, lost).
+    acked: Option<(u64, u64)>,
+    injected_at: Instant,
+    /// A fault's watch, to judge its outcome with the client records.
+    watch: Option<crate::inject::Watch>,
+}
+
+/// When the experiment ran and for how long.
+struct Times {
+    started_at: String,
+    /// The whole experiment, restore and teardown included.
+    wall_s: f64,
+    /// The observation: load running from warm-up to the end of the tail.
+    load_s: f64,
+}
+
+fn start_load(
+    addr: SocketAddr,
+    shared: &Shared<'_>,
+    planned: &Planned,
+    origin: Instant,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<Vec<Record>, workloads::LoadError>> {
+    let w = &shared.campaign.file.workload;
+    let spec = LoadSpec {
+        mode: Mode::Closed(ClosedLoop {
+            clients: w.clients,
+            think: Duration::from_millis(w.think_ms),
+            failure_pause: Duration::from_millis(10),
+        }),
+        // An upper bound only: the run is stopped when the experiment ends.
+        duration: Duration::from_secs(3600),
+        timeout: Duration::from_secs(1),
+        seed: shared.campaign.file.seed ^ planned.index.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    };
+    let docs = shared.docs.clone();
+    std::thread::spawn(move || workloads::run_blocking_until(addr, &docs, &spec, origin, stop))
+}
+
+/// Appends numbered lines to the data disk through the agent, each fsynced
+/// before the agent acknowledges it; returns the acknowledged numbers.
+fn acknowledge_writes(sut: &mut Sut, experiment: u64, count: u64) -> Result<Vec<u64>> {
+    let first = experiment * 1000 + 1;
+    let mut acked = Vec::new();
+    for seq in first..first + count {
+        sut.vm().agent().send(&format!("append {seq}")).context("asking the agent for a data-disk write")?;
+        if !sut.vm().agent().wait_ack(seq, Duration::from_secs(10)) {
+            bail!("the guest agent did not acknowledge data-disk write {seq} within 10 s");
+        }
+        acked.push(seq);
+    }
+    Ok(acked)
+}
+
+/// Acknowledged numbers missing from the data disk after recovery (all of
+/// them when the service never came back to be asked).
+fn lost_writes(addr: SocketAddr, seqs: &[u64], recovered: bool) -> u64 {
+    if !recovered {
+        return seqs.len() as u64;
+    }
+    match probe::http_get(addr, "/data/acked", Duration::from_secs(10)) {
+        Ok(answer) if answer.status == 200 => {
+            let on_disk: Vec<u64> =
+                String::from_utf8_lossy(&answer.body).lines().filter_map(|l| l.trim().parse().ok()).collect();
+            seqs.iter().filter(|s| !on_disk.contains(s)).count() as u64
+        }
+        _ => seqs.len() as u64,
+    }
+}
+
+fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, window: Duration) -> Result<Observed> {
+    let hang = Duration::from_secs_f64(shared.campaign.file.observe.hang_timeout_s);
+    let injected_at = Instant::now();
+    let blank = |injection, outcome: &str, failure| Observed {
+        injection,
+        outcome: outcome.to_string(),
+        detail: None,
+        failure,
+        recovery: None,
+        not_recovered: None,
+        acked: None,
+        injected_at,
+        watch: None,
+    };
+    match &planned.injection {
+        Injection::Crash(crash) => {
+            match crash {
+                CrashKind::Sysrq => sut.vm().agent().send("sysrq c").context("asking the agent for a sysrq crash")?,
+                CrashKind::Panic => {
+                    sut.vm().qmp().execute("inject-nmi", None).context("injecting the NMI")?;
+                }
+                CrashKind::Hang => {
+                    sut.vm().qmp().execute("stop", None).context("stopping the vCPUs")?;
+                }
+            }
+            let injection = RecordInjection::Crash { crash: crash.to_string() };
+            let failure = sut.wait_failure(window, hang).with_context(|| format!("the {crash} crash was not seen"))?;
+            let outcome = match failure.cause {
+                FailureCause::HeartbeatLost => analysis::record::outcome::HANG,
+                FailureCause::GuestPanicked | FailureCause::QemuExited => analysis::record::outcome::PANIC,
+            };
+            Ok(blank(injection, outcome, Some(failure)))
+        }
+        Injection::Fault { index, group } => {
+            let runner = shared.faults.context("the campaign has fault experiments but no fault runner")?;
+            let seen = runner.inject(sut, *group, *index, window)?;
+            // Provisional: judged again with the client records.
+            let provisional = if seen.watch.failure().is_some() { "failure" } else { "pending" };
+            let mut observed = blank(seen.injection, provisional, seen.watch.failure());
+            observed.detail = seen.detail;
+            observed.watch = Some(seen.watch);
+            Ok(observed)
+        }
+    }
+}
+
+fn record(
+    shared: &Shared<'_>,
+    planned: &Planned,
+    observed: Observed,
+    records: &[Record],
+    origin: Instant,
+    times: Times,
+) -> Result<ExperimentRecord> {
+    let f = &shared.campaign.file;
+    let mut observed = observed;
+    if let Some(watch) = &observed.watch {
+        let hang = Duration::from_secs_f64(f.observe.hang_timeout_s);
+        observed.outcome = watch.classify(records, origin, hang).outcome.to_string();
+    }
+    let failure_at = observed.failure.map(|failure| seconds_since(origin, failure.detected_at));
+    let (downtime_s, throughput_back_s) = match failure_at {
+        Some(at) => {
+            let report = analyze(records, at, &DowntimeConfig::default())
+                .context("computing the downtime from the client records")?;
+            (report.downtime.seconds(), report.throughput.after)
+        }
+        None => (None, None),
+    };
+    // Without a failure the timeline is relative to the injection.
+    let zero = failure_at.unwrap_or_else(|| seconds_since(origin, observed.injected_at));
+    let timeline = match Timeline::build(records, workloads::timeline::DEFAULT_BIN_SECS) {
+        Ok(t) => t
+            .bins
+            .iter()
+            .map(|b| TimelineBin { t_s: b.start - zero, correct: b.correct, failed: b.failed, p50_s: b.p50 })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let recovery = match (&observed.failure, &observed.recovery) {
+        (Some(failure), Some(t)) => Some(RecoveryRecord {
+            requested: t.requested.to_string(),
+            used: t.strategy.to_string(),
+            fallback_reason: t.fallback_reason.clone(),
+            cause: cause_name(t.cause).into(),
+            recovered: downtime_s.is_some(),
+            detect_s: failure.detected_at.saturating_duration_since(observed.injected_at).as_secs_f64(),
+            restart_s: t.restart_s,
+            service_s: t.service_s,
+        }),
+        (Some(failure), None) => Some(RecoveryRecord {
+            requested: planned.strategy.to_string(),
+            used: planned.strategy.to_string(),
+            fallback_reason: observed.not_recovered.clone(),
+            cause: cause_name(failure.cause).into(),
+            recovered: false,
+            detect_s: failure.detected_at.saturating_duration_since(observed.injected_at).as_secs_f64(),
+            // Never back: no restart or service time to report.
+            restart_s: 0.0,
+            service_s: 0.0,
+        }),
+        _ => None,
+    };
+    let mut params = BTreeMap::new();
+    params.insert("strategy".to_string(), planned.strategy.to_string());
+    params.insert("rep".to_string(), planned.rep.to_string());
+    let mut metrics = BTreeMap::new();
+    if let Some(snap) = &shared.golden.phase {
+        metrics.insert("phase_snapshot_pause_s".to_string(), snap.meta.pause_s);
+    }
+    metrics.insert("service_snapshot_pause_s".to_string(), shared.golden.service.meta.pause_s);
+    Ok(ExperimentRecord {
+        campaign: f.name.clone(),
+        experiment: planned.index,
+        key: planned.key(),
+        workload: f.workload.kind.to_string(),
+        injection: observed.injection,
+        outcome: observed.outcome,
+        outcome_detail: observed.detail,
+        recovery,
+        downtime_s,
+        throughput_back_s,
+        requests: records.len() as u64,
+        correct: records.iter().filter(|r| r.is_correct()).count() as u64,
+        acked_writes: observed.acked.map(|a| a.0),
+        lost_writes: observed.acked.map(|a| a.1),
+        params,
+        metrics,
+        timeline,
+        provenance: shared.provenance.clone(),
+        started_at: times.started_at,
+        wall_s: times.wall_s,
+        window_s: times.load_s,
+    })
+}
+
+fn cause_name(cause: FailureCause) -> &'static str {
+    match cause {
+        FailureCause::GuestPanicked => "guest-panicked",
+        FailureCause::HeartbeatLost => "heartbeat-lost",
+        FailureCause::QemuExited => "qemu-exited",
+    }
+}

@@ -1,0 +1,571 @@
+//! Experiment files: the declarative TOML a campaign is made from, its
+//! validation, and its expansion into a stable, numbered list of
+//! experiments.
+//!
+//! The expansion is the campaign's identity: experiment `i` is the same
+//! experiment on every run, resume and shard, because it depends only on
+//! the file's content (and, for injected faults, on the seed and the kernel
+//! image, through the injector's generator).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use recovery_sut::{Profile, Strategy};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Why an experiment file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file cannot be read.
+    #[error("cannot read experiment file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, a wrong type or an unknown name; the
+    /// message carries the line, column and key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message: line, column, the offending key and what was expected.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("{path}: key `{key}`: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key path.
+        key: String,
+        /// What is wrong and what would be right.
+        problem: String,
+    },
+}
+
+/// Guest profile, as experiment files name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestProfile {
+    /// Busybox initramfs with httpd.
+    Tiny,
+    /// Debian bookworm with Apache, PHP and MariaDB.
+    Debian,
+}
+
+impl From<GuestProfile> for Profile {
+    fn from(p: GuestProfile) -> Profile {
+        match p {
+            GuestProfile::Tiny => Profile::Tiny,
+            GuestProfile::Debian => Profile::Debian,
+        }
+    }
+}
+
+/// Accelerator choice, as experiment files name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccelName {
+    /// KVM when a probe boot proves it works, else TCG.
+    #[default]
+    Auto,
+    /// Software emulation.
+    Tcg,
+    /// Hardware virtualisation.
+    Kvm,
+}
+
+/// `[guest]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestSpec {
+    /// Guest profile.
+    pub profile: GuestProfile,
+    /// Guest RAM in MiB (default: 256 for tiny, 1024 for debian).
+    pub memory_mb: Option<u32>,
+    /// Accelerator.
+    #[serde(default)]
+    pub accel: AccelName,
+    /// Attach the data disk to the tiny guest (debian always has one);
+    /// needed to count acknowledged writes.
+    #[serde(default)]
+    pub data_disk: bool,
+}
+
+/// Which workload drives the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadKind {
+    /// Static files over HTTP (busybox httpd in tiny, Apache in debian).
+    Apache,
+    /// The RUBiS auction site (debian only).
+    Rubis,
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkloadKind::Apache => "apache",
+            WorkloadKind::Rubis => "rubis",
+        })
+    }
+}
+
+fn default_clients() -> usize {
+    2
+}
+
+fn default_warmup() -> f64 {
+    2.0
+}
+
+/// `[workload]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Which workload.
+    pub kind: WorkloadKind,
+    /// Closed-loop clients.
+    #[serde(default = "default_clients")]
+    pub clients: usize,
+    /// Think time between a client's requests, milliseconds.
+    #[serde(default)]
+    pub think_ms: u64,
+    /// Seconds of load before the injection.
+    #[serde(default = "default_warmup")]
+    pub warmup_s: f64,
+    /// Data-disk writes the guest acknowledges (after `fdatasync`) before
+    /// each injection; every one must be there after recovery. Any write
+    /// makes the service snapshot stale, so service-restore then falls
+    /// back to phase-restore, as a VMM must.
+    #[serde(default)]
+    pub acked_writes: u64,
+}
+
+fn default_window() -> f64 {
+    10.0
+}
+
+fn default_tail() -> f64 {
+    1.0
+}
+
+fn default_hang() -> f64 {
+    5.0
+}
+
+/// `[observe]`: how long an experiment watches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserveSpec {
+    /// After the injection, how long to wait for a failure, seconds.
+    #[serde(default = "default_window")]
+    pub window_s: f64,
+    /// Load kept running after the service is back, seconds (the
+    /// throughput-recovery measurement needs some).
+    #[serde(default = "default_tail")]
+    pub tail_s: f64,
+    /// No heartbeat for this long counts as a hang, seconds.
+    #[serde(default = "default_hang")]
+    pub hang_timeout_s: f64,
+}
+
+impl Default for ObserveSpec {
+    fn default() -> Self {
+        ObserveSpec { window_s: default_window(), tail_s: default_tail(), hang_timeout_s: default_hang() }
+    }
+}
+
+/// A crash forced on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrashKind {
+    /// `echo c > /proc/sysrq-trigger` through the guest agent.
+    Sysrq,
+    /// An NMI from the monitor with `unknown_nmi_panic`.
+    Panic,
+    /// The vCPUs stop (QMP `stop`): no panic report, only the missing
+    /// heartbeat tells.
+    Hang,
+}
+
+impl fmt::Display for CrashKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CrashKind::Sysrq => "sysrq",
+            CrashKind::Panic => "panic",
+            CrashKind::Hang => "hang",
+        })
+    }
+}
+
+fn default_count() -> u64 {
+    1
+}
+
+/// Injected faults: `count` faults drawn by the injector's generator from
+/// the campaign seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsSpec {
+    /// Fault models to draw from (the injector's names, e.g. `reg-flip`,
+    /// `text-flip`, `nop`); empty: all.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Subsystems to target (`kernel`, `mm`, `fs`, `net`, `drivers`, ...); empty: all.
+    #[serde(default)]
+    pub subsystems: Vec<String>,
+    /// Functions to target by name; empty: any in the subsystems.
+    #[serde(default)]
+    pub functions: Vec<String>,
+    /// Number of faults.
+    #[serde(default = "default_count")]
+    pub count: u64,
+    /// Put original bytes back after the first activation (code faults).
+    #[serde(default)]
+    pub transient: bool,
+}
+
+/// One `[[inject]]` table: exactly one of `crash`, `faults` or `none`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectSpec {
+    /// Force a crash.
+    pub crash: Option<CrashKind>,
+    /// Inject faults.
+    pub faults: Option<FaultsSpec>,
+}
+
+/// What one `[[inject]]` table means, once validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Injection {
+    /// Force a crash.
+    Crash(CrashKind),
+    /// Fault number `index` of the campaign's generator.
+    Fault {
+        /// Index passed to the generator (unique across the campaign).
+        index: u64,
+        /// Which `[[inject]]` table it came from.
+        group: usize,
+    },
+}
+
+/// `[recovery]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverySpec {
+    /// Strategies, each run for every injection and repetition.
+    pub strategies: Vec<Strategy>,
+}
+
+fn default_reps() -> u32 {
+    1
+}
+
+/// A whole experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentFile {
+    /// Campaign name (results go to `results/<name>/`).
+    pub name: String,
+    /// One line saying what it measures.
+    #[serde(default)]
+    pub description: String,
+    /// Seed of fault lists and request mixes.
+    pub seed: u64,
+    /// Repetitions of every (injection, strategy) pair.
+    #[serde(default = "default_reps")]
+    pub repetitions: u32,
+    /// The guest.
+    pub guest: GuestSpec,
+    /// The load.
+    pub workload: WorkloadSpec,
+    /// Observation window.
+    #[serde(default)]
+    pub observe: ObserveSpec,
+    /// What is done to the guest.
+    pub inject: Vec<InjectSpec>,
+    /// How it is brought back.
+    pub recovery: RecoverySpec,
+}
+
+/// One experiment of the expansion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Planned {
+    /// Stable index.
+    pub index: u64,
+    /// What is done.
+    pub injection: Injection,
+    /// Recovery strategy.
+    pub strategy: Strategy,
+    /// Repetition number.
+    pub rep: u32,
+}
+
+impl Planned {
+    /// Human-readable identity, unique within the campaign.
+    pub fn key(&self) -> String {
+        let what = match &self.injection {
+            Injection::Crash(c) => format!("crash={c}"),
+            Injection::Fault { index, .. } => format!("fault={index}"),
+        };
+        format!("{what} strategy={} rep={}", self.strategy, self.rep)
+    }
+}
+
+/// A parsed, validated experiment file.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// SHA-256 of the file's bytes: a campaign resumes only with the same file.
+    pub sha256: String,
+    /// Its content.
+    pub file: ExperimentFile,
+}
+
+impl Campaign {
+    /// Reads and validates an experiment file.
+    pub fn load(path: &Path) -> Result<Campaign, SpecError> {
+        let bytes = std::fs::read(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
+        let text = String::from_utf8_lossy(&bytes);
+        Campaign::parse(path, &text).map(|mut c| {
+            c.sha256 = hex::encode(Sha256::digest(&bytes));
+            c
+        })
+    }
+
+    /// Parses and validates experiment-file text; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Campaign, SpecError> {
+        let file: ExperimentFile = toml::from_str(text)
+            .map_err(|e| SpecError::Parse { path: path.to_path_buf(), message: parse_message(text, &e) })?;
+        validate(path, &file)?;
+        Ok(Campaign { path: path.to_path_buf(), sha256: hex::encode(Sha256::digest(text.as_bytes())), file })
+    }
+
+    /// The same campaign on another guest profile: a campaign of its own
+    /// (`<name>-<profile>`, its own identity hash) unless the file already
+    /// names that profile.
+    pub fn on_guest(mut self, profile: GuestProfile) -> Campaign {
+        if self.file.guest.profile == profile {
+            return self;
+        }
+        let name = match profile {
+            GuestProfile::Tiny => "tiny",
+            GuestProfile::Debian => "debian",
+        };
+        self.file.guest.profile = profile;
+        self.file.guest.memory_mb = None;
+        self.file.name = format!("{}-{name}", self.file.name);
+        self.sha256 = hex::encode(Sha256::digest(format!("{}:{name}", self.sha256).as_bytes()));
+        self
+    }
+
+    /// The numbered experiments, in a fixed order: inject tables in file
+    /// order, faults in generator order, then strategies, then repetitions.
+    pub fn expand(&self) -> Vec<Planned> {
+        let f = &self.file;
+        let mut out = Vec::new();
+        let mut next_fault = 0u64;
+        for (group, inject) in f.inject.iter().enumerate() {
+            let injections: Vec<Injection> = match (&inject.crash, &inject.faults) {
+                (Some(c), _) => vec![Injection::Crash(*c)],
+                (None, Some(faults)) => {
+                    let range = next_fault..next_fault + faults.count;
+                    next_fault += faults.count;
+                    range.map(|index| Injection::Fault { index, group }).collect()
+                }
+                (None, None) => Vec::new(),
+            };
+            for injection in injections {
+                for &strategy in &f.recovery.strategies {
+                    for rep in 0..f.repetitions {
+                        out.push(Planned { index: out.len() as u64, injection: injection.clone(), strategy, rep });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// toml's message already names line, column and key; make sure the file
+/// is named too and the message is one paragraph.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let src = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}: {message} (at `{src}`)")
+        }
+        None => message,
+    }
+}
+
+fn validate(path: &Path, f: &ExperimentFile) -> Result<(), SpecError> {
+    let invalid =
+        |key: &str, problem: String| SpecError::Invalid { path: path.to_path_buf(), key: key.into(), problem };
+    if f.name.is_empty() || !f.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(invalid(
+            "name",
+            format!("`{}` must be non-empty letters, digits, `-` or `_` (it names the results directory)", f.name),
+        ));
+    }
+    if f.repetitions == 0 {
+        return Err(invalid("repetitions", "must be at least 1".into()));
+    }
+    if f.recovery.strategies.is_empty() {
+        return Err(invalid("recovery.strategies", "name at least one strategy, e.g. [\"full-reboot\"]".into()));
+    }
+    let unique: BTreeSet<_> = f.recovery.strategies.iter().map(|s| s.name()).collect();
+    if unique.len() != f.recovery.strategies.len() {
+        return Err(invalid("recovery.strategies", "a strategy is listed twice".into()));
+    }
+    if f.inject.is_empty() {
+        return Err(invalid(
+            "inject",
+            "add at least one [[inject]] table with `crash = \"sysrq\"` or `faults = {...}`".into(),
+        ));
+    }
+    for (i, inject) in f.inject.iter().enumerate() {
+        let key = format!("inject[{i}]");
+        match (&inject.crash, &inject.faults) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(&key, "has both `crash` and `faults`: use one [[inject]] table for each".into()))
+            }
+            (None, None) => {
+                return Err(invalid(&key, "needs `crash = \"sysrq\"|\"panic\"|\"hang\"` or `faults = { ... }`".into()))
+            }
+            (None, Some(faults)) if faults.count == 0 => {
+                return Err(invalid(&format!("{key}.faults.count"), "must be at least 1".into()))
+            }
+            _ => {}
+        }
+    }
+    if f.workload.kind == WorkloadKind::Rubis && f.guest.profile == GuestProfile::Tiny {
+        return Err(invalid(
+            "workload.kind",
+            "rubis needs PHP and MariaDB: use `profile = \"debian\"` in [guest]".into(),
+        ));
+    }
+    if f.workload.acked_writes > 0 && !f.guest.data_disk && f.guest.profile == GuestProfile::Tiny {
+        return Err(invalid(
+            "workload.acked_writes",
+            "acknowledged writes go to the data disk: set `data_disk = true` in [guest]".into(),
+        ));
+    }
+    if f.workload.acked_writes > 999 {
+        return Err(invalid("workload.acked_writes", "at most 999 per experiment".into()));
+    }
+    if f.workload.clients == 0 {
+        return Err(invalid("workload.clients", "must be at least 1".into()));
+    }
+    for (key, v) in [
+        ("workload.warmup_s", f.workload.warmup_s),
+        ("observe.window_s", f.observe.window_s),
+        ("observe.tail_s", f.observe.tail_s),
+        ("observe.hang_timeout_s", f.observe.hang_timeout_s),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(invalid(key, format!("{v} is not a non-negative number of seconds")));
+        }
+    }
+    if f.observe.window_s <= f.observe.hang_timeout_s {
+        return Err(invalid(
+            "observe.window_s",
+            format!(
+                "{} s leaves no room to see a hang of {} s (observe.hang_timeout_s): make the window longer",
+                f.observe.window_s, f.observe.hang_timeout_s
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "downtime"
+seed = 7
+repetitions = 2
+
+[guest]
+profile = "tiny"
+
+[workload]
+kind = "apache"
+
+[[inject]]
+crash = "sysrq"
+
+[[inject]]
+faults = { models = ["nop"], count = 3 }
+
+[recovery]
+strategies = ["full-reboot", "service-restore"]
+"#;
+
+    fn parse(text: &str) -> Result<Campaign, SpecError> {
+        Campaign::parse(Path::new("exp.toml"), text)
+    }
+
+    #[test]
+    fn expansion_is_numbered_and_keyed_uniquely() {
+        let c = parse(GOOD).unwrap();
+        let planned = c.expand();
+        // (1 crash + 3 faults) x 2 strategies x 2 reps.
+        assert_eq!(planned.len(), 16);
+        assert!(planned.iter().enumerate().all(|(i, p)| p.index == i as u64));
+        let keys: BTreeSet<String> = planned.iter().map(Planned::key).collect();
+        assert_eq!(keys.len(), planned.len());
+        assert_eq!(planned[0].key(), "crash=sysrq strategy=full-reboot rep=0");
+        assert_eq!(planned[15].key(), "fault=2 strategy=service-restore rep=1");
+        assert_eq!(c.file.observe, ObserveSpec::default());
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let bad = GOOD.replace("\"service-restore\"", "\"service-restor\"");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("exp.toml") && e.contains("line 19") && e.contains("service-restor"), "{e}");
+
+        let bad = GOOD.replace("seed = 7", "seed = 7\nsed = 3");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("sed"), "{e}");
+
+        let bad = GOOD.replace("crash = \"sysrq\"", "crash = \"sysrq\"\nfaults = { count = 1 }");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("inject[0]") && e.contains("both"), "{e}");
+
+        let bad = GOOD.replace("kind = \"apache\"", "kind = \"rubis\"");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("workload.kind") && e.contains("debian"), "{e}");
+
+        let bad = GOOD.replace("name = \"downtime\"", "name = \"down time\"");
+        assert!(parse(&bad).unwrap_err().to_string().contains("key `name`"));
+    }
+
+    #[test]
+    fn the_shipped_experiment_files_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = Campaign::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!c.expand().is_empty(), "{}", path.display());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1, "no experiment files in {}", dir.display());
+    }
+}

@@ -1,0 +1,145 @@
+//! `kfi faults`: the deterministic fault list of a campaign seed, and the
+//! kernel model (symbols, subsystems, code bytes) every fault command needs.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use injector::fault::{FaultSpec, Generator, ModelKind, TargetSelection};
+use injector::image::{KernelImage, LoadOptions};
+use injector::KernelCode;
+use recovery_sut::{kernel, Cache, Kernel};
+use serde::Serialize;
+
+use crate::{GuestArgs, KernelArgs};
+
+/// The guest kernel as the injector sees it.
+pub struct KernelModel {
+    /// The kernel that boots.
+    pub kernel: Kernel,
+    /// Symbols, sections, subsystems.
+    pub image: KernelImage,
+    /// Code bytes and boot-time patch sites.
+    pub code: KernelCode,
+}
+
+/// Resolves the kernel, fetches its debug vmlinux (once; cached) and loads
+/// its symbol index and code.
+pub fn load_kernel(cache: &Cache, args: &KernelArgs, step: &dyn Fn(&str)) -> Result<KernelModel> {
+    load_kernel_choice(cache, &args.choice(), step)
+}
+
+/// As [`load_kernel`], for a kernel choice made elsewhere (a campaign file).
+pub fn load_kernel_choice(
+    cache: &Cache,
+    choice: &recovery_sut::KernelChoice,
+    step: &dyn Fn(&str),
+) -> Result<KernelModel> {
+    let k = kernel::resolve(cache, choice, step)?;
+    step("loading the debug vmlinux (the first fetch downloads about 850 MB)");
+    let debug = kernel::fetch_debug(cache, &k, step).context("fetching the debug vmlinux for symbols")?;
+    let vmlinux = debug.vmlinux.clone().context("the debug kernel has no vmlinux: pass --vmlinux with --kernel")?;
+    step("loading the kernel symbol index (built once, seconds)");
+    let (image, _) = KernelImage::load_with(&vmlinux, &LoadOptions::default())
+        .with_context(|| format!("loading the symbols of {}", vmlinux.display()))?;
+    let code = KernelCode::open(&vmlinux).with_context(|| format!("reading the code of {}", vmlinux.display()))?;
+    Ok(KernelModel { kernel: k, image, code })
+}
+
+/// What to draw faults from.
+#[derive(clap::Args, Clone)]
+pub struct SelectionArgs {
+    /// Fault models to draw from, comma-separated (default: all).
+    #[arg(long = "model", value_delimiter = ',')]
+    pub models: Vec<ModelKind>,
+    /// Only code in these subsystems (top source directory: net, mm, fs, kernel, drivers...).
+    #[arg(long = "subsystem", value_delimiter = ',')]
+    pub subsystems: Vec<String>,
+    /// Only these functions (comma-separated exact names).
+    #[arg(long = "function", value_delimiter = ',')]
+    pub functions: Vec<String>,
+    /// Only functions whose name matches this regex.
+    #[arg(long)]
+    pub regex: Option<String>,
+}
+
+impl SelectionArgs {
+    /// The selection and the models.
+    pub fn resolve(&self) -> (TargetSelection, Vec<ModelKind>) {
+        let selection = TargetSelection {
+            subsystems: self.subsystems.clone(),
+            functions: self.functions.clone(),
+            regex: self.regex.clone(),
+        };
+        let models = if self.models.is_empty() { ModelKind::ALL.to_vec() } else { self.models.clone() };
+        (selection, models)
+    }
+}
+
+/// `kfi faults` arguments.
+#[derive(clap::Args)]
+pub struct FaultsArgs {
+    #[command(flatten)]
+    vm: GuestArgs,
+    /// Campaign seed.
+    #[arg(long)]
+    seed: u64,
+    /// Number of faults (indices 0..count).
+    #[arg(long, default_value_t = 20)]
+    count: u64,
+    /// First index.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    #[command(flatten)]
+    select: SelectionArgs,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One listed fault.
+#[derive(Serialize)]
+struct Listed<'a> {
+    index: u64,
+    model: ModelKind,
+    subsystem: Option<&'a str>,
+    function: Option<&'a str>,
+    description: String,
+    spec: &'a FaultSpec,
+}
+
+/// Prints the fault list.
+pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
+    let model = load_kernel(cache, &args.vm.kernel, &|m| tracing::info!("{m}"))?;
+    let (selection, models) = args.select.resolve();
+    let generator = Generator::new(&model.image, &model.code, &selection, &models)?;
+    let specs = (args.start..args.start + args.count)
+        .map(|i| generator.generate(args.seed, i).map(|s| (i, s)).with_context(|| format!("fault {i}")))
+        .collect::<Result<Vec<_>>>()?;
+    if args.json {
+        let listed: Vec<Listed> = specs
+            .iter()
+            .map(|(i, s)| Listed {
+                index: *i,
+                model: s.model().kind(),
+                subsystem: s.subsystem(),
+                function: s.function(),
+                description: s.describe(),
+                spec: s,
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+    } else {
+        println!(
+            "seed {}, kernel {}, {} functions selected, models {}",
+            args.seed,
+            model.kernel.release,
+            generator.functions().len(),
+            models.iter().map(|m| m.name()).collect::<Vec<_>>().join(",")
+        );
+        println!("{:>6}  {:<10}  {:<8}  description", "index", "model", "subsys");
+        for (i, s) in &specs {
+            println!("{:>6}  {:<10}  {:<8}  {}", i, s.model().kind(), s.subsystem().unwrap_or("-"), s.describe());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,205 @@
+//! Campaigns end to end with the real tiny guest: a run killed with -9
+//! resumes with nothing lost or done twice, shard halves merge into the
+//! same set as one run, and the report is written from the store.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use analysis::store::Store;
+
+fn kfi() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kfi"))
+}
+
+/// A short sysrq campaign: `reps` service-restore crashes.
+fn experiment_file(dir: &Path, name: &str, reps: u32) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, experiment_text(name, reps)).unwrap();
+    path
+}
+
+fn experiment_text(name: &str, reps: u32) -> String {
+    format!(
+        r#"
+name = "{name}"
+seed = 5
+repetitions = {reps}
+
+[guest]
+profile = "tiny"
+accel = "tcg"
+data_disk = true
+
+[workload]
+kind = "apache"
+clients = 1
+warmup_s = 0.5
+acked_writes = 2
+
+[observe]
+window_s = 20.0
+tail_s = 0.2
+hang_timeout_s = 5.0
+
+[[inject]]
+crash = "sysrq"
+
+[recovery]
+strategies = ["service-restore"]
+"#
+    )
+}
+
+fn stored(results: &Path, campaign: &str) -> Vec<analysis::record::ExperimentRecord> {
+    let path = results.join("campaign.sqlite");
+    if !path.exists() {
+        return Vec::new();
+    }
+    Store::open(&path).unwrap().records(campaign).unwrap_or_default()
+}
+
+fn run(file: &Path, results: &Path, extra: &[&str]) {
+    let out = kfi()
+        .args(["campaign", "run"])
+        .arg(file)
+        .arg("--results")
+        .arg(results)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kfi campaign run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = experiment_file(tmp.path(), "resume", 4);
+    let results = tmp.path().join("results");
+    let mut child = kfi()
+        .args(["campaign", "run"])
+        .arg(&file)
+        .arg("--results")
+        .arg(&results)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it as soon as the first record is durable, in the middle of the
+    // second experiment.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while stored(&results, "resume").is_empty() {
+        assert!(Instant::now() < deadline, "no experiment stored within 300 s");
+        assert!(child.try_wait().unwrap().is_none(), "kfi ended before the kill");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = stored(&results, "resume");
+    assert!(!before.is_empty() && before.len() < 4, "killed too late to test a resume: {} stored", before.len());
+
+    run(&file, &results, &[]);
+    let after = stored(&results, "resume");
+    let indices: Vec<u64> = after.iter().map(|r| r.experiment).collect();
+    assert_eq!(indices, vec![0, 1, 2, 3], "every experiment exactly once");
+    // What was stored before the kill is untouched.
+    for r in &before {
+        assert_eq!(after.iter().find(|a| a.experiment == r.experiment), Some(r));
+    }
+    for r in &after {
+        assert_eq!(r.outcome, "panic", "{r:?}");
+        let rec = r.recovery.as_ref().unwrap();
+        assert!(rec.recovered, "{r:?}");
+        assert_eq!(r.lost_writes, Some(0), "acknowledged writes lost: {r:?}");
+        assert!(r.downtime_s.unwrap() > 0.0);
+        assert_eq!(r.provenance.accel, "tcg");
+        assert!(!r.timeline.is_empty());
+    }
+    // A rerun of a finished campaign does nothing.
+    run(&file, &results, &[]);
+    assert_eq!(stored(&results, "resume").len(), 4);
+    assert!(!results.join(".golden").exists(), "golden snapshot left behind");
+
+    // The report comes from the store alone.
+    let out = kfi().arg("report").arg(&results).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_to_string(results.join("report.md")).unwrap();
+    assert!(report.lines().next().unwrap().contains("published"), "{report}");
+}
+
+#[test]
+fn shard_halves_merge_into_the_same_set_as_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = experiment_file(tmp.path(), "sharded", 2);
+    let (a, b, merged) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("merged"));
+    run(&file, &a, &["--shard", "1/2"]);
+    run(&file, &b, &["--shard", "2/2"]);
+    assert_eq!(stored(&a, "sharded").iter().map(|r| r.experiment).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(stored(&b, "sharded").iter().map(|r| r.experiment).collect::<Vec<_>>(), vec![1]);
+    let out = kfi().args(["campaign", "merge"]).arg(&merged).arg(&a).arg(&b).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let keys: BTreeSet<String> = stored(&merged, "sharded").into_iter().map(|r| r.key).collect();
+    let want: BTreeSet<String> =
+        ["crash=sysrq strategy=service-restore rep=0", "crash=sysrq strategy=service-restore rep=1"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    assert_eq!(keys, want);
+    // Merging again imports nothing new.
+    let out = kfi().args(["campaign", "merge"]).arg(&merged).arg(&a).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 records imported"));
+}
+
+#[test]
+fn a_malformed_experiment_file_is_refused_with_line_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("bad.toml");
+    std::fs::write(&file, "name = \"x\"\nseed = 1\n[guest]\nprofile = \"tiny\"\nmemory = 3\n").unwrap();
+    let out = kfi().args(["campaign", "run"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("line 5") && err.contains("memory"), "{err}");
+}
+
+#[test]
+fn check_passes_on_its_baseline_and_fails_when_a_restore_is_made_slower() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("regress.toml");
+    std::fs::write(
+        &file,
+        experiment_text("regress", 1)
+            .replace(r#"["service-restore"]"#, r#"["full-reboot", "service-restore"]"#)
+            .replace("acked_writes = 2", "acked_writes = 0"),
+    )
+    .unwrap();
+    let baseline = tmp.path().join("baseline.json");
+    let check = |extra: &[&str], delay_ms: Option<u64>| {
+        let mut cmd = kfi();
+        cmd.arg("check").arg(&file).arg("--baseline").arg(&baseline).args(["--slack", "0.05"]).args(extra);
+        if let Some(ms) = delay_ms {
+            cmd.env("KFI_TEST_RESTORE_DELAY_MS", ms.to_string());
+        }
+        cmd.output().unwrap()
+    };
+    let out = check(&["--update-baseline"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(baseline.exists());
+    let out = check(&[], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("check passed"), "{stdout}");
+    // A restore made 3 s slower on purpose.
+    let out = check(&[], Some(3000));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("FAIL service-restore regressed"), "{stdout}");
+}

@@ -1,0 +1,87 @@
+//! The RUBiS auction workload: the site that runs in the `debian` guest
+//! (PHP pages on Apache, MariaDB with RUBiS's schema and a generated data
+//! set) and the emulated clients that walk its transition tables.
+//!
+//! - [`interaction`]: the 27 pages.
+//! - [`mix`]: transition tables (browsing and bidding mixes) and the walk.
+//! - [`data`]: the deterministic data generator.
+//! - [`client`]: closed-loop sessions with think time, one [`Record`] per
+//!   request, and the writes the site acknowledged.
+//! - [`verify`]: whether acknowledged writes are still there.
+//!
+//! The guest side is data this crate ships and `recovery-sut` installs into
+//! the `debian` image: [`site_files`] and [`load_sql`].
+//!
+//! [`Record`]: crate::record::Record
+
+pub mod client;
+pub mod data;
+mod http;
+pub mod interaction;
+pub mod mix;
+pub mod verify;
+
+pub use client::{
+    percentile, run, run_blocking, run_blocking_until, stats, think_time, tour, Ack, InteractionStats, RubisError,
+    RubisRun, RubisSpec, TOUR,
+};
+pub use data::{DataSpec, Dataset};
+pub use interaction::Interaction;
+pub use mix::{Mix, Next, TableError, TransitionTable, Walker};
+pub use verify::{verify_acks, verify_acks_async, VerifyReport};
+
+/// URL prefix of the site on the guest's web server.
+pub const SITE_PREFIX: &str = "/rubis/";
+
+/// The page functions every page file calls into.
+const PHP_LIBRARY: &str = include_str!("../rubis/rubis.php");
+
+/// Schema, database and the pages' account.
+const SCHEMA_SQL: &str = include_str!("../rubis/schema.sql");
+
+/// What decides the guest side's content, for the image's recipe hash: the
+/// pages, the schema, the page list and the generator.
+pub const GUEST_RECIPE: &[&str] =
+    &[PHP_LIBRARY, SCHEMA_SQL, include_str!("rubis/interaction.rs"), include_str!("rubis/data.rs")];
+
+/// The site's files, as paths relative to the web server's document root
+/// and their contents: the page library and one small page per interaction.
+pub fn site_files() -> Vec<(String, String)> {
+    let dir = SITE_PREFIX.trim_matches('/');
+    let mut files = vec![(format!("{dir}/rubis.php"), PHP_LIBRARY.to_string())];
+    for page in Interaction::ALL {
+        files.push((
+            format!("{dir}/{}.php", page.name()),
+            format!("<?php\nrequire __DIR__ . '/rubis.php';\nrubis_serve('{}');\n", page.name()),
+        ));
+    }
+    files
+}
+
+/// Everything that creates and fills the database from nothing: schema,
+/// the pages' account, and the data set of `spec`.
+pub fn load_sql(spec: &DataSpec) -> String {
+    let mut sql = String::from(SCHEMA_SQL);
+    sql.push_str("\nUSE rubis;\n");
+    sql.push_str(&data::generate(spec).to_sql());
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_interaction_has_a_page_that_serves_it() {
+        let files = site_files();
+        assert_eq!(files.len(), 28);
+        for page in Interaction::ALL {
+            let (path, text) = files.iter().find(|(p, _)| format!("/{p}") == page.path()).unwrap();
+            assert!(text.contains(&format!("rubis_serve('{page}')")), "{path}");
+            assert!(PHP_LIBRARY.contains(&format!("function page_{page}(")), "no page_{page} in rubis.php");
+        }
+        let sql = load_sql(&DataSpec::default());
+        assert!(sql.starts_with("-- The RUBiS auction schema"));
+        assert!(sql.contains("INSERT INTO bids"));
+    }
+}
