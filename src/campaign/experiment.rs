@@ -52,6 +52,9 @@ pub struct FaultObservation {
     pub watch: crate::inject::Watch,
 }
 
+/// A request without an answer for this long counts as failed.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Runs one planned experiment to its record.
 pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
     let wall = Instant::now();
@@ -78,7 +81,11 @@ pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
                 Err(RecoveryError::NotRecovered { last, .. }) => observed.not_recovered = Some(last),
                 Err(e) => return Err(e).context("recovering"),
             }
-            std::thread::sleep(Duration::from_secs_f64(f.observe.tail_s));
+            // A client whose request went out during the outage gives up
+            // only at its timeout and then retries: the tail must outlast
+            // that, or the clients' first correct answer falls outside the run.
+            let tail = Duration::from_secs_f64(f.observe.tail_s).max(CLIENT_TIMEOUT + Duration::from_millis(500));
+            std::thread::sleep(tail);
         }
         if let Some(seqs) = acked {
             let lost = lost_writes(addr, &seqs, observed.recovery.is_some());
@@ -135,7 +142,7 @@ fn start_load(
         }),
         // An upper bound only: the run is stopped when the experiment ends.
         duration: Duration::from_secs(3600),
-        timeout: Duration::from_secs(1),
+        timeout: CLIENT_TIMEOUT,
         seed: shared.campaign.file.seed ^ planned.index.wrapping_mul(0x9e37_79b9_7f4a_7c15),
     };
     let docs = shared.docs.clone();

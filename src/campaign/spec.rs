@@ -540,7 +540,7 @@ strategies = ["full-reboot", "service-restore"]
 
         let bad = GOOD.replace("seed = 7", "seed = 7\nsed = 3");
         let e = parse(&bad).unwrap_err().to_string();
-        assert!(e.contains("line 3") && e.contains("sed"), "{e}");
+        assert!(e.contains("line 4") && e.contains("sed"), "{e}");
 
         let bad = GOOD.replace("crash = \"sysrq\"", "crash = \"sysrq\"\nfaults = { count = 1 }");
         let e = parse(&bad).unwrap_err().to_string();
