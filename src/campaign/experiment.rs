@@ -52,6 +52,9 @@ pub struct FaultObservation {
     pub watch: crate::inject::Watch,
 }
 
+/// The guest agent's heartbeat period (`VmConfig::heartbeat_s` default).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A request without an answer for this long counts as failed.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -240,13 +243,36 @@ fn record(
         let hang = Duration::from_secs_f64(f.observe.hang_timeout_s);
         observed.outcome = watch.classify(records, origin, hang).outcome.to_string();
     }
-    let failure_at = observed.failure.map(|failure| seconds_since(origin, failure.detected_at));
+    // When the service stopped, as the client-side analysis needs it. A
+    // panic is reported within milliseconds, so its detection is the
+    // instant (the crash request itself takes a moment to land, and an
+    // answer in between must not end the downtime). A hang is seen only a
+    // heartbeat timeout later: a forced one (the vCPUs stopped) began at
+    // the injection; a fault's began at most one heartbeat interval after
+    // the last heartbeat.
+    let hang_timeout = Duration::from_secs_f64(f.observe.hang_timeout_s);
+    let failure_at = observed.failure.map(|failure| {
+        let began = match (failure.cause, &planned.injection) {
+            (FailureCause::HeartbeatLost, Injection::Crash(CrashKind::Hang)) => observed.injected_at,
+            (FailureCause::HeartbeatLost, _) => {
+                (failure.detected_at - hang_timeout + HEARTBEAT_INTERVAL).max(observed.injected_at)
+            }
+            _ => failure.detected_at,
+        };
+        seconds_since(origin, began)
+    });
+    // A downtime that cannot be measured (no correct answer before the
+    // failure: a fault broke the service first) is recorded as unknown,
+    // with the reason, rather than stopping the campaign.
+    let mut downtime_error = None;
     let (downtime_s, throughput_back_s) = match failure_at {
-        Some(at) => {
-            let report = analyze(records, at, &DowntimeConfig::default())
-                .context("computing the downtime from the client records")?;
-            (report.downtime.seconds(), report.throughput.after)
-        }
+        Some(at) => match analyze(records, at, &DowntimeConfig::default()) {
+            Ok(report) => (report.downtime.seconds(), report.throughput.after),
+            Err(e) => {
+                downtime_error = Some(e.to_string());
+                (None, None)
+            }
+        },
         None => (None, None),
     };
     // Without a failure the timeline is relative to the injection.
@@ -265,7 +291,10 @@ fn record(
             used: t.strategy.to_string(),
             fallback_reason: t.fallback_reason.clone(),
             cause: cause_name(t.cause).into(),
-            recovered: downtime_s.is_some(),
+            // Clients got correct answers again (measured downtime, or
+            // correct answers to requests sent after the failure).
+            recovered: downtime_s.is_some()
+                || failure_at.is_some_and(|at| records.iter().any(|r| r.is_correct() && r.start >= at)),
             detect_s: failure.detected_at.saturating_duration_since(observed.injected_at).as_secs_f64(),
             restart_s: t.restart_s,
             service_s: t.service_s,
@@ -286,6 +315,9 @@ fn record(
     let mut params = BTreeMap::new();
     params.insert("strategy".to_string(), planned.strategy.to_string());
     params.insert("rep".to_string(), planned.rep.to_string());
+    if let Some(e) = downtime_error {
+        params.insert("downtime_error".to_string(), e);
+    }
     let mut metrics = BTreeMap::new();
     if let Some(snap) = &shared.golden.phase {
         metrics.insert("phase_snapshot_pause_s".to_string(), snap.meta.pause_s);
