@@ -454,6 +454,14 @@ fn validate(path: &Path, f: &ExperimentFile) -> Result<(), SpecError> {
             "rubis needs PHP and MariaDB: use `profile = \"debian\"` in [guest]".into(),
         ));
     }
+    if f.workload.kind == WorkloadKind::Rubis {
+        // Refused rather than silently replaced by the static workload.
+        return Err(invalid(
+            "workload.kind",
+            "campaigns drive only the static workload so far; measure RUBiS with `kfi workload run rubis --guest debian`"
+                .into(),
+        ));
+    }
     if f.workload.acked_writes > 0 && !f.guest.data_disk && f.guest.profile == GuestProfile::Tiny {
         return Err(invalid(
             "workload.acked_writes",
@@ -549,6 +557,9 @@ strategies = ["full-reboot", "service-restore"]
         let bad = GOOD.replace("kind = \"apache\"", "kind = \"rubis\"");
         let e = parse(&bad).unwrap_err().to_string();
         assert!(e.contains("workload.kind") && e.contains("debian"), "{e}");
+        let bad = bad.replace("profile = \"tiny\"", "profile = \"debian\"");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("workload.kind") && e.contains("kfi workload run rubis"), "{e}");
 
         let bad = GOOD.replace("name = \"downtime\"", "name = \"down time\"");
         assert!(parse(&bad).unwrap_err().to_string().contains("key `name`"));
