@@ -138,7 +138,13 @@ pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
         );
         println!("{:>6}  {:<10}  {:<8}  description", "index", "model", "subsys");
         for (i, s) in &specs {
-            println!("{:>6}  {:<10}  {:<8}  {}", i, s.model().kind(), s.subsystem().unwrap_or("-"), s.describe());
+            println!(
+                "{:>6}  {:<10}  {:<8}  {}",
+                i,
+                s.model().kind().to_string(),
+                s.subsystem().unwrap_or("-"),
+                s.describe()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
