@@ -157,6 +157,14 @@ impl Golden {
     }
 }
 
+/// A SUT's own disk and snapshot directories, removed with it.
+fn sut_dirs() -> Result<(tempfile::TempDir, tempfile::TempDir), RecoveryError> {
+    let dir = |prefix: &str, what: &'static str| {
+        tempfile::Builder::new().prefix(prefix).tempdir().map_err(|source| RecoveryError::Io { what, source })
+    };
+    Ok((dir("kfi-disks-", "the disk directory")?, dir("kfi-snapshots-", "the snapshot directory")?))
+}
+
 fn copy_snapshot(snap: &Snapshot, dir: &Path) -> Result<Snapshot, RecoveryError> {
     std::fs::create_dir_all(dir).map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })?;
     for entry in std::fs::read_dir(&snap.dir).map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })? {
@@ -198,14 +206,7 @@ impl Sut {
     /// phase snapshot at the userland boundary on the way up, and waits for
     /// the first correct answer. Later VMs reuse its ports.
     pub fn boot(image: &GuestImage, config: &VmConfig) -> Result<Sut, RecoveryError> {
-        let disks = tempfile::Builder::new()
-            .prefix("kfi-disks-")
-            .tempdir()
-            .map_err(|source| RecoveryError::Io { what: "the disk directory", source })?;
-        let snapshots = tempfile::Builder::new()
-            .prefix("kfi-snapshots-")
-            .tempdir()
-            .map_err(|source| RecoveryError::Io { what: "the snapshot directory", source })?;
+        let (disks, snapshots) = sut_dirs()?;
         // Both profiles hold at "userland up, data disk not mounted" when
         // asked to (tiny in its init, debian before kfi-data.service): the
         // phase snapshot is taken there on the way up.
@@ -251,14 +252,7 @@ impl Sut {
     /// its own ports, and the golden snapshots as its recovery snapshots
     /// (they are only read; a new service snapshot goes to its own dir).
     pub fn from_golden(golden: &Golden) -> Result<Sut, RecoveryError> {
-        let disks = tempfile::Builder::new()
-            .prefix("kfi-disks-")
-            .tempdir()
-            .map_err(|source| RecoveryError::Io { what: "the disk directory", source })?;
-        let snapshots = tempfile::Builder::new()
-            .prefix("kfi-snapshots-")
-            .tempdir()
-            .map_err(|source| RecoveryError::Io { what: "the snapshot directory", source })?;
+        let (disks, snapshots) = sut_dirs()?;
         let service = Snapshot::open(&golden.service.dir)?;
         for disk in service.disk_files() {
             let target = disks.path().join(disk.file_name().unwrap_or_default());
