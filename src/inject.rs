@@ -187,9 +187,21 @@ pub fn watch_fault(
     // Detach before anything else: a guest left paused by the client
     // would look hung to everything that follows.
     drop(gdb);
-    let injection = injection.with_context(|| format!("injecting {}", spec.describe()))?;
+    let console_text = console_since(vm, console_offset);
+    let injection = match injection {
+        Ok(report) => report,
+        // The stub went away under the debugger because the guest did:
+        // QEMU ended, or the guest reset itself (a triple fault reboots
+        // it). That is the fault's outcome, not a harness failure.
+        Err(e) if vm.check_alive().is_err() || console_text.contains("Linux version") => {
+            tracing::info!("the guest went away during the injection ({e}); counted as a failure");
+            panicked_at.get_or_insert_with(Instant::now);
+            InjectionReport { injected: true, activated: true, ..InjectionReport::default() }
+        }
+        Err(e) => return Err(e).with_context(|| format!("injecting {}", spec.describe())),
+    };
     let observed = t0.elapsed();
-    let console = parse_console(&console_since(vm, console_offset));
+    let console = parse_console(&console_text);
     if console.panic.is_some() && panicked_at.is_none() {
         panicked_at = Some(Instant::now());
     }
