@@ -13,6 +13,8 @@
 
 mod closed;
 mod exchange;
+
+pub(crate) use exchange::stale_connection;
 mod open;
 
 use std::net::SocketAddr;

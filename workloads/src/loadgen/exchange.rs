@@ -78,7 +78,7 @@ async fn connect(endpoint: &Endpoint) -> Result<Conn, Outcome> {
 
 /// Whether a request failed only because the reused connection under it had
 /// already been closed by the server, before any answer arrived.
-fn stale_connection(error: &hyper::Error) -> bool {
+pub(crate) fn stale_connection(error: &hyper::Error) -> bool {
     if error.is_canceled() || error.is_incomplete_message() {
         return true;
     }

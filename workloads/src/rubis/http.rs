@@ -64,24 +64,6 @@ async fn connect(addr: SocketAddr) -> Result<Conn, Outcome> {
     Ok(Conn { sender, driver })
 }
 
-/// Whether a request failed only because the server had closed the reused
-/// connection before any answer: then one retry on a new connection is
-/// what a browser does (RFC 9112, 9.3.1).
-fn stale(error: &hyper::Error) -> bool {
-    if error.is_canceled() || error.is_incomplete_message() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
-            return matches!(io.kind(), BrokenPipe | ConnectionAborted | ConnectionReset | UnexpectedEof);
-        }
-        source = cause.source();
-    }
-    false
-}
-
 /// GETs `uri` from `addr`, reusing the connection in `slot` when it is still
 /// open and leaving a reusable one there. The caller owns the deadline.
 pub(crate) async fn get(slot: &mut Option<Conn>, addr: SocketAddr, host: &HeaderValue, uri: &Uri) -> Answer {
@@ -103,7 +85,8 @@ pub(crate) async fn get(slot: &mut Option<Conn>, addr: SocketAddr, host: &Header
         request.headers_mut().insert(HOST, host.clone());
         let response = match conn.sender.send_request(request).await {
             Ok(response) => response,
-            Err(e) if !fresh && stale(&e) => continue,
+            // One retry on a new connection, as a browser does (RFC 9112, 9.3.1).
+            Err(e) if !fresh && crate::loadgen::stale_connection(&e) => continue,
             Err(_) => return Answer::failed(Outcome::IoError, 0),
         };
         let status = response.status().as_u16();
