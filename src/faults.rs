@@ -20,6 +20,8 @@ pub struct KernelModel {
     pub image: KernelImage,
     /// Code bytes and boot-time patch sites.
     pub code: KernelCode,
+    /// The debug vmlinux (DWARF for propagation tracing).
+    pub vmlinux: std::path::PathBuf,
 }
 
 /// Resolves the kernel, fetches its debug vmlinux (once; cached) and loads
@@ -42,7 +44,7 @@ pub fn load_kernel_choice(
     let (image, _) = KernelImage::load_with(&vmlinux, &LoadOptions::default())
         .with_context(|| format!("loading the symbols of {}", vmlinux.display()))?;
     let code = KernelCode::open(&vmlinux).with_context(|| format!("reading the code of {}", vmlinux.display()))?;
-    Ok(KernelModel { kernel: k, image, code })
+    Ok(KernelModel { kernel: k, image, code, vmlinux })
 }
 
 /// What to draw faults from.

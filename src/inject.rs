@@ -109,6 +109,17 @@ fn console_since(vm: &Vm, offset: u64) -> String {
     text
 }
 
+/// How long [`watch_fault`] watches, and what it calls a hang.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchLimits {
+    /// Observation window.
+    pub window: Duration,
+    /// No heartbeat for this long: a hang.
+    pub hang_timeout: Duration,
+    /// After an oops, keep watching this long for the panic it may cause.
+    pub oops_grace: Duration,
+}
+
 /// What watching one fault saw; the client records complete the verdict
 /// ([`Watch::classify`]).
 pub struct Watch {
@@ -146,11 +157,11 @@ pub fn watch_fault(
     vm: &mut Vm,
     image: &KernelImage,
     spec: &FaultSpec,
-    window: Duration,
-    hang_timeout: Duration,
-    oops_grace: Duration,
+    limits: &WatchLimits,
     console_offset: u64,
+    tracer: Option<injector::trace::Tracer>,
 ) -> Result<Watch> {
+    let WatchLimits { window, hang_timeout, oops_grace } = *limits;
     let t0 = Instant::now();
     let mut gdb = GdbClient::connect(vm.gdb_addr(), Duration::from_secs(5)).context("attaching to the gdbstub")?;
     let mut panicked_at: Option<Instant> = None;
@@ -159,8 +170,11 @@ pub fn watch_fault(
     let mut last_console_check = Instant::now();
     let watch_from = Instant::now();
     let vm_ref: &Vm = vm;
-    let mut tick = |_: &InjectionReport| -> bool {
+    let mut tick = |report: &InjectionReport| -> bool {
         let now = Instant::now();
+        // The tracer holds the guest while it single-steps: no heartbeat
+        // comes then, and that is not a hang.
+        let hang_timeout = hang_timeout + Duration::from_secs_f64(report.held_s);
         if panicked_at.is_none() && vm_ref.events().iter().any(|e| e.name == "GUEST_PANICKED") {
             panicked_at = Some(now);
         }
@@ -183,7 +197,7 @@ pub fn watch_fault(
         }
         panicked_at.is_some() || hung_at.is_some() || oops_at.is_some_and(|o| now.duration_since(o) >= oops_grace)
     };
-    let injection = injector::inject::run(&mut gdb, image, spec, window, &mut tick);
+    let injection = injector::inject::run_traced(&mut gdb, image, spec, tracer, window, &mut tick);
     // Detach before anything else: a guest left paused by the client
     // would look hung to everything that follows.
     drop(gdb);
@@ -218,7 +232,12 @@ impl Watch {
         let t0_s = seconds_since(origin, self.t0);
         let end_s = seconds_since(origin, self.t0 + self.observed);
         let after_injection = |r: &&Record| injected_at_s.is_some_and(|i| r.start >= t0_s + i) && r.start <= end_s;
-        let errors_after_injection = records.iter().filter(after_injection).filter(|r| !r.is_correct()).count();
+        // Requests the tracer's hold timed out are the harness's doing; a
+        // request started within a second after it may still be queued.
+        let held = self.injection.held_from_s.map(|from| (t0_s + from, t0_s + from + self.injection.held_s + 1.0));
+        let not_held = |r: &&Record| !held.is_some_and(|(from, to)| r.end >= from && r.start <= to);
+        let errors_after_injection =
+            records.iter().filter(after_injection).filter(not_held).filter(|r| !r.is_correct()).count();
         let hung = self.hung_at.is_some_and(|h| {
             // A hang also silences the service: a correct answer in the
             // timeout before detection means only the agent stopped.
@@ -286,7 +305,9 @@ pub fn run_fault_experiment(
         std::thread::spawn(move || workloads::run_blocking_until(addr, &docs, &load_spec, origin, stop))
     };
     std::thread::sleep(config.warmup);
-    let watched = watch_fault(vm, image, spec, config.window, config.hang_timeout, config.oops_grace, console_offset);
+    let limits =
+        WatchLimits { window: config.window, hang_timeout: config.hang_timeout, oops_grace: config.oops_grace };
+    let watched = watch_fault(vm, image, spec, &limits, console_offset, None);
     stop.store(true, Ordering::SeqCst);
     let records = load.join().map_err(|_| anyhow::anyhow!("the load generator thread panicked"))??;
     let watch = watched?;

@@ -653,6 +653,52 @@ pub fn outcome_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figu
     Ok(vec![render(&fig, dir, "outcomes", &title)?])
 }
 
+/// Error propagation scope shares per fault model (traced, activated
+/// faults), as 100%-stacked bars.
+pub fn scope_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
+    let mut by: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for r in records {
+        if let Some(p) = crate::tables::propagation(r) {
+            *by.entry(r.injection.label()).or_default().entry(p.scope.clone()).or_default() += 1;
+        }
+    }
+    if by.is_empty() {
+        return Ok(Vec::new());
+    }
+    let totals: Vec<u64> = by.values().map(|m| m.values().sum()).collect();
+    let layers = crate::record::scope::ORDER
+        .iter()
+        .filter(|s| by.values().any(|m| m.contains_key(**s)))
+        .map(|s| {
+            let shares = by
+                .values()
+                .zip(&totals)
+                .map(|(m, t)| 100.0 * m.get(*s).copied().unwrap_or(0) as f64 / *t as f64)
+                .collect();
+            (s.to_string(), scope_color(s), shares)
+        })
+        .collect();
+    let title = "Error propagation scope per fault model (published: mostly process-local)".to_string();
+    let fig = Stacked {
+        title: title.clone(),
+        x_desc: "fault model".into(),
+        y_desc: "share of traced activated faults (%)".into(),
+        categories: by.keys().cloned().collect(),
+        totals,
+        layers,
+    };
+    Ok(vec![render(&fig, dir, "propagation-scope", &title)?])
+}
+
+fn scope_color(s: &str) -> RGBColor {
+    match s {
+        "masked" => RGBColor(170, 170, 170),
+        "process-local" => RGBColor(44, 160, 44),
+        "kernel-global" => RGBColor(214, 39, 40),
+        _ => RGBColor(255, 187, 120),
+    }
+}
+
 /// Restore time against guest RAM, one line per `reduction` value.
 pub fn restore_vs_ram(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
     let points = metric_points(records, names::RESTORE_S, names::RAM_MB, Some(names::REDUCTION));
@@ -751,6 +797,7 @@ pub fn write_figures(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Fig
     let mut out = downtime_bars(records, dir)?;
     out.extend(throughput_timelines(records, dir)?);
     out.extend(outcome_bars(records, dir)?);
+    out.extend(scope_bars(records, dir)?);
     out.extend(restore_vs_ram(records, dir)?);
     out.extend(restore_vs_storage(records, dir)?);
     Ok(out)

@@ -6,11 +6,17 @@
 //! 1.4, 1.6, 1.8 s (median 1.4, reduction 1 − 1.4/22 = 93.6%);
 //! phase-restore 5, 6, 7, 8, 9 s (median 7). Then 10 injected faults
 //! (`reg-flip`, subsystems `mm` and `fs`), 4 restore-vs-RAM measurements and
-//! 2 restore-vs-storage ones.
+//! 2 restore-vs-storage ones. The 8 activated faults were traced: scopes
+//! process-local, process-local, kernel-global, process-local, masked,
+//! process-local, kernel-global, unknown (mm gets the even ones: 1
+//! process-local, 2 kernel-global, 1 masked; fs 3 process-local, 1
+//! unknown): 4 of the 6 settled non-masked errors stayed process-local.
 
 use std::collections::BTreeMap;
 
-use crate::record::{outcome, ExperimentRecord, Injection, Provenance, RecoveryRecord, TimelineBin};
+use crate::record::{
+    outcome, scope, ExperimentRecord, Injection, Propagation, Provenance, RecoveryRecord, TimelineBin,
+};
 use crate::store::CampaignMeta;
 
 /// Campaign name of the fixture.
@@ -142,6 +148,31 @@ pub fn records() -> Vec<ExperimentRecord> {
             spec: serde_json::json!({ "model": "reg-flip", "bit": i }),
             activated,
             activation_s: activated.then_some(0.5 + i as f64 / 10.0),
+            propagation: activated.then(|| {
+                let s = [
+                    scope::PROCESS_LOCAL,
+                    scope::PROCESS_LOCAL,
+                    scope::KERNEL_GLOBAL,
+                    scope::PROCESS_LOCAL,
+                    scope::MASKED,
+                    scope::PROCESS_LOCAL,
+                    scope::KERNEL_GLOBAL,
+                    scope::UNKNOWN,
+                ][i];
+                Box::new(Propagation {
+                    scope: s.into(),
+                    why: format!("fixture {i}"),
+                    activating: Some(format!("task{i}[{}]", 100 + i)),
+                    foreign_readers: if s == scope::KERNEL_GLOBAL { vec!["kworker/0:1[12]".into()] } else { vec![] },
+                    steps: 100 * i as u64,
+                    short_s: 0.1,
+                    long_s: 2.0,
+                    short_end: "died".into(),
+                    surfaced_in: (i == 0).then(|| "fs".into()),
+                    surfaced_elsewhere: (i == 0).then_some(true),
+                    detail: serde_json::Value::Null,
+                })
+            }),
         };
         r.outcome = o.into();
         out.push(r);

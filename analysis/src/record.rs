@@ -81,7 +81,52 @@ pub enum Injection {
         activated: bool,
         /// Seconds from injection to the first activation.
         activation_s: Option<f64>,
+        /// How far the error went, when the campaign traced it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        propagation: Option<Box<Propagation>>,
     },
+}
+
+/// Error propagation scope names (see the injector's `trace::Scope`).
+pub mod scope {
+    /// The taint died before anything read it from memory.
+    pub const MASKED: &str = "masked";
+    /// Only the activating process context touched tainted data.
+    pub const PROCESS_LOCAL: &str = "process-local";
+    /// Another task, a kernel thread or an interrupt handler read it.
+    pub const KERNEL_GLOBAL: &str = "kernel-global";
+    /// The tracing budget ran out first.
+    pub const UNKNOWN: &str = "unknown";
+    /// Table order.
+    pub const ORDER: [&str; 4] = [MASKED, PROCESS_LOCAL, KERNEL_GLOBAL, UNKNOWN];
+}
+
+/// How far an activated fault's error propagated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Propagation {
+    /// See [`scope`].
+    pub scope: String,
+    /// Why, in one line.
+    pub why: String,
+    /// The activating context (`comm[pid]`, with its interrupt state).
+    pub activating: Option<String>,
+    /// Other contexts that read tainted data.
+    pub foreign_readers: Vec<String>,
+    /// Single steps of the short range.
+    pub steps: u64,
+    /// Seconds the guest was held for the short range.
+    pub short_s: f64,
+    /// Seconds of long-range watching.
+    pub long_s: f64,
+    /// Why the short range ended.
+    pub short_end: String,
+    /// Subsystem of the function the failure surfaced in (the first oops),
+    /// when the kernel reported one.
+    pub surfaced_in: Option<String>,
+    /// The failure surfaced in another subsystem than the one injected.
+    pub surfaced_elsewhere: Option<bool>,
+    /// The tracer's full report (accesses, contexts, counts).
+    pub detail: serde_json::Value,
 }
 
 impl Injection {

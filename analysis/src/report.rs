@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::figures::{self, Figure, FigureError};
 use crate::frame::{self, FrameError};
-use crate::record::ExperimentRecord;
+use crate::record::{self, ExperimentRecord};
 use crate::store::{CampaignMeta, Store, StoreError, STORE_FILE};
 use crate::tables::{self, DowntimeStats, Table, FULL_REBOOT, PUBLISHED_REDUCTION};
 
@@ -315,9 +315,21 @@ pub fn write_report_with(
         Some(figures::names::REDUCTION),
     )
     .map(|t| Table { title: "Restore time vs storage".into(), ..t });
+    let scope_model = tables::scope_by_model(records);
+    let scope_subsystem = tables::scope_by_subsystem(records);
     let overhead = tables::overhead(records);
     let provenance = tables::provenance(records);
-    let mut all: Vec<&Table> = vec![&downtime, &by_model, &by_subsystem, &activation, &success, &overhead, &provenance];
+    let mut all: Vec<&Table> = vec![
+        &downtime,
+        &by_model,
+        &by_subsystem,
+        &activation,
+        &scope_model,
+        &scope_subsystem,
+        &success,
+        &overhead,
+        &provenance,
+    ];
     all.extend(ram.iter());
     all.extend(storage.iter());
     check_tables(&all)?;
@@ -352,6 +364,39 @@ pub fn write_report_with(
     }
     if !activation.rows.is_empty() {
         push_table(&mut md, &activation);
+    }
+    if !scope_model.rows.is_empty() {
+        let sum = tables::scope_summary(records);
+        let count = |s: &str| sum.counts.get(s).copied().unwrap_or(0);
+        let _ = write!(
+            md,
+            "\n## Error propagation scope\n\n{} faults were traced (activated, or overwritten before use): {} masked, {} process-local, {} \
+             kernel-global, {} unknown.",
+            sum.traced,
+            count(record::scope::MASKED),
+            count(record::scope::PROCESS_LOCAL),
+            count(record::scope::KERNEL_GLOBAL),
+            count(record::scope::UNKNOWN),
+        );
+        if let Some(share) = sum.local_share {
+            let _ = write!(
+                md,
+                " Of the settled errors that were not masked, {:.1}% stayed process-local; the published \
+                 study (Yoshimura, Yamada and Kono) found propagation mostly process-local.",
+                share * 100.0
+            );
+        }
+        if sum.surfaced_known > 0 {
+            let _ = write!(
+                md,
+                " {} of {} failures with an oops surfaced in another subsystem than the injected one.",
+                sum.surfaced_elsewhere, sum.surfaced_known
+            );
+        }
+        md.push('\n');
+        push_table(&mut md, &scope_model);
+        link(&mut md, "propagation-scope");
+        push_table(&mut md, &scope_subsystem);
     }
     if let Some(t) = &ram {
         push_table(&mut md, t);
@@ -616,5 +661,24 @@ mod tests {
         let err = report_from_store(&dir.path().join("empty"), None, &results).unwrap_err();
         assert!(matches!(err, ReportError::NoStore { .. }), "{err}");
         assert!(matches!(write_report(&[], &results).unwrap_err(), ReportError::NoRecords { .. }));
+    }
+
+    #[test]
+    fn the_fixture_scope_summary_has_known_numbers() {
+        let records = fixture::records();
+        let sum = tables::scope_summary(&records);
+        assert_eq!(sum.traced, 8);
+        assert_eq!(sum.counts.get("process-local"), Some(&4));
+        assert_eq!(sum.counts.get("kernel-global"), Some(&2));
+        assert_eq!(sum.counts.get("masked"), Some(&1));
+        assert_eq!(sum.counts.get("unknown"), Some(&1));
+        assert!((sum.local_share.unwrap() - 4.0 / 6.0).abs() < 1e-12);
+        assert_eq!((sum.surfaced_known, sum.surfaced_elsewhere), (1, 1));
+        let by_subsystem = tables::scope_by_subsystem(&records);
+        let md = by_subsystem.to_markdown();
+        assert!(md.contains("| mm | 4 |"), "{md}");
+        assert!(md.contains("| fs | 4 |"), "{md}");
+        let by_model = tables::scope_by_model(&records);
+        assert_eq!(by_model.rows.len(), 1);
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use polars::prelude::{Column as PlColumn, DataFrame, PolarsResult};
 
-use crate::record::{outcome, ExperimentRecord, Injection};
+use crate::record::{outcome, scope, ExperimentRecord, Injection, Propagation};
 use crate::stats::Summary;
 
 /// The reduction of downtime the paper reports for its restore strategies
@@ -308,32 +308,33 @@ pub fn downtime(records: &[ExperimentRecord]) -> Table {
     }
 }
 
-/// Outcome distribution per group: counts and shares of each outcome.
-fn outcome_table(
+/// Distribution of a class (the outcome, the propagation scope) per group:
+/// counts and shares of each class.
+fn class_table(
     records: &[ExperimentRecord],
-    title: &str,
-    id: &str,
-    header: &str,
+    (title, id, header): (&str, &str, &str),
+    order: &[&str],
     group: impl Fn(&ExperimentRecord) -> Option<String>,
+    class: impl Fn(&ExperimentRecord) -> Option<String>,
 ) -> Table {
     let mut groups: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let mut outcomes = BTreeSet::new();
+    let mut classes = BTreeSet::new();
     for r in records {
-        if let Some(g) = group(r) {
-            *groups.entry(g).or_default().entry(r.outcome.clone()).or_default() += 1;
-            outcomes.insert(r.outcome.clone());
+        if let (Some(g), Some(c)) = (group(r), class(r)) {
+            *groups.entry(g).or_default().entry(c.clone()).or_default() += 1;
+            classes.insert(c);
         }
     }
-    let mut outcomes: Vec<String> = outcomes.into_iter().collect();
-    outcomes.sort_by(|a, b| order_key(&OUTCOME_ORDER, a).cmp(&order_key(&OUTCOME_ORDER, b)));
+    let mut classes: Vec<String> = classes.into_iter().collect();
+    classes.sort_by(|a, b| order_key(order, a).cmp(&order_key(order, b)));
     let mut columns = vec![col(id, header), col("n", "n")];
-    columns.extend(outcomes.iter().map(|o| col(&o.replace('-', "_"), o)));
+    columns.extend(classes.iter().map(|o| col(&o.replace('-', "_"), o)));
     let rows = groups
         .into_iter()
         .map(|(g, counts)| {
             let n: u64 = counts.values().sum();
             let mut row = vec![Cell::Text(g), Cell::Count(n)];
-            row.extend(outcomes.iter().map(|o| {
+            row.extend(classes.iter().map(|o| {
                 let c = counts.get(o).copied().unwrap_or(0);
                 Cell::CountPct(c, 100.0 * c as f64 / n as f64)
             }));
@@ -341,6 +342,16 @@ fn outcome_table(
         })
         .collect();
     Table { title: title.into(), columns, rows, note: "Counts, with the share of the row in parentheses.".into() }
+}
+
+fn outcome_table(
+    records: &[ExperimentRecord],
+    title: &str,
+    id: &str,
+    header: &str,
+    group: impl Fn(&ExperimentRecord) -> Option<String>,
+) -> Table {
+    class_table(records, (title, id, header), &OUTCOME_ORDER, group, |r| Some(r.outcome.clone()))
 }
 
 /// Outcome distribution per fault model (forced crashes as `crash:<kind>`).
@@ -356,6 +367,89 @@ pub fn outcomes_by_subsystem(records: &[ExperimentRecord]) -> Table {
         Injection::Fault { subsystem, .. } => Some(subsystem.clone().unwrap_or_else(|| "(unknown)".into())),
         _ => None,
     })
+}
+
+/// The propagation verdict of a traced fault (activated, or masked before
+/// use).
+pub fn propagation(r: &ExperimentRecord) -> Option<&Propagation> {
+    match &r.injection {
+        Injection::Fault { propagation: Some(p), .. } => Some(p),
+        _ => None,
+    }
+}
+
+/// Error propagation scope per fault model (traced, activated faults).
+pub fn scope_by_model(records: &[ExperimentRecord]) -> Table {
+    let mut t = class_table(
+        records,
+        ("Error propagation scope per fault model", "fault_model", "fault model"),
+        &scope::ORDER,
+        |r| propagation(r).map(|_| r.injection.label()),
+        |r| propagation(r).map(|p| p.scope.clone()),
+    );
+    t.note = SCOPE_NOTE.into();
+    t
+}
+
+/// Error propagation scope per subsystem of the target.
+pub fn scope_by_subsystem(records: &[ExperimentRecord]) -> Table {
+    let mut t = class_table(
+        records,
+        ("Error propagation scope per subsystem", "subsystem", "subsystem"),
+        &scope::ORDER,
+        |r| match (&r.injection, propagation(r)) {
+            (Injection::Fault { subsystem, .. }, Some(_)) => {
+                Some(subsystem.clone().unwrap_or_else(|| "(unknown)".into()))
+            }
+            _ => None,
+        },
+        |r| propagation(r).map(|p| p.scope.clone()),
+    );
+    t.note = SCOPE_NOTE.into();
+    t
+}
+
+const SCOPE_NOTE: &str = "Traced faults (activated, or overwritten before use). masked: the taint died before anything read it from memory; \
+     process-local: only the activating context touched tainted data; kernel-global: another task, a kernel thread \
+     or an interrupt handler read it; unknown: the tracing budget ran out first. Counts, with the row's share.";
+
+/// The scope summary: settled errors, how many stayed process-local, and
+/// how many failures surfaced in another subsystem than the injected one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopeSummary {
+    /// Traced activated faults.
+    pub traced: usize,
+    /// Per scope name.
+    pub counts: BTreeMap<String, usize>,
+    /// process-local / (process-local + kernel-global).
+    pub local_share: Option<f64>,
+    /// Failures with a known surfacing subsystem.
+    pub surfaced_known: usize,
+    /// Of those, in another subsystem.
+    pub surfaced_elsewhere: usize,
+}
+
+/// Summarizes the traced faults.
+pub fn scope_summary(records: &[ExperimentRecord]) -> ScopeSummary {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut traced, mut known, mut elsewhere) = (0, 0, 0);
+    for p in records.iter().filter_map(propagation) {
+        traced += 1;
+        *counts.entry(p.scope.clone()).or_default() += 1;
+        if let Some(e) = p.surfaced_elsewhere {
+            known += 1;
+            elsewhere += usize::from(e);
+        }
+    }
+    let local = counts.get(scope::PROCESS_LOCAL).copied().unwrap_or(0);
+    let global = counts.get(scope::KERNEL_GLOBAL).copied().unwrap_or(0);
+    ScopeSummary {
+        traced,
+        counts,
+        local_share: (local + global > 0).then(|| local as f64 / (local + global) as f64),
+        surfaced_known: known,
+        surfaced_elsewhere: elsewhere,
+    }
 }
 
 /// Activation rate per fault model, and how often an activated fault

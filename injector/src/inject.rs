@@ -18,6 +18,9 @@ use crate::gdb::{
     BreakpointKind, GdbClient, GdbError, Reg, Registers, StopEvent, StopReason, WatchKind, SIGINT, SIGTRAP,
 };
 use crate::image::KernelImage;
+use crate::trace::taint::condition_holds;
+use crate::trace::tracer::{outputs, previous_instruction};
+use crate::trace::{PropagationReport, Seed, Tracer};
 
 /// Why a fault could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,15 @@ pub struct InjectionReport {
     pub applied: Option<Applied>,
     /// Why the guest stopped on its own (a panic pauses the VM), if it did.
     pub guest_stopped: Option<String>,
+    /// How far the error went, when the injection was traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<PropagationReport>,
+    /// Seconds from the start of the run to when the tracer stopped the
+    /// guest to single-step it, if it did.
+    pub held_from_s: Option<f64>,
+    /// Seconds the tracer held the guest (clients and the heartbeat saw it
+    /// stand still: that is the harness, not the fault).
+    pub held_s: f64,
 }
 
 /// DST/SRC/PTR corrupt at most this many executions when permanent:
@@ -154,6 +166,11 @@ pub struct Injection {
     injected_at: Option<Instant>,
     activated_at: Option<Instant>,
     report: InjectionReport,
+    /// Follows the error from its activation, when set.
+    tracer: Option<Tracer>,
+    /// Executions of a deleted branch that took the same path as the
+    /// original would have (a traced fault waits for one that deviates).
+    same_path: u32,
 }
 
 impl Injection {
@@ -181,6 +198,8 @@ impl Injection {
             injected_at: None,
             activated_at: None,
             report: InjectionReport::default(),
+            tracer: None,
+            same_path: 0,
         };
         if let Some(d) = &inj.insn {
             // Catch a wrong vmlinux or a boot-time patch before any wait.
@@ -212,7 +231,33 @@ impl Injection {
     /// Whether nothing is left to do: applied and nothing armed, or the
     /// guest stopped on its own.
     pub fn is_done(&self) -> bool {
-        self.phase == Phase::Done || self.report.guest_stopped.is_some()
+        (self.phase == Phase::Done && !self.tracer.as_ref().is_some_and(Tracer::watching))
+            || self.report.guest_stopped.is_some()
+    }
+
+    /// Traces the error from the fault's first activation (propagation
+    /// scope); the report's `propagation` holds the verdict.
+    pub fn set_tracer(&mut self, tracer: Tracer) {
+        self.tracer = Some(tracer);
+    }
+
+    /// Whether a tracer waits for the activation.
+    fn tracing(&self) -> bool {
+        self.tracer.as_ref().is_some_and(|t| !t.started())
+    }
+
+    /// Runs the tracer's short range from this stop (the guest is stopped
+    /// and resumed by the caller).
+    fn begin_trace(&mut self, gdb: &mut GdbClient, image: &KernelImage, seed: &Seed) -> Result<(), InjectError> {
+        let Some(tracer) = self.tracer.as_mut().filter(|t| !t.started()) else { return Ok(()) };
+        let held = Instant::now();
+        tracer.start(gdb, image, seed).map_err(gdb_err("tracing the error's propagation"))?;
+        self.report.held_from_s = Some(held.saturating_duration_since(self.started).as_secs_f64());
+        self.report.held_s = held.elapsed().as_secs_f64();
+        if tracer.guest_stopped() {
+            self.report.guest_stopped = Some("the guest stopped while the error was traced".into());
+        }
+        Ok(())
     }
 
     fn place(&self) -> String {
@@ -305,8 +350,14 @@ impl Injection {
             return Ok(());
         }
         if let StopReason::Signal(s) = &stop {
-            if let Some(StopEvent::Watchpoint { kind, .. }) = s.event {
-                return self.on_watch(gdb, kind, at);
+            if let Some(StopEvent::Watchpoint { kind, address }) = s.event {
+                if self.watch.is_none() {
+                    if let Some(tracer) = self.tracer.as_mut().filter(|t| t.owns_watch(address)) {
+                        tracer.on_watch(gdb, image, address).map_err(gdb_err("recording a read of tainted data"))?;
+                        return gdb.resume().map_err(gdb_err("resuming after a tainted read"));
+                    }
+                }
+                return self.on_watch(gdb, image, kind, at);
             }
         }
         let rip = gdb.read_register(Reg::Rip).map_err(gdb_err("reading RIP at a stop"))?;
@@ -318,12 +369,29 @@ impl Injection {
         gdb.resume().map_err(gdb_err("resuming after an unexpected trap"))
     }
 
-    fn on_watch(&mut self, gdb: &mut GdbClient, kind: WatchKind, at: Instant) -> Result<(), InjectError> {
+    fn on_watch(
+        &mut self,
+        gdb: &mut GdbClient,
+        image: &KernelImage,
+        kind: WatchKind,
+        at: Instant,
+    ) -> Result<(), InjectError> {
+        let flipped = self.watch;
         match kind {
             WatchKind::Write => self.report.masked = true,
             WatchKind::Read | WatchKind::Access => self.activate(at),
         }
         self.disarm_watch(gdb)?;
+        if let (true, Some(address), WatchKind::Read | WatchKind::Access) = (self.tracing(), flipped, kind) {
+            // The flipped byte was just read: it is still wrong, and so is
+            // whatever the reading instruction wrote.
+            let regs = gdb.read_registers().map_err(gdb_err("reading the registers after the read"))?;
+            let mut seed = Seed { mem: vec![crate::trace::MemRange::new(address, 1)], ..Seed::default() };
+            if let Some(reader) = previous_instruction(gdb, image, regs.rip) {
+                seed = seed.merge(outputs(&reader, &regs));
+            }
+            self.begin_trace(gdb, image, &seed)?;
+        }
         self.phase = Phase::Done;
         gdb.resume().map_err(gdb_err("resuming after the watchpoint"))
     }
@@ -370,6 +438,7 @@ impl Injection {
                     self.mark_injected(at, applied);
                     self.activate(at);
                     self.disarm_bp(gdb)?;
+                    self.begin_trace(gdb, image, &reg_seed(reg))?;
                     self.phase = Phase::Done;
                     self.finish_latency(at);
                     return gdb.resume().map_err(gdb_err("resuming after the fault"));
@@ -396,11 +465,30 @@ impl Injection {
                 gdb.step().map_err(gdb_err("stepping the target instruction"))?;
                 let (before, after) = flip_register(gdb, reg, bit)?;
                 self.note_corruption(reg, before, after);
+                self.begin_trace(gdb, image, &reg_seed(reg))?;
                 self.after_corruption(gdb, at)
             }
             FaultModel::Src { reg, bit } | FaultModel::Ptr { reg, bit } => {
                 let (before, after) = flip_register(gdb, reg, bit)?;
                 self.note_corruption(reg, before, after);
+                // What this execution writes is wrong; for a store through a
+                // corrupted pointer, so is the place it should have written.
+                let seed = match (self.tracing(), self.insn.clone()) {
+                    (true, Some(d)) => {
+                        let mut regs = gdb.read_registers().map_err(gdb_err("reading the registers"))?;
+                        let wrong = outputs(&d.instr, &regs);
+                        regs.set(reg.gdb(), before).map_err(|e| InjectError::Gdb {
+                            during: "computing the intended destination",
+                            source: GdbError::Registers { packet: "g".into(), source: e },
+                        })?;
+                        let intended = outputs(&d.instr, &regs);
+                        Some(
+                            Seed { regs: wrong.regs, flags: wrong.flags, mem: wrong.mem, wrong_path: false }
+                                .merge(Seed { mem: intended.mem, ..Seed::default() }),
+                        )
+                    }
+                    _ => None,
+                };
                 self.disarm_bp(gdb)?;
                 gdb.step().map_err(gdb_err("stepping the target instruction"))?;
                 let written = self.insn.as_ref().is_some_and(|d| mutate::writes_reg(d, reg));
@@ -411,16 +499,36 @@ impl Injection {
                         gdb.write_register(reg.gdb(), before).map_err(gdb_err("restoring the register"))?;
                     }
                 }
+                if let Some(seed) = seed {
+                    self.begin_trace(gdb, image, &seed)?;
+                }
                 self.after_corruption(gdb, at)
             }
             _ => {
                 // A code patch ran (or is about to run) for the first time.
+                let seed = if self.tracing() { self.patch_seed(gdb)? } else { None };
+                if self.tracing() && seed.is_none() {
+                    // A deleted branch that would not have been taken: this
+                    // execution took the right path; wait for one that
+                    // does not, a bounded number of times.
+                    self.same_path += 1;
+                    if self.same_path < MAX_CORRUPTIONS {
+                        return self.step_over(gdb);
+                    }
+                    // Never deviated: the error never formed.
+                    self.report.masked = true;
+                }
                 self.disarm_bp(gdb)?;
-                if self.spec.persistence() == Persistence::Transient {
+                if seed.is_some() || self.spec.persistence() == Persistence::Transient {
                     gdb.step().map_err(gdb_err("stepping the mutated instruction"))?;
+                }
+                if self.spec.persistence() == Persistence::Transient {
                     let Target::Instruction { original, .. } = self.spec.target() else { unreachable!() };
                     let original = original.0.clone();
                     gdb.write_memory(self.address(), &original).map_err(gdb_err("restoring the original bytes"))?;
+                }
+                if let Some(seed) = seed {
+                    self.begin_trace(gdb, image, &seed)?;
                 }
                 self.phase = Phase::Done;
                 if self.report.latency_ms.is_none() {
@@ -486,6 +594,7 @@ impl Injection {
                     self.mark_injected(halted, applied);
                     // A register is live state: the flip takes effect now.
                     self.activate(halted);
+                    self.begin_trace(gdb, image, &reg_seed(reg))?;
                     self.phase = Phase::Done;
                     true
                 }
@@ -571,22 +680,101 @@ impl Injection {
     /// Removes whatever is still armed; the guest is left running unless
     /// it stopped on its own.
     pub fn finish(mut self, gdb: &mut GdbClient) -> Result<InjectionReport, InjectError> {
-        if self.report.guest_stopped.is_none() && (self.bp || self.watch.is_some()) {
+        let traced = self.tracer.as_ref().is_some_and(Tracer::watching);
+        if self.report.guest_stopped.is_none() && (self.bp || self.watch.is_some() || traced) {
             let stop = gdb.interrupt().map_err(gdb_err("halting the guest to clean up"))?;
             if is_external(&stop, true) {
                 self.report.guest_stopped = Some(format!("{stop:?}"));
             } else {
                 self.disarm_bp(gdb)?;
                 self.disarm_watch(gdb)?;
+                if let Some(t) = self.tracer.as_mut() {
+                    t.disarm(gdb).map_err(gdb_err("removing the tracer's watchpoints"))?;
+                }
                 gdb.resume().map_err(gdb_err("resuming after clean-up"))?;
             }
         }
+        self.report.propagation = self.tracer.as_ref().and_then(Tracer::report);
+        if self.report.propagation.is_none() && self.tracer.is_some() && self.same_path > 0 {
+            // A deleted branch executed only where it would not have been
+            // taken: the error never formed.
+            self.report.masked = true;
+        }
         Ok(self.report)
+    }
+
+    /// The seed of a code patch about to execute for the first time (the
+    /// guest is stopped at it): the outputs of the original instruction
+    /// (stale when the patch deletes it) and of the mutated one, and a
+    /// wrong path when control flow changes. `None` for a deleted branch
+    /// whose condition is false here (no deviation).
+    fn patch_seed(&mut self, gdb: &mut GdbClient) -> Result<Option<Seed>, InjectError> {
+        let (Some(original), Some(patch)) = (self.insn.clone(), self.spec.model().patch().cloned()) else {
+            return Ok(None);
+        };
+        let regs = gdb.read_registers().map_err(gdb_err("reading the registers"))?;
+        let mutated = mutate::decode_one(original.address(), &patch.bytes.0);
+        let flow = |i: &iced_x86::Instruction| i.flow_control() != iced_x86::FlowControl::Next;
+        let mut seed = outputs(&original.instr, &regs);
+        match self.spec.model() {
+            FaultModel::Branch { .. } => {
+                if !condition_holds(original.instr.condition_code(), u64::from(regs.eflags)) {
+                    return Ok(None);
+                }
+                seed.wrong_path = true;
+            }
+            FaultModel::Inverse { .. } => seed.wrong_path = true,
+            _ => {
+                if let Some(m) = &mutated {
+                    seed = seed.merge(outputs(&m.instr, &regs));
+                    let same_flow = m.bytes.len() == original.bytes.len()
+                        && m.instr.flow_control() == original.instr.flow_control()
+                        && m.instr.near_branch_target() == original.instr.near_branch_target();
+                    seed.wrong_path |= (flow(&original.instr) || flow(&m.instr)) && !same_flow;
+                } else {
+                    seed.wrong_path |= flow(&original.instr);
+                }
+            }
+        }
+        Ok(Some(seed))
     }
 }
 
 fn gdb_err(during: &'static str) -> impl FnOnce(GdbError) -> InjectError {
     move |source| InjectError::Gdb { during, source }
+}
+
+/// The seed of a flipped register.
+fn reg_seed(reg: FlipReg) -> Seed {
+    match reg {
+        FlipReg::Rip => Seed { wrong_path: true, ..Seed::default() },
+        FlipReg::Rflags => Seed { flags: true, ..Seed::default() },
+        other => Seed { regs: vec![iced_reg(other)], ..Seed::default() },
+    }
+}
+
+fn iced_reg(reg: FlipReg) -> iced_x86::Register {
+    use iced_x86::Register as R;
+    match reg {
+        FlipReg::Rax => R::RAX,
+        FlipReg::Rbx => R::RBX,
+        FlipReg::Rcx => R::RCX,
+        FlipReg::Rdx => R::RDX,
+        FlipReg::Rsi => R::RSI,
+        FlipReg::Rdi => R::RDI,
+        FlipReg::Rbp => R::RBP,
+        FlipReg::Rsp => R::RSP,
+        FlipReg::R8 => R::R8,
+        FlipReg::R9 => R::R9,
+        FlipReg::R10 => R::R10,
+        FlipReg::R11 => R::R11,
+        FlipReg::R12 => R::R12,
+        FlipReg::R13 => R::R13,
+        FlipReg::R14 => R::R14,
+        FlipReg::R15 => R::R15,
+        FlipReg::Rip => R::RIP,
+        FlipReg::Rflags => R::None,
+    }
 }
 
 /// Flips one bit of a register; returns (before, after).
@@ -635,7 +823,23 @@ pub fn run(
     window: Duration,
     tick: &mut dyn FnMut(&InjectionReport) -> bool,
 ) -> Result<InjectionReport, InjectError> {
+    run_traced(gdb, image, spec, None, window, tick)
+}
+
+/// [`run`], with the error traced from its activation when `tracer` is
+/// given (the report's `propagation`).
+pub fn run_traced(
+    gdb: &mut GdbClient,
+    image: &KernelImage,
+    spec: &FaultSpec,
+    tracer: Option<Tracer>,
+    window: Duration,
+    tick: &mut dyn FnMut(&InjectionReport) -> bool,
+) -> Result<InjectionReport, InjectError> {
     let mut inj = Injection::start(gdb, spec)?;
+    if let Some(t) = tracer {
+        inj.set_tracer(t);
+    }
     let end = inj.started + window;
     loop {
         let now = Instant::now();

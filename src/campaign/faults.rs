@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use analysis::record::Injection as RecordInjection;
+use analysis::record::{scope, Injection as RecordInjection, Propagation};
 use anyhow::{Context, Result};
 use injector::fault::{Generator, ModelKind, TargetSelection};
-use injector::Persistence;
+use injector::trace::{KernelLayout, TraceConfig, Tracer};
+use injector::{FaultSpec, Persistence};
 use recovery_sut::{Cache, KernelChoice, Sut};
 
 use super::experiment::{FaultObservation, FaultRunner};
@@ -29,6 +30,9 @@ pub struct InjectorRunner {
     groups: Vec<Option<Group>>,
     seed: u64,
     hang_timeout: Duration,
+    /// The kernel's layout and the tracer's bounds, when the campaign
+    /// traces propagation.
+    trace: Option<(KernelLayout, TraceConfig)>,
 }
 
 /// The fault runner a campaign needs: `None` when it injects no faults.
@@ -65,11 +69,21 @@ pub fn runner_for(
             .with_context(|| format!("{}: inject[{i}].faults selects no target", campaign.path.display()))?;
         groups.push(Some(Group { selection, models, transient: faults.transient }));
     }
+    let trace = match &campaign.file.trace {
+        Some(t) => {
+            step("reading the kernel's task layout for propagation tracing");
+            let layout = KernelLayout::load(&model.vmlinux, &model.image)
+                .with_context(|| format!("{}: [trace]", campaign.path.display()))?;
+            Some((layout, t.config()))
+        }
+        None => None,
+    };
     Ok(Some(Box::new(InjectorRunner {
         model,
         groups,
         seed: campaign.file.seed,
         hang_timeout: Duration::from_secs_f64(campaign.file.observe.hang_timeout_s),
+        trace,
     })))
 }
 
@@ -86,11 +100,11 @@ impl FaultRunner for InjectorRunner {
             vm,
             &self.model.image,
             &spec,
-            window,
-            self.hang_timeout,
-            Duration::from_secs(1),
+            &crate::inject::WatchLimits { window, hang_timeout: self.hang_timeout, oops_grace: Duration::from_secs(1) },
             console_offset,
+            self.trace.map(|(layout, config)| Tracer::new(layout, &self.model.image, config)),
         )?;
+        let propagation = self.propagation(&spec, &watch);
         let injection = RecordInjection::Fault {
             model: spec.model().kind().to_string(),
             subsystem: spec.subsystem().map(str::to_string),
@@ -99,8 +113,71 @@ impl FaultRunner for InjectorRunner {
             spec: serde_json::to_value(&spec)?,
             activated: watch.injection.activated,
             activation_s: watch.injection.activation_after_s,
+            propagation,
         };
         let detail = watch.console.oopses.first().map(serde_json::to_value).transpose()?;
         Ok(FaultObservation { injection, detail, watch })
+    }
+}
+
+impl InjectorRunner {
+    /// The propagation record of a traced fault: the tracer's verdict, a
+    /// byte overwritten before it was read (masked), or nothing for a
+    /// fault never activated or not traced.
+    fn propagation(&self, spec: &FaultSpec, watch: &crate::inject::Watch) -> Option<Box<Propagation>> {
+        self.trace?;
+        let injection = &watch.injection;
+        if !injection.activated && !injection.masked {
+            return None;
+        }
+        let surfaced_in = watch
+            .console
+            .oopses
+            .first()
+            .and_then(|o| o.function.as_deref())
+            .and_then(|f| self.model.image.function(f))
+            .and_then(|f| f.subsystem().map(str::to_string));
+        let surfaced_elsewhere = surfaced_in.as_deref().zip(spec.subsystem()).map(|(a, b)| a != b);
+        let blank = |scope: &str, why: &str| Propagation {
+            scope: scope.into(),
+            why: why.into(),
+            activating: None,
+            foreign_readers: Vec::new(),
+            steps: 0,
+            short_s: 0.0,
+            long_s: 0.0,
+            short_end: "none".into(),
+            surfaced_in: surfaced_in.clone(),
+            surfaced_elsewhere,
+            detail: serde_json::Value::Null,
+        };
+        match &injection.propagation {
+            Some(r) => Some(Box::new(Propagation {
+                scope: r.scope.name().into(),
+                why: r.why.clone(),
+                activating: Some(r.activating.to_string()),
+                foreign_readers: r.foreign_readers.clone(),
+                steps: r.steps,
+                short_s: r.short_s,
+                long_s: r.long_s,
+                short_end: serde_json::to_value(&r.short_end)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string).or_else(|| Some(v.to_string())))
+                    .unwrap_or_default(),
+                surfaced_in,
+                surfaced_elsewhere,
+                detail: serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
+            })),
+            None if injection.masked => Some(Box::new(blank(
+                scope::MASKED,
+                "the corrupted state was overwritten (or the branch never deviated) before use",
+            ))),
+            // Activated, but the guest went away before the tracer could
+            // look (a fault that crashes at once under the debugger).
+            None => Some(Box::new(blank(
+                scope::UNKNOWN,
+                "activated, but not traced: the guest stopped or went away before the tracer could look",
+            ))),
+        }
     }
 }

@@ -292,6 +292,46 @@ pub struct ExperimentFile {
     pub inject: Vec<InjectSpec>,
     /// How it is brought back.
     pub recovery: RecoverySpec,
+    /// Trace each activated fault's error (propagation scope), when set.
+    #[serde(default)]
+    pub trace: Option<TraceSpec>,
+}
+
+/// `[trace]`: follow each activated fault's error to find how far it went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSpec {
+    /// Single steps of the short range (about 700 a second under TCG).
+    #[serde(default = "default_trace_steps")]
+    pub max_steps: u64,
+    /// Read watchpoints on tainted memory in the long range.
+    #[serde(default = "default_trace_watchpoints")]
+    pub max_watchpoints: usize,
+    /// Watchpoint hits handled before watching stops.
+    #[serde(default = "default_trace_hits")]
+    pub max_hits: u32,
+}
+
+fn default_trace_steps() -> u64 {
+    injector::trace::TraceConfig::default().max_steps
+}
+fn default_trace_watchpoints() -> usize {
+    injector::trace::TraceConfig::default().max_watchpoints
+}
+fn default_trace_hits() -> u32 {
+    injector::trace::TraceConfig::default().max_hits
+}
+
+impl TraceSpec {
+    /// The tracer's bounds.
+    pub fn config(&self) -> injector::trace::TraceConfig {
+        injector::trace::TraceConfig {
+            max_steps: self.max_steps,
+            max_watchpoints: self.max_watchpoints,
+            max_hits: self.max_hits,
+            ..injector::trace::TraceConfig::default()
+        }
+    }
 }
 
 /// One experiment of the expansion.
@@ -484,6 +524,20 @@ fn validate(path: &Path, f: &ExperimentFile) -> Result<(), SpecError> {
             return Err(invalid(key, format!("{v} is not a non-negative number of seconds")));
         }
     }
+    if let Some(t) = &f.trace {
+        if f.inject.iter().all(|i| i.faults.is_none()) {
+            return Err(invalid(
+                "trace",
+                "traces injected faults: add an [[inject]] table with `faults = {...}`".into(),
+            ));
+        }
+        if !(1..=1_000_000).contains(&t.max_steps) {
+            return Err(invalid("trace.max_steps", format!("{} is outside 1..=1000000", t.max_steps)));
+        }
+        if !(1..=256).contains(&t.max_watchpoints) {
+            return Err(invalid("trace.max_watchpoints", format!("{} is outside 1..=256", t.max_watchpoints)));
+        }
+    }
     if f.observe.window_s <= f.observe.hang_timeout_s {
         return Err(invalid(
             "observe.window_s",
@@ -538,6 +592,21 @@ strategies = ["full-reboot", "service-restore"]
         assert_eq!(planned[0].key(), "crash=sysrq strategy=full-reboot rep=0");
         assert_eq!(planned[15].key(), "fault=2 strategy=service-restore rep=1");
         assert_eq!(c.file.observe, ObserveSpec::default());
+    }
+
+    #[test]
+    fn a_trace_table_is_checked() {
+        let traced = format!("{GOOD}\n[trace]\nmax_steps = 500\n");
+        let c = parse(&traced).unwrap();
+        let t = c.file.trace.unwrap();
+        assert_eq!((t.max_steps, t.max_watchpoints), (500, injector::trace::TraceConfig::default().max_watchpoints));
+        let e = parse(&format!("{GOOD}\n[trace]\nmax_steps = 0\n")).unwrap_err().to_string();
+        assert!(e.contains("trace.max_steps"), "{e}");
+        let e = parse(&format!("{GOOD}\n[trace]\nmax_step = 10\n")).unwrap_err().to_string();
+        assert!(e.contains("max_step") && e.contains("line"), "{e}");
+        let crashes_only = GOOD.replace("[[inject]]\nfaults = { models = [\"nop\"], count = 3 }\n", "");
+        let e = parse(&format!("{crashes_only}\n[trace]\n")).unwrap_err().to_string();
+        assert!(e.contains("trace") && e.contains("faults"), "{e}");
     }
 
     #[test]
