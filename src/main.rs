@@ -12,6 +12,7 @@ mod campaign;
 mod faults;
 mod inject;
 mod recover;
+mod sut;
 mod workload;
 
 use anyhow::{Context, Result};
@@ -43,6 +44,9 @@ enum Command {
     Boot(BootArgs),
     /// Crash the guest repeatedly under client load and measure each recovery strategy's client-seen downtime.
     Recover(RecoverArgs),
+    /// Run the recovery VMM: keep a guest's service up across kernel failures until Ctrl-C.
+    #[command(subcommand)]
+    Sut(SutCommand),
     /// List the deterministic faults of a campaign seed (the same list on every machine).
     Faults(faults::FaultsArgs),
     /// Boot a guest, inject one fault under HTTP load, observe it and classify the outcome.
@@ -70,7 +74,7 @@ struct RecoverArgs {
     /// How to crash the guest.
     #[arg(long, value_enum, default_value = "sysrq")]
     crash: recover::Crash,
-    /// Strategies to compare, comma-separated (full-reboot is the baseline).
+    /// Strategies to compare, comma-separated: full-reboot (the baseline), phase-restore, service-restore, kexec-reboot.
     #[arg(long, value_delimiter = ',', default_value = "full-reboot,phase-restore,service-restore")]
     strategy: Vec<String>,
     /// Crashes per strategy.
@@ -86,6 +90,36 @@ struct RecoverArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print one JSON object (trials and per-strategy summary).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum SutCommand {
+    /// Boot the guest and recover it with one strategy after every failure, logging each, until Ctrl-C.
+    Run(SutRunArgs),
+}
+
+#[derive(Args)]
+struct SutRunArgs {
+    #[command(flatten)]
+    vm: GuestArgs,
+    /// Recovery strategy: full-reboot, phase-restore, service-restore or kexec-reboot.
+    #[arg(long, default_value = "service-restore")]
+    strategy: String,
+    /// Seconds without an agent heartbeat that count as a hang.
+    #[arg(long, default_value_t = 5.0)]
+    heartbeat_timeout: f64,
+    /// Give the guest an i6300esb watchdog with this timeout (seconds) and watch it.
+    #[arg(long, value_name = "SECONDS")]
+    watchdog: Option<u32>,
+    /// Do not probe the service from the host (3 failed probes in a row count as a failure).
+    #[arg(long)]
+    no_probe: bool,
+    /// Crash the guest (sysrq through the agent) every this many seconds: a soak test.
+    #[arg(long, value_name = "SECONDS")]
+    crash_every: Option<f64>,
+    /// Print one JSON object per recovery instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -370,6 +404,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Boot(args) => cmd_boot(&cache, args),
         Command::Recover(args) => cmd_recover(&cache, args),
+        Command::Sut(SutCommand::Run(args)) => cmd_sut_run(&cache, args),
         Command::Faults(args) => faults::cmd(&cache, args),
         Command::Inject(args) => inject::cmd(&cache, args),
         Command::Campaign(campaign::cli::CampaignCommand::Run(args)) => campaign::cli::run(&cache, args),
@@ -466,6 +501,71 @@ fn cmd_recover(cache: &Cache, args: RecoverArgs) -> Result<ExitCode> {
         }
     }
     Ok(if unrecovered { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn cmd_sut_run(cache: &Cache, args: SutRunArgs) -> Result<ExitCode> {
+    use recovery_sut::recovery::Strategy;
+    let strategy: Strategy = args.strategy.parse()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    }
+    let spinner = Progress::new();
+    let step = |m: &str| spinner.step(m);
+    let Prepared { profile, image, decision, memory_mib, .. } = args.vm.prepare(cache, &step)?;
+    step(&format!("booting the {profile} guest ({}) and taking its snapshots", decision.accel.name()));
+    let config = VmConfig {
+        accel: decision.accel,
+        memory_mib,
+        data_disk: true,
+        watchdog_s: args.watchdog,
+        ..VmConfig::default()
+    };
+    let plan = sut::SutPlan {
+        strategy,
+        detectors: sut::SutPlan::detectors(
+            Duration::from_secs_f64(args.heartbeat_timeout.max(0.5)),
+            args.watchdog.is_some(),
+            !args.no_probe,
+        ),
+        crash_every: args.crash_every.map(|s| Duration::from_secs_f64(s.max(1.0))),
+    };
+    let mut spinner = Some(spinner);
+    let json = args.json;
+    let mut ready = |sut: &mut recovery_sut::Sut| {
+        spinner.take();
+        if !json {
+            println!(
+                "{profile} guest up: http://{}/ , recovering with {strategy}; Ctrl-C stops it",
+                sut.vm().http_addr()
+            );
+        }
+    };
+    let mut log = |entry: &sut::RecoveryLog| {
+        if json {
+            if let Ok(line) = serde_json::to_string(entry) {
+                println!("{line}");
+            }
+        } else {
+            let t = &entry.timing;
+            println!(
+                "#{} at {:.1} s: {}{}, {} ran{}; service back {:.3} s after detection",
+                entry.n,
+                entry.at_s,
+                t.cause.name(),
+                if entry.injected { " (injected sysrq crash)" } else { "" },
+                t.strategy,
+                t.fallback_reason.as_deref().map_or(String::new(), |r| format!(" instead of {} ({r})", t.requested)),
+                t.service_s
+            );
+        }
+    };
+    let n = sut::run(&image, &config, &plan, &stop, &mut log, &mut ready)?;
+    if !json {
+        say(&format!("stopped after {n} recoveries"));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_doctor(cache: &Cache, json: bool) -> Result<ExitCode> {

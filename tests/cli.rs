@@ -235,3 +235,46 @@ fn a_user_supplied_kernel_and_module_tree_boot() {
     assert_eq!(v["kernel_version"], k.release.as_str());
     assert!(v["kernel"].as_str().unwrap().contains("user-supplied"), "{v}");
 }
+
+#[test]
+fn sut_run_recovers_injected_crashes_and_stops_on_ctrl_c() {
+    real_cache();
+    let mut child = kfi()
+        .args(["sut", "run", "--guest", "tiny", "--accel", "tcg", "--crash-every", "4", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let kfi_pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut logged = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        logged.push(entry);
+        if logged.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(logged.len(), 2, "kfi sut run logged fewer than two recoveries: {logged:?}");
+    for (i, entry) in logged.iter().enumerate() {
+        assert_eq!(entry["n"], i + 1);
+        assert_eq!(entry["injected"], true);
+        assert_eq!(entry["timing"]["cause"], "guest-panicked", "{entry}");
+        assert_eq!(entry["timing"]["strategy"], "service-restore", "{entry}");
+    }
+    let qemu: Vec<u32> =
+        children_of(kfi_pid).into_iter().filter(|(_, c)| c.starts_with("qemu-system")).map(|(p, _)| p).collect();
+    assert_eq!(qemu.len(), 1, "expected one QEMU child of kfi");
+    // SAFETY: plain kill(2) on a child we spawned.
+    assert_eq!(unsafe { libc::kill(kfi_pid as i32, libc::SIGINT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kfi sut run ignored Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!alive(qemu[0]), "QEMU {} outlived kfi sut run", qemu[0]);
+}

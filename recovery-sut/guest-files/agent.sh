@@ -3,17 +3,60 @@
 # the virtio-serial port named org.kfi.agent. One line per message:
 #   kfi phase <name> <event-uptime-s> <send-uptime-s>
 #   kfi hb <seq> <send-uptime-s>
+#   kfi file <path> <inode> <size> <mtime>   (or `kfi file <path> missing`)
+#   kfi changed <path> <inode> <size> <mtime>   (or `... <path> missing`)
+# The safety monitor: the files listed in /etc/kfi/watched (daemon
+# binaries, configs, served files) are reported with `file` whenever the
+# port opens (the manifest a snapshot records), and with `changed` when a
+# poll (one per heartbeat) finds them renamed, replaced or modified. A
+# change not yet written stays pending until the port takes it.
 # While it beats it also obeys the host's commands on the same port:
 #   kfi-cmd sysrq <key>     (e.g. `c`: crash the kernel the way an admin would)
 #   kfi-cmd append <n>      append n to /data/acked, fdatasync, then answer
 #                           `kfi ack <n>`: an acknowledged, durable write
+#   kfi-cmd mv <src> <dst>  rename a file, as an update or an admin would
+#                           (tests of the safety monitor)
+#   kfi-cmd freeze          stop every other process, again and again: the
+#                           service, the heartbeat and the watchdog feeder
+#                           hang while the kernel still runs (a userland
+#                           hang, for tests of the hang detectors)
 # `agent hold PHASE` reports `held` and blocks until `kfi-cmd continue`: the
 # host snapshots the guest at that boundary.
 # The host dates each event from the arrival time minus (send - event), so a
-# phase reached before the port existed is still dated correctly.
+# phase reached before the port existed is still dated correctly. Once the
+# heartbeat holds the port, `agent phase` leaves its line in $SPOOL and the
+# heartbeat sends it with the next beat.
 PORT_NAME=org.kfi.agent
+SPOOL=/run/kfi-phases
 
 uptime_s() { read -r up _ < /proc/uptime; echo "$up"; }
+
+watched=$(cat /etc/kfi/watched 2>/dev/null)
+
+# One stat for every watched file: "PATH INODE SIZE MTIME" lines, none for
+# a missing file.
+file_states() { [ -n "$watched" ] && stat -c '%n %i %s %Y' $watched 2>/dev/null; }
+
+# state_of PATH STATES: that file's "INODE SIZE MTIME", or "missing".
+state_of() {
+    s=missing
+    while read -r p rest; do [ "$p" = "$1" ] && s=$rest; done <<EOF
+$2
+EOF
+    echo "$s"
+}
+
+# report KIND OLD NEW: one `kfi KIND` line per watched file whose state
+# differs between the two (every file when OLD is `all`); fails when the
+# port is gone.
+report() {
+    for f in $watched; do
+        new=$(state_of "$f" "$3")
+        if [ "$2" = all ] || [ "$(state_of "$f" "$2")" != "$new" ]; then
+            echo "kfi $1 $f $new" || return 1
+        fi
+    done
+}
 
 find_port() {
     # virtio_console adds ports from a work queue: wait for the sysfs entry.
@@ -33,6 +76,11 @@ find_port() {
 case "$1" in
 phase)
     # agent phase NAME [EVENT_UPTIME]
+    if [ -d "$SPOOL" ]; then
+        now=$(uptime_s)
+        echo "kfi phase $2 ${3:-$now}" > "$SPOOL/.$2" && mv "$SPOOL/.$2" "$SPOOL/$2"
+        exit
+    fi
     port=$(find_port) || exit 1
     # A virtio port opens once at a time; another agent process (debian's
     # hold) may have it for a moment.
@@ -47,6 +95,8 @@ heartbeat)
     # agent heartbeat [INTERVAL_S]; never returns, survives a lost port.
     interval=${2:-1}
     seq=0
+    prev=$(file_states)
+    mkdir -p "$SPOOL"
     while :; do
         port=$(find_port) && (exec 3<> "$port") 2>/dev/null || { sleep 0.1; continue; }
         exec 3<> "$port"
@@ -56,18 +106,37 @@ heartbeat)
             # A read sees end-of-file whenever the host side goes away
             # (QEMU replaced by a restore): keep listening.
             while :; do
-                while read -r word cmd arg <&3; do
+                while read -r word cmd arg arg2 <&3; do
                     [ "$word" = kfi-cmd ] || continue
                     case "$cmd" in
                     sysrq) echo "$arg" > /proc/sysrq-trigger ;;
                     append) echo "$arg" >> /data/acked && sync -d /data/acked && echo "kfi ack $arg" >&3 ;;
+                    mv) mv "$arg" "$arg2" ;;
+                    # kill -1 spares init and the caller; repeated, it
+                    # also stops the children init forks afterwards.
+                    freeze) while :; do kill -STOP -1; sleep 0.2; done ;;
                     esac
                 done
                 sleep 0.1
             done
         ) &
         reader=$!
+        # The manifest first; then whatever changed while the port was
+        # closed (a change is only forgotten once the host has it).
+        cur=$(file_states)
+        report file all "$cur" >&3 && { [ "$cur" = "$prev" ] || report changed "$prev" "$cur" >&3; } && prev=$cur
         while :; do
+            cur=$(file_states)
+            if [ "$cur" != "$prev" ]; then
+                report changed "$prev" "$cur" >&3 || break
+                prev=$cur
+            fi
+            for spooled in "$SPOOL"/*; do
+                [ -f "$spooled" ] || continue
+                read -r line < "$spooled"
+                echo "$line $(uptime_s)" >&3 || break 2
+                rm -f "$spooled"
+            done
             seq=$((seq + 1))
             echo "kfi hb $seq $(uptime_s)" >&3 || break
             sleep "$interval"
@@ -82,6 +151,8 @@ hold)
     # A failed `exec` redirection would end this shell: probe in a subshell.
     until (exec 3<> "$port") 2>/dev/null; do sleep 0.02; done
     exec 3<> "$port"
+    # The phase snapshot records the watched files as they are here.
+    report file all "$(file_states)" >&3
     now=$(uptime_s)
     echo "kfi phase held $now $now" >&3
     while read -r word cmd _ <&3 || sleep 0.05; do

@@ -12,18 +12,49 @@ mount -t devtmpfs devtmpfs /dev
 # Settings first: a campaign may need them before the host connects.
 hb=1
 hold=
+wdt=
+kexec=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
     kfi.hb=*) hb=${arg#kfi.hb=} ;;
     kfi.hold=*) hold=${arg#kfi.hold=} ;;
+    kfi.watchdog=*) wdt=${arg#kfi.watchdog=} ;;
+    kfi.kexec=*) kexec=${arg#kfi.kexec=} ;;
     kfi.sysctl=*) v=${arg#kfi.sysctl=}; sysctl -w "${v%%:*}=${v#*:}" ;;
     esac
 done
+
+# kexec-reboot: load the crash kernel (this kernel, with the plain
+# initramfs) into the crashkernel= reservation, in the background (it takes
+# seconds under TCG: the kernel hashes and checks the image). A panic then
+# jumps into it, and it runs this init again with kfi.kexec=crash: no
+# firmware, no hold, no crash kernel of its own.
+load_crash_kernel() {
+    append=
+    for arg in $(cat /proc/cmdline); do
+        case "$arg" in
+        crashkernel=* | kfi.hold=* | kfi.kexec=* | crash_kexec_post_notifiers) ;;
+        *) append="$append $arg" ;;
+        esac
+    done
+    # kexec_load (not -s, kexec_file_load) with --no-checks: the purgatory
+    # then jumps without hashing the 19 MB it loaded, which under TCG
+    # costs seconds of every kexec.
+    if /sbin/kexec -p --no-checks /boot/vmlinuz --initrd=/boot/initramfs.cpio --append="${append# } kfi.kexec=crash"; then
+        /etc/kfi/agent phase kexec-loaded
+    else
+        echo "kfi-init: loading the crash kernel failed"
+    fi
+    # The kernel keeps its own copies: give the RAM back.
+    rm -f /boot/vmlinuz /boot/initramfs.cpio
+}
 
 while read -r mod; do
     insmod "/lib/modules/$mod.ko" || echo "kfi-init: insmod $mod failed"
 done < /lib/modules/load-order
 /etc/kfi/agent phase kernel "$T_KERNEL"
+
+[ "$kexec" = crash ] && hold=
 
 ip link set lo up
 ip link set eth0 up
@@ -45,5 +76,10 @@ fi
 httpd -p 80 -h /www
 until wget -q -O /dev/null http://127.0.0.1/index.html; do sleep 0.05; done
 /etc/kfi/agent phase services-ready
+[ "$kexec" = load ] && load_crash_kernel &
+# The host's watchdog detector: fed every second while userland runs.
+if [ -n "$wdt" ]; then
+    watchdog -T "$wdt" -t 1 /dev/watchdog || echo "kfi-init: cannot start the watchdog feeder"
+fi
 
 exec /etc/kfi/agent heartbeat "$hb"

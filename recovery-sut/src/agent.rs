@@ -1,5 +1,6 @@
-//! The host end of the guest agent's virtio-serial channel: boot phases and
-//! heartbeats, dated on the host's clock relative to the VM's start.
+//! The host end of the guest agent's virtio-serial channel: boot phases,
+//! heartbeats and the safety monitor's watched-file reports, dated on the
+//! host's clock relative to the VM's start.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
@@ -7,7 +8,47 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What the safety monitor saw of one watched file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum FileState {
+    /// The path names a file (or directory).
+    Present {
+        /// Inode number: a rename or replacement changes it.
+        inode: u64,
+        /// Size in bytes.
+        size: u64,
+        /// Modification time, seconds since the epoch.
+        mtime: i64,
+    },
+    /// Nothing at the path (renamed or removed).
+    Missing,
+}
+
+impl fmt::Display for FileState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileState::Present { inode, size, mtime } => write!(f, "inode {inode}, {size} bytes, mtime {mtime}"),
+            FileState::Missing => f.write_str("missing"),
+        }
+    }
+}
+
+/// A watched file's reported change, as the host received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileChange {
+    /// The watched path.
+    pub path: String,
+    /// Its state after the change.
+    pub state: FileState,
+    /// When the report arrived.
+    pub at: Instant,
+}
 
 /// One line the agent can send.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +74,34 @@ pub enum AgentLine {
         /// Guest uptime when sent.
         uptime: f64,
     },
+    /// `kfi file PATH INODE SIZE MTIME` or `kfi file PATH missing`: a
+    /// watched file's state when the agent's port opened.
+    File {
+        /// The watched path.
+        path: String,
+        /// Its state.
+        state: FileState,
+    },
+    /// `kfi changed PATH INODE SIZE MTIME` or `kfi changed PATH missing`:
+    /// a watched file changed since the last report.
+    Changed {
+        /// The watched path.
+        path: String,
+        /// Its new state.
+        state: FileState,
+    },
+}
+
+fn parse_file_state<'a>(words: &mut impl Iterator<Item = &'a str>) -> Option<FileState> {
+    let first = words.next()?;
+    if first == "missing" {
+        return Some(FileState::Missing);
+    }
+    Some(FileState::Present {
+        inode: first.parse().ok()?,
+        size: words.next()?.parse().ok()?,
+        mtime: words.next()?.parse().ok()?,
+    })
 }
 
 /// Parses one agent line; anything else is `None` (the port may carry
@@ -52,6 +121,15 @@ pub fn parse_line(line: &str) -> Option<AgentLine> {
         }
         "hb" => AgentLine::Heartbeat { seq: words.next()?.parse().ok()?, uptime: number(words.next())? },
         "ack" => AgentLine::Ack { seq: words.next()?.parse().ok()? },
+        kind @ ("file" | "changed") => {
+            let path = words.next().filter(|p| p.starts_with('/'))?.to_string();
+            let state = parse_file_state(&mut words)?;
+            if kind == "file" {
+                AgentLine::File { path, state }
+            } else {
+                AgentLine::Changed { path, state }
+            }
+        }
         _ => return None,
     };
     words.next().is_none().then_some(line)
@@ -82,6 +160,8 @@ struct State {
     phases: Vec<PhaseEvent>,
     heartbeat: Option<Heartbeat>,
     acks: std::collections::BTreeSet<u64>,
+    files: BTreeMap<String, FileState>,
+    changes: Vec<FileChange>,
     closed: bool,
 }
 
@@ -120,6 +200,14 @@ impl AgentChannel {
                     AgentLine::Ack { seq } => {
                         state.acks.insert(seq);
                     }
+                    AgentLine::File { path, state: file } => {
+                        state.files.insert(path, file);
+                    }
+                    AgentLine::Changed { path, state: file } => {
+                        tracing::info!(%path, %file, "the safety monitor reports a changed file");
+                        state.files.insert(path.clone(), file);
+                        state.changes.push(FileChange { path, state: file, at: now });
+                    }
                 }
                 cvar.notify_all();
             }
@@ -153,11 +241,41 @@ impl AgentChannel {
         self.state().heartbeat
     }
 
-    /// Forgets phases and heartbeats (after a reboot or restore).
+    /// Forgets phases, heartbeats and watched-file reports (after a reboot
+    /// or restore).
     pub fn reset(&self) {
         let mut state = self.state();
         state.phases.clear();
         state.heartbeat = None;
+        state.files.clear();
+        state.changes.clear();
+    }
+
+    /// The watched files as last reported (the manifest a snapshot taken
+    /// now records).
+    pub fn watched_files(&self) -> BTreeMap<String, FileState> {
+        self.state().files.clone()
+    }
+
+    /// Takes the watched-file changes reported since the last call.
+    pub fn take_changes(&self) -> Vec<FileChange> {
+        std::mem::take(&mut self.state().changes)
+    }
+
+    /// Waits until every path in `paths` has been reported at least once.
+    pub fn wait_watched(&self, paths: &[&str], timeout: Duration) -> bool {
+        self.wait_for(timeout, |s| paths.iter().all(|p| s.files.contains_key(*p)))
+    }
+
+    /// Waits for a reported change of `path` that [`AgentChannel::take_changes`]
+    /// has not taken yet.
+    pub fn wait_change(&self, path: &str, timeout: Duration) -> Option<FileState> {
+        let mut found = None;
+        self.wait_for(timeout, |s| {
+            found = s.changes.iter().rev().find(|c| c.path == path).map(|c| c.state);
+            found.is_some()
+        });
+        found
     }
 
     /// Waits until `pred` holds for the state, the channel closes, or the
@@ -222,6 +340,17 @@ mod tests {
         );
         assert_eq!(parse_line("kfi hb 7 9.01"), Some(AgentLine::Heartbeat { seq: 7, uptime: 9.01 }));
         assert_eq!(parse_line("kfi ack 12"), Some(AgentLine::Ack { seq: 12 }));
+        assert_eq!(
+            parse_line("kfi file /bin/busybox 12 2001 1700000000"),
+            Some(AgentLine::File {
+                path: "/bin/busybox".into(),
+                state: FileState::Present { inode: 12, size: 2001, mtime: 1_700_000_000 }
+            })
+        );
+        assert_eq!(
+            parse_line("kfi changed /www/index.html missing"),
+            Some(AgentLine::Changed { path: "/www/index.html".into(), state: FileState::Missing })
+        );
         for bad in [
             "",
             "kfi",
@@ -232,6 +361,11 @@ mod tests {
             "kfi hb 1 2 3",
             "hb 1 2",
             "kfi phase x 1 inf",
+            "kfi file",
+            "kfi file relative 1 2 3",
+            "kfi file /x 1 2",
+            "kfi changed /x missing 3",
+            "kfi changed /x 1 2 3 4",
         ] {
             assert_eq!(parse_line(bad), None, "{bad:?}");
         }

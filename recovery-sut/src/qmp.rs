@@ -218,6 +218,20 @@ impl Qmp {
         }
     }
 
+    /// Waits for the next event with one of `names` (other events are
+    /// dropped).
+    pub fn wait_any(&self, names: &[&str], timeout: Duration) -> Option<QmpEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.events.recv_timeout(left) {
+                Ok(e) if names.contains(&e.name.as_str()) => return Some(e),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Every event received so far and not yet taken.
     pub fn drain_events(&self) -> Vec<QmpEvent> {
         self.events.try_iter().collect()

@@ -1,7 +1,14 @@
 //! The recovery VMM's control loop: a system under test that keeps a guest's
 //! service up, notices kernel failures by itself, and brings the service
 //! back with a chosen strategy, timing each step.
+//!
+//! The safety monitor decides whether a snapshot may be restored: the guest
+//! agent reports the watched files (see [`crate::guest::Profile::watched_files`])
+//! and their changes; a snapshot whose recorded manifest no longer matches,
+//! or that was taken before a reported change, is invalid, and recovery
+//! falls back to a full reboot that takes fresh snapshots on the way up.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -9,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::{FileChange, FileState};
 use crate::guest::GuestImage;
 use crate::probe;
 use crate::snapshot::{self, Snapshot, SnapshotError};
@@ -29,11 +37,19 @@ pub enum Strategy {
     /// QEMU on the same ports, with RAM mapped lazily. Valid only while the
     /// data disk is unchanged since the snapshot.
     ServiceRestore,
+    /// The guest kernel loaded a crash kernel at boot (`crashkernel=`
+    /// reservation, `kexec_file_load`) and a panic jumps straight into it,
+    /// skipping firmware; its init mounts the data disk and starts the
+    /// services. The VMM only watches. Needs a VM with
+    /// [`VmConfig::crash_kernel_mib`]; the crash kernel has none of its
+    /// own, so the next panic falls back to a full reboot.
+    KexecReboot,
 }
 
 impl Strategy {
     /// Every strategy, baseline first.
-    pub const ALL: [Strategy; 3] = [Strategy::FullReboot, Strategy::PhaseRestore, Strategy::ServiceRestore];
+    pub const ALL: [Strategy; 4] =
+        [Strategy::FullReboot, Strategy::PhaseRestore, Strategy::ServiceRestore, Strategy::KexecReboot];
 
     /// Its name on the command line and in results.
     pub fn name(self) -> &'static str {
@@ -41,6 +57,26 @@ impl Strategy {
             Strategy::FullReboot => "full-reboot",
             Strategy::PhaseRestore => "phase-restore",
             Strategy::ServiceRestore => "service-restore",
+            Strategy::KexecReboot => "kexec-reboot",
+        }
+    }
+}
+
+/// The crash kernel reservation of kexec-reboot: the tiny guest's crash
+/// kernel has about 58 MiB free in it, enough for its init and services.
+pub const KEXEC_CRASH_KERNEL_MIB: u32 = 128;
+
+impl Strategy {
+    /// The VM configuration a SUT recovering with this strategy boots
+    /// with: kexec-reboot reserves a crash kernel, and enough RAM besides.
+    pub fn vm_config(self, base: &VmConfig) -> VmConfig {
+        match self {
+            Strategy::KexecReboot => VmConfig {
+                crash_kernel_mib: Some(KEXEC_CRASH_KERNEL_MIB),
+                memory_mib: base.memory_mib.max(KEXEC_CRASH_KERNEL_MIB + crate::vm::CRASH_KERNEL_HOST_MIB),
+                ..base.clone()
+            },
+            _ => base.clone(),
         }
     }
 }
@@ -53,7 +89,9 @@ impl fmt::Display for Strategy {
 
 /// An unknown strategy name.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown recovery strategy `{0}`: the strategies are full-reboot, phase-restore and service-restore")]
+#[error(
+    "unknown recovery strategy `{0}`: the strategies are full-reboot, phase-restore, service-restore and kexec-reboot"
+)]
 pub struct UnknownStrategy(String);
 
 impl FromStr for Strategy {
@@ -69,10 +107,121 @@ impl FromStr for Strategy {
 pub enum FailureCause {
     /// pvpanic raised GUEST_PANICKED.
     GuestPanicked,
+    /// pvpanic raised GUEST_CRASHLOADED: the kernel panicked with a crash
+    /// kernel loaded and goes on into it (QEMU does not pause it).
+    GuestCrashLoaded,
     /// The agent's heartbeat stopped.
     HeartbeatLost,
     /// The QEMU process died.
     QemuExited,
+    /// The guest stopped feeding its i6300esb watchdog (QMP `WATCHDOG`).
+    Watchdog,
+    /// The host's periodic probe of the service failed several times in a
+    /// row (no answer, or a wrong one).
+    ServiceProbe,
+}
+
+impl FailureCause {
+    /// Its name in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureCause::GuestPanicked => "guest-panicked",
+            FailureCause::GuestCrashLoaded => "guest-crash-loaded",
+            FailureCause::HeartbeatLost => "heartbeat-lost",
+            FailureCause::QemuExited => "qemu-exited",
+            FailureCause::Watchdog => "watchdog",
+            FailureCause::ServiceProbe => "service-probe",
+        }
+    }
+}
+
+/// The host's periodic probe of the service as a failure detector.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceProbe {
+    /// Time between the starts of two probes.
+    pub interval: Duration,
+    /// How long one probe may take.
+    pub timeout: Duration,
+    /// Consecutive failed probes that make a failure.
+    pub failures: u32,
+}
+
+impl Default for ServiceProbe {
+    /// Tolerant enough for a TCG guest under load: 3 failures of 1 s
+    /// probes every 0.5 s.
+    fn default() -> Self {
+        ServiceProbe { interval: Duration::from_millis(500), timeout: Duration::from_secs(1), failures: 3 }
+    }
+}
+
+/// Which failure detectors watch the guest. pvpanic (GUEST_PANICKED,
+/// GUEST_CRASHLOADED) and QEMU's exit are always watched.
+#[derive(Debug, Clone, Copy)]
+pub struct Detectors {
+    /// A heartbeat older than this is a failure; `None`: not watched.
+    pub heartbeat_timeout: Option<Duration>,
+    /// Watch for QMP `WATCHDOG` events (needs [`VmConfig::watchdog_s`]).
+    pub watchdog: bool,
+    /// Probe the service from the host; `None`: no probe.
+    pub probe: Option<ServiceProbe>,
+}
+
+impl Detectors {
+    /// Only the heartbeat (with pvpanic and QEMU's exit).
+    pub fn heartbeat(timeout: Duration) -> Detectors {
+        Detectors { heartbeat_timeout: Some(timeout), watchdog: false, probe: None }
+    }
+}
+
+/// Probes the service on its own thread, so that a slow probe never delays
+/// the other detectors; says when the last of `failures` consecutive
+/// failures happened. It stops when dropped.
+struct ProbeThread {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failed_at: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl ProbeThread {
+    fn start(vm: &Vm, probe: ServiceProbe) -> ProbeThread {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed_at = Arc::new(Mutex::new(None));
+        let (addr, doc) = (vm.http_addr(), vm.image().docs.index().clone());
+        let (thread_stop, thread_failed) = (stop.clone(), failed_at.clone());
+        let body = move || {
+            let mut failures = 0;
+            while !thread_stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                match probe::check_doc(addr, &doc, probe.timeout) {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::debug!("service probe {failures}/{} failed: {e}", probe.failures);
+                        if failures >= probe.failures {
+                            *thread_failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                            return;
+                        }
+                    }
+                }
+                std::thread::sleep(probe.interval.saturating_sub(started.elapsed()));
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("service-probe".into()).spawn(body) {
+            tracing::warn!("cannot start the service probe thread: {e}");
+        }
+        ProbeThread { stop, failed_at }
+    }
+
+    fn failed_at(&self) -> Option<Instant> {
+        *self.failed_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for ProbeThread {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A detected failure.
@@ -193,7 +342,35 @@ pub struct Sut {
     /// The data disk changed since the service snapshot: restoring it
     /// would bring back a page cache that disagrees with the disk.
     data_dirty: bool,
+    /// The watched files as the agents last reported them, across VMs.
+    files: BTreeMap<String, FileState>,
+    /// Every watched-file change reported since the older snapshot.
+    changes: Vec<FileChange>,
+    /// When the service and phase snapshots were taken (or, for golden
+    /// ones, adopted): a change reported later invalidates them.
+    service_taken: Instant,
+    phase_taken: Instant,
 }
+
+/// Which recovery snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Service,
+    Phase,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Service => "service",
+            Which::Phase => "phase",
+        }
+    }
+}
+
+/// How long the agent gets to report the watched files before a snapshot
+/// is taken without a complete manifest.
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Write requests QEMU has counted on the data disk, if there is one.
 fn data_writes(vm: &mut Vm) -> Option<u64> {
@@ -214,11 +391,18 @@ impl Sut {
         config.extra_cmdline.push("kfi.hold=userland".into());
         let mut vm = Vm::start(image, &config)?;
         vm.wait_phase("held", SERVICE_TIMEOUT)?;
+        // The agent reports the watched files just before `held`.
         let phase_snapshot = Some(snapshot::take(&mut vm, &snapshots.path().join("phase"), "userland")?);
+        let phase_taken = Instant::now();
         vm.agent().send("continue").map_err(|source| RecoveryError::Io { what: "the agent command", source })?;
         vm.wait_http(SERVICE_TIMEOUT)?;
         let config = vm.config();
-        Ok(Sut {
+        // Commands sent before the agent's heartbeat loop holds its port
+        // are lost (see `recover`).
+        if vm.agent().wait_heartbeat(0, SERVICE_TIMEOUT).is_none() {
+            tracing::warn!("no agent heartbeat after the boot");
+        }
+        let mut sut = Sut {
             image: image.clone(),
             config,
             vm: Some(vm),
@@ -228,7 +412,13 @@ impl Sut {
             phase_snapshot,
             data_baseline: None,
             data_dirty: false,
-        })
+            files: BTreeMap::new(),
+            changes: Vec::new(),
+            service_taken: phase_taken,
+            phase_taken,
+        };
+        sut.wait_crash_kernel()?;
+        Ok(sut)
     }
 
     /// Freezes the running service as a campaign's starting point: a
@@ -240,6 +430,7 @@ impl Sut {
             .map(|name| self._disks.path().join(name))
             .filter(|p| p.exists())
             .collect();
+        self.wait_manifest();
         let service = snapshot::take_with_disks(self.vm(), &dir.join("service"), "services-ready", &disks)?;
         let phase = match &self.phase_snapshot {
             Some(phase) => Some(copy_snapshot(phase, &dir.join("phase"))?),
@@ -267,6 +458,7 @@ impl Sut {
         let mut vm = Vm::restore(&golden.image, &config, &service)?;
         let data_baseline = data_writes(&mut vm);
         let config = vm.config();
+        let now = Instant::now();
         Ok(Sut {
             image: golden.image.clone(),
             config,
@@ -277,6 +469,10 @@ impl Sut {
             phase_snapshot: golden.phase.clone(),
             data_baseline,
             data_dirty: false,
+            files: BTreeMap::new(),
+            changes: Vec::new(),
+            service_taken: now,
+            phase_taken: now,
         })
     }
 
@@ -293,10 +489,79 @@ impl Sut {
     /// Takes the service-restore snapshot now (services must be running).
     pub fn snapshot_service(&mut self) -> Result<&Snapshot, RecoveryError> {
         let dir = self.snapshots.path().join("service");
+        self.wait_manifest();
         let snap = snapshot::take(self.vm(), &dir, "services-ready")?;
+        self.service_taken = Instant::now();
+        self.absorb_agent();
         self.data_baseline = data_writes(self.vm());
         self.data_dirty = false;
         Ok(self.service_snapshot.insert(snap))
+    }
+
+    /// With a crash kernel configured, waits until the guest has loaded it
+    /// (the init does so in the background once services run): until then
+    /// a panic cannot kexec.
+    fn wait_crash_kernel(&mut self) -> Result<(), RecoveryError> {
+        if self.config.crash_kernel_mib.is_some() {
+            self.vm().wait_phase("kexec-loaded", SERVICE_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the agent has reported every watched file, so that a
+    /// snapshot records the full manifest.
+    fn wait_manifest(&mut self) {
+        // The heartbeat loop's manifest (a boot's hold reported one
+        // earlier): the service then runs with the agent in its loop, and
+        // a guest restored from the snapshot obeys commands at once.
+        if self.vm().agent().wait_heartbeat(0, MANIFEST_TIMEOUT).is_none() {
+            tracing::warn!("no agent heartbeat within {MANIFEST_TIMEOUT:?} before the snapshot");
+        }
+        let watched = self.image.profile().watched_files();
+        if !self.vm().agent().wait_watched(watched, MANIFEST_TIMEOUT) {
+            tracing::warn!("the agent reported no manifest of the watched files within {MANIFEST_TIMEOUT:?}; the snapshot cannot be checked against file changes");
+        }
+    }
+
+    /// Takes the watched-file reports of the current VM's agent into the
+    /// SUT's own view, which outlives the VM.
+    fn absorb_agent(&mut self) {
+        let Some(vm) = self.vm.as_ref() else { return };
+        let changes = vm.agent().take_changes();
+        self.files.extend(vm.agent().watched_files());
+        self.changes.extend(changes);
+        // Changes older than both snapshots can no longer invalidate one.
+        let oldest = self.service_taken.min(self.phase_taken);
+        self.changes.retain(|c| c.at > oldest);
+    }
+
+    /// Why the safety monitor forbids restoring a snapshot, if it does:
+    /// a watched file differs from the snapshot's manifest, or changed
+    /// after the snapshot was taken.
+    fn unsafe_reason(&self, which: Which) -> Option<String> {
+        let (snap, taken) = match which {
+            Which::Service => (self.service_snapshot.as_ref()?, self.service_taken),
+            Which::Phase => (self.phase_snapshot.as_ref()?, self.phase_taken),
+        };
+        let mut changed: BTreeMap<&str, String> = BTreeMap::new();
+        for (path, was) in &snap.meta.watched {
+            match self.files.get(path) {
+                Some(now) if now != was => {
+                    changed.insert(path, format!("{path} (was {was}, now {now})"));
+                }
+                _ => {}
+            }
+        }
+        for c in self.changes.iter().filter(|c| c.at > taken) {
+            changed.entry(&c.path).or_insert_with(|| format!("{} (changed to {} after the snapshot)", c.path, c.state));
+        }
+        (!changed.is_empty()).then(|| {
+            format!(
+                "the safety monitor saw watched files change since the {} snapshot: {}; restoring it would bring back a system that disagrees with them",
+                which.name(),
+                changed.into_values().collect::<Vec<_>>().join(", ")
+            )
+        })
     }
 
     /// The phase snapshot, if the guest could hold for one.
@@ -307,23 +572,65 @@ impl Sut {
     /// Waits for a failure: a GUEST_PANICKED event, a heartbeat older than
     /// `heartbeat_timeout`, or QEMU gone.
     pub fn wait_failure(&mut self, timeout: Duration, heartbeat_timeout: Duration) -> Result<Failure, RecoveryError> {
-        let deadline = Instant::now() + timeout;
+        self.wait_failure_with(timeout, &Detectors::heartbeat(heartbeat_timeout))
+    }
+
+    /// Waits for a failure seen by any of `detectors` (and always a
+    /// GUEST_PANICKED event or QEMU gone); the first one to fire names the
+    /// cause.
+    pub fn wait_failure_with(&mut self, timeout: Duration, detectors: &Detectors) -> Result<Failure, RecoveryError> {
+        self.watch(detectors, Some(Instant::now() + timeout), &|| false)?.ok_or(RecoveryError::NoFailure(timeout))
+    }
+
+    /// Watches as [`Sut::wait_failure_with`] does, with no time limit,
+    /// until a failure (`Some`) or until `stop` returns true (`None`;
+    /// polled every few milliseconds).
+    pub fn watch_until(
+        &mut self,
+        detectors: &Detectors,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Failure>, RecoveryError> {
+        self.watch(detectors, None, stop)
+    }
+
+    fn watch(
+        &mut self,
+        detectors: &Detectors,
+        deadline: Option<Instant>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Failure>, RecoveryError> {
         let vm = self.vm();
+        let probe = detectors.probe.map(|p| ProbeThread::start(vm, p));
+        let events: &[&str] = if detectors.watchdog {
+            &["GUEST_PANICKED", "GUEST_CRASHLOADED", "WATCHDOG"]
+        } else {
+            &["GUEST_PANICKED", "GUEST_CRASHLOADED"]
+        };
         let watch_from = Instant::now();
         loop {
-            if let Some(event) = vm.qmp().wait_event("GUEST_PANICKED", Duration::from_millis(2)) {
-                return Ok(Failure { cause: FailureCause::GuestPanicked, detected_at: event.at });
+            if let Some(event) = vm.qmp().wait_any(events, Duration::from_millis(2)) {
+                let cause = match event.name.as_str() {
+                    "WATCHDOG" => FailureCause::Watchdog,
+                    "GUEST_CRASHLOADED" => FailureCause::GuestCrashLoaded,
+                    _ => FailureCause::GuestPanicked,
+                };
+                return Ok(Some(Failure { cause, detected_at: event.at }));
             }
             let now = Instant::now();
             if vm.check_alive().is_err() {
-                return Ok(Failure { cause: FailureCause::QemuExited, detected_at: now });
+                return Ok(Some(Failure { cause: FailureCause::QemuExited, detected_at: now }));
             }
-            let last_beat = vm.agent().last_heartbeat().map(|h| h.at).unwrap_or(watch_from).max(watch_from);
-            if now.duration_since(last_beat) > heartbeat_timeout {
-                return Ok(Failure { cause: FailureCause::HeartbeatLost, detected_at: now });
+            if let Some(heartbeat_timeout) = detectors.heartbeat_timeout {
+                let last_beat = vm.agent().last_heartbeat().map(|h| h.at).unwrap_or(watch_from).max(watch_from);
+                if now.duration_since(last_beat) > heartbeat_timeout {
+                    return Ok(Some(Failure { cause: FailureCause::HeartbeatLost, detected_at: now }));
+                }
             }
-            if now >= deadline {
-                return Err(RecoveryError::NoFailure(timeout));
+            if let Some(at) = probe.as_ref().and_then(ProbeThread::failed_at) {
+                return Ok(Some(Failure { cause: FailureCause::ServiceProbe, detected_at: at }));
+            }
+            if deadline.is_some_and(|d| now >= d) || stop() {
+                return Ok(None);
             }
         }
     }
@@ -335,6 +642,7 @@ impl Sut {
     /// reboot; the timing says which ran and why.
     pub fn recover(&mut self, strategy: Strategy, failure: &Failure) -> Result<RecoveryTiming, RecoveryError> {
         let started = Instant::now();
+        self.absorb_agent();
         // The crashed QEMU still counts the data disk's writes.
         if let (Some(baseline), Some(now)) = (self.data_baseline, data_writes(self.vm())) {
             if now > baseline {
@@ -343,12 +651,35 @@ impl Sut {
         }
         let mut fallback_reason = None;
         let mut used = strategy;
+        if strategy == Strategy::KexecReboot {
+            match failure.cause {
+                // Already on its way into the crash kernel: phases from
+                // here on are the crash kernel's.
+                FailureCause::GuestCrashLoaded => self.vm().agent().reset(),
+                FailureCause::GuestPanicked => {
+                    used = Strategy::FullReboot;
+                    fallback_reason = Some(
+                        "the kernel panicked with no crash kernel loaded (booted without one, not loaded yet, or already running it)"
+                            .to_string(),
+                    );
+                }
+                other => {
+                    used = Strategy::FullReboot;
+                    fallback_reason = Some(format!(
+                        "the failure ({}) was no panic: only a panic enters the crash kernel",
+                        other.name()
+                    ));
+                }
+            }
+        }
         if strategy == Strategy::ServiceRestore {
             let reason = if self.data_dirty {
                 Some(
                     "the data disk was written since the service snapshot; its page cache would disagree with the disk"
                         .to_string(),
                 )
+            } else if let Some(reason) = self.unsafe_reason(Which::Service) {
+                Some(reason)
             } else {
                 self.try_restore(self.service_snapshot.clone(), "service").err()
             };
@@ -358,7 +689,11 @@ impl Sut {
             }
         }
         if used == Strategy::PhaseRestore {
-            match self.try_restore(self.phase_snapshot.clone(), "phase") {
+            let restored = match self.unsafe_reason(Which::Phase) {
+                Some(reason) => Err(reason),
+                None => self.try_restore(self.phase_snapshot.clone(), "phase"),
+            };
+            match restored {
                 Ok(()) => self
                     .vm()
                     .agent()
@@ -393,7 +728,7 @@ impl Sut {
             // the new QEMU counts writes from zero.
             Strategy::ServiceRestore => self.data_baseline = data_writes(self.vm()),
             // The data disk, if any, was mounted anew (journal replay included).
-            Strategy::PhaseRestore | Strategy::FullReboot => {
+            Strategy::PhaseRestore | Strategy::FullReboot | Strategy::KexecReboot => {
                 if data_writes(self.vm()).is_some() {
                     self.data_dirty = true;
                 }
@@ -411,6 +746,9 @@ impl Sut {
         // the agent reads commands from before its first heartbeat on.
         if self.vm().agent().wait_heartbeat(0, SERVICE_TIMEOUT).is_none() {
             tracing::warn!("no agent heartbeat after {used}");
+        }
+        if used == Strategy::FullReboot {
+            self.wait_crash_kernel()?;
         }
         Ok(RecoveryTiming {
             strategy: used,
@@ -443,25 +781,86 @@ impl Sut {
     }
 
     fn full_reboot(&mut self) -> Result<(), RecoveryError> {
+        // Snapshots the safety monitor has invalidated are taken again on
+        // the way up, which needs RAM of the VM's own: a restored QEMU maps
+        // a snapshot's RAM privately, so it makes way for a cold start.
+        let retake = self.unsafe_reason(Which::Service).is_some() || self.unsafe_reason(Which::Phase).is_some();
         let vm = match self.vm.take() {
-            Some(mut vm) if vm.check_alive().is_ok() => {
+            Some(mut vm) if vm.check_alive().is_ok() && (vm.snapshottable() || !retake) => {
                 vm.agent().reset();
                 vm.qmp().execute("system_reset", None).map_err(VmError::from)?;
+                // A watchdog or panic event of the old boot must not count
+                // as a failure of the new one.
+                vm.qmp().drain_events();
                 // A panicked guest stays paused across the reset.
                 if vm.status()? != "running" {
                     vm.cont()?;
                 }
                 vm
             }
-            // QEMU itself is gone: a cold start on the same ports and disks.
-            _ => Vm::start(&self.image, &self.config)?,
+            // QEMU itself is gone (or must go): a cold start on the same
+            // ports and disks, once the old one has released them.
+            old => {
+                if let Some(old) = old {
+                    old.kill();
+                }
+                Vm::start(&self.image, &self.config)?
+            }
         };
+        self.vm = Some(vm);
         // The boot stops at the phase boundary it was told to hold at.
         if self.phase_snapshot.is_some() {
-            vm.wait_phase("held", SERVICE_TIMEOUT)?;
-            vm.agent().send("continue").map_err(|source| RecoveryError::Io { what: "the agent command", source })?;
+            self.vm().wait_phase("held", SERVICE_TIMEOUT)?;
+            self.absorb_agent();
+            if let Some(reason) = self.unsafe_reason(Which::Phase) {
+                if self.vm().snapshottable() {
+                    tracing::info!("taking the phase snapshot again: {reason}");
+                    let dir = self.snapshots.path().join("phase");
+                    self.phase_snapshot = Some(snapshot::take(self.vm(), &dir, "userland")?);
+                    self.phase_taken = Instant::now();
+                }
+            }
+            self.vm()
+                .agent()
+                .send("continue")
+                .map_err(|source| RecoveryError::Io { what: "the agent command", source })?;
         }
-        self.vm = Some(vm);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategy_and_cause_names_match_their_serialized_form() {
+        for s in Strategy::ALL {
+            assert_eq!(s.name().parse::<Strategy>().unwrap(), s);
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+        }
+        assert_eq!("kexec-reboot".parse::<Strategy>().unwrap(), Strategy::KexecReboot);
+        let err = "warp".parse::<Strategy>().unwrap_err().to_string();
+        assert!(err.contains("`warp`") && err.contains("kexec-reboot"), "{err}");
+        for cause in [
+            FailureCause::GuestPanicked,
+            FailureCause::GuestCrashLoaded,
+            FailureCause::HeartbeatLost,
+            FailureCause::QemuExited,
+            FailureCause::Watchdog,
+            FailureCause::ServiceProbe,
+        ] {
+            assert_eq!(serde_json::to_value(cause).unwrap(), cause.name());
+        }
+    }
+
+    #[test]
+    fn kexec_reboot_reserves_a_crash_kernel_with_room_besides() {
+        let base = VmConfig { memory_mib: 256, ..VmConfig::default() };
+        let kexec = Strategy::KexecReboot.vm_config(&base);
+        assert_eq!(kexec.crash_kernel_mib, Some(KEXEC_CRASH_KERNEL_MIB));
+        assert!(kexec.memory_mib >= KEXEC_CRASH_KERNEL_MIB + crate::vm::CRASH_KERNEL_HOST_MIB);
+        assert_eq!(Strategy::ServiceRestore.vm_config(&base).crash_kernel_mib, None);
+        assert_eq!(Strategy::FullReboot.vm_config(&base).memory_mib, 256);
     }
 }

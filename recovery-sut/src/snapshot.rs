@@ -6,12 +6,14 @@
 //! file copy; restoring maps the RAM file copy-on-write, so pages load on
 //! first touch and the file stays reusable for the next restore.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::agent::FileState;
 use crate::cache::{CacheError, Manifest, PartialDir};
 use crate::vm::{Vm, VmError};
 
@@ -37,6 +39,11 @@ pub struct SnapshotMeta {
     pub phase: String,
     /// How long the guest was paused to take it, in seconds.
     pub pause_s: f64,
+    /// The safety monitor's watched files as the agent last reported them
+    /// before the snapshot: the snapshot is valid only while they stay so.
+    /// Empty for snapshots of older kfi versions (nothing to check).
+    #[serde(default)]
+    pub watched: BTreeMap<String, FileState>,
 }
 
 /// Errors taking or opening snapshots.
@@ -165,6 +172,7 @@ pub fn take_with_disks(vm: &mut Vm, dir: &Path, phase: &str, disks: &[PathBuf]) 
         memory_mib: vm.config().memory_mib,
         phase: phase.to_string(),
         pause_s,
+        watched: vm.agent().watched_files(),
     };
     let disk_names: Vec<String> =
         disks.iter().filter_map(|d| d.file_name().map(|n| format!("{DISKS}/{}", n.to_string_lossy()))).collect();

@@ -22,6 +22,11 @@ use crate::probe::{self, ProbeError};
 use crate::qmp::{Qmp, QmpError, QmpEvent};
 use crate::tools::{self, ToolError};
 
+/// RAM the running tiny kernel needs besides a crash kernel reservation:
+/// its kexec initramfs carries the kernel and a second initramfs (at 128
+/// MiB it runs out of memory unpacking them).
+pub const CRASH_KERNEL_HOST_MIB: u32 = 256;
+
 /// How long QEMU gets to create its sockets before it counts as hung.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,6 +59,16 @@ pub struct VmConfig {
     /// reused if present, so a restored VM sees the disk as the crashed one
     /// left it (the data disk is never rolled back). `None`: the run dir.
     pub disk_dir: Option<PathBuf>,
+    /// Give the guest an i6300esb watchdog with this timeout in seconds,
+    /// fed by the guest once its services run; QEMU then reports a guest
+    /// that stops feeding it with a `WATCHDOG` event and leaves it running
+    /// (the VMM decides what to do). `None`: no watchdog device.
+    pub watchdog_s: Option<u32>,
+    /// Reserve this much of the guest's RAM for a crash kernel
+    /// (`crashkernel=`) and boot the image's kexec initramfs, whose init
+    /// loads one there: a panic then reboots into it without firmware
+    /// (kexec-reboot). `None`: no crash kernel.
+    pub crash_kernel_mib: Option<u32>,
 }
 
 impl Default for VmConfig {
@@ -70,6 +85,8 @@ impl Default for VmConfig {
             keep_run_dir: false,
             shared_ram: false,
             disk_dir: None,
+            watchdog_s: None,
+            crash_kernel_mib: None,
         }
     }
 }
@@ -131,6 +148,20 @@ pub enum VmError {
     /// A snapshot could not be loaded.
     #[error("restoring the snapshot failed: {0}")]
     Restore(String),
+    /// A crash kernel was asked for where the image has none.
+    #[error("the {profile} guest image has no crash kernel to load; kexec-reboot needs the tiny guest")]
+    NoCrashKernel {
+        /// Profile.
+        profile: String,
+    },
+    /// The crash kernel reservation leaves the running kernel too little.
+    #[error("a {crash} MiB crash kernel reservation leaves too little of {asked} MiB guest RAM for the running kernel and its larger initramfs: give the guest at least {} MiB", crash + CRASH_KERNEL_HOST_MIB)]
+    CrashKernelMemory {
+        /// The reservation.
+        crash: u32,
+        /// Guest RAM asked for.
+        asked: u32,
+    },
     /// Not enough RAM for the profile.
     #[error("the {profile} guest needs at least {min} MiB of RAM, {asked} MiB were asked for")]
     TooLittleMemory {
@@ -240,6 +271,19 @@ fn qemu_args(
 ) -> Vec<String> {
     let p = |name: &str| dir.join(name).display().to_string();
     let mut cmdline = vec!["console=ttyS0".to_string(), "nokaslr".into(), format!("kfi.hb={}", config.heartbeat_s)];
+    if let Some(timeout) = config.watchdog_s {
+        // The tiny init feeds it with busybox `watchdog`; systemd (debian)
+        // with its runtime watchdog.
+        cmdline.push(format!("kfi.watchdog={timeout}"));
+        cmdline.push(format!("systemd.watchdog_sec={timeout}"));
+    }
+    if let Some(mib) = config.crash_kernel_mib {
+        // pvpanic is a panic notifier: run the notifiers before the jump,
+        // so the VMM hears of the panic at once (with a crash kernel
+        // loaded pvpanic reports GUEST_CRASHLOADED, on which QEMU does not
+        // pause the guest).
+        cmdline.extend([format!("crashkernel={mib}M"), "crash_kexec_post_notifiers".into(), "kfi.kexec=load".into()]);
+    }
     cmdline.extend(image.meta.cmdline.split_whitespace().map(str::to_string));
     cmdline.extend(config.extra_cmdline.iter().cloned());
     let mut args: Vec<String> = vec![
@@ -265,7 +309,10 @@ fn qemu_args(
         "-kernel".into(),
         image.kernel.boot_image.display().to_string(),
         "-initrd".into(),
-        image.initramfs().display().to_string(),
+        match (config.crash_kernel_mib, image.kexec_initramfs()) {
+            (Some(_), Some(kexec)) => kexec.display().to_string(),
+            _ => image.initramfs().display().to_string(),
+        },
         "-append".into(),
         cmdline.join(" "),
         "-serial".into(),
@@ -297,6 +344,9 @@ fn qemu_args(
         "-pidfile".into(),
         p("qemu.pid"),
     ];
+    if config.watchdog_s.is_some() {
+        args.extend(["-device".into(), "i6300esb".into(), "-action".into(), "watchdog=none".into()]);
+    }
     match ram {
         Ram::Anonymous => {}
         Ram::SharedFile => {
@@ -444,6 +494,14 @@ impl Vm {
     }
 
     fn launch(image: &GuestImage, config: &VmConfig, ram: &Ram) -> Result<Vm, VmError> {
+        if let Some(crash) = config.crash_kernel_mib {
+            if image.kexec_initramfs().is_none() {
+                return Err(VmError::NoCrashKernel { profile: image.profile().to_string() });
+            }
+            if config.memory_mib < crash + CRASH_KERNEL_HOST_MIB {
+                return Err(VmError::CrashKernelMemory { crash, asked: config.memory_mib });
+            }
+        }
         if config.memory_mib < image.meta.min_memory_mib {
             return Err(VmError::TooLittleMemory {
                 profile: image.profile().to_string(),

@@ -298,3 +298,140 @@ fn acknowledged_writes_survive_every_strategy() {
         }
     }
 }
+
+#[test]
+fn a_renamed_watched_file_makes_recovery_reboot_and_take_fresh_snapshots() {
+    use recovery_sut::agent::FileState;
+    use recovery_sut::{Strategy, Sut};
+    let image = tiny_image();
+    let mut sut = Sut::boot(&image, &tcg()).expect("boot");
+    let snap = sut.snapshot_service().expect("snapshot").clone();
+    assert!(
+        matches!(snap.meta.watched.get("/www/index.html"), Some(FileState::Present { .. })),
+        "the snapshot's manifest lacks the served index: {:?}",
+        snap.meta.watched
+    );
+    assert_eq!(
+        snap.meta.watched.keys().map(String::as_str).collect::<Vec<_>>(),
+        image.profile().watched_files(),
+        "every watched file is in the manifest"
+    );
+
+    // Nothing changed: the snapshot is restored.
+    sut.vm().agent().send("sysrq c").expect("agent command");
+    let timing = recover_after_crash(&mut sut, Strategy::ServiceRestore);
+    assert_eq!(timing.strategy, Strategy::ServiceRestore, "{timing:?}");
+    assert!(timing.fallback_reason.is_none(), "{timing:?}");
+
+    // The served index is renamed away while the system runs: the monitor
+    // reports it, and both snapshots depend on it.
+    sut.vm().agent().send("mv /www/index.html /www/index.old").expect("agent command");
+    let state = sut.vm().agent().wait_change("/www/index.html", Duration::from_secs(15)).expect("change reported");
+    assert_eq!(state, FileState::Missing);
+    sut.vm().agent().send("sysrq c").expect("agent command");
+    let timing = recover_after_crash(&mut sut, Strategy::ServiceRestore);
+    assert_eq!(timing.strategy, Strategy::FullReboot, "{timing:?}");
+    let reason = timing.fallback_reason.expect("a reason");
+    eprintln!("fallback: {reason}");
+    assert!(reason.contains("/www/index.html") && reason.contains("service snapshot"), "{reason}");
+    assert!(reason.contains("phase snapshot"), "the phase snapshot depends on it too: {reason}");
+
+    // The reboot took fresh snapshots on the way up: the next crash is
+    // restored from them again.
+    sut.vm().agent().send("sysrq c").expect("agent command");
+    let timing = recover_after_crash(&mut sut, Strategy::ServiceRestore);
+    assert_eq!(timing.strategy, Strategy::ServiceRestore, "{timing:?}");
+    assert!(timing.fallback_reason.is_none(), "{timing:?}");
+    sut.vm().agent().send("sysrq c").expect("agent command");
+    let timing = recover_after_crash(&mut sut, Strategy::PhaseRestore);
+    assert_eq!(timing.strategy, Strategy::PhaseRestore, "{timing:?}");
+}
+
+#[test]
+fn a_hang_is_caught_by_the_watchdog_or_the_service_probe_without_heartbeats() {
+    use recovery_sut::recovery::{Detectors, FailureCause, ServiceProbe};
+    use recovery_sut::{Strategy, Sut};
+    use std::time::Instant;
+    let image = tiny_image();
+    let mut sut = Sut::boot(&image, &VmConfig { watchdog_s: Some(2), ..tcg() }).expect("boot");
+    sut.snapshot_service().expect("snapshot");
+    let quiet = Detectors { heartbeat_timeout: None, watchdog: true, probe: Some(ServiceProbe::default()) };
+    // Fed and serving: neither detector fires while the guest is healthy.
+    let err = sut.wait_failure_with(Duration::from_secs(6), &quiet).unwrap_err();
+    assert!(err.to_string().contains("no failure"), "{err}");
+
+    for (detectors, want) in [
+        (Detectors { probe: None, ..quiet }, Some(FailureCause::Watchdog)),
+        (Detectors { watchdog: false, ..quiet }, Some(FailureCause::ServiceProbe)),
+        (quiet, None),
+    ] {
+        sut.vm().agent().send("freeze").expect("agent command");
+        let frozen = Instant::now();
+        let failure = sut.wait_failure_with(Duration::from_secs(60), &detectors).expect("the hang is detected");
+        let latency = failure.detected_at.duration_since(frozen);
+        eprintln!("{:?} after {latency:?}", failure.cause);
+        match want {
+            Some(cause) => assert_eq!(failure.cause, cause),
+            None => assert!(matches!(failure.cause, FailureCause::Watchdog | FailureCause::ServiceProbe)),
+        }
+        assert!(latency < Duration::from_secs(15), "{:?} took {latency:?}", failure.cause);
+        let timing = sut.recover(Strategy::ServiceRestore, &failure).expect("recovered");
+        assert_eq!(timing.cause, failure.cause);
+        probe::check_doc(sut.vm().http_addr(), image.docs.index(), Duration::from_secs(10)).expect("serving");
+    }
+}
+
+#[test]
+fn kexec_reboot_recovers_a_crash_in_the_crash_kernel_and_serves_correct_content() {
+    use recovery_sut::recovery::FailureCause;
+    use recovery_sut::{Strategy, Sut};
+    let image = tiny_image();
+    let config = Strategy::KexecReboot.vm_config(&VmConfig { data_disk: true, ..tcg() });
+    // Sut::boot returns once the crash kernel is loaded.
+    let mut sut = Sut::boot(&image, &config).expect("boot");
+    sut.vm().agent().wait_heartbeat(0, BOOT).expect("heartbeat");
+    sut.vm().agent().send("append 1").unwrap();
+    assert!(sut.vm().agent().wait_ack(1, Duration::from_secs(10)), "write 1 not acknowledged");
+
+    sut.vm().agent().send("sysrq c").unwrap();
+    let failure = sut.wait_failure(Duration::from_secs(30), Duration::from_secs(5)).expect("failure");
+    assert_eq!(failure.cause, FailureCause::GuestCrashLoaded, "pvpanic reports the loaded crash kernel");
+    let timing = sut.recover(Strategy::KexecReboot, &failure).expect("recovered");
+    eprintln!("kexec-reboot: {timing:?}");
+    eprintln!(
+        "crash kernel phases {:?}, failure at {:?}",
+        sut.vm().agent().phases(),
+        failure.detected_at.duration_since(sut.vm().started())
+    );
+    assert_eq!(timing.strategy, Strategy::KexecReboot, "{timing:?}");
+    assert!(timing.fallback_reason.is_none(), "{timing:?}");
+    // It really is the crash kernel (no firmware, no reset): the kernel
+    // was started by kexec with its own command line.
+    let console = std::fs::read_to_string(sut.vm().console_log()).unwrap();
+    assert!(
+        console.contains("elfcorehdr=") && console.contains("kfi.kexec=crash"),
+        "no crash kernel boot on the console"
+    );
+    for doc in image.docs.docs.iter().step_by(40) {
+        probe::check_doc(sut.vm().http_addr(), doc, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{}: {e}", doc.path));
+    }
+    let answer = probe::http_get(sut.vm().http_addr(), "/data/acked", Duration::from_secs(10)).unwrap();
+    assert_eq!(String::from_utf8_lossy(&answer.body).trim(), "1", "the acknowledged write survived");
+
+    // The crash kernel has no crash kernel of its own: the next panic is
+    // a plain one, and kexec-reboot falls back to a full reboot, which
+    // loads one again for the panic after.
+    sut.vm().agent().send("sysrq c").unwrap();
+    let failure = sut.wait_failure(Duration::from_secs(30), Duration::from_secs(5)).expect("failure");
+    assert_eq!(failure.cause, FailureCause::GuestPanicked);
+    let timing = sut.recover(Strategy::KexecReboot, &failure).expect("recovered");
+    assert_eq!(timing.strategy, Strategy::FullReboot, "{timing:?}");
+    assert!(timing.fallback_reason.as_deref().unwrap_or("").contains("no crash kernel loaded"), "{timing:?}");
+    sut.vm().agent().send("sysrq c").unwrap();
+    let failure = sut.wait_failure(Duration::from_secs(30), Duration::from_secs(5)).expect("failure");
+    assert_eq!(failure.cause, FailureCause::GuestCrashLoaded);
+    let timing = sut.recover(Strategy::KexecReboot, &failure).expect("recovered");
+    assert_eq!(timing.strategy, Strategy::KexecReboot, "{timing:?}");
+    probe::check_doc(sut.vm().http_addr(), image.docs.index(), Duration::from_secs(10)).expect("serving");
+}

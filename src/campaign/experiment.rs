@@ -211,8 +211,12 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
             let injection = RecordInjection::Crash { crash: crash.to_string() };
             let failure = sut.wait_failure(window, hang).with_context(|| format!("the {crash} crash was not seen"))?;
             let outcome = match failure.cause {
-                FailureCause::HeartbeatLost => analysis::record::outcome::HANG,
-                FailureCause::GuestPanicked | FailureCause::QemuExited => analysis::record::outcome::PANIC,
+                FailureCause::HeartbeatLost | FailureCause::Watchdog | FailureCause::ServiceProbe => {
+                    analysis::record::outcome::HANG
+                }
+                FailureCause::GuestPanicked | FailureCause::GuestCrashLoaded | FailureCause::QemuExited => {
+                    analysis::record::outcome::PANIC
+                }
             };
             Ok(blank(injection, outcome, Some(failure)))
         }
@@ -351,7 +355,10 @@ fn record(
 fn cause_name(cause: FailureCause) -> &'static str {
     match cause {
         FailureCause::GuestPanicked => "guest-panicked",
+        FailureCause::GuestCrashLoaded => "guest-crash-loaded",
         FailureCause::HeartbeatLost => "heartbeat-lost",
         FailureCause::QemuExited => "qemu-exited",
+        FailureCause::Watchdog => "watchdog",
+        FailureCause::ServiceProbe => "service-probe",
     }
 }

@@ -214,6 +214,7 @@ fn configure(root: &Path, docs: &[(String, Vec<u8>)]) -> Result<(), GuestError> 
     write(root.join("etc/fstab"), FSTAB, 0o644)?;
     fs::create_dir_all(root.join("data")).map_err(|e| CacheError::io("create", root.join("data"), e))?;
     write(root.join("usr/local/sbin/kfi-agent"), AGENT_SH, 0o755)?;
+    write(root.join("etc/kfi/watched"), &Profile::Debian.watched_list(), 0o644)?;
     write(root.join("usr/local/sbin/kfi-phases"), PHASES_SH, 0o755)?;
     write(root.join("etc/systemd/system/kfi-agent.service"), AGENT_UNIT, 0o644)?;
     write(root.join("etc/systemd/system/kfi-net.service"), NET_UNIT, 0o644)?;
@@ -455,7 +456,12 @@ pub(crate) fn build(
     initramfs.dir("newroot");
     let path = out.join("initramfs.cpio");
     initramfs.write_file(&path).map_err(|e| CacheError::io("write", &path, e))?;
-    Ok(BuildSpec { cmdline: "net.ifnames=0".into(), rootfs: Some("rootfs.img".into()), min_memory_mib: 384 })
+    Ok(BuildSpec {
+        cmdline: "net.ifnames=0".into(),
+        rootfs: Some("rootfs.img".into()),
+        min_memory_mib: 384,
+        extra_files: Vec::new(),
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod debian;
 pub mod docset;
 pub mod initramfs;
+mod kexec;
 mod tiny;
 
 use std::fmt;
@@ -22,6 +23,9 @@ pub use docset::{Doc, DocSet};
 /// Bumped whenever a change to the build code changes what an image holds
 /// without changing any of the embedded scripts.
 const RECIPE_VERSION: u32 = 1;
+
+/// The initramfs of a kexec-reboot boot, for profiles that have one.
+const KEXEC_INITRAMFS: &str = "initramfs-kexec.cpio";
 
 /// The guest agent, shared by every profile.
 pub(crate) const AGENT_SH: &str = include_str!("../../guest-files/agent.sh");
@@ -58,6 +62,36 @@ impl Profile {
     /// happens in `tiny` when a data disk is attached.
     pub fn phases(self) -> &'static [&'static str] {
         &["kernel", "userland", "data-mounted", "services-ready"]
+    }
+
+    /// The files the guest agent's safety monitor watches (written to
+    /// `/etc/kfi/watched` in the image): what the snapshotted service
+    /// depends on, so that a change to one invalidates the snapshots.
+    /// A directory stands for its entries: renaming a file in it changes
+    /// the directory's mtime.
+    pub fn watched_files(self) -> &'static [&'static str] {
+        match self {
+            // The tiny guest's root is the initramfs: busybox is every
+            // daemon, /www what httpd serves.
+            Profile::Tiny => &["/bin/busybox", "/etc/kfi/agent", "/www", "/www/index.html"],
+            Profile::Debian => &[
+                "/usr/sbin/apache2",
+                "/etc/apache2/apache2.conf",
+                "/etc/apache2/sites-enabled",
+                "/etc/apache2/mods-enabled",
+                "/etc/php/8.2/apache2/php.ini",
+                "/usr/sbin/mariadbd",
+                "/etc/mysql/mariadb.conf.d",
+                "/var/www/html",
+                "/var/www/html/index.html",
+                "/usr/local/sbin/kfi-agent",
+            ],
+        }
+    }
+
+    /// The content of the image's `/etc/kfi/watched`.
+    pub(crate) fn watched_list(self) -> String {
+        self.watched_files().iter().map(|f| format!("{f}\n")).collect()
     }
 }
 
@@ -160,6 +194,12 @@ impl GuestImage {
     pub fn initramfs(&self) -> PathBuf {
         self.dir.join("initramfs.cpio")
     }
+    /// The initramfs that loads a crash kernel at boot (kexec-reboot), for
+    /// profiles that have one.
+    pub fn kexec_initramfs(&self) -> Option<PathBuf> {
+        let path = self.dir.join(KEXEC_INITRAMFS);
+        path.exists().then_some(path)
+    }
     /// The root disk, for profiles that have one.
     pub fn rootfs(&self) -> Option<PathBuf> {
         self.meta.rootfs.as_ref().map(|r| self.dir.join(r))
@@ -186,10 +226,14 @@ fn recipe_hash(profile: Profile, kernel: &Kernel) -> String {
     }
     h.update(format!("docset {DOCSET_SEED} {DOCSET_COUNT}\n"));
     h.update(AGENT_SH);
+    h.update(profile.watched_list());
     h.update(match profile {
         Profile::Tiny => tiny::RECIPE,
         Profile::Debian => debian::RECIPE,
     });
+    if profile == Profile::Tiny {
+        h.update(format!("kexec {KEXEC_INITRAMFS} {}\n", kexec::PACKAGES.join(" ")));
+    }
     hex::encode(h.finalize())
 }
 
@@ -245,7 +289,7 @@ pub fn build(
     let out = partial.path();
     let (docs, files) = docset::generate(DOCSET_SEED, DOCSET_COUNT);
     let spec = match profile {
-        Profile::Tiny => tiny::build(out, kernel, &files, progress)?,
+        Profile::Tiny => tiny::build(cache, out, kernel, &files, progress)?,
         Profile::Debian => debian::build(cache, out, kernel, &files, progress)?,
     };
     let docs_path = out.join("docs.json");
@@ -271,6 +315,7 @@ pub fn build(
     if let Some(root) = &rootfs {
         names.push(root.as_str());
     }
+    names.extend(spec.extra_files.iter().map(String::as_str));
     progress("hashing the image");
     Manifest::build(out, meta, &names)?.store(out)?;
     partial.commit()?;
@@ -317,6 +362,8 @@ pub(crate) struct BuildSpec {
     pub cmdline: String,
     pub rootfs: Option<String>,
     pub min_memory_mib: u32,
+    /// Further files of the image, for its manifest.
+    pub extra_files: Vec<String>,
 }
 
 /// Makes an ext4 image of `size_mib` from a directory, without mounting.

@@ -1,11 +1,14 @@
 //! The `tiny` profile: one uncompressed initramfs holding static busybox,
-//! the guest kernel's driver modules, the agent and the document set.
+//! the guest kernel's driver modules, the agent and the document set; and
+//! its kexec-reboot variant, which adds what the init needs to load a crash
+//! kernel (the kernel, the plain initramfs as the crash kernel's, and
+//! `kexec` with its libraries).
 
 use std::path::Path;
 
 use super::initramfs::Initramfs;
-use super::{BuildSpec, GuestError, Profile, AGENT_SH};
-use crate::cache::CacheError;
+use super::{kexec, BuildSpec, GuestError, Profile, AGENT_SH};
+use crate::cache::{Cache, CacheError};
 use crate::kernel::Kernel;
 use crate::tools;
 
@@ -49,6 +52,7 @@ pub(crate) fn base_initramfs(profile: Profile, kernel: &Kernel) -> Result<Initra
     fs.char_dev("dev/console", 5, 1);
     fs.char_dev("dev/null", 1, 3);
     fs.file("etc/kfi/agent", AGENT_SH.as_bytes().to_vec(), 0o755);
+    fs.file("etc/kfi/watched", profile.watched_list().into_bytes(), 0o644);
     let mut order = String::new();
     for (name, path) in &kernel.modules {
         fs.copy_from(&format!("lib/modules/{name}.ko"), path).map_err(|e| CacheError::io("read", path, e))?;
@@ -60,6 +64,7 @@ pub(crate) fn base_initramfs(profile: Profile, kernel: &Kernel) -> Result<Initra
 }
 
 pub(crate) fn build(
+    cache: &Cache,
     out: &Path,
     kernel: &Kernel,
     docs: &[(String, Vec<u8>)],
@@ -77,7 +82,25 @@ pub(crate) fn build(
     }
     let path = out.join("initramfs.cpio");
     fs.write_file(&path).map_err(|e| CacheError::io("write", &path, e))?;
+
+    // A separate file, so that other boots do not pay for unpacking twice
+    // the size.
+    let kexec = kexec::ensure(cache, progress)?;
+    progress(&format!("assembling the kexec-reboot initramfs (kexec-tools {})", kexec.version));
+    fs.copy_from("boot/vmlinuz", &kernel.vmlinuz).map_err(|e| CacheError::io("read", &kernel.vmlinuz, e))?;
+    fs.copy_from("boot/initramfs.cpio", &path).map_err(|e| CacheError::io("read", &path, e))?;
+    for (guest, file) in &kexec.files {
+        fs.copy_from(guest, file).map_err(|e| CacheError::io("read", file, e))?;
+    }
+    let kexec_path = out.join(super::KEXEC_INITRAMFS);
+    fs.write_file(&kexec_path).map_err(|e| CacheError::io("write", &kexec_path, e))?;
+
     progress("making the data disk");
     super::make_data_disk(out, DATA_DISK_MIB)?;
-    Ok(BuildSpec { cmdline: String::new(), rootfs: None, min_memory_mib: 128 })
+    Ok(BuildSpec {
+        cmdline: String::new(),
+        rootfs: None,
+        min_memory_mib: 128,
+        extra_files: vec![super::KEXEC_INITRAMFS.to_string()],
+    })
 }
