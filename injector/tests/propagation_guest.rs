@@ -225,3 +225,35 @@ fn step_cost_breakdown() {
     eprintln!("per step {:.3} ms, per g {:.3} ms, per m16 {:.3} ms", step * 1e3, regs * 1e3, mem * 1e3);
     gdb.resume().unwrap();
 }
+
+/// The tracer wired into an injection: a register flip at a halt under
+/// HTTP load is traced from the moment it is applied, and the report names
+/// the context that was running.
+#[test]
+fn an_injected_register_flip_is_traced_from_its_activation() {
+    use injector::fault::{FaultModel, FaultSpec, FlipReg, Persistence, Target, Trigger};
+    let layout = layout();
+    let spec = FaultSpec::new(
+        FaultModel::RegFlip { reg: FlipReg::Rax, bit: 3 },
+        Target::Cpu,
+        Trigger::Delay { ms: 200 },
+        Persistence::Transient,
+    )
+    .unwrap();
+    let support::Guest { lock: _lock, vm: _vm, mut gdb } = support::boot();
+    let tracer = Tracer::new(layout, support::image(), TraceConfig { max_steps: 2000, ..TraceConfig::default() });
+    let report = injector::inject::run_traced(
+        &mut gdb,
+        support::image(),
+        &spec,
+        Some(tracer),
+        Duration::from_secs(4),
+        &mut |_| false,
+    )
+    .unwrap();
+    let p = report.propagation.as_ref().expect("an activated, traced fault has a propagation report");
+    eprintln!("{}: {} ({:?}, {} steps, held {:.2} s)", p.activating, p.scope, p.short_end, p.steps, report.held_s);
+    assert!(report.activated && report.held_from_s.is_some());
+    assert!(p.activating.pid >= 0 && !p.activating.comm.is_empty(), "{p:?}");
+    assert!(!p.why.is_empty());
+}
