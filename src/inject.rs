@@ -36,6 +36,9 @@ pub struct ExperimentConfig {
     pub hang_timeout: Duration,
     /// After an oops, keep watching this long for the panic it may cause.
     pub oops_grace: Duration,
+    /// Trace the error's propagation from the activation, with this
+    /// kernel layout and these bounds.
+    pub trace: Option<(injector::trace::KernelLayout, injector::trace::TraceConfig)>,
 }
 
 impl Default for ExperimentConfig {
@@ -47,6 +50,7 @@ impl Default for ExperimentConfig {
             load_seed: 1,
             hang_timeout: Duration::from_secs(4),
             oops_grace: Duration::from_secs(1),
+            trace: None,
         }
     }
 }
@@ -307,7 +311,8 @@ pub fn run_fault_experiment(
     std::thread::sleep(config.warmup);
     let limits =
         WatchLimits { window: config.window, hang_timeout: config.hang_timeout, oops_grace: config.oops_grace };
-    let watched = watch_fault(vm, image, spec, &limits, console_offset, None);
+    let tracer = config.trace.map(|(layout, bounds)| injector::trace::Tracer::new(layout, image, bounds));
+    let watched = watch_fault(vm, image, spec, &limits, console_offset, tracer);
     stop.store(true, Ordering::SeqCst);
     let records = load.join().map_err(|_| anyhow::anyhow!("the load generator thread panicked"))??;
     let watch = watched?;
@@ -365,6 +370,13 @@ pub struct InjectArgs {
     /// Code faults act once (original bytes restored after the first execution).
     #[arg(long)]
     transient: bool,
+    /// Trace the error from its activation (taint by single steps, then
+    /// read watchpoints) and print its propagation scope.
+    #[arg(long)]
+    trace: bool,
+    /// Single-step budget of the trace.
+    #[arg(long, default_value_t = 4000, requires = "trace")]
+    trace_steps: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -407,10 +419,17 @@ pub fn cmd(cache: &Cache, args: InjectArgs) -> Result<ExitCode> {
     vm.wait_http(Duration::from_secs(120)).context("waiting for the guest's service")?;
     vm.wait_phase("services-ready", Duration::from_secs(30))?;
     let boot_s = boot_started.elapsed().as_secs_f64();
+    let trace = if args.trace {
+        let layout = injector::trace::KernelLayout::load(&model.vmlinux, &model.image)?;
+        Some((layout, injector::trace::TraceConfig { max_steps: args.trace_steps, ..Default::default() }))
+    } else {
+        None
+    };
     let experiment = ExperimentConfig {
         window: args.window,
         warmup: args.warmup,
         clients: args.clients.max(1),
+        trace,
         ..ExperimentConfig::default()
     };
     let result = run_fault_experiment(&mut vm, &model.image, &spec, &docs, &experiment)?;
@@ -441,6 +460,13 @@ pub fn cmd(cache: &Cache, args: InjectArgs) -> Result<ExitCode> {
         }
         if let Some(p) = &result.panic {
             println!("panic       {p}");
+        }
+        if let Some(p) = &result.injection.propagation {
+            println!("scope       {} ({})", p.scope, p.why);
+            println!(
+                "trace       activated by {}, {} steps in {:.2} s ({:.0}/s, {:?}), {} cells watched {:.1} s, {} hits",
+                p.activating, p.steps, p.short_s, p.steps_per_s, p.short_end, p.watched, p.long_s, p.hits
+            );
         }
         let t = &result.timings;
         let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
