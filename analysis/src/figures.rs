@@ -682,7 +682,7 @@ pub fn scope_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure
     let fig = Stacked {
         title: title.clone(),
         x_desc: "fault model".into(),
-        y_desc: "share of traced activated faults (%)".into(),
+        y_desc: "share of traced faults (%)".into(),
         categories: by.keys().cloned().collect(),
         totals,
         layers,

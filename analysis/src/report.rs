@@ -597,6 +597,7 @@ mod tests {
                 "downtime-apache-crash-sysrq",
                 "throughput-apache-crash-sysrq",
                 "outcomes",
+                "propagation-scope",
                 "restore-vs-ram",
                 "restore-vs-storage"
             ]
@@ -605,6 +606,7 @@ mod tests {
             ("downtime-apache-crash-sysrq", "client-seen downtime (s)"),
             ("throughput-apache-crash-sysrq", "time relative to failure (s)"),
             ("outcomes", "share of experiments (%)"),
+            ("propagation-scope", "share of traced faults (%)"),
             ("restore-vs-ram", "guest RAM (MiB)"),
             ("restore-vs-storage", "restore time (s)"),
         ];
