@@ -26,6 +26,15 @@ pub enum AgentLine {
         /// The write's number.
         seq: u64,
     },
+    /// `kfi mem N MEMFREE_KB CACHED_KB`: the answer to `meminfo N`.
+    Mem {
+        /// The request's number.
+        seq: u64,
+        /// The guest's free memory.
+        free_kb: u64,
+        /// The guest's page cache (Cached + Buffers).
+        cached_kb: u64,
+    },
     /// `kfi hb SEQ SEND_UPTIME`
     Heartbeat {
         /// Sequence number since the agent started.
@@ -52,6 +61,11 @@ pub fn parse_line(line: &str) -> Option<AgentLine> {
         }
         "hb" => AgentLine::Heartbeat { seq: words.next()?.parse().ok()?, uptime: number(words.next())? },
         "ack" => AgentLine::Ack { seq: words.next()?.parse().ok()? },
+        "mem" => AgentLine::Mem {
+            seq: words.next()?.parse().ok()?,
+            free_kb: words.next()?.parse().ok()?,
+            cached_kb: words.next()?.parse().ok()?,
+        },
         _ => return None,
     };
     words.next().is_none().then_some(line)
@@ -82,7 +96,17 @@ struct State {
     phases: Vec<PhaseEvent>,
     heartbeat: Option<Heartbeat>,
     acks: std::collections::BTreeSet<u64>,
+    mem: std::collections::BTreeMap<u64, GuestMemory>,
     closed: bool,
+}
+
+/// The guest's memory as its agent reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GuestMemory {
+    /// `MemFree` in kB.
+    pub free_kb: u64,
+    /// `Cached` + `Buffers` in kB: what `drop_caches` can free.
+    pub cached_kb: u64,
 }
 
 /// The channel's state, shared with its reader thread.
@@ -119,6 +143,9 @@ impl AgentChannel {
                     AgentLine::Heartbeat { seq, .. } => state.heartbeat = Some(Heartbeat { seq, at: now }),
                     AgentLine::Ack { seq } => {
                         state.acks.insert(seq);
+                    }
+                    AgentLine::Mem { seq, free_kb, cached_kb } => {
+                        state.mem.insert(seq, GuestMemory { free_kb, cached_kb });
                     }
                 }
                 cvar.notify_all();
@@ -198,6 +225,16 @@ impl AgentChannel {
         self.wait_for(timeout, |s| s.acks.contains(&seq))
     }
 
+    /// Waits for the answer to `meminfo seq`.
+    pub fn wait_mem(&self, seq: u64, timeout: Duration) -> Option<GuestMemory> {
+        let mut found = None;
+        self.wait_for(timeout, |s| {
+            found = s.mem.get(&seq).copied();
+            found.is_some()
+        });
+        found
+    }
+
     /// Waits for a heartbeat with a sequence number above `after`.
     pub fn wait_heartbeat(&self, after: u64, timeout: Duration) -> Option<Heartbeat> {
         let mut found = None;
@@ -222,6 +259,7 @@ mod tests {
         );
         assert_eq!(parse_line("kfi hb 7 9.01"), Some(AgentLine::Heartbeat { seq: 7, uptime: 9.01 }));
         assert_eq!(parse_line("kfi ack 12"), Some(AgentLine::Ack { seq: 12 }));
+        assert_eq!(parse_line("kfi mem 3 1024 2048"), Some(AgentLine::Mem { seq: 3, free_kb: 1024, cached_kb: 2048 }));
         for bad in [
             "",
             "kfi",
@@ -232,6 +270,8 @@ mod tests {
             "kfi hb 1 2 3",
             "hb 1 2",
             "kfi phase x 1 inf",
+            "kfi mem 3 1024",
+            "kfi mem 3 -1 2",
         ] {
             assert_eq!(parse_line(bad), None, "{bad:?}");
         }
