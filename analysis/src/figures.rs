@@ -39,6 +39,13 @@ pub mod names {
     pub const REDUCTION: &str = "reduction";
     /// Parameter: storage the snapshot is read from (a name, or MB/s).
     pub const STORAGE: &str = "storage";
+    /// Parameter: restore path (`lazy`/`streamed`).
+    pub const RESTORE_PATH: &str = "restore_path";
+    /// Parameter: host page cache before the restore (`cold`/`warm`).
+    pub const CACHE: &str = "cache";
+    /// The series of the restore figures and tables: those of these
+    /// parameters that vary (see `tables::metric_points`).
+    pub const RESTORE_SERIES: &str = "restore_path,cache,reduction";
 }
 
 /// Errors drawing figures.
@@ -701,7 +708,7 @@ fn scope_color(s: &str) -> RGBColor {
 
 /// Restore time against guest RAM, one line per `reduction` value.
 pub fn restore_vs_ram(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
-    let points = metric_points(records, names::RESTORE_S, names::RAM_MB, Some(names::REDUCTION));
+    let points = metric_points(records, names::RESTORE_S, names::RAM_MB, Some(names::RESTORE_SERIES));
     let numeric: Vec<_> =
         points.into_iter().filter_map(|(s, v, ms)| v.parse::<f64>().ok().map(|x| (s, x, ms))).collect();
     if numeric.is_empty() {
@@ -721,7 +728,7 @@ pub fn restore_vs_ram(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Fi
         };
         let means = pts.iter().filter_map(|(x, ms)| Summary::of(ms).map(|m| (*x, m.mean))).collect();
         dots.push((color, pts.iter().flat_map(|(x, ms)| ms.iter().map(move |m| (*x, *m))).collect()));
-        let name = if s == "–" { "restore (mean)".to_string() } else { format!("reduction={s} (mean)") };
+        let name = if s == "–" { "restore (mean)".to_string() } else { format!("{} (mean)", series_label(&s)) };
         series.push((name, color, means));
     }
     let title = "Restore time vs guest RAM".to_string();
@@ -740,7 +747,7 @@ pub fn restore_vs_ram(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Fi
 /// Restore time per storage kind or speed, side-by-side bars per
 /// `reduction` value when there are several.
 pub fn restore_vs_storage(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
-    let points = metric_points(records, names::RESTORE_S, names::STORAGE, Some(names::REDUCTION));
+    let points = metric_points(records, names::RESTORE_S, names::STORAGE, Some(names::RESTORE_SERIES));
     if points.is_empty() {
         return Ok(Vec::new());
     }
@@ -774,7 +781,7 @@ pub fn restore_vs_storage(records: &[ExperimentRecord], dir: &Path) -> Result<Ve
         })
         .collect();
     let legend = if series.len() > 1 {
-        series.iter().enumerate().map(|(i, s)| (format!("reduction={s}"), color_of(i, s))).collect()
+        series.iter().enumerate().map(|(i, s)| (series_label(s), color_of(i, s))).collect()
     } else {
         Vec::new()
     };
@@ -790,6 +797,15 @@ pub fn restore_vs_storage(records: &[ExperimentRecord], dir: &Path) -> Result<Ve
         reference: None,
     };
     Ok(vec![render(&fig, dir, "restore-vs-storage", &title)?])
+}
+
+/// A restore series' legend text: a bare value is a reduction setting.
+fn series_label(s: &str) -> String {
+    if s.contains('=') {
+        s.to_string()
+    } else {
+        format!("reduction={s}")
+    }
 }
 
 /// Every figure the records support, in report order.

@@ -304,7 +304,7 @@ pub fn write_report_with(
         figures::names::RESTORE_S,
         "(s)",
         figures::names::RAM_MB,
-        Some(figures::names::REDUCTION),
+        Some(figures::names::RESTORE_SERIES),
     )
     .map(|t| Table { title: "Restore time vs guest RAM".into(), ..t });
     let storage = tables::metric_vs_param(
@@ -312,7 +312,7 @@ pub fn write_report_with(
         figures::names::RESTORE_S,
         "(s)",
         figures::names::STORAGE,
-        Some(figures::names::REDUCTION),
+        Some(figures::names::RESTORE_SERIES),
     )
     .map(|t| Table { title: "Restore time vs storage".into(), ..t });
     let scope_model = tables::scope_by_model(records);
@@ -539,6 +539,21 @@ mod tests {
         let md = ram.to_markdown();
         assert!(md.contains("| off | 256 | 1 | 0.800 |") && md.contains("| on | 1024 | 1 | 0.900 |"), "{md}");
         assert!(tables::metric_vs_param(&records, "nothing", "(s)", "ram_mb", None).is_none());
+        // A composite series splits by the parameters that vary, naming them.
+        let mut mixed = records.clone();
+        for r in mixed.iter_mut().filter(|r| r.params.contains_key("ram_mb")) {
+            let path = if r.params["ram_mb"] == "256" { "lazy" } else { "streamed" };
+            r.params.insert("restore_path".into(), path.into());
+            r.params.insert("cache".into(), "warm".into());
+        }
+        let split = tables::metric_vs_param(&mixed, "restore_s", "(s)", "ram_mb", Some(figures::names::RESTORE_SERIES))
+            .unwrap()
+            .to_markdown();
+        assert!(
+            split.contains("| condition |") && split.contains("| restore_path=lazy, reduction=off | 256 |"),
+            "{split}"
+        );
+        assert!(!split.contains("cache="), "a constant parameter is not a series: {split}");
         let over = tables::overhead(&records);
         assert_eq!(over.rows[0][4], Cell::Pct(Some(50.0)));
         for t in [by_model, sys, act, ok, ram, over, tables::provenance(&records)] {

@@ -577,6 +577,9 @@ pub(crate) fn order_values(values: Vec<String>) -> Vec<String> {
 
 /// Points of a metric against a parameter, optionally split into series by
 /// a second parameter: `(series, value, metric values)` in table order.
+/// A comma-separated list of parameters splits by those of them that vary
+/// among the records, each series named `name=value, name=value` (the
+/// restore measurements vary path, cache and reduction at once).
 pub fn metric_points(
     records: &[ExperimentRecord],
     metric: &str,
@@ -587,7 +590,30 @@ pub fn metric_points(
         .iter()
         .filter(|r| r.metrics.get(metric).is_some_and(|m| m.is_finite()) && param(r, param_name).is_some())
         .collect();
-    let series_of = |r: &ExperimentRecord| series.map_or(String::new(), |s| param(r, s).unwrap_or("–").to_string());
+    let varying: Vec<&str> = series
+        .filter(|s| s.contains(','))
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|n| {
+                    let values: std::collections::BTreeSet<Option<&str>> = with.iter().map(|r| param(r, n)).collect();
+                    values.len() > 1
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let series_of = |r: &ExperimentRecord| match series {
+        Some(s) if s.contains(',') => {
+            let parts: Vec<String> = varying.iter().map(|n| format!("{n}={}", param(r, n).unwrap_or("–"))).collect();
+            if parts.is_empty() {
+                "–".to_string()
+            } else {
+                parts.join(", ")
+            }
+        }
+        Some(s) => param(r, s).unwrap_or("–").to_string(),
+        None => String::new(),
+    };
     let values = order_values(with.iter().filter_map(|r| param(r, param_name).map(String::from)).collect());
     let series_values = order_values(with.iter().map(|r| series_of(r)).collect());
     let mut out = Vec::new();
@@ -624,6 +650,8 @@ pub fn metric_vs_param(
     let series = series.filter(|_| points.iter().any(|p| p.0 != "–"));
     let mut columns = Vec::new();
     if let Some(s) = series {
+        // A composite series names its parameters in every cell.
+        let s = if s.contains(',') { "condition" } else { s };
         columns.push(col(s, s));
     }
     columns.push(col(param_name, param_name));

@@ -20,6 +20,12 @@
 #                           service, the heartbeat and the watchdog feeder
 #                           hang while the kernel still runs (a userland
 #                           hang, for tests of the hang detectors)
+#   kfi-cmd fill <n>        mount the disk with serial kfi-fill read-only on
+#                           /fill and read its files into the page cache (the
+#                           host's memory experiments), then `kfi ack <n>`
+#   kfi-cmd dropcaches <n>  sync, drop the page cache, dentries and inodes
+#                           (shrinks what a snapshot must hold), `kfi ack <n>`
+#   kfi-cmd meminfo <n>     answer `kfi mem <n> <MemFree kB> <Cached+Buffers kB>`
 # `agent hold PHASE` reports `held` and blocks until `kfi-cmd continue`: the
 # host snapshots the guest at that boundary.
 # The host dates each event from the arrival time minus (send - event), so a
@@ -115,6 +121,28 @@ heartbeat)
                     # kill -1 spares init and the caller; repeated, it
                     # also stops the children init forks afterwards.
                     freeze) while :; do kill -STOP -1; sleep 0.2; done ;;
+                    fill)
+                        for d in /sys/block/vd*; do
+                            [ "$(cat "$d/serial" 2>/dev/null)" = kfi-fill ] || continue
+                            # Files of a mounted file system: a block device's
+                            # own cache goes when its last reader closes it.
+                            mkdir -p /fill
+                            grep -q " /fill " /proc/mounts || mount -t ext4 -o ro,noload "/dev/${d##*/}" /fill
+                            cat /fill/* > /dev/null 2>&1
+                        done
+                        echo "kfi ack $arg" >&3
+                        ;;
+                    dropcaches) sync && echo 3 > /proc/sys/vm/drop_caches && echo "kfi ack $arg" >&3 ;;
+                    meminfo)
+                        free=0 cached=0
+                        while read -r key kb _; do
+                            case "$key" in
+                            MemFree:) free=$kb ;;
+                            Cached: | Buffers:) cached=$((cached + kb)) ;;
+                            esac
+                        done < /proc/meminfo
+                        echo "kfi mem $arg $free $cached" >&3
+                        ;;
                     esac
                 done
                 sleep 0.1

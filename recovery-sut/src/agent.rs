@@ -67,6 +67,15 @@ pub enum AgentLine {
         /// The write's number.
         seq: u64,
     },
+    /// `kfi mem N MEMFREE_KB CACHED_KB`: the answer to `meminfo N`.
+    Mem {
+        /// The request's number.
+        seq: u64,
+        /// The guest's free memory.
+        free_kb: u64,
+        /// The guest's page cache (Cached + Buffers).
+        cached_kb: u64,
+    },
     /// `kfi hb SEQ SEND_UPTIME`
     Heartbeat {
         /// Sequence number since the agent started.
@@ -130,6 +139,11 @@ pub fn parse_line(line: &str) -> Option<AgentLine> {
                 AgentLine::Changed { path, state }
             }
         }
+        "mem" => AgentLine::Mem {
+            seq: words.next()?.parse().ok()?,
+            free_kb: words.next()?.parse().ok()?,
+            cached_kb: words.next()?.parse().ok()?,
+        },
         _ => return None,
     };
     words.next().is_none().then_some(line)
@@ -162,7 +176,17 @@ struct State {
     acks: std::collections::BTreeSet<u64>,
     files: BTreeMap<String, FileState>,
     changes: Vec<FileChange>,
+    mem: std::collections::BTreeMap<u64, GuestMemory>,
     closed: bool,
+}
+
+/// The guest's memory as its agent reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GuestMemory {
+    /// `MemFree` in kB.
+    pub free_kb: u64,
+    /// `Cached` + `Buffers` in kB: what `drop_caches` can free.
+    pub cached_kb: u64,
 }
 
 /// The channel's state, shared with its reader thread.
@@ -207,6 +231,9 @@ impl AgentChannel {
                         tracing::info!(%path, %file, "the safety monitor reports a changed file");
                         state.files.insert(path.clone(), file);
                         state.changes.push(FileChange { path, state: file, at: now });
+                    }
+                    AgentLine::Mem { seq, free_kb, cached_kb } => {
+                        state.mem.insert(seq, GuestMemory { free_kb, cached_kb });
                     }
                 }
                 cvar.notify_all();
@@ -316,6 +343,16 @@ impl AgentChannel {
         self.wait_for(timeout, |s| s.acks.contains(&seq))
     }
 
+    /// Waits for the answer to `meminfo seq`.
+    pub fn wait_mem(&self, seq: u64, timeout: Duration) -> Option<GuestMemory> {
+        let mut found = None;
+        self.wait_for(timeout, |s| {
+            found = s.mem.get(&seq).copied();
+            found.is_some()
+        });
+        found
+    }
+
     /// Waits for a heartbeat with a sequence number above `after`.
     pub fn wait_heartbeat(&self, after: u64, timeout: Duration) -> Option<Heartbeat> {
         let mut found = None;
@@ -351,6 +388,7 @@ mod tests {
             parse_line("kfi changed /www/index.html missing"),
             Some(AgentLine::Changed { path: "/www/index.html".into(), state: FileState::Missing })
         );
+        assert_eq!(parse_line("kfi mem 3 1024 2048"), Some(AgentLine::Mem { seq: 3, free_kb: 1024, cached_kb: 2048 }));
         for bad in [
             "",
             "kfi",
@@ -366,6 +404,8 @@ mod tests {
             "kfi file /x 1 2",
             "kfi changed /x missing 3",
             "kfi changed /x 1 2 3 4",
+            "kfi mem 3 1024",
+            "kfi mem 3 -1 2",
         ] {
             assert_eq!(parse_line(bad), None, "{bad:?}");
         }

@@ -12,12 +12,14 @@ pub mod cache;
 pub mod doctor;
 pub mod guest;
 pub mod kernel;
+pub mod memory;
 pub mod modinfo;
 pub mod ports;
 pub mod probe;
 pub mod qmp;
 pub mod recovery;
 pub mod snapshot;
+pub mod storage;
 pub mod tools;
 pub mod vm;
 

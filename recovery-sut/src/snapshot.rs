@@ -113,6 +113,12 @@ impl Snapshot {
         Ok(Snapshot { dir: dir.to_path_buf(), meta: manifest.meta })
     }
 
+    /// Bytes the snapshot occupies on disk: the device state plus the RAM
+    /// file's allocated blocks (its holes are pages that were zero).
+    pub fn stored_bytes(&self) -> std::io::Result<u64> {
+        Ok(allocated_bytes(&self.state_file())? + allocated_bytes(&self.ram_file())?)
+    }
+
     /// Checks that this snapshot can restore `vm`'s guest on this QEMU.
     pub fn check_matches(&self, vm: &Vm) -> Result<(), SnapshotError> {
         let want = (vm.image().profile().to_string(), vm.image().kernel.identity(), vm.qmp_version());
@@ -200,20 +206,131 @@ fn copy_disks(disks: &[PathBuf], out: &Path) -> Result<(), SnapshotError> {
 fn save_while_paused(vm: &mut Vm, ram: &Path, out: &Path) -> Result<(), SnapshotError> {
     let uri = format!("exec:cat > {}", out.join(STATE).display());
     vm.qmp().execute("migrate", Some(json!({ "uri": uri }))).map_err(VmError::from)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_migration(vm, Duration::from_secs(120))?;
+    let target = out.join(RAM);
+    copy_sparse(ram, &target).map_err(|e| CacheError::io("copy guest RAM to", &target, e))?;
+    Ok(())
+}
+
+/// Size of the pages [`copy_sparse`] compares against zero.
+const PAGE: usize = 4096;
+
+/// Copies a RAM image leaving every all-zero page a hole: pages the guest
+/// never touched, and those free-page reporting punched out, cost no
+/// disk. (`std::fs::copy` would write the holes of a sparse file as
+/// zeros.) Returns the bytes written.
+pub fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut src = std::fs::File::open(from)?;
+    let len = src.metadata()?.len();
+    let mut dst = std::fs::File::create(to)?;
+    let mut buf = vec![0u8; 256 * PAGE];
+    let mut written = 0u64;
+    let mut pos = 0u64;
+    while pos < len {
+        // Jump over holes without reading them.
+        let data = seek_data(&src, pos)?.unwrap_or(len);
+        if data >= len {
+            break;
+        }
+        pos = data - data % PAGE as u64;
+        src.seek(SeekFrom::Start(pos))?;
+        let want = buf.len().min((len - pos) as usize);
+        let n = read_full(&mut src, &mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+            if page.iter().any(|&b| b != 0) {
+                dst.seek(SeekFrom::Start(pos + (i * PAGE) as u64))?;
+                dst.write_all(page)?;
+                written += page.len() as u64;
+            }
+        }
+        pos += n as u64;
+    }
+    dst.set_len(len)?;
+    dst.sync_all()?;
+    Ok(written)
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// The next data offset at or after `pos` (`None`: only a hole follows).
+fn seek_data(file: &std::fs::File, pos: u64) -> std::io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on an open descriptor has no memory-safety preconditions.
+    let off = unsafe { libc::lseek(file.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
+    if off < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            // A file system without SEEK_DATA: treat everything as data.
+            Some(libc::EINVAL) => Ok(Some(pos)),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(off as u64))
+}
+
+/// Bytes a file occupies on disk (allocated blocks, holes excluded).
+pub fn allocated_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.blocks() * 512)
+}
+
+/// Saves the paused-for-the-purpose guest as one migration stream holding
+/// device state *and* RAM (zero pages only flagged), the classic snapshot
+/// a streamed restore ([`Vm::restore_streamed`]) reads. The guest is paused
+/// for the duration and resumed; returns the stream's size in bytes.
+pub fn take_stream(vm: &mut Vm, file: &Path) -> Result<u64, SnapshotError> {
+    let qmp = vm.qmp();
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": false}]})),
+    )
+    .map_err(VmError::from)?;
+    // The default cap (about 128 MiB/s) would make the stream, not the
+    // guest, the thing measured.
+    qmp.execute("migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40}))).map_err(VmError::from)?;
+    qmp.execute("stop", None).map_err(VmError::from)?;
+    let uri = format!("exec:cat > {}", file.display());
+    let result = vm
+        .qmp()
+        .execute("migrate", Some(json!({ "uri": uri })))
+        .map_err(|e| SnapshotError::from(VmError::from(e)))
+        .and_then(|_| wait_migration(vm, Duration::from_secs(600)));
+    let resumed = vm.cont();
+    result?;
+    resumed?;
+    let size = std::fs::metadata(file).map_err(|e| CacheError::io("read the size of", file, e))?.len();
+    Ok(size)
+}
+
+fn wait_migration(vm: &mut Vm, timeout: Duration) -> Result<(), SnapshotError> {
+    let deadline = Instant::now() + timeout;
     loop {
         let info = vm.qmp().execute("query-migrate", None).map_err(VmError::from)?;
         match info.get("status").and_then(|s| s.as_str()).unwrap_or("none") {
-            "completed" => break,
+            "completed" => return Ok(()),
             "failed" | "cancelled" => {
                 let why = info.get("error-desc").and_then(|s| s.as_str()).unwrap_or("no reason given");
                 return Err(SnapshotError::Migration(why.to_string()));
             }
-            _ if Instant::now() > deadline => return Err(SnapshotError::Migration("no completion in 120 s".into())),
+            _ if Instant::now() > deadline => {
+                return Err(SnapshotError::Migration(format!("no completion in {} s", timeout.as_secs())))
+            }
             _ => std::thread::sleep(Duration::from_millis(2)),
         }
     }
-    let target = out.join(RAM);
-    std::fs::copy(ram, &target).map_err(|e| CacheError::io("copy guest RAM to", &target, e))?;
-    Ok(())
 }

@@ -69,6 +69,14 @@ pub struct VmConfig {
     /// loads one there: a panic then reboots into it without firmware
     /// (kexec-reboot). `None`: no crash kernel.
     pub crash_kernel_mib: Option<u32>,
+    /// A raw disk attached read-only with serial `kfi-fill`: the agent's
+    /// `fill` command reads it, so the guest's page cache holds real,
+    /// droppable file data (see [`crate::memory`]).
+    pub fill_disk: Option<PathBuf>,
+    /// Attach virtio-balloon with free-page reporting: the guest hands its
+    /// free pages back and QEMU punches them out of the RAM file, so a
+    /// snapshot holds only used pages.
+    pub free_page_reporting: bool,
 }
 
 impl Default for VmConfig {
@@ -87,6 +95,8 @@ impl Default for VmConfig {
             disk_dir: None,
             watchdog_s: None,
             crash_kernel_mib: None,
+            fill_disk: None,
+            free_page_reporting: false,
         }
     }
 }
@@ -259,6 +269,9 @@ enum Ram<'a> {
     /// A snapshot's RAM file, mapped copy-on-write so it loads lazily and
     /// stays reusable.
     Snapshot(&'a Path),
+    /// Anonymous memory under the snapshot's backend name, filled by an
+    /// incoming migration stream that carries the RAM.
+    Incoming,
 }
 
 fn qemu_args(
@@ -296,7 +309,7 @@ fn qemu_args(
         "-machine".into(),
         match ram {
             Ram::Anonymous => "pc".into(),
-            Ram::SharedFile | Ram::Snapshot(_) => "pc,memory-backend=pc.ram".to_string(),
+            Ram::SharedFile | Ram::Snapshot(_) | Ram::Incoming => "pc,memory-backend=pc.ram".to_string(),
         },
         "-accel".into(),
         config.accel.name().into(),
@@ -330,7 +343,7 @@ fn qemu_args(
         "-netdev".into(),
         match ram {
             // Forwarded only once the restored guest runs (see Vm::restore).
-            Ram::Snapshot(_) => "user,id=net0".to_string(),
+            Ram::Snapshot(_) | Ram::Incoming => "user,id=net0".to_string(),
             _ => format!("user,id=net0,{}", hostfwd(ports.http)),
         },
         "-device".into(),
@@ -367,6 +380,14 @@ fn qemu_args(
             args.push("-incoming".into());
             args.push("defer".into());
         }
+        Ram::Incoming => {
+            // Same backend id as the saving side's file: migration matches
+            // RAM blocks by name.
+            args.push("-object".into());
+            args.push(format!("memory-backend-ram,id=pc.ram,size={}M", config.memory_mib));
+            args.push("-incoming".into());
+            args.push("defer".into());
+        }
     }
     let d = |name: &str| disk_dir.join(name).display().to_string();
     let mut disk = |id: &str, file: String| {
@@ -380,6 +401,18 @@ fn qemu_args(
     }
     if config.data_disk || image.rootfs().is_some() {
         disk("data", d("data.qcow2"));
+    }
+    // After every other device, so the guest's existing PCI slots (and
+    // its /dev/vda) stay where they were without these.
+    if let Some(fill) = &config.fill_disk {
+        args.push("-drive".into());
+        args.push(format!("if=none,id=fill,file={},format=raw,readonly=on", fill.display()));
+        args.push("-device".into());
+        args.push("virtio-blk-pci,drive=fill,serial=kfi-fill".into());
+    }
+    if config.free_page_reporting {
+        args.push("-device".into());
+        args.push("virtio-balloon-pci,id=balloon0,free-page-reporting=on".into());
     }
     args
 }
@@ -448,45 +481,97 @@ impl Vm {
     /// Starts QEMU from a snapshot: device state from its stream, RAM
     /// mapped copy-on-write from its RAM file. Returns once the guest runs.
     pub fn restore(image: &GuestImage, config: &VmConfig, snapshot: &crate::snapshot::Snapshot) -> Result<Vm, VmError> {
+        Self::restore_lazy(image, config, snapshot, &snapshot.ram_file(), &mut |_| Ok(()))
+    }
+
+    /// The lazy restore of [`Vm::restore`] with the RAM image read from
+    /// `ram` (the snapshot's RAM file, or a block device holding it, e.g.
+    /// a throttled loop device) and `launched` called with the new QEMU
+    /// before anything is loaded (to put it in a cgroup, say).
+    pub fn restore_lazy(
+        image: &GuestImage,
+        config: &VmConfig,
+        snapshot: &crate::snapshot::Snapshot,
+        ram: &Path,
+        launched: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
+    ) -> Result<Vm, VmError> {
         let config = VmConfig { memory_mib: snapshot.meta.memory_mib, ..config.clone() };
-        let mut vm = Self::launch(image, &config, &Ram::Snapshot(&snapshot.ram_file()))?;
+        let mut vm = Self::launch(image, &config, &Ram::Snapshot(ram))?;
+        launched(&vm)?;
         vm.qmp.execute(
             "migrate-set-capabilities",
             Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
         )?;
         let uri = format!("exec:cat {}", snapshot.state_file().display());
         vm.qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
+        vm.finish_incoming(&snapshot.state_file())?;
+        Ok(vm)
+    }
+
+    /// Starts QEMU from a full migration stream (device state *and* RAM,
+    /// see [`crate::snapshot::take_stream`]) into anonymous RAM: the
+    /// classic restore, whose time grows with what the stream holds. The
+    /// stream is fed through a socket by a thread of this process at no
+    /// more than `rate` bytes/s (`None`: as fast as it reads), so no helper
+    /// process can outlive the restore. Returns once the guest runs.
+    pub fn restore_streamed(
+        image: &GuestImage,
+        config: &VmConfig,
+        stream: &Path,
+        rate: Option<u64>,
+        launched: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
+    ) -> Result<Vm, VmError> {
+        let mut vm = Self::launch(image, config, &Ram::Incoming)?;
+        launched(&vm)?;
+        let socket = vm.run_dir().join("incoming.sock");
+        let uri = format!("unix:{}", socket.display());
+        vm.qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
+        let file = stream.to_path_buf();
+        let feeder = std::thread::Builder::new()
+            .name("restore-feed".into())
+            .spawn(move || crate::storage::feed(&file, &socket, rate))
+            .map_err(io_err("start the thread feeding", stream))?;
+        let loaded = vm.finish_incoming(stream);
+        let fed = feeder.join().map_err(|_| VmError::Restore("the thread feeding the stream panicked".into()))?;
+        loaded?;
+        fed.map_err(io_err("feed the migration stream", stream))?;
+        Ok(vm)
+    }
+
+    /// Waits until an incoming migration has loaded and the guest runs,
+    /// then forwards the HTTP port.
+    fn finish_incoming(&mut self, source: &Path) -> Result<(), VmError> {
         // The snapshot was saved from a paused guest, so the loaded guest
         // stays paused ("inmigrate" until the stream ends) until `cont`.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            match vm.status()?.as_str() {
+            match self.status()?.as_str() {
                 "running" => {
                     // QEMU's user networking accepts host connections as soon
                     // as a forward exists and then loses the guest-side SYN
                     // while the guest is still loading, leaving clients to a
                     // multi-second retransmit. Forwarding only a running
                     // guest makes early connects fail fast instead.
-                    let add = format!("hostfwd_add net0 tcp:127.0.0.1:{}-:80", vm.http.port());
+                    let add = format!("hostfwd_add net0 tcp:127.0.0.1:{}-:80", self.http.port());
                     let out =
-                        vm.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": add })))?;
+                        self.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": add })))?;
                     if let Some(text) = out.as_str().filter(|t| !t.trim().is_empty()) {
                         return Err(VmError::Restore(format!(
                             "cannot forward port {}: {}",
-                            vm.http.port(),
+                            self.http.port(),
                             text.trim()
                         )));
                     }
-                    return Ok(vm);
+                    return Ok(());
                 }
                 "paused" | "postmigrate" => {
-                    vm.cont()?;
+                    self.cont()?;
                 }
                 "inmigrate" | "prelaunch" if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
                 other => {
                     return Err(VmError::Restore(format!(
                         "the VM is `{other}` instead of running after loading {}",
-                        snapshot.state_file().display()
+                        source.display()
                     )))
                 }
             }

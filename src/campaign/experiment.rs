@@ -230,6 +230,7 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
             observed.watch = Some(seen.watch);
             Ok(observed)
         }
+        Injection::Restore(_) => bail!("restore measurements run in campaign::restore, not as injections"),
     }
 }
 

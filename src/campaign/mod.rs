@@ -6,5 +6,6 @@ pub mod check;
 pub mod cli;
 pub mod experiment;
 pub mod faults;
+pub mod restore;
 pub mod runner;
 pub mod spec;

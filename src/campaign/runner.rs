@@ -158,6 +158,11 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
         return Ok(summary);
     }
 
+    // Restore measurements boot one guest per RAM size themselves.
+    if campaign.file.restore.is_some() {
+        return super::restore::run(campaign, env, opts, &store, todo, summary, started);
+    }
+
     // In the results directory rather than /tmp: a run killed with -9
     // leaves its golden snapshot where the next run replaces it.
     let golden_dir = GoldenDir::create(&opts.results)?;
@@ -227,10 +232,10 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
 }
 
 /// `<results>/.golden`, removed when the run ends.
-struct GoldenDir(PathBuf);
+pub(super) struct GoldenDir(pub(super) PathBuf);
 
 impl GoldenDir {
-    fn create(results: &Path) -> Result<GoldenDir> {
+    pub(super) fn create(results: &Path) -> Result<GoldenDir> {
         let dir = results.join(".golden");
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing the stale {}", dir.display()))?;
@@ -275,7 +280,7 @@ fn golden_run(env: &Environment<'_>, docs: &DocList, dir: &Path, campaign: &Camp
     Ok(golden)
 }
 
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
+pub(super) fn progress_bar(len: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     if let Ok(style) =
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}, ETA {eta}] {msg}")
@@ -286,7 +291,7 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
     bar
 }
 
-fn outcome_line(outcomes: &BTreeMap<String, u64>) -> String {
+pub(super) fn outcome_line(outcomes: &BTreeMap<String, u64>) -> String {
     outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
 }
 

@@ -15,6 +15,8 @@ use recovery_sut::{Profile, Strategy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::restore::{RestorePoint, RestoreSpec};
+
 /// Why an experiment file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -34,6 +36,18 @@ pub enum SpecError {
         path: PathBuf,
         /// toml's message: line, column, the offending key and what was expected.
         message: String,
+    },
+    /// A value that parses but makes no sense, at a known line.
+    #[error("{path}: line {line}: key `{key}`: {problem}")]
+    InvalidAt {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the key.
+        line: usize,
+        /// Dotted key path.
+        key: String,
+        /// What is wrong and what would be right.
+        problem: String,
     },
     /// A value that parses but makes no sense.
     #[error("{path}: key `{key}`: {problem}")]
@@ -253,10 +267,13 @@ pub enum Injection {
         /// Which `[[inject]]` table it came from.
         group: usize,
     },
+    /// No injection: a restore measured under the given conditions
+    /// (`[restore]`, see `campaign::restore`).
+    Restore(RestorePoint),
 }
 
 /// `[recovery]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverySpec {
     /// Strategies, each run for every injection and repetition.
@@ -289,12 +306,18 @@ pub struct ExperimentFile {
     #[serde(default)]
     pub observe: ObserveSpec,
     /// What is done to the guest.
+    #[serde(default)]
     pub inject: Vec<InjectSpec>,
     /// How it is brought back.
+    #[serde(default)]
     pub recovery: RecoverySpec,
     /// Trace each activated fault's error (propagation scope), when set.
     #[serde(default)]
     pub trace: Option<TraceSpec>,
+    /// Restore measurements instead of injections (no `[[inject]]` or
+    /// `[recovery]` then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
 }
 
 /// `[trace]`: follow each activated fault's error to find how far it went.
@@ -353,6 +376,7 @@ impl Planned {
         let what = match &self.injection {
             Injection::Crash(c) => format!("crash={c}"),
             Injection::Fault { index, .. } => format!("fault={index}"),
+            Injection::Restore(point) => point.key(),
         };
         format!("{what} strategy={} rep={}", self.strategy, self.rep)
     }
@@ -385,6 +409,9 @@ impl Campaign {
         let file: ExperimentFile = toml::from_str(text)
             .map_err(|e| SpecError::Parse { path: path.to_path_buf(), message: parse_message(text, &e) })?;
         validate(path, &file)?;
+        if let Some(restore) = &file.restore {
+            super::restore::validate(path, text, &file, restore)?;
+        }
         Ok(Campaign { path: path.to_path_buf(), sha256: hex::encode(Sha256::digest(text.as_bytes())), file })
     }
 
@@ -410,6 +437,9 @@ impl Campaign {
     /// order, faults in generator order, then strategies, then repetitions.
     pub fn expand(&self) -> Vec<Planned> {
         let f = &self.file;
+        if let Some(restore) = &f.restore {
+            return super::restore::expand(restore, f.repetitions);
+        }
         let mut out = Vec::new();
         let mut next_fault = 0u64;
         for (group, inject) in f.inject.iter().enumerate() {
@@ -460,14 +490,14 @@ fn validate(path: &Path, f: &ExperimentFile) -> Result<(), SpecError> {
     if f.repetitions == 0 {
         return Err(invalid("repetitions", "must be at least 1".into()));
     }
-    if f.recovery.strategies.is_empty() {
+    if f.restore.is_none() && f.recovery.strategies.is_empty() {
         return Err(invalid("recovery.strategies", "name at least one strategy, e.g. [\"full-reboot\"]".into()));
     }
     let unique: BTreeSet<_> = f.recovery.strategies.iter().map(|s| s.name()).collect();
     if unique.len() != f.recovery.strategies.len() {
         return Err(invalid("recovery.strategies", "a strategy is listed twice".into()));
     }
-    if f.inject.is_empty() {
+    if f.restore.is_none() && f.inject.is_empty() {
         return Err(invalid(
             "inject",
             "add at least one [[inject]] table with `crash = \"sysrq\"` or `faults = {...}`".into(),

@@ -1,0 +1,681 @@
+//! Restore measurements (`[restore]` in an experiment file): how long a
+//! restore takes from "start restoring" to "the service answers
+//! correctly", against guest RAM, memory reduction, the restore path and
+//! the storage the snapshot is read from.
+//!
+//! Each (RAM size, reduction) gets its own guest: booted with that much
+//! RAM, its page cache filled by reading a disk of random data, reduced
+//! or not, then saved twice at the same point (a lazy snapshot: device
+//! state plus a sparse RAM file; a stream: device state and RAM in one
+//! migration stream). That preparation is the golden run of these
+//! experiments; every experiment of that group restores from it, so
+//! repetitions vary the restore, not the snapshot. Experiments run one at
+//! a time whatever `--jobs` says: a second VM would share the CPUs and
+//! the disk the measurement is about.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use analysis::record::{ExperimentRecord, Injection as RecordInjection};
+use analysis::store::Store;
+use anyhow::{bail, Context, Result};
+use recovery_sut::snapshot::{self, Snapshot};
+use recovery_sut::storage::{self, LoopDevice, ReadThrottle, Storage};
+use recovery_sut::{memory, probe, Strategy, Vm, VmConfig, VmError};
+use serde::{Deserialize, Serialize};
+
+use super::runner::{self, Environment, GoldenDir, RunOptions, RunSummary};
+use super::spec::{ExperimentFile, Injection, Planned, SpecError};
+
+/// Memory reduction before the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reduction {
+    /// The guest drops its page cache and free-page reporting (virtio-balloon)
+    /// returns the freed pages, so the snapshot holds only used pages.
+    On,
+    /// The snapshot holds whatever the guest holds.
+    Off,
+}
+
+/// Whether the snapshot's bytes are in the host page cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheState {
+    /// Dropped: the storage device is read.
+    Cold,
+    /// Resident: the device is not asked.
+    Warm,
+}
+
+/// How the restore loads guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestorePath {
+    /// Device state streamed, RAM file mapped copy-on-write and faulted in
+    /// on demand (`x-ignore-shared`).
+    Lazy,
+    /// Device state and RAM in one migration stream, all loaded before the
+    /// guest runs.
+    Streamed,
+}
+
+macro_rules! kebab_display {
+    ($t:ty, $($v:ident => $s:literal),+) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$v => $s),+ })
+            }
+        }
+    };
+}
+kebab_display!(Reduction, On => "on", Off => "off");
+kebab_display!(CacheState, Cold => "cold", Warm => "warm");
+kebab_display!(RestorePath, Lazy => "lazy", Streamed => "streamed");
+
+/// A storage name in an experiment file (`hdd`, `sata-ssd`, `nvme`,
+/// `page-cache`, `disk`, or MB/s as a string); unknown ones are parse
+/// errors with their line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageName(pub Storage);
+
+impl Serialize for StorageName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for StorageName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(StorageName).map_err(serde::de::Error::custom)
+    }
+}
+
+fn default_reduction() -> Vec<Reduction> {
+    vec![Reduction::Off]
+}
+
+fn default_storage() -> Vec<StorageName> {
+    vec![StorageName(Storage::PageCache)]
+}
+
+fn default_cache() -> Vec<CacheState> {
+    vec![CacheState::Warm]
+}
+
+fn default_paths() -> Vec<RestorePath> {
+    vec![RestorePath::Lazy]
+}
+
+fn default_fill() -> f64 {
+    0.5
+}
+
+/// `[restore]`: the conditions, each list crossed with the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSpec {
+    /// Guest RAM sizes in MiB (one guest boot each).
+    pub ram_mb: Vec<u32>,
+    /// `on` and/or `off`.
+    #[serde(default = "default_reduction")]
+    pub reduction: Vec<Reduction>,
+    /// Where the snapshot is read from.
+    #[serde(default = "default_storage")]
+    pub storage: Vec<StorageName>,
+    /// `cold` and/or `warm` (`page-cache` is warm only).
+    #[serde(default = "default_cache")]
+    pub cache: Vec<CacheState>,
+    /// `lazy` and/or `streamed`.
+    #[serde(default = "default_paths")]
+    pub restore_path: Vec<RestorePath>,
+    /// Share of guest RAM the guest reads into its page cache before the
+    /// snapshot (from a disk of random data).
+    #[serde(default = "default_fill")]
+    pub page_cache_fill: f64,
+}
+
+/// The conditions of one restore experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePoint {
+    /// Guest RAM, MiB.
+    pub ram_mb: u32,
+    /// Memory reduction before the snapshot.
+    pub reduction: Reduction,
+    /// Restore path.
+    pub path: RestorePath,
+    /// Storage read from.
+    pub storage: Storage,
+    /// Host page cache state.
+    pub cache: CacheState,
+}
+
+impl RestorePoint {
+    /// The experiment key's condition part.
+    pub fn key(&self) -> String {
+        format!(
+            "restore ram_mb={} reduction={} restore_path={} storage={} cache={}",
+            self.ram_mb, self.reduction, self.path, self.storage, self.cache
+        )
+    }
+}
+
+/// The numbered experiments: RAM sizes, then reduction (one prepared
+/// guest per pair, so its experiments are consecutive), then path,
+/// storage, cache and repetition. `page-cache` is expanded warm only.
+pub fn expand(spec: &RestoreSpec, repetitions: u32) -> Vec<Planned> {
+    let mut out = Vec::new();
+    for &ram_mb in &spec.ram_mb {
+        for &reduction in &spec.reduction {
+            for &path in &spec.restore_path {
+                for &StorageName(storage) in &spec.storage {
+                    for &cache in &spec.cache {
+                        if cache == CacheState::Cold && !storage.can_be_cold() {
+                            continue;
+                        }
+                        let point = RestorePoint { ram_mb, reduction, path, storage, cache };
+                        for rep in 0..repetitions {
+                            out.push(Planned {
+                                index: out.len() as u64,
+                                injection: Injection::Restore(point),
+                                strategy: Strategy::ServiceRestore,
+                                rep,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The 1-based line of `key = ...` inside the `[restore]` table (the
+/// table's header line when the key is absent).
+fn line_of(text: &str, key: &str) -> usize {
+    let mut header = 1;
+    let mut inside = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == "[restore]";
+            if inside {
+                header = i + 1;
+            }
+        } else if inside && t.split('=').next().is_some_and(|k| k.trim() == key) {
+            return i + 1;
+        }
+    }
+    header
+}
+
+/// Checks a `[restore]` table; errors name the file, the line and the key.
+pub fn validate(path: &Path, text: &str, file: &ExperimentFile, spec: &RestoreSpec) -> Result<(), SpecError> {
+    let invalid = |key: &str, problem: String| SpecError::InvalidAt {
+        path: path.to_path_buf(),
+        line: line_of(text, key),
+        key: format!("restore.{key}"),
+        problem,
+    };
+    if !file.inject.is_empty() || !file.recovery.strategies.is_empty() {
+        return Err(SpecError::InvalidAt {
+            path: path.to_path_buf(),
+            line: line_of(text, ""),
+            key: "restore".into(),
+            problem: "a [restore] campaign measures restores and injects nothing: remove [[inject]] and [recovery]"
+                .into(),
+        });
+    }
+    if spec.ram_mb.is_empty() {
+        return Err(invalid("ram_mb", "list at least one guest RAM size in MiB, e.g. [256, 512]".into()));
+    }
+    if let Some(bad) = spec.ram_mb.iter().find(|&&m| !(128..=65536).contains(&m)) {
+        return Err(invalid("ram_mb", format!("{bad} MiB is outside 128..=65536")));
+    }
+    for (key, len) in [
+        ("reduction", spec.reduction.len()),
+        ("storage", spec.storage.len()),
+        ("cache", spec.cache.len()),
+        ("restore_path", spec.restore_path.len()),
+    ] {
+        if len == 0 {
+            return Err(invalid(key, "list at least one value (leave the key out for its default)".into()));
+        }
+    }
+    let dup = |v: Vec<String>| v.len() != v.iter().collect::<std::collections::BTreeSet<_>>().len();
+    for (key, values) in [
+        ("ram_mb", spec.ram_mb.iter().map(|v| v.to_string()).collect::<Vec<_>>()),
+        ("reduction", spec.reduction.iter().map(|v| v.to_string()).collect()),
+        ("storage", spec.storage.iter().map(|v| v.0.to_string()).collect()),
+        ("cache", spec.cache.iter().map(|v| v.to_string()).collect()),
+        ("restore_path", spec.restore_path.iter().map(|v| v.to_string()).collect()),
+    ] {
+        if dup(values) {
+            return Err(invalid(key, "a value is listed twice".into()));
+        }
+    }
+    if spec.cache == [CacheState::Cold] && spec.storage.iter().all(|s| !s.0.can_be_cold()) {
+        return Err(invalid(
+            "cache",
+            "the page cache is warm by definition: add \"warm\", or a storage such as \"hdd\"".into(),
+        ));
+    }
+    if !(spec.page_cache_fill.is_finite() && (0.0..=0.9).contains(&spec.page_cache_fill)) {
+        return Err(invalid(
+            "page_cache_fill",
+            format!("{} is not a share of guest RAM between 0 and 0.9", spec.page_cache_fill),
+        ));
+    }
+    Ok(())
+}
+
+/// One prepared guest: the snapshots every experiment of its (RAM size,
+/// reduction) group restores.
+struct Prepared {
+    key: (u32, Reduction),
+    config: VmConfig,
+    snapshot: Snapshot,
+    stream: PathBuf,
+    metrics: BTreeMap<String, f64>,
+    _dir: tempfile::TempDir,
+}
+
+/// Seconds a prepared guest may take to boot (a 2 GB guest under TCG is
+/// slow).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn prepare(env: &Environment<'_>, golden: &Path, spec: &RestoreSpec, point: &RestorePoint) -> Result<Prepared> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("ram-{}-{}-", point.ram_mb, point.reduction))
+        .tempdir_in(golden)
+        .with_context(|| format!("creating a directory in {}", golden.display()))?;
+    let fill_mb = (f64::from(point.ram_mb) * spec.page_cache_fill).round() as u64;
+    let mut metrics = BTreeMap::new();
+    let fill = golden.join(format!("fill-{fill_mb}.img"));
+    if fill_mb > 0 {
+        let t = Instant::now();
+        memory::make_fill_disk(&fill, fill_mb, 1).context("writing the page-cache fill disk")?;
+        metrics.insert("fill_disk_s".to_string(), t.elapsed().as_secs_f64());
+    }
+    let disks = dir.path().join("disks");
+    std::fs::create_dir_all(&disks).with_context(|| format!("creating {}", disks.display()))?;
+    let config = VmConfig {
+        memory_mib: point.ram_mb,
+        shared_ram: true,
+        disk_dir: Some(disks.clone()),
+        fill_disk: (fill_mb > 0).then(|| fill.clone()),
+        free_page_reporting: point.reduction == Reduction::On,
+        ..env.config.clone()
+    };
+    let booted = Instant::now();
+    let mut vm = Vm::start(env.image, &config).context("booting the guest to snapshot")?;
+    vm.wait_http(BOOT_TIMEOUT).context("waiting for the guest's service")?;
+    metrics.insert("boot_s".to_string(), booted.elapsed().as_secs_f64());
+    let ram_file = vm.run_dir().join("guest.ram");
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    if fill_mb > 0 {
+        let took = memory::fill_page_cache(&vm, Duration::from_secs(1800)).context("filling the page cache")?;
+        metrics.insert("fill_s".to_string(), took.as_secs_f64());
+    }
+    let filled = memory::meminfo(&vm).context("reading the guest's memory")?;
+    metrics.insert("guest_cached_mb_filled".to_string(), mb(filled.cached_kb));
+    let ram_bytes = |p: &Path| snapshot::allocated_bytes(p).with_context(|| format!("stat {}", p.display()));
+    metrics.insert("guest_ram_bytes_filled".to_string(), ram_bytes(&ram_file)? as f64);
+    if point.reduction == Reduction::On {
+        let t = Instant::now();
+        memory::drop_caches(&vm).context("dropping the guest's caches")?;
+        memory::settle_reporting(&vm, Duration::from_secs(60)).context("waiting for free-page reporting")?;
+        metrics.insert("reduce_s".to_string(), t.elapsed().as_secs_f64());
+    }
+    let now = memory::meminfo(&vm).context("reading the guest's memory")?;
+    metrics.insert("guest_cached_mb_at_snapshot".to_string(), mb(now.cached_kb));
+    metrics.insert("guest_free_mb_at_snapshot".to_string(), mb(now.free_kb));
+    metrics.insert("guest_ram_bytes_at_snapshot".to_string(), ram_bytes(&ram_file)? as f64);
+    let overlays: Vec<PathBuf> =
+        ["root.qcow2", "data.qcow2"].iter().map(|n| disks.join(n)).filter(|p| p.exists()).collect();
+    let snap = snapshot::take_with_disks(&mut vm, &dir.path().join("lazy"), "services-ready", &overlays)
+        .context("taking the lazy snapshot")?;
+    metrics.insert("lazy_snapshot_bytes".to_string(), snap.stored_bytes().context("sizing the snapshot")? as f64);
+    metrics.insert("snapshot_pause_s".to_string(), snap.meta.pause_s);
+    let stream = dir.path().join("stream");
+    let t = Instant::now();
+    let stream_bytes = snapshot::take_stream(&mut vm, &stream).context("saving the migration stream")?;
+    metrics.insert("stream_save_s".to_string(), t.elapsed().as_secs_f64());
+    metrics.insert("streamed_snapshot_bytes".to_string(), stream_bytes as f64);
+    vm.kill();
+    Ok(Prepared { key: (point.ram_mb, point.reduction), config, snapshot: snap, stream, metrics, _dir: dir })
+}
+
+/// What one restore measured.
+struct Measured {
+    restore_s: f64,
+    load_s: f64,
+    metrics: BTreeMap<String, f64>,
+}
+
+fn restore_once(env: &Environment<'_>, prep: &Prepared, point: &RestorePoint) -> Result<Measured> {
+    let disks = tempfile::Builder::new().prefix("kfi-disks-").tempdir().context("creating a disk directory")?;
+    for disk in prep.snapshot.disk_files() {
+        let target = disks.path().join(disk.file_name().unwrap_or_default());
+        std::fs::copy(&disk, &target).with_context(|| format!("copying {}", disk.display()))?;
+    }
+    let config =
+        VmConfig { disk_dir: Some(disks.path().to_path_buf()), http_port: None, gdb_port: None, ..prep.config.clone() };
+    let mut metrics = BTreeMap::new();
+    let emulated = point.storage.bytes_per_s();
+    let cold = point.cache == CacheState::Cold;
+    let set_cache = |file: &Path| -> Result<()> {
+        // An emulated device's data stays in host memory behind its
+        // limit; only the host's own disk is really read cold.
+        if cold && point.storage == Storage::Disk {
+            storage::drop_cached(file)?;
+        } else {
+            storage::warm(file)?;
+        }
+        Ok(())
+    };
+    let t0;
+    let timing;
+    let mut throttle_read = None;
+    match point.path {
+        RestorePath::Lazy => {
+            set_cache(&prep.snapshot.state_file())?;
+            set_cache(&prep.snapshot.ram_file())?;
+            let device = match emulated {
+                Some(rate) => {
+                    let device = LoopDevice::attach(&prep.snapshot.ram_file())?;
+                    let throttle = ReadThrottle::new(&device.dev_id(), rate)?;
+                    if cold {
+                        storage::drop_cached(device.path())?;
+                    } else {
+                        storage::warm(device.path())?;
+                    }
+                    Some((device, throttle))
+                }
+                None => None,
+            };
+            let ram = device.as_ref().map_or(prep.snapshot.ram_file(), |(d, _)| d.path().to_path_buf());
+            metrics.insert("resident_before".to_string(), storage::resident_fraction(&ram)?);
+            t0 = Instant::now();
+            let throttle = device.as_ref().map(|(_, t)| t);
+            let mut join = |vm: &Vm| match throttle {
+                Some(t) => t.add(vm.pid()).map_err(|e| VmError::Restore(e.to_string())),
+                None => Ok(()),
+            };
+            let restored = Vm::restore_lazy(env.image, &config, &prep.snapshot, &ram, &mut join)
+                .context("restoring the lazy snapshot")?;
+            let load_s = t0.elapsed().as_secs_f64();
+            restored.wait_http(Duration::from_secs(300)).context("waiting for the restored service")?;
+            let restore_s = t0.elapsed().as_secs_f64();
+            if let Some((_, t)) = &device {
+                throttle_read = t.read_bytes().ok();
+            }
+            check_content(&restored)?;
+            restored.kill();
+            drop(device);
+            timing = (restore_s, load_s);
+        }
+        RestorePath::Streamed => {
+            set_cache(&prep.stream)?;
+            metrics.insert("resident_before".to_string(), storage::resident_fraction(&prep.stream)?);
+            // Warm data is served by the host page cache, whatever the device.
+            let rate = emulated.filter(|_| cold);
+            t0 = Instant::now();
+            let restored = Vm::restore_streamed(env.image, &config, &prep.stream, rate, &mut |_| Ok(()))
+                .context("restoring the migration stream")?;
+            let load_s = t0.elapsed().as_secs_f64();
+            restored.wait_http(Duration::from_secs(300)).context("waiting for the restored service")?;
+            let restore_s = t0.elapsed().as_secs_f64();
+            check_content(&restored)?;
+            restored.kill();
+            timing = (restore_s, load_s);
+        }
+    }
+    if let Some(bytes) = throttle_read {
+        metrics.insert("device_read_bytes".to_string(), bytes as f64);
+    }
+    Ok(Measured { restore_s: timing.0, load_s: timing.1, metrics })
+}
+
+/// A restored guest must serve the document set byte-exact, not only the
+/// index the timing waited for.
+fn check_content(vm: &Vm) -> Result<()> {
+    for doc in vm.image().docs.docs.iter().step_by(25) {
+        probe::check_doc(vm.http_addr(), doc, Duration::from_secs(30))
+            .with_context(|| format!("the restored guest served {} wrongly", doc.path))?;
+    }
+    Ok(())
+}
+
+fn record(
+    env: &Environment<'_>,
+    file: &ExperimentFile,
+    planned: &Planned,
+    point: &RestorePoint,
+    prep: &Prepared,
+    m: Measured,
+    (started_at, wall): (String, Instant),
+) -> ExperimentRecord {
+    let mut params = BTreeMap::new();
+    params.insert("ram_mb".to_string(), point.ram_mb.to_string());
+    params.insert("reduction".to_string(), point.reduction.to_string());
+    params.insert("restore_path".to_string(), point.path.to_string());
+    params.insert("storage".to_string(), point.storage.to_string());
+    params.insert("cache".to_string(), point.cache.to_string());
+    params.insert("rep".to_string(), planned.rep.to_string());
+    if let Some(rate) = point.storage.bytes_per_s() {
+        params.insert("storage_mb_per_s".to_string(), (rate / 1_000_000).to_string());
+    }
+    let mut metrics = prep.metrics.clone();
+    metrics.extend(m.metrics);
+    let bytes = match point.path {
+        RestorePath::Lazy => metrics.get("lazy_snapshot_bytes"),
+        RestorePath::Streamed => metrics.get("streamed_snapshot_bytes"),
+    };
+    if let Some(&b) = bytes {
+        metrics.insert("snapshot_bytes".to_string(), b);
+    }
+    metrics.insert("restore_s".to_string(), m.restore_s);
+    metrics.insert("load_s".to_string(), m.load_s);
+    let mut provenance = env.provenance.clone();
+    provenance.ram_mb = point.ram_mb;
+    ExperimentRecord {
+        campaign: file.name.clone(),
+        experiment: planned.index,
+        key: planned.key(),
+        workload: file.workload.kind.to_string(),
+        injection: RecordInjection::None,
+        outcome: "restored".into(),
+        outcome_detail: None,
+        recovery: None,
+        downtime_s: None,
+        throughput_back_s: None,
+        requests: 0,
+        correct: 0,
+        acked_writes: None,
+        lost_writes: None,
+        params,
+        metrics,
+        timeline: Vec::new(),
+        provenance,
+        started_at,
+        wall_s: wall.elapsed().as_secs_f64(),
+        window_s: m.restore_s,
+    }
+}
+
+/// Runs the pending restore experiments one at a time, preparing a guest
+/// for each (RAM size, reduction) group on first need; each record is
+/// stored as soon as it exists, so a killed run resumes.
+pub fn run(
+    campaign: &super::spec::Campaign,
+    env: &Environment<'_>,
+    opts: &RunOptions,
+    store: &Store,
+    todo: Vec<Planned>,
+    mut summary: RunSummary,
+    started: Instant,
+) -> Result<RunSummary> {
+    let Some(spec) = &campaign.file.restore else { bail!("{} has no [restore] table", campaign.path.display()) };
+    let golden = GoldenDir::create(&opts.results)?;
+    let bar = runner::progress_bar(todo.len() as u64);
+    let mut prep: Option<Prepared> = None;
+    let mut overhead = (0.0, 0.0);
+    for planned in todo {
+        if env.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Injection::Restore(point) = planned.injection else {
+            bail!("experiment {} of a [restore] campaign is not a restore", planned.index)
+        };
+        let wall = Instant::now();
+        let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let result = (|| -> Result<ExperimentRecord> {
+            if prep.as_ref().is_none_or(|p| p.key != (point.ram_mb, point.reduction)) {
+                // One prepared guest at a time: a 2 GB one is gigabytes.
+                prep = None;
+                let t = Instant::now();
+                bar.set_message(format!("preparing a {} MiB guest, reduction {}", point.ram_mb, point.reduction));
+                prep = Some(prepare(env, &golden.0, spec, &point)?);
+                summary.golden_s += t.elapsed().as_secs_f64();
+            }
+            let p = prep.as_ref().context("no prepared guest")?;
+            let m = restore_once(env, p, &point)?;
+            Ok(record(env, &campaign.file, &planned, &point, p, m, (started_at, wall)))
+        })();
+        match result.and_then(|r| {
+            store.insert(&r).with_context(|| format!("storing experiment {}", planned.index))?;
+            Ok(r)
+        }) {
+            Ok(r) => {
+                summary.ran += 1;
+                *summary.outcomes.entry(r.outcome.clone()).or_default() += 1;
+                overhead.0 += (r.wall_s - r.window_s).max(0.0);
+                overhead.1 += r.window_s;
+                bar.set_message(runner::outcome_line(&summary.outcomes));
+                bar.inc(1);
+            }
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(e.context(format!(
+                    "experiment {} ({}); the campaign stopped with {} experiments stored, and a rerun of the same \
+                     command resumes from there",
+                    planned.index,
+                    planned.key(),
+                    summary.already_done + summary.ran
+                )));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    drop(prep);
+    summary.wall_s = started.elapsed().as_secs_f64();
+    summary.overhead = (overhead.1 > 0.0).then(|| overhead.0 / overhead.1);
+    summary.interrupted = env.stop.load(Ordering::SeqCst);
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeSet;
+
+    use super::super::spec::Campaign;
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "memory"
+seed = 1
+repetitions = 2
+
+[guest]
+profile = "tiny"
+
+[workload]
+kind = "apache"
+
+[restore]
+ram_mb = [256, 512]
+reduction = ["off", "on"]
+restore_path = ["lazy", "streamed"]
+storage = ["page-cache", "hdd"]
+cache = ["cold", "warm"]
+"#;
+
+    fn parse(text: &str) -> Result<Campaign, SpecError> {
+        Campaign::parse(Path::new("mem.toml"), text)
+    }
+
+    #[test]
+    fn restore_tables_expand_into_keyed_restores_grouped_by_guest() {
+        let c = parse(GOOD).unwrap();
+        let planned = c.expand();
+        // 2 RAM x 2 reductions x 2 paths x (hdd cold+warm, page-cache warm) x 2 reps.
+        assert_eq!(planned.len(), 2 * 2 * 2 * 3 * 2);
+        assert!(planned.iter().enumerate().all(|(i, p)| p.index == i as u64));
+        let keys: BTreeSet<String> = planned.iter().map(Planned::key).collect();
+        assert_eq!(keys.len(), planned.len());
+        assert_eq!(
+            planned[0].key(),
+            "restore ram_mb=256 reduction=off restore_path=lazy storage=page-cache cache=warm strategy=service-restore rep=0"
+        );
+        assert!(!keys.iter().any(|k| k.contains("page-cache cache=cold")));
+        // Each (RAM, reduction) group is one run of consecutive experiments.
+        let groups: Vec<(u32, Reduction)> = planned
+            .iter()
+            .map(|p| match p.injection {
+                Injection::Restore(r) => (r.ram_mb, r.reduction),
+                _ => panic!("not a restore"),
+            })
+            .collect();
+        let mut runs = groups.clone();
+        runs.dedup();
+        assert_eq!(runs.len(), 4);
+        // Defaults: one lazy, warm, page-cache restore without reduction.
+        let minimal = GOOD.split("[restore]").next().unwrap().to_string() + "[restore]\nram_mb = [256]\n";
+        let c = parse(&minimal).unwrap();
+        assert_eq!(c.expand().len(), 2);
+        assert_eq!(c.file.restore.as_ref().unwrap().page_cache_fill, 0.5);
+    }
+
+    #[test]
+    fn bad_restore_tables_name_file_line_and_key() {
+        let bad = GOOD.replace("\"hdd\"]", "\"floppy\"]");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("mem.toml") && e.contains("line 16") && e.contains("floppy"), "{e}");
+
+        let bad = GOOD.replace("[\"lazy\", \"streamed\"]", "[\"lazy\", \"eager\"]");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 15") && e.contains("eager"), "{e}");
+
+        let bad = GOOD.replace("ram_mb = [256, 512]", "ram_mb = [256, 64]");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("mem.toml: line 13: key `restore.ram_mb`") && e.contains("64 MiB"), "{e}");
+
+        let bad = GOOD.replace("cache = [\"cold\", \"warm\"]", "cache = [\"cold\", \"cold\"]");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 17") && e.contains("restore.cache") && e.contains("twice"), "{e}");
+
+        let bad = GOOD.replace("cache = [\"cold\", \"warm\"]", "cache = [\"cold\"]\npage_cache_fill = 1.5");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 18") && e.contains("restore.page_cache_fill"), "{e}");
+
+        let bad = GOOD
+            .replace("storage = [\"page-cache\", \"hdd\"]", "storage = [\"page-cache\"]")
+            .replace("cache = [\"cold\", \"warm\"]", "cache = [\"cold\"]");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 17") && e.contains("warm by definition"), "{e}");
+
+        let bad = GOOD.replace("[restore]", "[[inject]]\ncrash = \"sysrq\"\n\n[restore]");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 15: key `restore`") && e.contains("remove [[inject]]"), "{e}");
+
+        let bad = GOOD.replace("cache = [", "caches = [");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 17") && e.contains("caches"), "{e}");
+    }
+}
