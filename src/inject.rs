@@ -205,6 +205,14 @@ pub fn watch_fault(
     // Detach before anything else: a guest left paused by the client
     // would look hung to everything that follows.
     drop(gdb);
+    if injection.is_err() {
+        // A stub that closes the connection is a QEMU on its way out: give
+        // the process a moment to be seen gone before judging.
+        let until = Instant::now() + Duration::from_secs(2);
+        while vm.check_alive().is_ok() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let console_text = console_since(vm, console_offset);
     let injection = match injection {
         Ok(report) => report,
