@@ -353,7 +353,9 @@ impl Injection {
             if let Some(StopEvent::Watchpoint { kind, address }) = s.event {
                 if self.watch.is_none() {
                     if let Some(tracer) = self.tracer.as_mut().filter(|t| t.owns_watch(address)) {
-                        tracer.on_watch(gdb, image, address).map_err(gdb_err("recording a read of tainted data"))?;
+                        tracer
+                            .on_watch(gdb, image, address, kind)
+                            .map_err(gdb_err("recording an access to tainted data"))?;
                         return gdb.resume().map_err(gdb_err("resuming after a tainted read"));
                     }
                 }

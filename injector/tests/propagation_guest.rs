@@ -118,6 +118,8 @@ fn a_slot_in_the_current_tasks_kernel_stack_stays_process_local() {
     // PID 1 pops the saved r12 on every return to user mode.
     assert!(report.accesses.iter().any(|a| a.long_range && a.context.pid == 1 && a.local), "{report:?}");
     assert!(report.foreign_readers.is_empty(), "{report:?}");
+    // PID 1's next system call entry saves r12 there again.
+    assert_eq!(report.overwritten, 1, "{report:?}");
     assert_eq!(report.scope, Scope::ProcessLocal, "{}", report.why);
 }
 

@@ -115,6 +115,7 @@ mod tests {
             writes: 0,
             reads: 0,
             watched: 0,
+            overwritten: 0,
             unwatched_shared: 0,
             hits: 0,
             long_s: 0.0,

@@ -14,10 +14,15 @@
 //! upper bound, as control dependence always is).
 //!
 //! Long range: up to [`TraceConfig::max_watchpoints`] aligned 8-byte cells
-//! of tainted memory get read watchpoints, cells the activating task does
-//! not own first, then the most recently tainted. Each read records the
-//! reading context and function. A cell stays watched until the end:
-//! a later overwrite by another context is not assumed to clean it.
+//! of tainted memory get read and write watchpoints, cells the activating
+//! task does not own first, then the most recently tainted. Each read
+//! records the reading context and function. A write cleans the bytes the
+//! writing instruction covered (decoded from the code before the stop; a
+//! write whose instruction cannot be found, after a call say, cleans the
+//! cell): a stack slot an interrupt or a later task reuses is overwritten
+//! before it is read, and reading it then is no propagation. The long
+//! range does not follow a read further (what the reader computes from the
+//! value is not tracked).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
@@ -29,7 +34,7 @@ use super::context::{Context, ContextReader};
 use super::layout::KernelLayout;
 use super::scope::{classify, Scope};
 use super::taint::{MemRange, RegValues, Taint, Unit};
-use crate::gdb::{BreakpointKind, GdbClient, GdbError, Reg, Registers, StopReason, SIGTRAP};
+use crate::gdb::{BreakpointKind, GdbClient, GdbError, Reg, Registers, StopReason, WatchKind, SIGTRAP};
 use crate::image::KernelImage;
 
 /// Bounds of one trace.
@@ -151,6 +156,9 @@ pub struct PropagationReport {
     pub reads: u64,
     /// Cells of 8 bytes watched in the long range.
     pub watched: usize,
+    /// Watched cells overwritten (cleaned) before the window ended.
+    #[serde(default)]
+    pub overwritten: usize,
     /// Tainted cells outside the activating task that got no watchpoint.
     pub unwatched_shared: usize,
     /// Watchpoint hits.
@@ -188,6 +196,7 @@ pub struct Tracer {
     reads: u64,
     watched: Vec<u64>,
     armed: usize,
+    overwritten: usize,
     unwatched_shared: usize,
     hits: u32,
     long_started: Option<Instant>,
@@ -257,6 +266,7 @@ impl Tracer {
             reads: 0,
             watched: Vec::new(),
             armed: 0,
+            overwritten: 0,
             unwatched_shared: 0,
             hits: 0,
             long_started: None,
@@ -430,6 +440,10 @@ impl Tracer {
             if gdb.set_breakpoint(BreakpointKind::Read, cell, 8).is_err() {
                 break;
             }
+            if gdb.set_breakpoint(BreakpointKind::Write, cell, 8).is_err() {
+                gdb.remove_breakpoint(BreakpointKind::Read, cell, 8)?;
+                break;
+            }
             self.watched.push(cell);
         }
         let watched_shared = self.watched.iter().filter(|&&c| !activating.owns(c, stack, &layout)).count();
@@ -447,14 +461,44 @@ impl Tracer {
     }
 
     /// Handles a stop at one of the tracer's watchpoints (the guest is
-    /// stopped after the reading instruction); the caller resumes.
-    pub fn on_watch(&mut self, gdb: &mut GdbClient, image: &KernelImage, address: u64) -> Result<(), GdbError> {
+    /// stopped after the accessing instruction); the caller resumes.
+    pub fn on_watch(
+        &mut self,
+        gdb: &mut GdbClient,
+        image: &KernelImage,
+        address: u64,
+        kind: WatchKind,
+    ) -> Result<(), GdbError> {
         self.hits += 1;
+        let cell = address & !7;
         let regs = gdb.read_registers()?;
-        let ctx = self.contexts.read(gdb, &regs)?;
-        self.note(AccessKind::Read, address, &ctx, image.symbolize(regs.rip), true);
+        if kind == WatchKind::Write {
+            let written = previous_instruction(gdb, image, regs.rip).map(|i| written_by(&i, &regs));
+            for r in written.filter(|w| !w.is_empty()).unwrap_or_else(|| vec![MemRange::new(cell, 8)]) {
+                self.taint.clean_mem(r);
+            }
+            if !self.taint.mem_tainted(MemRange::new(cell, 8)) {
+                self.unwatch(gdb, cell)?;
+                self.overwritten += 1;
+            }
+        } else {
+            let ctx = self.contexts.read(gdb, &regs)?;
+            self.note(AccessKind::Read, address, &ctx, image.symbolize(regs.rip), true);
+        }
         if self.hits >= self.config.max_hits || self.foreign.len() >= self.config.max_readers {
             self.disarm(gdb)?;
+        }
+        Ok(())
+    }
+
+    fn unwatch(&mut self, gdb: &mut GdbClient, cell: u64) -> Result<(), GdbError> {
+        gdb.remove_breakpoint(BreakpointKind::Read, cell, 8)?;
+        gdb.remove_breakpoint(BreakpointKind::Write, cell, 8)?;
+        self.watched.retain(|&c| c != cell);
+        if self.watched.is_empty() {
+            if let Some(t) = self.long_started.take() {
+                self.long_s += t.elapsed().as_secs_f64();
+            }
         }
         Ok(())
     }
@@ -463,6 +507,7 @@ impl Tracer {
     pub fn disarm(&mut self, gdb: &mut GdbClient) -> Result<(), GdbError> {
         for cell in std::mem::take(&mut self.watched) {
             gdb.remove_breakpoint(BreakpointKind::Read, cell, 8)?;
+            gdb.remove_breakpoint(BreakpointKind::Write, cell, 8)?;
         }
         if let Some(t) = self.long_started.take() {
             self.long_s += t.elapsed().as_secs_f64();
@@ -491,6 +536,7 @@ impl Tracer {
             writes: self.writes,
             reads: self.reads,
             watched: self.armed,
+            overwritten: self.overwritten,
             unwatched_shared: self.unwatched_shared,
             hits: self.hits,
             long_s,
@@ -536,8 +582,8 @@ impl Tracer {
             };
             match &stop {
                 StopReason::Signal(s) => match s.event {
-                    Some(crate::gdb::StopEvent::Watchpoint { address, .. }) if self.owns_watch(address) => {
-                        self.on_watch(gdb, image, address)?;
+                    Some(crate::gdb::StopEvent::Watchpoint { address, kind }) if self.owns_watch(address) => {
+                        self.on_watch(gdb, image, address, kind)?;
                     }
                     _ if s.signal == SIGTRAP => {}
                     _ => return Ok(()),
@@ -565,6 +611,17 @@ pub fn outputs(instr: &Instruction, regs: &Registers) -> Seed {
         }
     }
     seed
+}
+
+/// The memory an instruction that just executed wrote, from the registers
+/// after it: a push or call wrote the slot RSP now points to.
+fn written_by(instr: &Instruction, regs: &Registers) -> Vec<MemRange> {
+    let pushes = matches!(instr.flow_control(), FlowControl::Call | FlowControl::IndirectCall)
+        || matches!(instr.mnemonic(), iced_x86::Mnemonic::Push | iced_x86::Mnemonic::Pushfq);
+    if pushes {
+        return vec![MemRange::new(regs.rsp, 8)];
+    }
+    outputs(instr, regs).mem
 }
 
 impl Seed {
