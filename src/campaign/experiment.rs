@@ -295,7 +295,7 @@ fn record(
             requested: t.requested.to_string(),
             used: t.strategy.to_string(),
             fallback_reason: t.fallback_reason.clone(),
-            cause: cause_name(t.cause).into(),
+            cause: t.cause.name().into(),
             // Clients got correct answers again (measured downtime, or
             // correct answers to requests sent after the failure).
             recovered: downtime_s.is_some()
@@ -308,7 +308,7 @@ fn record(
             requested: planned.strategy.to_string(),
             used: planned.strategy.to_string(),
             fallback_reason: observed.not_recovered.clone(),
-            cause: cause_name(failure.cause).into(),
+            cause: failure.cause.name().into(),
             recovered: false,
             detect_s: failure.detected_at.saturating_duration_since(observed.injected_at).as_secs_f64(),
             // Never back: no restart or service time to report.
@@ -351,15 +351,4 @@ fn record(
         wall_s: times.wall_s,
         window_s: times.load_s,
     })
-}
-
-fn cause_name(cause: FailureCause) -> &'static str {
-    match cause {
-        FailureCause::GuestPanicked => "guest-panicked",
-        FailureCause::GuestCrashLoaded => "guest-crash-loaded",
-        FailureCause::HeartbeatLost => "heartbeat-lost",
-        FailureCause::QemuExited => "qemu-exited",
-        FailureCause::Watchdog => "watchdog",
-        FailureCause::ServiceProbe => "service-probe",
-    }
 }
