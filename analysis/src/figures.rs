@@ -403,6 +403,8 @@ struct Stacked {
     title: String,
     x_desc: String,
     y_desc: String,
+    /// What the layers are (the legend's heading).
+    legend: String,
     categories: Vec<String>,
     totals: Vec<u64>,
     layers: Vec<(String, RGBColor, Vec<f64>)>,
@@ -458,7 +460,9 @@ impl Draw for Stacked {
                 .map_err(err)?;
         }
         let legend = right.margin(80, 20, 10, 10);
-        legend.draw(&Text::new("outcome", (0, 0), label_font().pos(Pos::new(HPos::Left, VPos::Top)))).map_err(err)?;
+        legend
+            .draw(&Text::new(self.legend.as_str(), (0, 0), label_font().pos(Pos::new(HPos::Left, VPos::Top))))
+            .map_err(err)?;
         for (k, (name, color, _)) in self.layers.iter().enumerate().rev() {
             let y = 30 + 28 * (self.layers.len() - 1 - k) as i32;
             legend.draw(&Rectangle::new([(0, y), (18, y + 18)], color.filled())).map_err(err)?;
@@ -653,6 +657,7 @@ pub fn outcome_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figu
         title: title.clone(),
         x_desc: "fault model".into(),
         y_desc: "share of experiments (%)".into(),
+        legend: "outcome".into(),
         categories,
         totals,
         layers,
@@ -690,6 +695,7 @@ pub fn scope_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure
         title: title.clone(),
         x_desc: "fault model".into(),
         y_desc: "share of traced faults (%)".into(),
+        legend: "scope".into(),
         categories: by.keys().cloned().collect(),
         totals,
         layers,
