@@ -626,32 +626,53 @@ pub fn throughput_timelines(records: &[ExperimentRecord], dir: &Path) -> Result<
     Ok(out)
 }
 
-/// Outcome shares per fault model (forced crashes as `crash:<kind>`), as
-/// 100%-stacked bars.
-pub fn outcome_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
+/// A stacked chart's layers: name, colour, share per bar.
+type Layers = Vec<(String, RGBColor, Vec<f64>)>;
+
+/// The bars and layers of a 100%-stacked chart: per fault model, the share
+/// of each class (`class` of a record, `None` to leave it out), classes in
+/// `order`. `None` when no record has a class.
+fn shares_per_model(
+    records: &[ExperimentRecord],
+    order: &[&str],
+    color: fn(&str) -> RGBColor,
+    class: impl Fn(&ExperimentRecord) -> Option<String>,
+) -> Option<(Vec<String>, Vec<u64>, Layers)> {
     let mut by: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for r in records.iter().filter(|r| !matches!(r.injection, Injection::None)) {
-        *by.entry(r.injection.label()).or_default().entry(r.outcome.clone()).or_default() += 1;
+    for r in records {
+        if let Some(c) = class(r) {
+            *by.entry(r.injection.label()).or_default().entry(c).or_default() += 1;
+        }
     }
     if by.is_empty() {
-        return Ok(Vec::new());
+        return None;
     }
-    let mut outcomes: Vec<String> = by.values().flat_map(|m| m.keys().cloned()).collect();
-    outcomes.sort_by(|a, b| order_key(&OUTCOME_ORDER, a).cmp(&order_key(&OUTCOME_ORDER, b)));
-    outcomes.dedup();
-    let categories: Vec<String> = by.keys().cloned().collect();
+    let mut classes: Vec<String> = by.values().flat_map(|m| m.keys().cloned()).collect();
+    classes.sort_by(|a, b| order_key(order, a).cmp(&order_key(order, b)));
+    classes.dedup();
     let totals: Vec<u64> = by.values().map(|m| m.values().sum()).collect();
-    let layers = outcomes
+    let layers = classes
         .iter()
-        .map(|o| {
+        .map(|c| {
             let shares = by
                 .values()
                 .zip(&totals)
-                .map(|(m, t)| 100.0 * m.get(o).copied().unwrap_or(0) as f64 / *t as f64)
+                .map(|(m, t)| 100.0 * m.get(c).copied().unwrap_or(0) as f64 / *t as f64)
                 .collect();
-            (o.clone(), outcome_color(o), shares)
+            (c.clone(), color(c), shares)
         })
         .collect();
+    Some((by.into_keys().collect(), totals, layers))
+}
+
+/// Outcome shares per fault model (forced crashes as `crash:<kind>`), as
+/// 100%-stacked bars.
+pub fn outcome_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
+    let Some((categories, totals, layers)) = shares_per_model(records, &OUTCOME_ORDER, outcome_color, |r| {
+        (!matches!(r.injection, Injection::None)).then(|| r.outcome.clone())
+    }) else {
+        return Ok(Vec::new());
+    };
     let title = "Outcomes per fault model".to_string();
     let fig = Stacked {
         title: title.clone(),
@@ -665,38 +686,23 @@ pub fn outcome_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figu
     Ok(vec![render(&fig, dir, "outcomes", &title)?])
 }
 
-/// Error propagation scope shares per fault model (traced, activated
-/// faults), as 100%-stacked bars.
+/// Error propagation scope shares per fault model (traced faults), as
+/// 100%-stacked bars.
 pub fn scope_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
-    let mut by: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for r in records {
-        if let Some(p) = crate::tables::propagation(r) {
-            *by.entry(r.injection.label()).or_default().entry(p.scope.clone()).or_default() += 1;
-        }
-    }
-    if by.is_empty() {
-        return Ok(Vec::new());
-    }
-    let totals: Vec<u64> = by.values().map(|m| m.values().sum()).collect();
-    let layers = crate::record::scope::ORDER
-        .iter()
-        .filter(|s| by.values().any(|m| m.contains_key(**s)))
-        .map(|s| {
-            let shares = by
-                .values()
-                .zip(&totals)
-                .map(|(m, t)| 100.0 * m.get(*s).copied().unwrap_or(0) as f64 / *t as f64)
-                .collect();
-            (s.to_string(), scope_color(s), shares)
+    let Some((categories, totals, layers)) =
+        shares_per_model(records, &crate::record::scope::ORDER, scope_color, |r| {
+            crate::tables::propagation(r).map(|p| p.scope.clone())
         })
-        .collect();
+    else {
+        return Ok(Vec::new());
+    };
     let title = "Error propagation scope per fault model (published: mostly process-local)".to_string();
     let fig = Stacked {
         title: title.clone(),
         x_desc: "fault model".into(),
         y_desc: "share of traced faults (%)".into(),
         legend: "scope".into(),
-        categories: by.keys().cloned().collect(),
+        categories,
         totals,
         layers,
     };

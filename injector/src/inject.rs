@@ -484,10 +484,7 @@ impl Injection {
                             source: GdbError::Registers { packet: "g".into(), source: e },
                         })?;
                         let intended = outputs(&d.instr, &regs);
-                        Some(
-                            Seed { regs: wrong.regs, flags: wrong.flags, mem: wrong.mem, wrong_path: false }
-                                .merge(Seed { mem: intended.mem, ..Seed::default() }),
-                        )
+                        Some(wrong.merge(Seed { mem: intended.mem, ..Seed::default() }))
                     }
                     _ => None,
                 };
