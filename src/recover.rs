@@ -161,7 +161,7 @@ pub fn run(image: &GuestImage, config: &VmConfig, plan: &RecoverPlan, progress: 
         // A fresh system per strategy: no strategy inherits the disk or
         // snapshots another one left behind.
         // kexec-reboot boots with a crash kernel reserved (and more RAM).
-        let config = strategy.vm_config(&config);
+        let config = strategy.vm_config(&config, image.profile());
         let mut sut = Sut::boot(image, &config).context("booting the system under test")?;
         sut.snapshot_service().context("taking the service snapshot")?;
         for rep in 0..plan.repeat {

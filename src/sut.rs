@@ -53,7 +53,7 @@ pub fn run(
     log: &mut dyn FnMut(&RecoveryLog),
     ready: &mut dyn FnMut(&mut Sut),
 ) -> Result<usize> {
-    let config = plan.strategy.vm_config(config);
+    let config = plan.strategy.vm_config(config, image.profile());
     let mut sut = Sut::boot(image, &config).context("booting the system under test")?;
     sut.snapshot_service().context("taking the service snapshot")?;
     ready(&mut sut);

@@ -23,6 +23,8 @@
 #   kfi-cmd fill <n>        mount the disk with serial kfi-fill read-only on
 #                           /fill and read its files into the page cache (the
 #                           host's memory experiments), then `kfi ack <n>`
+#   kfi-cmd sync <n>        write dirty pages back, then `kfi ack <n>` (the
+#                           host lets the data disk settle before a snapshot)
 #   kfi-cmd dropcaches <n>  sync, drop the page cache, dentries and inodes
 #                           (shrinks what a snapshot must hold), `kfi ack <n>`
 #   kfi-cmd meminfo <n>     answer `kfi mem <n> <MemFree kB> <Cached+Buffers kB>`
@@ -132,6 +134,7 @@ heartbeat)
                         done
                         echo "kfi ack $arg" >&3
                         ;;
+                    sync) sync && echo "kfi ack $arg" >&3 ;;
                     dropcaches) sync && echo 3 > /proc/sys/vm/drop_caches && echo "kfi ack $arg" >&3 ;;
                     meminfo)
                         free=0 cached=0

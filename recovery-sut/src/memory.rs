@@ -119,6 +119,11 @@ pub fn fill_page_cache(vm: &Vm, timeout: Duration) -> Result<Duration, MemoryErr
     Ok(started.elapsed())
 }
 
+/// Has the guest write its dirty pages back, keeping its caches.
+pub fn sync(vm: &Vm) -> Result<(), MemoryError> {
+    command(vm, "sync", Duration::from_secs(60))
+}
+
 /// Has the guest sync and drop its page cache, dentries and inodes.
 pub fn drop_caches(vm: &Vm) -> Result<(), MemoryError> {
     command(vm, "dropcaches", Duration::from_secs(60))

@@ -103,12 +103,21 @@ pub fn wait_correct(
     deadline: Instant,
     mut alive: impl FnMut() -> bool,
 ) -> Result<Instant, ProbeError> {
+    let started = Instant::now();
     loop {
         // Short attempts: before the guest's network is up, QEMU's user-mode
         // stack accepts the host connection and then retransmits its SYN to
         // the guest for seconds; a fresh attempt is quicker than waiting.
+        let sent = Instant::now();
         let attempt = check_doc(addr, doc, ATTEMPT_TIMEOUT);
         let now = Instant::now();
+        tracing::debug!(
+            since_start = (sent - started).as_secs_f64(),
+            took = (now - sent).as_secs_f64(),
+            ok = attempt.is_ok(),
+            error = attempt.as_ref().err().map(|e| e.to_string()),
+            "readiness attempt"
+        );
         match attempt {
             Ok(()) => return Ok(now),
             Err(e) if now >= deadline || !alive() => return Err(e),

@@ -62,20 +62,32 @@ impl Strategy {
     }
 }
 
-/// The crash kernel reservation of kexec-reboot: the tiny guest's crash
-/// kernel has about 58 MiB free in it, enough for its init and services.
-pub const KEXEC_CRASH_KERNEL_MIB: u32 = 128;
+/// The crash kernel reservation of kexec-reboot for `profile`: the tiny
+/// guest's crash kernel has about 58 MiB free in 128, enough for its init
+/// and services; debian's runs systemd, Apache, PHP and MariaDB (a 64 MiB
+/// buffer pool), which its `min_memory_mib` of 384 is sized for.
+pub fn kexec_crash_kernel_mib(profile: crate::Profile) -> u32 {
+    match profile {
+        crate::Profile::Tiny => 128,
+        crate::Profile::Debian => 448,
+    }
+}
 
 impl Strategy {
-    /// The VM configuration a SUT recovering with this strategy boots
-    /// with: kexec-reboot reserves a crash kernel, and enough RAM besides.
-    pub fn vm_config(self, base: &VmConfig) -> VmConfig {
+    /// The VM configuration a SUT of `profile` recovering with this
+    /// strategy boots with: kexec-reboot reserves a crash kernel, and
+    /// enough RAM besides for the running system.
+    pub fn vm_config(self, base: &VmConfig, profile: crate::Profile) -> VmConfig {
         match self {
-            Strategy::KexecReboot => VmConfig {
-                crash_kernel_mib: Some(KEXEC_CRASH_KERNEL_MIB),
-                memory_mib: base.memory_mib.max(KEXEC_CRASH_KERNEL_MIB + crate::vm::CRASH_KERNEL_HOST_MIB),
-                ..base.clone()
-            },
+            Strategy::KexecReboot => {
+                let crash = kexec_crash_kernel_mib(profile);
+                let host = crate::vm::CRASH_KERNEL_HOST_MIB.max(crate::guest::min_memory_mib(profile));
+                VmConfig {
+                    crash_kernel_mib: Some(crash),
+                    memory_mib: base.memory_mib.max(crash + host),
+                    ..base.clone()
+                }
+            }
             _ => base.clone(),
         }
     }
@@ -372,6 +384,11 @@ impl Which {
 /// is taken without a complete manifest.
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the data disk must go without a write before a service
+/// snapshot is taken, and how long the SUT waits for that at most.
+const DATA_QUIET: Duration = Duration::from_secs(2);
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Write requests QEMU has counted on the data disk, if there is one.
 fn data_writes(vm: &mut Vm) -> Option<u64> {
     let stats = vm.qmp().execute("query-blockstats", None).ok()?;
@@ -431,6 +448,7 @@ impl Sut {
             .filter(|p| p.exists())
             .collect();
         self.wait_manifest();
+        self.quiesce_data_disk();
         let service = snapshot::take_with_disks(self.vm(), &dir.join("service"), "services-ready", &disks)?;
         let phase = match &self.phase_snapshot {
             Some(phase) => Some(copy_snapshot(phase, &dir.join("phase"))?),
@@ -490,6 +508,7 @@ impl Sut {
     pub fn snapshot_service(&mut self) -> Result<&Snapshot, RecoveryError> {
         let dir = self.snapshots.path().join("service");
         self.wait_manifest();
+        self.quiesce_data_disk();
         let snap = snapshot::take(self.vm(), &dir, "services-ready")?;
         self.service_taken = Instant::now();
         self.absorb_agent();
@@ -520,6 +539,39 @@ impl Sut {
         let watched = self.image.profile().watched_files();
         if !self.vm().agent().wait_watched(watched, MANIFEST_TIMEOUT) {
             tracing::warn!("the agent reported no manifest of the watched files within {MANIFEST_TIMEOUT:?}; the snapshot cannot be checked against file changes");
+        }
+    }
+
+    /// Lets the data disk settle before a service snapshot: the guest
+    /// writes its dirty pages back, then the SUT waits until QEMU counts no
+    /// new write for [`DATA_QUIET`]. A snapshot taken with dirty pages, or
+    /// with a database in the middle of background work, writes the data
+    /// disk again after every restore, and that makes the next service
+    /// restore unsafe (see [`Sut::recover`]). A disk that never settles
+    /// (a workload writing) is snapshotted anyway, with a warning.
+    fn quiesce_data_disk(&mut self) {
+        let Some(mut last) = data_writes(self.vm()) else { return };
+        let started = Instant::now();
+        if let Err(e) = crate::memory::sync(self.vm()) {
+            tracing::warn!("the guest did not sync before the service snapshot: {e}");
+        }
+        let mut quiet_since = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = data_writes(self.vm()).unwrap_or(last);
+            if now != last {
+                last = now;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= DATA_QUIET {
+                tracing::info!(seconds = started.elapsed().as_secs_f64(), "data disk quiet for the service snapshot");
+                return;
+            }
+            if started.elapsed() >= QUIESCE_TIMEOUT {
+                tracing::warn!(
+                    "the data disk was still being written after {QUIESCE_TIMEOUT:?}; a service restore from this snapshot will fall back to phase-restore"
+                );
+                return;
+            }
         }
     }
 
@@ -857,10 +909,12 @@ mod tests {
     #[test]
     fn kexec_reboot_reserves_a_crash_kernel_with_room_besides() {
         let base = VmConfig { memory_mib: 256, ..VmConfig::default() };
-        let kexec = Strategy::KexecReboot.vm_config(&base);
-        assert_eq!(kexec.crash_kernel_mib, Some(KEXEC_CRASH_KERNEL_MIB));
-        assert!(kexec.memory_mib >= KEXEC_CRASH_KERNEL_MIB + crate::vm::CRASH_KERNEL_HOST_MIB);
-        assert_eq!(Strategy::ServiceRestore.vm_config(&base).crash_kernel_mib, None);
-        assert_eq!(Strategy::FullReboot.vm_config(&base).memory_mib, 256);
+        let kexec = Strategy::KexecReboot.vm_config(&base, crate::Profile::Tiny);
+        assert_eq!((kexec.crash_kernel_mib, kexec.memory_mib), (Some(128), 384));
+        let debian = VmConfig { memory_mib: 1024, ..VmConfig::default() };
+        let kexec = Strategy::KexecReboot.vm_config(&debian, crate::Profile::Debian);
+        assert_eq!((kexec.crash_kernel_mib, kexec.memory_mib), (Some(448), 1024));
+        assert_eq!(Strategy::ServiceRestore.vm_config(&base, crate::Profile::Tiny).crash_kernel_mib, None);
+        assert_eq!(Strategy::FullReboot.vm_config(&base, crate::Profile::Tiny).memory_mib, 256);
     }
 }

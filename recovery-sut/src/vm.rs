@@ -22,9 +22,10 @@ use crate::probe::{self, ProbeError};
 use crate::qmp::{Qmp, QmpError, QmpEvent};
 use crate::tools::{self, ToolError};
 
-/// RAM the running tiny kernel needs besides a crash kernel reservation:
-/// its kexec initramfs carries the kernel and a second initramfs (at 128
-/// MiB it runs out of memory unpacking them).
+/// RAM the running kernel needs at least besides a crash kernel
+/// reservation: the tiny guest's kexec initramfs carries the kernel and a
+/// second initramfs (at 128 MiB it runs out of memory unpacking them). A
+/// profile that needs more (its `min_memory_mib`) gets that.
 pub const CRASH_KERNEL_HOST_MIB: u32 = 256;
 
 /// How long QEMU gets to create its sockets before it counts as hung.
@@ -159,18 +160,20 @@ pub enum VmError {
     #[error("restoring the snapshot failed: {0}")]
     Restore(String),
     /// A crash kernel was asked for where the image has none.
-    #[error("the {profile} guest image has no crash kernel to load; kexec-reboot needs the tiny guest")]
+    #[error("the {profile} guest image has no crash kernel to load; build the image again (`kfi guest build {profile}`) with this version of kfi")]
     NoCrashKernel {
         /// Profile.
         profile: String,
     },
     /// The crash kernel reservation leaves the running kernel too little.
-    #[error("a {crash} MiB crash kernel reservation leaves too little of {asked} MiB guest RAM for the running kernel and its larger initramfs: give the guest at least {} MiB", crash + CRASH_KERNEL_HOST_MIB)]
+    #[error("a {crash} MiB crash kernel reservation leaves too little of {asked} MiB guest RAM for the running system: give the guest at least {need} MiB")]
     CrashKernelMemory {
         /// The reservation.
         crash: u32,
         /// Guest RAM asked for.
         asked: u32,
+        /// Guest RAM needed.
+        need: u32,
     },
     /// Not enough RAM for the profile.
     #[error("the {profile} guest needs at least {min} MiB of RAM, {asked} MiB were asked for")]
@@ -580,11 +583,12 @@ impl Vm {
 
     fn launch(image: &GuestImage, config: &VmConfig, ram: &Ram) -> Result<Vm, VmError> {
         if let Some(crash) = config.crash_kernel_mib {
-            if image.kexec_initramfs().is_none() {
+            if !image.can_kexec() {
                 return Err(VmError::NoCrashKernel { profile: image.profile().to_string() });
             }
-            if config.memory_mib < crash + CRASH_KERNEL_HOST_MIB {
-                return Err(VmError::CrashKernelMemory { crash, asked: config.memory_mib });
+            let need = crash + CRASH_KERNEL_HOST_MIB.max(image.meta.min_memory_mib);
+            if config.memory_mib < need {
+                return Err(VmError::CrashKernelMemory { crash, asked: config.memory_mib, need });
             }
         }
         if config.memory_mib < image.meta.min_memory_mib {

@@ -386,7 +386,7 @@ fn kexec_reboot_recovers_a_crash_in_the_crash_kernel_and_serves_correct_content(
     use recovery_sut::recovery::FailureCause;
     use recovery_sut::{Strategy, Sut};
     let image = tiny_image();
-    let config = Strategy::KexecReboot.vm_config(&VmConfig { data_disk: true, ..tcg() });
+    let config = Strategy::KexecReboot.vm_config(&VmConfig { data_disk: true, ..tcg() }, image.profile());
     // Sut::boot returns once the crash kernel is loaded.
     let mut sut = Sut::boot(&image, &config).expect("boot");
     sut.vm().agent().wait_heartbeat(0, BOOT).expect("heartbeat");

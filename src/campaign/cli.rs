@@ -14,7 +14,7 @@ use recovery_sut::{AccelChoice, Cache, KernelChoice, VmConfig};
 
 use super::experiment::{self, Shared};
 use super::runner::{self, Environment, RunOptions, RunSummary, Shard};
-use super::spec::{AccelName, Campaign, GuestProfile};
+use super::spec::{AccelName, Campaign, GuestProfile, WorkloadKind};
 use crate::{prepare_guest, Prepared, Progress};
 
 /// `kfi campaign ...`.
@@ -82,6 +82,12 @@ pub struct ReplayArgs {
     /// Results directory holding the stored record to compare with.
     #[arg(long)]
     pub results: Option<PathBuf>,
+    /// Run on this guest instead of the file's (as the campaign was run).
+    #[arg(long, value_enum)]
+    pub guest: Option<GuestProfile>,
+    /// Print both records in full, as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kfi report`.
@@ -306,41 +312,66 @@ pub fn merge(into: &Path, from: &[PathBuf]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Re-runs one experiment exactly and prints its record next to the stored one.
+/// Re-runs one experiment exactly (same fault spec or restore point, same
+/// seeds, from a fresh golden run) and compares it with the stored record;
+/// nothing is stored.
 pub fn replay(cache: &Cache, args: ReplayArgs) -> Result<ExitCode> {
-    let campaign = Campaign::load(&args.file)?;
-    let planned = campaign
-        .expand()
-        .into_iter()
-        .find(|p| p.index == args.id)
-        .with_context(|| format!("{} has no experiment {}", args.file.display(), args.id))?;
+    let campaign = load(&args.file, args.guest)?;
+    let planned = campaign.expand().into_iter().find(|p| p.index == args.id).with_context(|| {
+        format!(
+            "{} has no experiment {} (it has 0 to {}; `kfi campaign status {}` lists them)",
+            args.file.display(),
+            args.id,
+            campaign.expand().len().saturating_sub(1),
+            args.file.display()
+        )
+    })?;
+    let results = results_dir(&campaign, args.results.as_deref());
+    let stored = if runner::store_path(&results).exists() {
+        Store::open(runner::store_path(&results))?
+            .records(&campaign.file.name)?
+            .into_iter()
+            .find(|r| r.experiment == args.id)
+    } else {
+        None
+    };
     let progress = Progress::new();
     let step = |m: &str| progress.step(m);
     let (prepared, config, provenance) = prepare(cache, &campaign, &step)?;
     let faults = super::faults::runner_for(cache, &campaign, &prepared, &step)?;
-    step("golden run");
-    let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
-    let dir = tempfile::Builder::new().prefix("kfi-golden-").tempdir()?;
-    let mut sut = recovery_sut::Sut::boot(&prepared.image, &config)?;
-    let golden = sut.freeze(dir.path())?;
-    drop(sut);
-    step(&format!("experiment {} ({})", planned.index, planned.key()));
-    let shared = Shared {
-        campaign: &campaign,
-        golden: &golden,
-        docs: &docs,
-        provenance: &provenance,
-        faults: faults.as_deref(),
+    let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop: stop_flag()? };
+    let record = if campaign.file.restore.is_some() {
+        step(&format!("experiment {} ({}): preparing its guest", planned.index, planned.key()));
+        super::restore::replay(&campaign, &env, &planned)?
+    } else {
+        step("golden run");
+        let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
+        let dir = tempfile::Builder::new().prefix("kfi-golden-").tempdir()?;
+        let golden = runner::golden_run(&env, &docs, dir.path(), &campaign)?;
+        step(&format!("experiment {} ({})", planned.index, planned.key()));
+        let shared = Shared {
+            campaign: &campaign,
+            golden: &golden,
+            docs: &docs,
+            provenance: &env.provenance,
+            faults: env.faults,
+        };
+        experiment::run(&shared, &planned)?
     };
-    let record = experiment::run(&shared, &planned)?;
     drop(progress);
-    let results = results_dir(&campaign, args.results.as_deref());
-    let stored = Store::open(runner::store_path(&results))
-        .ok()
-        .and_then(|s| s.records(&campaign.file.name).ok())
-        .and_then(|rs| rs.into_iter().find(|r| r.experiment == args.id));
-    let value = serde_json::json!({ "replayed": record, "stored": stored });
-    println!("{}", serde_json::to_string_pretty(&value)?);
+    if args.json {
+        let value = serde_json::json!({ "replayed": record, "stored": stored });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("experiment {} of {} ({}), replayed:", planned.index, campaign.file.name, planned.key());
+    match &stored {
+        Some(stored) => print!("{}", super::compare::table(stored, &record)),
+        None => {
+            println!("(no stored record in {}: the replay alone)", runner::store_path(&results).display());
+            print!("{}", super::compare::table(&record, &record));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -444,6 +475,10 @@ pub fn reproduce(cache: &Cache, args: ReproduceArgs) -> Result<ExitCode> {
     files.retain(|f| f.file_stem().is_none_or(|s| s != "regression"));
     for file in files {
         let campaign = load(&file, Some(args.guest))?;
+        if campaign.file.workload.kind == WorkloadKind::Rubis && args.guest == GuestProfile::Tiny {
+            println!("{}: skipped, RUBiS needs the debian guest (`--guest debian`)", file.display());
+            continue;
+        }
         let results = args.results.join(&campaign.file.name);
         measure_anew_if_complete(&campaign, &results)?;
         let summary = run_campaign(cache, &campaign, &results, args.jobs, None, None)?;

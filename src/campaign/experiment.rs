@@ -12,10 +12,11 @@ use anyhow::{bail, Context, Result};
 use recovery_sut::recovery::{Failure, FailureCause, RecoveryError, RecoveryTiming};
 use recovery_sut::{probe, Golden, Sut};
 use workloads::downtime::{analyze, DowntimeConfig};
+use workloads::rubis::{self, Ack, RubisSpec};
 use workloads::timeline::Timeline;
 use workloads::{seconds_since, ClosedLoop, DocList, LoadSpec, Mode, Record};
 
-use super::spec::{Campaign, CrashKind, Injection, Planned};
+use super::spec::{Campaign, CrashKind, Injection, Planned, WorkloadKind};
 
 /// What every experiment of a campaign shares.
 pub struct Shared<'a> {
@@ -55,9 +56,6 @@ pub struct FaultObservation {
 /// The guest agent's heartbeat period (`VmConfig::heartbeat_s` default).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A request without an answer for this long counts as failed.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// Runs one planned experiment to its record.
 pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
     let wall = Instant::now();
@@ -87,7 +85,7 @@ pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
             // A client whose request went out during the outage gives up
             // only at its timeout and then retries: the tail must outlast
             // that, or the clients' first correct answer falls outside the run.
-            let tail = Duration::from_secs_f64(f.observe.tail_s).max(CLIENT_TIMEOUT + Duration::from_millis(500));
+            let tail = Duration::from_secs_f64(f.observe.tail_s).max(f.workload.timeout() + Duration::from_millis(500));
             std::thread::sleep(tail);
         }
         if let Some(seqs) = acked {
@@ -98,9 +96,18 @@ pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
     })();
     stop.store(true, Ordering::SeqCst);
     let load_s = origin.elapsed().as_secs_f64();
-    let records = load.join().map_err(|_| anyhow::anyhow!("the load generator thread panicked"))??;
-    let observed = run?;
+    let clients = load.join().map_err(|_| anyhow::anyhow!("the load generator thread panicked"))??;
+    let mut observed = run?;
+    if f.workload.kind == WorkloadKind::Rubis {
+        // The writes the site acknowledged, before the failure and after
+        // recovery alike, must all be on its pages now.
+        let service_up = observed.failure.is_none() || observed.recovery.is_some();
+        let lost = lost_site_writes(addr, &clients.acks, service_up, f.workload.timeout());
+        let (agent_acked, agent_lost) = observed.acked.unwrap_or((0, 0));
+        observed.acked = Some((agent_acked + clients.acks.len() as u64, agent_lost + lost));
+    }
     drop(sut);
+    let records = clients.records;
     let times = Times { started_at, wall_s: wall.elapsed().as_secs_f64(), load_s };
     record(shared, planned, observed, &records, origin, times)
 }
@@ -129,27 +136,78 @@ struct Times {
     load_s: f64,
 }
 
+/// What the clients saw: every request, and the writes the site
+/// acknowledged (RUBiS; none for the static workload).
+struct ClientRun {
+    records: Vec<Record>,
+    acks: Vec<Ack>,
+}
+
+/// An upper bound only: the load is stopped when the experiment ends.
+const LOAD_LIMIT: Duration = Duration::from_secs(3600);
+
 fn start_load(
     addr: SocketAddr,
     shared: &Shared<'_>,
     planned: &Planned,
     origin: Instant,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<Vec<Record>, workloads::LoadError>> {
+) -> std::thread::JoinHandle<Result<ClientRun>> {
     let w = &shared.campaign.file.workload;
-    let spec = LoadSpec {
-        mode: Mode::Closed(ClosedLoop {
-            clients: w.clients,
-            think: Duration::from_millis(w.think_ms),
-            failure_pause: Duration::from_millis(10),
-        }),
-        // An upper bound only: the run is stopped when the experiment ends.
-        duration: Duration::from_secs(3600),
-        timeout: CLIENT_TIMEOUT,
-        seed: shared.campaign.file.seed ^ planned.index.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    };
-    let docs = shared.docs.clone();
-    std::thread::spawn(move || workloads::run_blocking_until(addr, &docs, &spec, origin, stop))
+    let seed = shared.campaign.file.seed ^ planned.index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let think = Duration::from_millis(w.think_ms);
+    // A short pause after a failed request: it is the resolution at which
+    // clients see the service come back.
+    let failure_pause = Duration::from_millis(10);
+    match w.kind {
+        WorkloadKind::Apache => {
+            let spec = LoadSpec {
+                mode: Mode::Closed(ClosedLoop { clients: w.clients, think, failure_pause }),
+                duration: LOAD_LIMIT,
+                timeout: w.timeout(),
+                seed,
+            };
+            let docs = shared.docs.clone();
+            std::thread::spawn(move || {
+                let records = workloads::run_blocking_until(addr, &docs, &spec, origin, stop)?;
+                Ok(ClientRun { records, acks: Vec::new() })
+            })
+        }
+        WorkloadKind::Rubis => {
+            let spec = RubisSpec {
+                think_mean: think,
+                timeout: w.timeout(),
+                failure_pause,
+                seed,
+                ..RubisSpec::new(w.rubis_mix(), w.clients, LOAD_LIMIT)
+            };
+            std::thread::spawn(move || {
+                let run = rubis::run_blocking_until(addr, &spec, origin, stop)?;
+                Ok(ClientRun { records: run.records, acks: run.acks })
+            })
+        }
+    }
+}
+
+/// RUBiS writes the site acknowledged that its pages no longer show. A
+/// write that cannot be checked (its page gives no correct answer) counts
+/// as lost, as do all of them when the service never came back.
+fn lost_site_writes(addr: SocketAddr, acks: &[Ack], service_up: bool, timeout: Duration) -> u64 {
+    if !service_up || acks.is_empty() {
+        return if service_up { 0 } else { acks.len() as u64 };
+    }
+    match rubis::verify_acks(addr, acks, timeout) {
+        Ok(report) => {
+            for (ack, why) in &report.unchecked {
+                tracing::warn!("acknowledged write {ack:?} could not be checked: {why}");
+            }
+            (report.missing.len() + report.unchecked.len()) as u64
+        }
+        Err(e) => {
+            tracing::warn!("checking the acknowledged writes failed: {e}");
+            acks.len() as u64
+        }
+    }
 }
 
 /// Appends numbered lines to the data disk through the agent, each fsynced

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod compare;
 pub mod experiment;
 pub mod faults;
 pub mod restore;

@@ -508,6 +508,21 @@ fn record(
     }
 }
 
+/// Runs one restore experiment on a guest prepared for it alone (`kfi
+/// replay`); nothing is stored.
+pub fn replay(campaign: &super::spec::Campaign, env: &Environment<'_>, planned: &Planned) -> Result<ExperimentRecord> {
+    let Some(spec) = &campaign.file.restore else { bail!("{} has no [restore] table", campaign.path.display()) };
+    let Injection::Restore(point) = &planned.injection else {
+        bail!("experiment {} of a [restore] campaign is not a restore", planned.index)
+    };
+    let scratch = tempfile::Builder::new().prefix("kfi-replay-").tempdir().context("creating a scratch directory")?;
+    let wall = Instant::now();
+    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let prepared = prepare(env, scratch.path(), spec, point)?;
+    let m = restore_once(env, &prepared, point)?;
+    Ok(record(env, &campaign.file, planned, point, &prepared, m, (started_at, wall)))
+}
+
 /// Runs the pending restore experiments one at a time, preparing a guest
 /// for each (RAM size, reduction) group on first need; each record is
 /// stored as soon as it exists, so a killed run resumes.

@@ -21,7 +21,7 @@ use recovery_sut::{Sut, VmConfig};
 use workloads::DocList;
 
 use super::experiment::{self, FaultRunner, Shared};
-use super::spec::{Campaign, Planned};
+use super::spec::{Campaign, Planned, WorkloadKind};
 
 /// `--shard i/N`: this machine runs the experiments whose index is
 /// `i - 1` modulo `N`.
@@ -253,20 +253,43 @@ impl Drop for GoldenDir {
 
 /// Boots the guest once, checks that a fault-free run serves only correct
 /// answers, and freezes the running service as every experiment's start.
-fn golden_run(env: &Environment<'_>, docs: &DocList, dir: &Path, campaign: &Campaign) -> Result<recovery_sut::Golden> {
+pub(super) fn golden_run(
+    env: &Environment<'_>,
+    docs: &DocList,
+    dir: &Path,
+    campaign: &Campaign,
+) -> Result<recovery_sut::Golden> {
     let mut sut = Sut::boot(env.image, &env.config).context("booting the golden system")?;
     let origin = Instant::now();
-    let spec = workloads::LoadSpec {
-        mode: workloads::Mode::Closed(workloads::ClosedLoop {
-            clients: campaign.file.workload.clients,
-            think: Duration::from_millis(campaign.file.workload.think_ms),
-            failure_pause: Duration::from_millis(10),
-        }),
-        duration: Duration::from_secs_f64(campaign.file.workload.warmup_s.max(1.0)),
-        timeout: Duration::from_secs(2),
-        seed: campaign.file.seed,
+    let w = &campaign.file.workload;
+    let addr = sut.vm().http_addr();
+    let duration = Duration::from_secs_f64(w.warmup_s.max(1.0));
+    let records = match w.kind {
+        WorkloadKind::Apache => {
+            let spec = workloads::LoadSpec {
+                mode: workloads::Mode::Closed(workloads::ClosedLoop {
+                    clients: w.clients,
+                    think: Duration::from_millis(w.think_ms),
+                    failure_pause: Duration::from_millis(10),
+                }),
+                duration,
+                timeout: w.timeout().max(Duration::from_secs(2)),
+                seed: campaign.file.seed,
+            };
+            workloads::run_blocking(addr, docs, &spec, origin)?
+        }
+        WorkloadKind::Rubis => {
+            // The site's pages need MariaDB, which comes up after Apache.
+            sut.vm().wait_phase("services-ready", Duration::from_secs(300))?;
+            let spec = workloads::rubis::RubisSpec {
+                think_mean: Duration::from_millis(w.think_ms),
+                timeout: w.timeout(),
+                seed: campaign.file.seed,
+                ..workloads::rubis::RubisSpec::new(w.rubis_mix(), w.clients, duration)
+            };
+            workloads::rubis::run_blocking(addr, &spec, origin)?.records
+        }
     };
-    let records = workloads::run_blocking(sut.vm().http_addr(), docs, &spec, origin)?;
     let bad = records.iter().filter(|r| !r.is_correct()).count();
     if records.is_empty() || bad > 0 {
         bail!(

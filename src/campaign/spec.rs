@@ -10,10 +10,12 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use recovery_sut::{Profile, Strategy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use workloads::rubis::Mix;
 
 use super::restore::{RestorePoint, RestoreSpec};
 
@@ -158,6 +160,31 @@ pub struct WorkloadSpec {
     /// back to phase-restore, as a VMM must.
     #[serde(default)]
     pub acked_writes: u64,
+    /// RUBiS only: which transition table the sessions walk (default
+    /// browsing, read-only; bidding writes about 15% of its pages, and
+    /// every write the site acknowledged is looked up after recovery).
+    #[serde(default)]
+    pub mix: Option<Mix>,
+    /// A request without an answer for this long counts as failed,
+    /// milliseconds (default 1000 for the static workload, 5000 for RUBiS,
+    /// whose PHP pages are slower under emulation).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl WorkloadSpec {
+    /// The client timeout in force.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.unwrap_or(match self.kind {
+            WorkloadKind::Apache => 1000,
+            WorkloadKind::Rubis => 5000,
+        }))
+    }
+
+    /// The RUBiS mix in force (browsing unless the file says otherwise).
+    pub fn rubis_mix(&self) -> Mix {
+        self.mix.unwrap_or(Mix::Browsing)
+    }
 }
 
 fn default_window() -> f64 {
@@ -524,13 +551,11 @@ fn validate(path: &Path, f: &ExperimentFile) -> Result<(), SpecError> {
             "rubis needs PHP and MariaDB: use `profile = \"debian\"` in [guest]".into(),
         ));
     }
-    if f.workload.kind == WorkloadKind::Rubis {
-        // Refused rather than silently replaced by the static workload.
-        return Err(invalid(
-            "workload.kind",
-            "campaigns drive only the static workload so far; measure RUBiS with `kfi workload run rubis --guest debian`"
-                .into(),
-        ));
+    if f.workload.kind != WorkloadKind::Rubis && f.workload.mix.is_some() {
+        return Err(invalid("workload.mix", "is a RUBiS setting: use it with `kind = \"rubis\"`".into()));
+    }
+    if f.workload.timeout_ms == Some(0) {
+        return Err(invalid("workload.timeout_ms", "must be at least 1".into()));
     }
     if f.workload.acked_writes > 0 && !f.guest.data_disk && f.guest.profile == GuestProfile::Tiny {
         return Err(invalid(
@@ -656,9 +681,13 @@ strategies = ["full-reboot", "service-restore"]
         let bad = GOOD.replace("kind = \"apache\"", "kind = \"rubis\"");
         let e = parse(&bad).unwrap_err().to_string();
         assert!(e.contains("workload.kind") && e.contains("debian"), "{e}");
-        let bad = bad.replace("profile = \"tiny\"", "profile = \"debian\"");
-        let e = parse(&bad).unwrap_err().to_string();
-        assert!(e.contains("workload.kind") && e.contains("kfi workload run rubis"), "{e}");
+        let rubis = bad.replace("profile = \"tiny\"", "profile = \"debian\"");
+        let c = parse(&rubis.replace("kind = \"rubis\"", "kind = \"rubis\"\nmix = \"bidding\"")).unwrap();
+        assert_eq!((c.file.workload.rubis_mix(), c.file.workload.timeout()), (Mix::Bidding, Duration::from_secs(5)));
+        let e = parse(&rubis.replace("kind = \"rubis\"", "kind = \"rubis\"\nmix = \"buying\"")).unwrap_err();
+        assert!(e.to_string().contains("buying"), "{e}");
+        let e = parse(&GOOD.replace("kind = \"apache\"", "kind = \"apache\"\nmix = \"browsing\"")).unwrap_err();
+        assert!(e.to_string().contains("workload.mix"), "{e}");
 
         let bad = GOOD.replace("name = \"downtime\"", "name = \"down time\"");
         assert!(parse(&bad).unwrap_err().to_string().contains("key `name`"));

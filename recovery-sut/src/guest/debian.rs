@@ -29,9 +29,13 @@ const PACKAGES: &[&str] = &[
     "php-mysql",
     "mariadb-server",
     "mariadb-client",
+    // kexec-reboot: the guest loads this very kernel as its crash kernel.
+    "kexec-tools",
 ];
 
 const SUITE: &str = "bookworm";
+/// The least guest RAM the services run in.
+pub(crate) const MIN_MEMORY_MIB: u32 = 384;
 const ROOTFS_MIB: u64 = 2048;
 const DATA_DISK_MIB: u64 = 256;
 
@@ -140,6 +144,10 @@ const MASKED_UNITS: &[&str] = &[
     "man-db.timer",
     "dpkg-db-backup.timer",
     "logrotate.timer",
+    // Debian's own kexec handling (a kexec'd reboot, kdump): kfi loads the
+    // crash kernel itself (kfi-phases) and reboots through the VMM.
+    "kexec-load.service",
+    "kexec.service",
 ];
 
 /// What, besides the shared inputs, decides the debian image's content.
@@ -381,7 +389,11 @@ fn load_database(root: &Path, data: &Path, spec: &rubis::DataSpec) -> Result<(),
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let sql = rubis::load_sql(spec);
+    // A slow shutdown finishes the purge and the change-buffer merges the
+    // load left behind. After a fast one the guest's server would do that
+    // work in the background for minutes after every boot, writing the data
+    // disk after each service snapshot and so invalidating it.
+    let sql = format!("{}\nSET GLOBAL innodb_fast_shutdown = 0;\n", rubis::load_sql(spec));
     in_chroot(root, STEP, &["mariadb", &format!("--socket={BUILD_SOCKET}")], Some(&sql))?;
     in_chroot(root, STEP, &["mariadb-admin", &format!("--socket={BUILD_SOCKET}"), "shutdown"], None)?;
     let status = server.0.wait().map_err(|e| GuestError::build(Profile::Debian, STEP, e))?;
@@ -443,23 +455,29 @@ pub(crate) fn build(
         spec.users, spec.items, spec.old_items
     ));
     load_database(&root, &data, &spec)?;
-    progress(&format!("making the {ROOTFS_MIB} MiB ext4 root disk"));
-    super::make_ext4(&out.join("rootfs.img"), &root, "kfi-root", ROOTFS_MIB)?;
-    progress("making the data disk");
-    let marker = data.join("KFI-DATA-DISK");
-    fs::write(&marker, DATA_DISK_MARKER).map_err(|e| CacheError::io("write", &marker, e))?;
-    super::make_ext4(&out.join("data.img"), &data, "kfi-data", DATA_DISK_MIB)?;
-
+    // Built before the root disk, which carries it with the kernel for
+    // kexec-reboot: the crash kernel boots the same way as the guest.
     progress("assembling the debian initramfs");
     let mut initramfs = tiny::base_initramfs(Profile::Debian, kernel)?;
     initramfs.file("init", INIT_SH.as_bytes().to_vec(), 0o755);
     initramfs.dir("newroot");
     let path = out.join("initramfs.cpio");
     initramfs.write_file(&path).map_err(|e| CacheError::io("write", &path, e))?;
+    fs::create_dir_all(root.join("boot")).map_err(|e| CacheError::io("create", root.join("boot"), e))?;
+    for (from, to) in [(kernel.vmlinuz.as_path(), "boot/vmlinuz"), (path.as_path(), "boot/initramfs.cpio")] {
+        fs::copy(from, root.join(to)).map_err(|e| CacheError::io("copy", from, e))?;
+    }
+
+    progress(&format!("making the {ROOTFS_MIB} MiB ext4 root disk"));
+    super::make_ext4(&out.join("rootfs.img"), &root, "kfi-root", ROOTFS_MIB)?;
+    progress("making the data disk");
+    let marker = data.join("KFI-DATA-DISK");
+    fs::write(&marker, DATA_DISK_MARKER).map_err(|e| CacheError::io("write", &marker, e))?;
+    super::make_ext4(&out.join("data.img"), &data, "kfi-data", DATA_DISK_MIB)?;
     Ok(BuildSpec {
         cmdline: "net.ifnames=0".into(),
         rootfs: Some("rootfs.img".into()),
-        min_memory_mib: 384,
+        min_memory_mib: MIN_MEMORY_MIB,
         extra_files: Vec::new(),
     })
 }

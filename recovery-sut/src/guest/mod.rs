@@ -200,6 +200,12 @@ impl GuestImage {
         let path = self.dir.join(KEXEC_INITRAMFS);
         path.exists().then_some(path)
     }
+    /// Whether the guest can load a crash kernel (kexec-reboot): tiny
+    /// boots its kexec initramfs for that, debian keeps kexec, the kernel
+    /// and its initramfs on its root disk.
+    pub fn can_kexec(&self) -> bool {
+        self.kexec_initramfs().is_some() || self.profile() == Profile::Debian
+    }
     /// The root disk, for profiles that have one.
     pub fn rootfs(&self) -> Option<PathBuf> {
         self.meta.rootfs.as_ref().map(|r| self.dir.join(r))
@@ -215,6 +221,14 @@ impl GuestImage {
             .flatten()
             .map(|m| m.files.values().map(|f| f.size).sum())
             .unwrap_or(0)
+    }
+}
+
+/// The least guest RAM `profile` runs its services in.
+pub fn min_memory_mib(profile: Profile) -> u32 {
+    match profile {
+        Profile::Tiny => tiny::MIN_MEMORY_MIB,
+        Profile::Debian => debian::MIN_MEMORY_MIB,
     }
 }
 

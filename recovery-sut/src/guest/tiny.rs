@@ -20,6 +20,8 @@ pub(crate) const RECIPE: &str = INIT_SH;
 
 /// Size of the tiny guest's data disk.
 const DATA_DISK_MIB: u64 = 64;
+/// The least guest RAM the services run in.
+pub(crate) const MIN_MEMORY_MIB: u32 = 128;
 
 /// Checks that a binary is statically linked (no ELF interpreter): the
 /// initramfs has no shared libraries.
@@ -100,7 +102,7 @@ pub(crate) fn build(
     Ok(BuildSpec {
         cmdline: String::new(),
         rootfs: None,
-        min_memory_mib: 128,
+        min_memory_mib: MIN_MEMORY_MIB,
         extra_files: vec![super::KEXEC_INITRAMFS.to_string()],
     })
 }
