@@ -157,6 +157,73 @@ fn shard_halves_merge_into_the_same_set_as_one_run() {
     // Merging again imports nothing new.
     let out = kfi().args(["campaign", "merge"]).arg(&merged).arg(&a).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 records imported"));
+
+    // Replaying a stored experiment re-runs it (the acknowledged writes make
+    // the service snapshot stale both times: the same fallback) and stores
+    // nothing.
+    let out = kfi().args(["replay"]).arg(&file).arg("0").arg("--results").arg(&a).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("experiment 0 of sharded"), "{text}");
+    for row in ["outcome", "strategy used", "downtime (s)", "lost writes"] {
+        assert!(text.contains(row), "{row} missing:\n{text}");
+    }
+    assert!(text.contains("same experiment"), "{text}");
+    assert_eq!(stored(&a, "sharded").len(), 1);
+}
+
+/// RUBiS in a campaign on the real debian guest: bidding sessions write
+/// the data disk, so the service snapshot is stale at the crash and
+/// service-restore must fall back to phase-restore; every bid, comment and
+/// purchase the site acknowledged is still there afterwards.
+#[test]
+fn a_rubis_campaign_falls_back_safely_and_keeps_every_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("rubis.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "rubis"
+seed = 3
+repetitions = 1
+
+[guest]
+profile = "debian"
+accel = "tcg"
+
+[workload]
+kind = "rubis"
+mix = "bidding"
+clients = 4
+think_ms = 100
+warmup_s = 8.0
+
+[observe]
+window_s = 20.0
+tail_s = 6.0
+hang_timeout_s = 10.0
+
+[[inject]]
+crash = "sysrq"
+
+[recovery]
+strategies = ["service-restore"]
+"#,
+    )
+    .unwrap();
+    let results = tmp.path().join("results");
+    run(&file, &results, &[]);
+    let records = stored(&results, "rubis");
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.workload, "rubis");
+    let recovery = r.recovery.as_ref().expect("a recovery");
+    assert!(recovery.recovered, "{recovery:?}");
+    assert_eq!(recovery.used, "phase-restore", "{recovery:?}");
+    assert!(recovery.fallback_reason.as_deref().unwrap_or("").contains("data disk"), "{recovery:?}");
+    assert!(r.acked_writes.unwrap_or(0) > 0, "the bidding sessions had no write acknowledged: {r:?}");
+    assert_eq!(r.lost_writes, Some(0));
+    assert!(r.downtime_s.is_some_and(|d| d > 0.0), "{:?}", r.downtime_s);
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::agent::{FileChange, FileState};
 use crate::guest::GuestImage;
 use crate::probe;
 use crate::snapshot::{self, Snapshot, SnapshotError};
-use crate::vm::{Vm, VmConfig, VmError};
+use crate::vm::{Standby, Vm, VmConfig, VmError};
 
 /// How the service is brought back after a kernel failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -362,6 +362,8 @@ pub struct Sut {
     /// ones, adopted): a change reported later invalidates them.
     service_taken: Instant,
     phase_taken: Instant,
+    /// A QEMU launched ahead of the next service restore.
+    standby: Option<Standby>,
 }
 
 /// Which recovery snapshot.
@@ -433,6 +435,7 @@ impl Sut {
             changes: Vec::new(),
             service_taken: phase_taken,
             phase_taken,
+            standby: None,
         };
         sut.wait_crash_kernel()?;
         Ok(sut)
@@ -477,7 +480,7 @@ impl Sut {
         let data_baseline = data_writes(&mut vm);
         let config = vm.config();
         let now = Instant::now();
-        Ok(Sut {
+        let mut sut = Sut {
             image: golden.image.clone(),
             config,
             vm: Some(vm),
@@ -491,7 +494,10 @@ impl Sut {
             changes: Vec::new(),
             service_taken: now,
             phase_taken: now,
-        })
+            standby: None,
+        };
+        sut.prepare_standby();
+        Ok(sut)
     }
 
     /// The running VM.
@@ -507,6 +513,8 @@ impl Sut {
     /// Takes the service-restore snapshot now (services must be running).
     pub fn snapshot_service(&mut self) -> Result<&Snapshot, RecoveryError> {
         let dir = self.snapshots.path().join("service");
+        // The standby maps the old snapshot's RAM file.
+        self.standby = None;
         self.wait_manifest();
         self.quiesce_data_disk();
         let snap = snapshot::take(self.vm(), &dir, "services-ready")?;
@@ -514,7 +522,9 @@ impl Sut {
         self.absorb_agent();
         self.data_baseline = data_writes(self.vm());
         self.data_dirty = false;
-        Ok(self.service_snapshot.insert(snap))
+        self.service_snapshot = Some(snap);
+        self.prepare_standby();
+        Ok(self.service_snapshot.as_ref().expect("just taken"))
     }
 
     /// With a crash kernel configured, waits until the guest has loaded it
@@ -539,6 +549,18 @@ impl Sut {
         let watched = self.image.profile().watched_files();
         if !self.vm().agent().wait_watched(watched, MANIFEST_TIMEOUT) {
             tracing::warn!("the agent reported no manifest of the watched files within {MANIFEST_TIMEOUT:?}; the snapshot cannot be checked against file changes");
+        }
+    }
+
+    /// Launches a QEMU ahead of the next service restore ([`Vm::standby`]),
+    /// so that a recovery does not wait for QEMU to start; without one, a
+    /// restore launches its own.
+    fn prepare_standby(&mut self) {
+        self.standby = None;
+        let Some(snap) = &self.service_snapshot else { return };
+        match Vm::standby(&self.image, &self.config, snap) {
+            Ok(standby) => self.standby = Some(standby),
+            Err(e) => tracing::warn!("no standby QEMU for the next restore: {e}"),
         }
     }
 
@@ -802,6 +824,9 @@ impl Sut {
         if used == Strategy::FullReboot {
             self.wait_crash_kernel()?;
         }
+        if self.standby.is_none() && !self.data_dirty {
+            self.prepare_standby();
+        }
         Ok(RecoveryTiming {
             strategy: used,
             requested: strategy,
@@ -822,12 +847,19 @@ impl Sut {
         if let Some(ms) = std::env::var("KFI_TEST_RESTORE_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
             std::thread::sleep(Duration::from_millis(ms));
         }
+        let standby = self.standby.take().filter(|s| s.snapshot().dir == snap.dir);
         if let Some(old) = self.vm.take() {
             old.kill();
         }
         // On failure no VM is left: the fallback's full reboot starts one.
-        let vm = Vm::restore(&self.image, &self.config, &snap)
-            .map_err(|e| format!("restoring the {which} snapshot failed: {e}"))?;
+        let restored = match standby {
+            Some(standby) => Vm::restore_on(standby).or_else(|e| {
+                tracing::warn!("the standby QEMU could not restore the {which} snapshot ({e}); launching another");
+                Vm::restore(&self.image, &self.config, &snap)
+            }),
+            None => Vm::restore(&self.image, &self.config, &snap),
+        };
+        let vm = restored.map_err(|e| format!("restoring the {which} snapshot failed: {e}"))?;
         self.vm = Some(vm);
         Ok(())
     }

@@ -212,6 +212,20 @@ pub struct BootReport {
     pub http_ready_s: Option<f64>,
 }
 
+/// A QEMU launched for a restore before it is needed ([`Vm::standby`]).
+/// Dropping it stops the process.
+pub struct Standby {
+    vm: Vm,
+    snapshot: crate::snapshot::Snapshot,
+}
+
+impl Standby {
+    /// The snapshot it will load.
+    pub fn snapshot(&self) -> &crate::snapshot::Snapshot {
+        &self.snapshot
+    }
+}
+
 /// A running guest. Dropping it kills QEMU.
 pub struct Vm {
     child: duct::Handle,
@@ -242,11 +256,16 @@ struct Ports {
     chosen: bool,
 }
 
-fn pick_ports(config: &VmConfig) -> Result<Ports, VmError> {
+/// The ports of a new QEMU. A given port is checked only when QEMU binds
+/// it at launch (`check`): a restore binds its ports once the guest is
+/// loaded, by which time the VM it replaces, which holds them now, is gone.
+fn pick_ports(config: &VmConfig, check: bool) -> Result<Ports, VmError> {
     let pick = |want: Option<u16>, purpose| -> Result<u16, VmError> {
         match want {
             Some(port) => {
-                ports::check_free(port, purpose)?;
+                if check {
+                    ports::check_free(port, purpose)?;
+                }
                 Ok(port)
             }
             None => ports::free_port().map_err(io_err("bind a free port on", Path::new("127.0.0.1"))),
@@ -261,6 +280,14 @@ fn pick_ports(config: &VmConfig) -> Result<Ports, VmError> {
 
 fn hostfwd(port: u16) -> String {
     format!("hostfwd=tcp:127.0.0.1:{port}-:80")
+}
+
+impl Ram<'_> {
+    /// Launched to load a snapshot: the guest runs, and its ports are
+    /// bound, only once the state is in.
+    fn is_incoming(&self) -> bool {
+        matches!(self, Ram::Snapshot(_) | Ram::Incoming)
+    }
 }
 
 /// Where guest RAM comes from.
@@ -355,11 +382,14 @@ fn qemu_args(
         "pvpanic".into(),
         "-action".into(),
         "panic=pause".into(),
-        "-gdb".into(),
-        format!("tcp:127.0.0.1:{}", ports.gdb),
         "-pidfile".into(),
         p("qemu.pid"),
     ];
+    if !ram.is_incoming() {
+        // A restore starts its gdbstub once the guest is loaded (see
+        // `finish_incoming`).
+        args.extend(["-gdb".into(), format!("tcp:127.0.0.1:{}", ports.gdb)]);
+    }
     if config.watchdog_s.is_some() {
         args.extend(["-device".into(), "i6300esb".into(), "-action".into(), "watchdog=none".into()]);
     }
@@ -484,7 +514,38 @@ impl Vm {
     /// Starts QEMU from a snapshot: device state from its stream, RAM
     /// mapped copy-on-write from its RAM file. Returns once the guest runs.
     pub fn restore(image: &GuestImage, config: &VmConfig, snapshot: &crate::snapshot::Snapshot) -> Result<Vm, VmError> {
-        Self::restore_lazy(image, config, snapshot, &snapshot.ram_file(), &mut |_| Ok(()))
+        Self::restore_on(Self::standby(image, config, snapshot)?)
+    }
+
+    /// Launches the QEMU of a lazy restore of `snapshot` ahead of need:
+    /// its RAM mapped from the snapshot, its disks opened but inactive (an
+    /// incoming migration's disks take no write lock until the state is
+    /// loaded, so the VM it will replace can keep running on them), its
+    /// ports not yet bound. [`Vm::restore_on`] later finishes the restore
+    /// without paying for QEMU's start.
+    pub fn standby(
+        image: &GuestImage,
+        config: &VmConfig,
+        snapshot: &crate::snapshot::Snapshot,
+    ) -> Result<Standby, VmError> {
+        let config = VmConfig { memory_mib: snapshot.meta.memory_mib, ..config.clone() };
+        let mut vm = Self::launch(image, &config, &Ram::Snapshot(&snapshot.ram_file()))?;
+        vm.qmp.execute(
+            "migrate-set-capabilities",
+            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+        )?;
+        Ok(Standby { vm, snapshot: snapshot.clone() })
+    }
+
+    /// Loads the standby's snapshot and returns the running guest. The VM
+    /// it replaces must be gone (its ports are bound now).
+    pub fn restore_on(standby: Standby) -> Result<Vm, VmError> {
+        let Standby { mut vm, snapshot } = standby;
+        vm.check_alive()?;
+        let uri = format!("exec:cat {}", snapshot.state_file().display());
+        vm.qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
+        vm.finish_incoming(&snapshot.state_file())?;
+        Ok(vm)
     }
 
     /// The lazy restore of [`Vm::restore`] with the RAM image read from
@@ -565,6 +626,17 @@ impl Vm {
                             text.trim()
                         )));
                     }
+                    let gdb = format!("gdbserver tcp:127.0.0.1:{}", self.gdb.port());
+                    let out =
+                        self.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": gdb })))?;
+                    let text = out.as_str().unwrap_or_default();
+                    if !text.contains("Waiting for gdb connection") {
+                        return Err(VmError::Restore(format!(
+                            "cannot start the gdbstub on port {}: {}",
+                            self.gdb.port(),
+                            text.trim()
+                        )));
+                    }
                     return Ok(());
                 }
                 "paused" | "postmigrate" => {
@@ -603,7 +675,7 @@ impl Vm {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let ports = pick_ports(config)?;
+            let ports = pick_ports(config, !ram.is_incoming())?;
             match Self::start_once(&qemu, image, config, &ports, ram) {
                 Err(VmError::Exited { stderr, .. }) if ports.chosen && attempts < 4 && is_bind_failure(&stderr) => {
                     tracing::debug!(%stderr, "port race, retrying with new ports");

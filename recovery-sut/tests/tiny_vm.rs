@@ -435,3 +435,39 @@ fn kexec_reboot_recovers_a_crash_in_the_crash_kernel_and_serves_correct_content(
     assert_eq!(timing.strategy, Strategy::KexecReboot, "{timing:?}");
     probe::check_doc(sut.vm().http_addr(), image.docs.index(), Duration::from_secs(10)).expect("serving");
 }
+
+/// A diagnostic, not a check: how a lazy restore's time splits into QEMU
+/// loading the state and the first answers of the restored guest.
+/// `cargo test -p recovery-sut --test tiny_vm -- --ignored --nocapture first_answers`
+#[test]
+#[ignore]
+fn first_answers_after_a_restore() {
+    use recovery_sut::snapshot;
+    use std::time::Instant;
+    let image = tiny_image();
+    let config = VmConfig { shared_ram: true, ..tcg() };
+    let mut vm = Vm::start(&image, &config).expect("start");
+    vm.wait_phase("services-ready", BOOT).expect("boot");
+    vm.agent().wait_heartbeat(0, BOOT).expect("heartbeat");
+    let dir = tempfile::tempdir().unwrap();
+    let snap = snapshot::take(&mut vm, &dir.path().join("s"), "services-ready").expect("snapshot");
+    let config = vm.config();
+    drop(vm);
+    let index = image.docs.index();
+    for round in 0..3 {
+        let t = Instant::now();
+        let vm = Vm::restore(&image, &config, &snap).expect("restore");
+        let restored = t.elapsed();
+        let mut answers = Vec::new();
+        for doc in [index, index, &image.docs.docs[7], index, index] {
+            let a = Instant::now();
+            probe::check_doc(vm.http_addr(), doc, Duration::from_secs(5)).expect("answer");
+            answers.push(format!("{:.1}", a.elapsed().as_secs_f64() * 1000.0));
+        }
+        eprintln!(
+            "round {round}: restore {:.1} ms, answers (ms) {}",
+            restored.as_secs_f64() * 1000.0,
+            answers.join(" ")
+        );
+    }
+}
