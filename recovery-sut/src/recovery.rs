@@ -260,6 +260,8 @@ pub struct RecoveryTiming {
     pub restart_s: f64,
     /// From detection to the first correct service answer.
     pub service_s: f64,
+    /// The restore ran on a QEMU launched beforehand ([`Vm::standby`]).
+    pub standby: bool,
 }
 
 /// Errors of the recovery loop.
@@ -364,6 +366,8 @@ pub struct Sut {
     phase_taken: Instant,
     /// A QEMU launched ahead of the next service restore.
     standby: Option<Standby>,
+    /// The last restore ran on the standby.
+    restored_on_standby: bool,
 }
 
 /// Which recovery snapshot.
@@ -436,6 +440,7 @@ impl Sut {
             service_taken: phase_taken,
             phase_taken,
             standby: None,
+            restored_on_standby: false,
         };
         sut.wait_crash_kernel()?;
         Ok(sut)
@@ -495,6 +500,7 @@ impl Sut {
             service_taken: now,
             phase_taken: now,
             standby: None,
+            restored_on_standby: false,
         };
         sut.prepare_standby();
         Ok(sut)
@@ -725,6 +731,7 @@ impl Sut {
         }
         let mut fallback_reason = None;
         let mut used = strategy;
+        self.restored_on_standby = false;
         if strategy == Strategy::KexecReboot {
             match failure.cause {
                 // Already on its way into the crash kernel: phases from
@@ -834,6 +841,7 @@ impl Sut {
             cause: failure.cause,
             restart_s,
             service_s,
+            standby: self.restored_on_standby,
         })
     }
 
@@ -847,16 +855,25 @@ impl Sut {
         if let Some(ms) = std::env::var("KFI_TEST_RESTORE_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
             std::thread::sleep(Duration::from_millis(ms));
         }
-        let standby = self.standby.take().filter(|s| s.snapshot().dir == snap.dir);
+        let standby = match &self.standby {
+            Some(s) if s.snapshot().dir == snap.dir => self.standby.take(),
+            _ => None,
+        };
         if let Some(old) = self.vm.take() {
             old.kill();
         }
         // On failure no VM is left: the fallback's full reboot starts one.
         let restored = match standby {
-            Some(standby) => Vm::restore_on(standby).or_else(|e| {
-                tracing::warn!("the standby QEMU could not restore the {which} snapshot ({e}); launching another");
-                Vm::restore(&self.image, &self.config, &snap)
-            }),
+            Some(standby) => match Vm::restore_on(standby) {
+                Ok(vm) => {
+                    self.restored_on_standby = true;
+                    Ok(vm)
+                }
+                Err(e) => {
+                    tracing::warn!("the standby QEMU could not restore the {which} snapshot ({e}); launching another");
+                    Vm::restore(&self.image, &self.config, &snap)
+                }
+            },
             None => Vm::restore(&self.image, &self.config, &snap),
         };
         let vm = restored.map_err(|e| format!("restoring the {which} snapshot failed: {e}"))?;
