@@ -37,10 +37,10 @@ pub enum Strategy {
     /// QEMU on the same ports, with RAM mapped lazily. Valid only while the
     /// data disk is unchanged since the snapshot.
     ServiceRestore,
-    /// The guest kernel loaded a crash kernel at boot (`crashkernel=`
-    /// reservation, `kexec_file_load`) and a panic jumps straight into it,
-    /// skipping firmware; its init mounts the data disk and starts the
-    /// services. The VMM only watches. Needs a VM with
+    /// The guest loaded a crash kernel once its services ran (`kexec -p`
+    /// into a `crashkernel=` reservation) and a panic jumps straight into
+    /// it, skipping firmware; it mounts the disks and starts the services
+    /// (tiny: its init; debian: systemd). The VMM only watches. Needs a VM with
     /// [`VmConfig::crash_kernel_mib`]; the crash kernel has none of its
     /// own, so the next panic falls back to a full reboot.
     KexecReboot,
