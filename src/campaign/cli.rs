@@ -67,6 +67,10 @@ pub struct StatusArgs {
     /// Results directory (default: results/<campaign name>).
     #[arg(long)]
     pub results: Option<PathBuf>,
+    /// The guest the campaign was run on, if not the file's (`--guest` of
+    /// `kfi campaign run`).
+    #[arg(long, value_enum)]
+    pub guest: Option<GuestProfile>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -263,7 +267,7 @@ fn print_summary(campaign: &Campaign, s: &RunSummary) {
 
 /// Prints how far a campaign got.
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
-    let campaign = Campaign::load(&args.file)?;
+    let campaign = load(&args.file, args.guest)?;
     let results = results_dir(&campaign, args.results.as_deref());
     let path = runner::store_path(&results);
     if !path.exists() {
