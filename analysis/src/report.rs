@@ -96,6 +96,11 @@ pub struct Headline {
     pub profile: String,
     /// Accelerator(s) of these experiments, upper case.
     pub accel: String,
+    /// Experiments of the strategy that fell back to another one (the
+    /// downtime then is the other strategy's), and which ones ran instead.
+    pub fallbacks: usize,
+    /// The strategies that ran instead, `/`-joined.
+    pub fell_back_to: String,
 }
 
 /// What [`write_report`] wrote.
@@ -154,7 +159,15 @@ pub fn headline(records: &[ExperimentRecord]) -> Option<Headline> {
     let joined = |f: &dyn Fn(&ExperimentRecord) -> String| {
         in_group.iter().map(|r| f(r)).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("/")
     };
+    let fell_back: BTreeSet<String> = in_group
+        .iter()
+        .filter_map(|r| r.recovery.as_ref())
+        .filter(|x| x.requested == best.strategy && x.used != x.requested)
+        .map(|x| x.used.clone())
+        .collect();
     Some(Headline {
+        fallbacks: best.fallbacks,
+        fell_back_to: fell_back.into_iter().collect::<Vec<_>>().join("/"),
         strategy: best.strategy.clone(),
         workload: best.workload.clone(),
         failure: best.failure.clone(),
@@ -182,6 +195,8 @@ pub fn headline_line(h: Option<&Headline>, experiments: usize) -> String {
     } else {
         format!("n={} vs {} full reboots", h.n, h.n_reference)
     };
+    // A strategy that fell back measured another one's downtime: say so.
+    let n = if h.fallbacks > 0 { format!("{n}, {} of them fell back to {}", h.fallbacks, h.fell_back_to) } else { n };
     format!(
         "Measured: {} {verb} client-seen downtime by {:.1}% vs full reboot (median, {n}, {} guest, {}, {} workload, \
          {}); {published}",
@@ -570,6 +585,18 @@ mod tests {
             "Measured: service-restore cuts client-seen downtime by 93.6% vs full reboot (median, n=5, tiny guest, \
              TCG, apache workload, crash:sysrq); published: about 90%."
         );
+        // Fallbacks are named: the downtime then is another strategy's.
+        let mut fell_back = fixture::records();
+        for r in fell_back
+            .iter_mut()
+            .filter(|r| r.recovery.as_ref().is_some_and(|x| x.requested == "service-restore"))
+            .take(2)
+        {
+            r.recovery.as_mut().unwrap().used = "phase-restore".into();
+        }
+        let h = headline(&fell_back).unwrap();
+        assert_eq!((h.fallbacks, h.fell_back_to.as_str()), (2, "phase-restore"));
+        assert!(headline_line(Some(&h), 31).contains("(median, n=5, 2 of them fell back to phase-restore, tiny guest"));
         // Without service-restore the best other strategy is named.
         let no_service: Vec<_> = fixture::records()
             .into_iter()
