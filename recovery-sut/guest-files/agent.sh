@@ -30,6 +30,8 @@
 #   kfi-cmd meminfo <n>     answer `kfi mem <n> <MemFree kB> <Cached+Buffers kB>`
 # `agent hold PHASE` reports `held` and blocks until `kfi-cmd continue`: the
 # host snapshots the guest at that boundary.
+# `agent load-crash-kernel` loads the crash kernel of kexec-reboot and
+# reports the phase `kexec-loaded`.
 # The host dates each event from the arrival time minus (send - event), so a
 # phase reached before the port existed is still dated correctly. Once the
 # heartbeat holds the port, `agent phase` leaves its line in $SPOOL and the
@@ -191,8 +193,30 @@ hold)
     done
     exec 3>&-
     ;;
+load-crash-kernel)
+    # kexec-reboot: load this kernel and the initramfs it booted from (in
+    # /boot) as the crash kernel, into the crashkernel= reservation, and
+    # report `kexec-loaded`. A panic then jumps into it; it boots with
+    # kfi.kexec=crash: no firmware, no hold, no crash kernel of its own.
+    append=
+    for arg in $(cat /proc/cmdline); do
+        case "$arg" in
+        crashkernel=* | kfi.hold=* | kfi.kexec=* | crash_kexec_post_notifiers) ;;
+        *) append="$append $arg" ;;
+        esac
+    done
+    # kexec_load (not -s, kexec_file_load) with --no-checks: the purgatory
+    # then jumps without hashing the megabytes it loaded, which under TCG
+    # costs seconds of every kexec.
+    if /sbin/kexec -p --no-checks /boot/vmlinuz --initrd=/boot/initramfs.cpio --append="${append# } kfi.kexec=crash"; then
+        "$0" phase kexec-loaded
+    else
+        echo "kfi-agent: loading the crash kernel failed" >&2
+        exit 1
+    fi
+    ;;
 *)
-    echo "usage: agent phase NAME [UPTIME] | agent heartbeat [INTERVAL] | agent hold" >&2
+    echo "usage: agent phase NAME [UPTIME] | agent heartbeat [INTERVAL] | agent hold | agent load-crash-kernel" >&2
     exit 2
     ;;
 esac

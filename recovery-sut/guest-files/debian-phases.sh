@@ -17,24 +17,6 @@ done
 $AGENT phase services-ready
 
 # kexec-reboot: load the crash kernel (this kernel and initramfs, kept in
-# /boot) into the crashkernel= reservation, in the background. A panic then
-# jumps into it and it boots this system again with kfi.kexec=crash: no
-# firmware, no hold, no crash kernel of its own.
-load_crash_kernel() {
-    append=
-    for arg in $(cat /proc/cmdline); do
-        case "$arg" in
-        crashkernel=* | kfi.hold=* | kfi.kexec=* | crash_kexec_post_notifiers) ;;
-        *) append="$append $arg" ;;
-        esac
-    done
-    # kexec_load with --no-checks: the purgatory's checksum of the loaded
-    # segments costs seconds of every kexec under emulation.
-    if /sbin/kexec -p --no-checks /boot/vmlinuz --initrd=/boot/initramfs.cpio --append="${append# } kfi.kexec=crash"; then
-        $AGENT phase kexec-loaded
-    else
-        echo "kfi-phases: loading the crash kernel failed" > /dev/console
-    fi
-}
-case " $(cat /proc/cmdline) " in *" kfi.kexec=load "*) load_crash_kernel & ;; esac
+# /boot) in the background; the crash kernel boots this system again.
+case " $(cat /proc/cmdline) " in *" kfi.kexec=load "*) $AGENT load-crash-kernel > /dev/console 2>&1 & ;; esac
 exec $AGENT heartbeat "$hb"

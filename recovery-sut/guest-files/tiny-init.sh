@@ -25,26 +25,10 @@ for arg in $(cat /proc/cmdline); do
 done
 
 # kexec-reboot: load the crash kernel (this kernel, with the plain
-# initramfs) into the crashkernel= reservation, in the background (it takes
-# seconds under TCG: the kernel hashes and checks the image). A panic then
-# jumps into it, and it runs this init again with kfi.kexec=crash: no
-# firmware, no hold, no crash kernel of its own.
+# initramfs) in the background (it takes seconds under TCG). The crash
+# kernel runs this init again with kfi.kexec=crash.
 load_crash_kernel() {
-    append=
-    for arg in $(cat /proc/cmdline); do
-        case "$arg" in
-        crashkernel=* | kfi.hold=* | kfi.kexec=* | crash_kexec_post_notifiers) ;;
-        *) append="$append $arg" ;;
-        esac
-    done
-    # kexec_load (not -s, kexec_file_load) with --no-checks: the purgatory
-    # then jumps without hashing the 19 MB it loaded, which under TCG
-    # costs seconds of every kexec.
-    if /sbin/kexec -p --no-checks /boot/vmlinuz --initrd=/boot/initramfs.cpio --append="${append# } kfi.kexec=crash"; then
-        /etc/kfi/agent phase kexec-loaded
-    else
-        echo "kfi-init: loading the crash kernel failed"
-    fi
+    /etc/kfi/agent load-crash-kernel || echo "kfi-init: loading the crash kernel failed"
     # The kernel keeps its own copies: give the RAM back.
     rm -f /boot/vmlinuz /boot/initramfs.cpio
 }
