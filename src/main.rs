@@ -54,13 +54,13 @@ enum Command {
     /// Run, resume, inspect or merge campaigns of experiments described in TOML (see experiments/).
     #[command(subcommand)]
     Campaign(campaign::cli::CampaignCommand),
-    /// Re-run exactly one experiment of a campaign and print it next to the stored record.
+    /// Re-run exactly one experiment of a campaign and compare it with the stored record.
     Replay(campaign::cli::ReplayArgs),
     /// Regenerate tables, figures and report.md of a results directory from its stored data alone.
     Report(campaign::cli::ReportArgs),
     /// Regression mode for a recovery VMM's CI: run a fixed crash set and fail on any unrecovered failure, lost write or slower strategy.
     Check(campaign::cli::CheckArgs),
-    /// Reproduce the published downtime result: run experiments/downtime.toml and write results/downtime/.
+    /// Reproduce the published downtime result: run experiments/downtime.toml (every experiment file with --all) and write results/<campaign>/.
     Reproduce(campaign::cli::ReproduceArgs),
     /// Offer the Apache or RUBiS workload to a booted guest and report throughput, latency and errors.
     #[command(subcommand)]
