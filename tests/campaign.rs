@@ -5,14 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use analysis::store::Store;
+use support::{kfi, Spawned};
 
-fn kfi() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kfi"))
-}
+mod support;
 
 /// A short sysrq campaign: `reps` service-restore crashes.
 fn experiment_file(dir: &Path, name: &str, reps: u32) -> PathBuf {
@@ -84,15 +83,15 @@ fn a_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
     let file = experiment_file(tmp.path(), "resume", 4);
     let results = tmp.path().join("results");
-    let mut child = kfi()
-        .args(["campaign", "run"])
-        .arg(&file)
-        .arg("--results")
-        .arg(&results)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Spawned::start(
+        kfi()
+            .args(["campaign", "run"])
+            .arg(&file)
+            .arg("--results")
+            .arg(&results)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     // Kill it as soon as the first record is durable, in the middle of the
     // second experiment.
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -4,14 +4,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use recovery_sut::{guest, kernel, Cache, KernelChoice, Profile};
+use support::{kfi, Spawned};
 
-fn kfi() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kfi"))
-}
+mod support;
 
 /// The real cache, with the kernel and tiny image present.
 fn real_cache() -> Cache {
@@ -45,12 +43,7 @@ fn alive(pid: u32) -> bool {
 #[test]
 fn kill_9_of_kfi_leaves_no_qemu_behind() {
     real_cache();
-    let mut child = kfi()
-        .args(["boot", "--guest", "tiny", "--accel", "tcg"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Spawned::piped(&["boot", "--guest", "tiny", "--accel", "tcg"]);
     let kfi_pid = child.id();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("http-ready"));
@@ -239,12 +232,8 @@ fn a_user_supplied_kernel_and_module_tree_boot() {
 #[test]
 fn sut_run_recovers_injected_crashes_and_stops_on_ctrl_c() {
     real_cache();
-    let mut child = kfi()
-        .args(["sut", "run", "--guest", "tiny", "--accel", "tcg", "--crash-every", "4", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Spawned::piped(&["sut", "run", "--guest", "tiny", "--accel", "tcg", "--crash-every", "4", "--json"]);
     let kfi_pid = child.id();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut logged = Vec::new();

@@ -3,11 +3,9 @@
 //! and comes back classified.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::process::Command;
+mod support;
 
-fn kfi() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kfi"))
-}
+use support::kfi;
 
 fn run(args: &[&str]) -> String {
     let out = kfi().args(args).output().unwrap();
