@@ -528,8 +528,21 @@ impl Vm {
         config: &VmConfig,
         snapshot: &crate::snapshot::Snapshot,
     ) -> Result<Standby, VmError> {
+        Self::standby_on(image, config, snapshot, &snapshot.ram_file(), &mut |_| Ok(()))
+    }
+
+    /// [`Vm::standby`] with the RAM image read from `ram` and `launched`
+    /// called with the new QEMU before anything is loaded.
+    fn standby_on(
+        image: &GuestImage,
+        config: &VmConfig,
+        snapshot: &crate::snapshot::Snapshot,
+        ram: &Path,
+        launched: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
+    ) -> Result<Standby, VmError> {
         let config = VmConfig { memory_mib: snapshot.meta.memory_mib, ..config.clone() };
-        let mut vm = Self::launch(image, &config, &Ram::Snapshot(&snapshot.ram_file()))?;
+        let mut vm = Self::launch(image, &config, &Ram::Snapshot(ram))?;
+        launched(&vm)?;
         vm.qmp.execute(
             "migrate-set-capabilities",
             Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
@@ -559,17 +572,7 @@ impl Vm {
         ram: &Path,
         launched: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
     ) -> Result<Vm, VmError> {
-        let config = VmConfig { memory_mib: snapshot.meta.memory_mib, ..config.clone() };
-        let mut vm = Self::launch(image, &config, &Ram::Snapshot(ram))?;
-        launched(&vm)?;
-        vm.qmp.execute(
-            "migrate-set-capabilities",
-            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
-        )?;
-        let uri = format!("exec:cat {}", snapshot.state_file().display());
-        vm.qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
-        vm.finish_incoming(&snapshot.state_file())?;
-        Ok(vm)
+        Self::restore_on(Self::standby_on(image, config, snapshot, ram, launched)?)
     }
 
     /// Starts QEMU from a full migration stream (device state *and* RAM,

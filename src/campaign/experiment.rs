@@ -16,7 +16,7 @@ use workloads::rubis::{self, Ack, RubisSpec};
 use workloads::timeline::Timeline;
 use workloads::{seconds_since, ClosedLoop, DocList, LoadSpec, Mode, Record};
 
-use super::spec::{Campaign, CrashKind, Injection, Planned, WorkloadKind};
+use super::spec::{Campaign, CrashKind, Injection, Planned, WorkloadKind, WorkloadSpec};
 
 /// What every experiment of a campaign shares.
 pub struct Shared<'a> {
@@ -138,9 +138,59 @@ struct Times {
 
 /// What the clients saw: every request, and the writes the site
 /// acknowledged (RUBiS; none for the static workload).
-struct ClientRun {
-    records: Vec<Record>,
-    acks: Vec<Ack>,
+pub(super) struct ClientRun {
+    pub records: Vec<Record>,
+    pub acks: Vec<Ack>,
+}
+
+/// How the campaign's clients run this time: the experiment's load, or
+/// the golden run's health check.
+pub(super) struct ClientPlan {
+    /// How long requests keep being started (unless stopped first).
+    pub duration: Duration,
+    /// A request unanswered this long failed.
+    pub timeout: Duration,
+    /// Seed of the clients' choices.
+    pub seed: u64,
+}
+
+/// Runs the workload's clients (static documents or RUBiS sessions)
+/// against `addr` until `plan.duration` ends or `stop` is set.
+pub(super) fn run_clients(
+    addr: SocketAddr,
+    w: &WorkloadSpec,
+    docs: &DocList,
+    plan: &ClientPlan,
+    origin: Instant,
+    stop: Arc<AtomicBool>,
+) -> Result<ClientRun> {
+    let think = Duration::from_millis(w.think_ms);
+    // A short pause after a failed request: it is the resolution at which
+    // clients see the service come back.
+    let failure_pause = Duration::from_millis(10);
+    match w.kind {
+        WorkloadKind::Apache => {
+            let spec = LoadSpec {
+                mode: Mode::Closed(ClosedLoop { clients: w.clients, think, failure_pause }),
+                duration: plan.duration,
+                timeout: plan.timeout,
+                seed: plan.seed,
+            };
+            let records = workloads::run_blocking_until(addr, docs, &spec, origin, stop)?;
+            Ok(ClientRun { records, acks: Vec::new() })
+        }
+        WorkloadKind::Rubis => {
+            let spec = RubisSpec {
+                think_mean: think,
+                timeout: plan.timeout,
+                failure_pause,
+                seed: plan.seed,
+                ..RubisSpec::new(w.rubis_mix(), w.clients, plan.duration)
+            };
+            let run = rubis::run_blocking_until(addr, &spec, origin, stop)?;
+            Ok(ClientRun { records: run.records, acks: run.acks })
+        }
+    }
 }
 
 /// An upper bound only: the load is stopped when the experiment ends.
@@ -153,40 +203,14 @@ fn start_load(
     origin: Instant,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Result<ClientRun>> {
-    let w = &shared.campaign.file.workload;
-    let seed = shared.campaign.file.seed ^ planned.index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let think = Duration::from_millis(w.think_ms);
-    // A short pause after a failed request: it is the resolution at which
-    // clients see the service come back.
-    let failure_pause = Duration::from_millis(10);
-    match w.kind {
-        WorkloadKind::Apache => {
-            let spec = LoadSpec {
-                mode: Mode::Closed(ClosedLoop { clients: w.clients, think, failure_pause }),
-                duration: LOAD_LIMIT,
-                timeout: w.timeout(),
-                seed,
-            };
-            let docs = shared.docs.clone();
-            std::thread::spawn(move || {
-                let records = workloads::run_blocking_until(addr, &docs, &spec, origin, stop)?;
-                Ok(ClientRun { records, acks: Vec::new() })
-            })
-        }
-        WorkloadKind::Rubis => {
-            let spec = RubisSpec {
-                think_mean: think,
-                timeout: w.timeout(),
-                failure_pause,
-                seed,
-                ..RubisSpec::new(w.rubis_mix(), w.clients, LOAD_LIMIT)
-            };
-            std::thread::spawn(move || {
-                let run = rubis::run_blocking_until(addr, &spec, origin, stop)?;
-                Ok(ClientRun { records: run.records, acks: run.acks })
-            })
-        }
-    }
+    let w = shared.campaign.file.workload.clone();
+    let plan = ClientPlan {
+        duration: LOAD_LIMIT,
+        timeout: w.timeout(),
+        seed: shared.campaign.file.seed ^ planned.index.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    };
+    let docs = shared.docs.clone();
+    std::thread::spawn(move || run_clients(addr, &w, &docs, &plan, origin, stop))
 }
 
 /// RUBiS writes the site acknowledged that its pages no longer show. A

@@ -262,34 +262,22 @@ pub(super) fn golden_run(
     let mut sut = Sut::boot(env.image, &env.config).context("booting the golden system")?;
     let origin = Instant::now();
     let w = &campaign.file.workload;
-    let addr = sut.vm().http_addr();
-    let duration = Duration::from_secs_f64(w.warmup_s.max(1.0));
-    let records = match w.kind {
-        WorkloadKind::Apache => {
-            let spec = workloads::LoadSpec {
-                mode: workloads::Mode::Closed(workloads::ClosedLoop {
-                    clients: w.clients,
-                    think: Duration::from_millis(w.think_ms),
-                    failure_pause: Duration::from_millis(10),
-                }),
-                duration,
-                timeout: w.timeout().max(Duration::from_secs(2)),
-                seed: campaign.file.seed,
-            };
-            workloads::run_blocking(addr, docs, &spec, origin)?
-        }
-        WorkloadKind::Rubis => {
-            // The site's pages need MariaDB, which comes up after Apache.
-            sut.vm().wait_phase("services-ready", Duration::from_secs(300))?;
-            let spec = workloads::rubis::RubisSpec {
-                think_mean: Duration::from_millis(w.think_ms),
-                timeout: w.timeout(),
-                seed: campaign.file.seed,
-                ..workloads::rubis::RubisSpec::new(w.rubis_mix(), w.clients, duration)
-            };
-            workloads::rubis::run_blocking(addr, &spec, origin)?.records
-        }
+    if w.kind == WorkloadKind::Rubis {
+        // The site's pages need MariaDB, which comes up after Apache.
+        sut.vm().wait_phase("services-ready", Duration::from_secs(300))?;
+    }
+    let plan = experiment::ClientPlan {
+        duration: Duration::from_secs_f64(w.warmup_s.max(1.0)),
+        // Lenient with the static workload's first answers, as before any
+        // fault; RUBiS pages get their own timeout.
+        timeout: match w.kind {
+            WorkloadKind::Apache => w.timeout().max(Duration::from_secs(2)),
+            WorkloadKind::Rubis => w.timeout(),
+        },
+        seed: campaign.file.seed,
     };
+    let stop = Arc::new(AtomicBool::new(false));
+    let records = experiment::run_clients(sut.vm().http_addr(), w, docs, &plan, origin, stop)?.records;
     let bad = records.iter().filter(|r| !r.is_correct()).count();
     if records.is_empty() || bad > 0 {
         bail!(
