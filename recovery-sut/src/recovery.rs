@@ -366,8 +366,6 @@ pub struct Sut {
     phase_taken: Instant,
     /// A QEMU launched ahead of the next service restore.
     standby: Option<Standby>,
-    /// The last restore ran on the standby.
-    restored_on_standby: bool,
 }
 
 /// Which recovery snapshot.
@@ -440,7 +438,6 @@ impl Sut {
             service_taken: phase_taken,
             phase_taken,
             standby: None,
-            restored_on_standby: false,
         };
         sut.wait_crash_kernel()?;
         Ok(sut)
@@ -500,7 +497,6 @@ impl Sut {
             service_taken: now,
             phase_taken: now,
             standby: None,
-            restored_on_standby: false,
         };
         sut.prepare_standby();
         Ok(sut)
@@ -731,7 +727,8 @@ impl Sut {
         }
         let mut fallback_reason = None;
         let mut used = strategy;
-        self.restored_on_standby = false;
+        // Whether the restore, if one ran, ran on the standby.
+        let mut on_standby = false;
         if strategy == Strategy::KexecReboot {
             match failure.cause {
                 // Already on its way into the crash kernel: phases from
@@ -762,7 +759,13 @@ impl Sut {
             } else if let Some(reason) = self.unsafe_reason(Which::Service) {
                 Some(reason)
             } else {
-                self.try_restore(self.service_snapshot.clone(), "service").err()
+                match self.try_restore(self.service_snapshot.clone(), "service") {
+                    Ok(standby) => {
+                        on_standby = standby;
+                        None
+                    }
+                    Err(reason) => Some(reason),
+                }
             };
             if let Some(reason) = reason {
                 used = if self.phase_snapshot.is_some() { Strategy::PhaseRestore } else { Strategy::FullReboot };
@@ -775,11 +778,13 @@ impl Sut {
                 None => self.try_restore(self.phase_snapshot.clone(), "phase"),
             };
             match restored {
-                Ok(()) => self
-                    .vm()
-                    .agent()
-                    .send("continue")
-                    .map_err(|source| RecoveryError::Io { what: "the agent command", source })?,
+                Ok(standby) => {
+                    on_standby = standby;
+                    self.vm()
+                        .agent()
+                        .send("continue")
+                        .map_err(|source| RecoveryError::Io { what: "the agent command", source })?
+                }
                 Err(reason) => {
                     used = Strategy::FullReboot;
                     fallback_reason = Some(fallback_reason.map_or(reason.clone(), |r| format!("{r}; then {reason}")));
@@ -841,13 +846,14 @@ impl Sut {
             cause: failure.cause,
             restart_s,
             service_s,
-            standby: self.restored_on_standby,
+            standby: on_standby,
         })
     }
 
     /// Replaces the VM by one restored from `snap`; `Err` carries why it
     /// could not, for the fallback's reason.
-    fn try_restore(&mut self, snap: Option<Snapshot>, which: &str) -> Result<(), String> {
+    /// `Ok(true)`: the restore ran on the standby QEMU.
+    fn try_restore(&mut self, snap: Option<Snapshot>, which: &str) -> Result<bool, String> {
         let snap = snap.ok_or_else(|| format!("no {which} snapshot was taken"))?;
         let snap = Snapshot::open(&snap.dir).map_err(|e| format!("the {which} snapshot is unusable: {e}"))?;
         // Lets a test build make restores slower on purpose, to prove that
@@ -865,20 +871,17 @@ impl Sut {
         // On failure no VM is left: the fallback's full reboot starts one.
         let restored = match standby {
             Some(standby) => match Vm::restore_on(standby) {
-                Ok(vm) => {
-                    self.restored_on_standby = true;
-                    Ok(vm)
-                }
+                Ok(vm) => Ok((vm, true)),
                 Err(e) => {
                     tracing::warn!("the standby QEMU could not restore the {which} snapshot ({e}); launching another");
-                    Vm::restore(&self.image, &self.config, &snap)
+                    Vm::restore(&self.image, &self.config, &snap).map(|vm| (vm, false))
                 }
             },
-            None => Vm::restore(&self.image, &self.config, &snap),
+            None => Vm::restore(&self.image, &self.config, &snap).map(|vm| (vm, false)),
         };
-        let vm = restored.map_err(|e| format!("restoring the {which} snapshot failed: {e}"))?;
+        let (vm, on_standby) = restored.map_err(|e| format!("restoring the {which} snapshot failed: {e}"))?;
         self.vm = Some(vm);
-        Ok(())
+        Ok(on_standby)
     }
 
     fn full_reboot(&mut self) -> Result<(), RecoveryError> {
