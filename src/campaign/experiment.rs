@@ -217,8 +217,11 @@ fn start_load(
 /// write that cannot be checked (its page gives no correct answer) counts
 /// as lost, as do all of them when the service never came back.
 fn lost_site_writes(addr: SocketAddr, acks: &[Ack], service_up: bool, timeout: Duration) -> u64 {
-    if !service_up || acks.is_empty() {
-        return if service_up { 0 } else { acks.len() as u64 };
+    if !service_up {
+        return acks.len() as u64;
+    }
+    if acks.is_empty() {
+        return 0;
     }
     match rubis::verify_acks(addr, acks, timeout) {
         Ok(report) => {
