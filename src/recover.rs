@@ -2,10 +2,10 @@
 //! measure, per recovery strategy, the downtime the clients saw.
 //!
 //! This wires `recovery-sut` (the SUT and its strategies) to `workloads`
-//! (load and downtime); the campaign runner will take it over.
+//! (load and downtime) without a campaign store: one booted guest per
+//! strategy, crashed `repeat` times. Statistics are `kfi-stats`' (type-7
+//! quantiles), the same as the campaign reports'.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -13,28 +13,10 @@ use recovery_sut::recovery::{RecoveryTiming, Strategy, Sut};
 use recovery_sut::{GuestImage, VmConfig};
 use serde::Serialize;
 use workloads::downtime::{analyze, DowntimeConfig};
-use workloads::{seconds_since, ClosedLoop, DocList, LoadSpec, Mode};
+use workloads::{seconds_since, DocList};
 
-/// How the guest is crashed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Crash {
-    /// `echo c > /proc/sysrq-trigger` in the guest, sent through the agent:
-    /// the kernel panics as if an administrator forced a crash dump.
-    Sysrq,
-    /// A kernel panic from outside: an NMI from the monitor with
-    /// `unknown_nmi_panic` on the kernel command line (no guest helper).
-    Panic,
-}
-
-impl Crash {
-    fn kernel_args(self) -> Vec<String> {
-        match self {
-            Crash::Sysrq => Vec::new(),
-            Crash::Panic => vec!["unknown_nmi_panic".into()],
-        }
-    }
-}
+pub use crate::crash::Crash;
+use crate::load::{ClientLoad, Clients, RunningLoad};
 
 /// Knobs of one `kfi recover` run.
 pub struct RecoverPlan {
@@ -88,7 +70,7 @@ pub struct StrategySummary {
     pub trials: usize,
     /// Median downtime, seconds.
     pub downtime_median_s: Option<f64>,
-    /// 95th percentile downtime (nearest rank), seconds.
+    /// 95th percentile downtime (type 7), seconds.
     pub downtime_p95_s: Option<f64>,
     /// Mean downtime, seconds.
     pub downtime_mean_s: Option<f64>,
@@ -100,43 +82,24 @@ pub struct StrategySummary {
     pub reduction_vs_full_reboot: Option<f64>,
 }
 
-fn nearest_rank(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
-}
-
-fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
-    let mut v: Vec<f64> = values.into_iter().collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[n / 2]),
-        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
-
 /// Per-strategy statistics, with the reduction against full reboot.
 pub fn summarize(trials: &[Trial], strategies: &[Strategy]) -> Vec<StrategySummary> {
     let mut out: Vec<StrategySummary> = strategies
         .iter()
         .map(|&strategy| {
             let mine: Vec<&Trial> = trials.iter().filter(|t| t.strategy == strategy).collect();
-            let mut downtimes: Vec<f64> = mine.iter().filter_map(|t| t.downtime_s).collect();
-            downtimes.sort_by(f64::total_cmp);
+            let downtimes: Vec<f64> = mine.iter().filter_map(|t| t.downtime_s).collect();
+            let sorted = kfi_stats::Sorted::new(downtimes.iter().copied());
             StrategySummary {
                 strategy,
                 recovered: downtimes.len(),
                 fallbacks: mine.iter().filter(|t| t.timing.strategy != strategy).count(),
                 trials: mine.len(),
-                downtime_median_s: median(downtimes.iter().copied()),
-                downtime_p95_s: nearest_rank(&downtimes, 0.95),
-                downtime_mean_s: (!downtimes.is_empty())
-                    .then(|| downtimes.iter().sum::<f64>() / downtimes.len() as f64),
-                detect_median_s: median(mine.iter().map(|t| t.detect_s)),
-                restart_median_s: median(mine.iter().map(|t| t.timing.restart_s)),
+                downtime_median_s: sorted.as_ref().map(|s| s.quantile(0.5)),
+                downtime_p95_s: sorted.as_ref().map(|s| s.quantile(0.95)),
+                downtime_mean_s: kfi_stats::mean(downtimes.iter().copied()),
+                detect_median_s: kfi_stats::median(mine.iter().map(|t| t.detect_s)),
+                restart_median_s: kfi_stats::median(mine.iter().map(|t| t.timing.restart_s)),
                 reduction_vs_full_reboot: None,
             }
         })
@@ -155,7 +118,7 @@ pub fn summarize(trials: &[Trial], strategies: &[Strategy]) -> Vec<StrategySumma
 pub fn run(image: &GuestImage, config: &VmConfig, plan: &RecoverPlan, progress: &dyn Fn(&Trial)) -> Result<Vec<Trial>> {
     let docs = DocList::load(&image.dir.join("docs.json"))?;
     let mut config = config.clone();
-    config.extra_cmdline.extend(plan.crash.kernel_args());
+    config.extra_cmdline.extend(plan.crash.kernel_args().iter().map(|a| a.to_string()));
     let mut trials = Vec::new();
     for &strategy in &plan.strategies {
         // A fresh system per strategy: no strategy inherits the disk or
@@ -175,33 +138,21 @@ pub fn run(image: &GuestImage, config: &VmConfig, plan: &RecoverPlan, progress: 
 }
 
 fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &RecoverPlan) -> Result<Trial> {
-    let addr = sut.vm().http_addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let origin = Instant::now();
-    let spec = LoadSpec {
-        mode: Mode::Closed(ClosedLoop {
-            clients: plan.clients,
-            think: Duration::ZERO,
-            failure_pause: Duration::from_millis(10),
-        }),
+    let load = ClientLoad {
+        clients: Clients::Static(docs.clone()),
+        count: plan.clients,
+        think: Duration::ZERO,
+        failure_pause: Duration::from_millis(10),
+        timeout: Duration::from_secs(1),
         // An upper bound only: the run is stopped once the service is back.
         duration: Duration::from_secs(600),
-        timeout: Duration::from_secs(1),
         seed: plan.seed.wrapping_add(rep as u64),
     };
-    let load = {
-        let docs = docs.clone();
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || workloads::run_blocking_until(addr, &docs, &spec, origin, stop))
-    };
+    let origin = Instant::now();
+    let load = RunningLoad::start(sut.vm().http_addr(), load, origin);
     std::thread::sleep(plan.warmup);
     let crashed_at = Instant::now();
-    match plan.crash {
-        Crash::Sysrq => sut.vm().agent().send("sysrq c").context("asking the agent for a sysrq crash")?,
-        Crash::Panic => {
-            sut.vm().qmp().execute("inject-nmi", None).context("injecting the NMI")?;
-        }
-    }
+    plan.crash.trigger(sut.vm())?;
     let outcome = sut
         .wait_failure(Duration::from_secs(30), Duration::from_secs(5))
         .context("waiting for the crash to be detected")
@@ -212,8 +163,7 @@ fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &R
     if outcome.is_ok() {
         std::thread::sleep(plan.tail);
     }
-    stop.store(true, Ordering::SeqCst);
-    let records = load.join().map_err(|_| anyhow::anyhow!("the load generator thread panicked"))??;
+    let records = load.finish()?.records;
     let (failure, timing) = outcome?;
     // The failure instant is when the VMM saw it, not when the crash was
     // asked for: a request answered between the two (the crash takes a few
@@ -235,15 +185,44 @@ fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &R
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use recovery_sut::recovery::{FailureCause, RecoveryTiming};
+
+    fn trial(strategy: Strategy, downtime_s: f64) -> Trial {
+        Trial {
+            strategy,
+            rep: 0,
+            downtime_s: Some(downtime_s),
+            throughput_back_s: None,
+            detect_s: 0.01,
+            timing: RecoveryTiming {
+                requested: strategy,
+                strategy,
+                fallback_reason: None,
+                cause: FailureCause::GuestPanicked,
+                restart_s: 0.1,
+                service_s: 0.1,
+                standby: false,
+            },
+            requests: 10,
+            correct: 9,
+        }
+    }
 
     #[test]
-    fn percentiles_and_medians() {
-        assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median([4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        assert_eq!(median([]), None);
-        let v: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(nearest_rank(&v, 0.95), Some(19.0));
-        assert_eq!(nearest_rank(&v[..1], 0.95), Some(1.0));
+    fn summaries_use_the_shared_type_7_statistics() {
+        let reboot = [6.0, 5.0, 7.0, 9.0, 6.5];
+        let restore = [0.3, 0.2, 0.4, 0.25, 0.35];
+        let mut trials: Vec<Trial> = reboot.iter().map(|&d| trial(Strategy::FullReboot, d)).collect();
+        trials.extend(restore.iter().map(|&d| trial(Strategy::ServiceRestore, d)));
+        let s = summarize(&trials, &[Strategy::FullReboot, Strategy::ServiceRestore]);
+        let full = kfi_stats::Summary::of(&reboot).unwrap();
+        assert_eq!(s[0].downtime_median_s, Some(full.median));
+        assert_eq!(s[0].downtime_p95_s, Some(full.p95));
+        assert_eq!(s[0].downtime_mean_s, Some(full.mean));
+        let svc = kfi_stats::Summary::of(&restore).unwrap();
+        assert_eq!(s[1].downtime_p95_s, Some(svc.p95));
+        assert!((s[1].reduction_vs_full_reboot.unwrap() - (1.0 - svc.median / full.median)).abs() < 1e-12);
     }
 }

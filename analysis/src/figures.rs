@@ -257,7 +257,7 @@ impl Draw for Bars {
         for b in &self.bars {
             let left = b.category as f64 - 0.35 + b.slot as f64 * width;
             let centre = left + width / 2.0;
-            let Some(m) = median(&b.values) else { continue };
+            let Some(m) = median(b.values.iter().copied()) else { continue };
             chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [(left + 0.01, 0.0), (left + width - 0.01, m)],
@@ -788,7 +788,7 @@ pub fn restore_vs_storage(records: &[ExperimentRecord], dir: &Path) -> Result<Ve
         .filter_map(|(s, v, ms)| {
             let slot = series.iter().position(|x| x == s)?;
             let category = categories.iter().position(|x| x == v)?;
-            let m = median(ms)?;
+            let m = median(ms.iter().copied())?;
             Some(Bar { category, slot, values: ms.clone(), color: color_of(slot, s), label: fmt_s(m) })
         })
         .collect();

@@ -12,7 +12,8 @@ pub mod fixture;
 pub mod frame;
 pub mod record;
 pub mod report;
-pub mod stats;
+/// The statistics every table and figure uses (definitions in `kfi-stats`).
+pub use kfi_stats as stats;
 pub mod store;
 pub mod tables;
 #[cfg(test)]

@@ -68,15 +68,6 @@ impl std::fmt::Display for Problem {
     }
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[n / 2]),
-        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
-
 /// The medians and ratios of a run's records.
 pub fn measure(campaign: &str, records: &[ExperimentRecord]) -> Baseline {
     let mut by_strategy: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -86,7 +77,7 @@ pub fn measure(campaign: &str, records: &[ExperimentRecord]) -> Baseline {
         }
     }
     let median_downtime_s: BTreeMap<String, f64> =
-        by_strategy.into_iter().filter_map(|(s, v)| median(v).map(|m| (s, m))).collect();
+        by_strategy.into_iter().filter_map(|(s, v)| kfi_stats::median(v).map(|m| (s, m))).collect();
     let ratio_to_full_reboot = match median_downtime_s.get("full-reboot") {
         Some(&full) if full > 0.0 => median_downtime_s.iter().map(|(s, &m)| (s.clone(), m / full)).collect(),
         _ => BTreeMap::new(),

@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use analysis::record::{ExperimentRecord, Injection as RecordInjection, Provenance, RecoveryRecord, TimelineBin};
@@ -12,11 +10,12 @@ use anyhow::{bail, Context, Result};
 use recovery_sut::recovery::{Failure, FailureCause, RecoveryError, RecoveryTiming};
 use recovery_sut::{probe, Golden, Sut};
 use workloads::downtime::{analyze, DowntimeConfig};
-use workloads::rubis::{self, Ack, RubisSpec};
+use workloads::rubis::{self, Ack};
 use workloads::timeline::Timeline;
-use workloads::{seconds_since, ClosedLoop, DocList, LoadSpec, Mode, Record};
+use workloads::{seconds_since, DocList, Record};
 
-use super::spec::{Campaign, CrashKind, Injection, Planned, WorkloadKind, WorkloadSpec};
+use super::spec::{Action, Campaign, Crash, Planned, WorkloadKind, WorkloadSpec};
+use crate::load::{ClientLoad, Clients, RunningLoad};
 
 /// What every experiment of a campaign shares.
 pub struct Shared<'a> {
@@ -50,7 +49,7 @@ pub struct FaultObservation {
     pub detail: Option<serde_json::Value>,
     /// What the watch saw; the outcome is judged once the client records
     /// are in.
-    pub watch: crate::inject::Watch,
+    pub watch: crate::fault_watch::Watch,
 }
 
 /// The guest agent's heartbeat period (`VmConfig::heartbeat_s` default).
@@ -61,15 +60,14 @@ pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
     let wall = Instant::now();
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let f = &shared.campaign.file;
-    let window = Duration::from_secs_f64(f.observe.window_s);
+    let window = f.observe.window();
     let mut sut = Sut::from_golden(shared.golden).context("restoring the golden snapshot")?;
     let addr = sut.vm().http_addr();
 
-    let stop = Arc::new(AtomicBool::new(false));
     let origin = Instant::now();
-    let load = start_load(addr, shared, planned, origin, Arc::clone(&stop));
+    let load = start_load(addr, shared, planned, origin);
     let run = (|| -> Result<Observed> {
-        std::thread::sleep(Duration::from_secs_f64(f.workload.warmup_s));
+        std::thread::sleep(f.workload.warmup());
         let acked = if f.workload.acked_writes > 0 {
             Some(acknowledge_writes(&mut sut, planned.index, f.workload.acked_writes)?)
         } else {
@@ -85,7 +83,7 @@ pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
             // A client whose request went out during the outage gives up
             // only at its timeout and then retries: the tail must outlast
             // that, or the clients' first correct answer falls outside the run.
-            let tail = Duration::from_secs_f64(f.observe.tail_s).max(f.workload.timeout() + Duration::from_millis(500));
+            let tail = f.observe.tail().max(f.workload.timeout() + Duration::from_millis(500));
             std::thread::sleep(tail);
         }
         if let Some(seqs) = acked {
@@ -94,9 +92,8 @@ pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
         }
         Ok(observed)
     })();
-    stop.store(true, Ordering::SeqCst);
     let load_s = origin.elapsed().as_secs_f64();
-    let clients = load.join().map_err(|_| anyhow::anyhow!("the load generator thread panicked"))??;
+    let clients = load.finish()?;
     let mut observed = run?;
     if f.workload.kind == WorkloadKind::Rubis {
         // The writes the site acknowledged, before the failure and after
@@ -124,7 +121,7 @@ struct Observed {
     acked: Option<(u64, u64)>,
     injected_at: Instant,
     /// A fault's watch, to judge its outcome with the client records.
-    watch: Option<crate::inject::Watch>,
+    watch: Option<crate::fault_watch::Watch>,
 }
 
 /// When the experiment ran and for how long.
@@ -136,81 +133,25 @@ struct Times {
     load_s: f64,
 }
 
-/// What the clients saw: every request, and the writes the site
-/// acknowledged (RUBiS; none for the static workload).
-pub(super) struct ClientRun {
-    pub records: Vec<Record>,
-    pub acks: Vec<Ack>,
-}
-
-/// How the campaign's clients run this time: the experiment's load, or
-/// the golden run's health check.
-pub(super) struct ClientPlan {
-    /// How long requests keep being started (unless stopped first).
-    pub duration: Duration,
-    /// A request unanswered this long failed.
-    pub timeout: Duration,
-    /// Seed of the clients' choices.
-    pub seed: u64,
-}
-
-/// Runs the workload's clients (static documents or RUBiS sessions)
-/// against `addr` until `plan.duration` ends or `stop` is set.
-pub(super) fn run_clients(
-    addr: SocketAddr,
-    w: &WorkloadSpec,
-    docs: &DocList,
-    plan: &ClientPlan,
-    origin: Instant,
-    stop: Arc<AtomicBool>,
-) -> Result<ClientRun> {
-    let think = Duration::from_millis(w.think_ms);
+/// The campaign workload's clients as one [`ClientLoad`].
+pub fn client_load(w: &WorkloadSpec, docs: &DocList, duration: Duration, timeout: Duration, seed: u64) -> ClientLoad {
+    let clients = match w.kind {
+        WorkloadKind::Apache => Clients::Static(docs.clone()),
+        WorkloadKind::Rubis => Clients::Rubis(w.rubis_mix()),
+    };
     // A short pause after a failed request: it is the resolution at which
     // clients see the service come back.
     let failure_pause = Duration::from_millis(10);
-    match w.kind {
-        WorkloadKind::Apache => {
-            let spec = LoadSpec {
-                mode: Mode::Closed(ClosedLoop { clients: w.clients, think, failure_pause }),
-                duration: plan.duration,
-                timeout: plan.timeout,
-                seed: plan.seed,
-            };
-            let records = workloads::run_blocking_until(addr, docs, &spec, origin, stop)?;
-            Ok(ClientRun { records, acks: Vec::new() })
-        }
-        WorkloadKind::Rubis => {
-            let spec = RubisSpec {
-                think_mean: think,
-                timeout: plan.timeout,
-                failure_pause,
-                seed: plan.seed,
-                ..RubisSpec::new(w.rubis_mix(), w.clients, plan.duration)
-            };
-            let run = rubis::run_blocking_until(addr, &spec, origin, stop)?;
-            Ok(ClientRun { records: run.records, acks: run.acks })
-        }
-    }
+    ClientLoad { clients, count: w.clients, think: w.think(), failure_pause, timeout, duration, seed }
 }
 
 /// An upper bound only: the load is stopped when the experiment ends.
 const LOAD_LIMIT: Duration = Duration::from_secs(3600);
 
-fn start_load(
-    addr: SocketAddr,
-    shared: &Shared<'_>,
-    planned: &Planned,
-    origin: Instant,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<ClientRun>> {
-    let w = shared.campaign.file.workload.clone();
-    let plan = ClientPlan {
-        duration: LOAD_LIMIT,
-        timeout: w.timeout(),
-        seed: shared.campaign.file.seed ^ planned.index.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    };
-    let docs = shared.docs.clone();
-    std::thread::spawn(move || run_clients(addr, &w, &docs, &plan, origin, stop))
+fn start_load(addr: SocketAddr, shared: &Shared<'_>, planned: &Planned, origin: Instant) -> RunningLoad {
+    let w = &shared.campaign.file.workload;
+    let seed = shared.campaign.file.seed ^ planned.index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    RunningLoad::start(addr, client_load(w, shared.docs, LOAD_LIMIT, w.timeout(), seed), origin)
 }
 
 /// RUBiS writes the site acknowledged that its pages no longer show. A
@@ -269,7 +210,7 @@ fn lost_writes(addr: SocketAddr, seqs: &[u64], recovered: bool) -> u64 {
 }
 
 fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, window: Duration) -> Result<Observed> {
-    let hang = Duration::from_secs_f64(shared.campaign.file.observe.hang_timeout_s);
+    let hang = shared.campaign.file.observe.hang_timeout();
     let injected_at = Instant::now();
     let blank = |injection, outcome: &str, failure| Observed {
         injection,
@@ -282,17 +223,9 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
         injected_at,
         watch: None,
     };
-    match &planned.injection {
-        Injection::Crash(crash) => {
-            match crash {
-                CrashKind::Sysrq => sut.vm().agent().send("sysrq c").context("asking the agent for a sysrq crash")?,
-                CrashKind::Panic => {
-                    sut.vm().qmp().execute("inject-nmi", None).context("injecting the NMI")?;
-                }
-                CrashKind::Hang => {
-                    sut.vm().qmp().execute("stop", None).context("stopping the vCPUs")?;
-                }
-            }
+    match &planned.action {
+        Action::Crash(crash) => {
+            crash.trigger(sut.vm())?;
             let injection = RecordInjection::Crash { crash: crash.to_string() };
             let failure = sut.wait_failure(window, hang).with_context(|| format!("the {crash} crash was not seen"))?;
             let outcome = match failure.cause {
@@ -305,7 +238,7 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
             };
             Ok(blank(injection, outcome, Some(failure)))
         }
-        Injection::Fault { index, group } => {
+        Action::Fault { index, group } => {
             let runner = shared.faults.context("the campaign has fault experiments but no fault runner")?;
             let seen = runner.inject(sut, *group, *index, window)?;
             // Provisional: judged again with the client records.
@@ -315,7 +248,7 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
             observed.watch = Some(seen.watch);
             Ok(observed)
         }
-        Injection::Restore(_) => bail!("restore measurements run in campaign::restore, not as injections"),
+        Action::Restore(_) => bail!("restore measurements run in campaign::restore, not as injections"),
     }
 }
 
@@ -330,7 +263,7 @@ fn record(
     let f = &shared.campaign.file;
     let mut observed = observed;
     if let Some(watch) = &observed.watch {
-        let hang = Duration::from_secs_f64(f.observe.hang_timeout_s);
+        let hang = f.observe.hang_timeout();
         observed.outcome = watch.classify(records, origin, hang).outcome.to_string();
     }
     // When the service stopped, as the client-side analysis needs it. A
@@ -340,10 +273,10 @@ fn record(
     // heartbeat timeout later: a forced one (the vCPUs stopped) began at
     // the injection; a fault's began at most one heartbeat interval after
     // the last heartbeat.
-    let hang_timeout = Duration::from_secs_f64(f.observe.hang_timeout_s);
+    let hang_timeout = f.observe.hang_timeout();
     let failure_at = observed.failure.map(|failure| {
-        let began = match (failure.cause, &planned.injection) {
-            (FailureCause::HeartbeatLost, Injection::Crash(CrashKind::Hang)) => observed.injected_at,
+        let began = match (failure.cause, &planned.action) {
+            (FailureCause::HeartbeatLost, Action::Crash(Crash::Hang)) => observed.injected_at,
             (FailureCause::HeartbeatLost, _) => {
                 (failure.detected_at - hang_timeout + HEARTBEAT_INTERVAL).max(observed.injected_at)
             }

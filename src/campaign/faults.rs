@@ -13,8 +13,8 @@ use recovery_sut::{Cache, KernelChoice, Sut};
 
 use super::experiment::{FaultObservation, FaultRunner};
 use super::spec::Campaign;
-use crate::faults::KernelModel;
-use crate::Prepared;
+use crate::fault_watch::{self, Watch, WatchLimits};
+use crate::setup::{self, KernelModel};
 
 /// One `[[inject]]` table's fault population.
 struct Group {
@@ -36,16 +36,11 @@ pub struct InjectorRunner {
 }
 
 /// The fault runner a campaign needs: `None` when it injects no faults.
-pub fn runner_for(
-    cache: &Cache,
-    campaign: &Campaign,
-    _prepared: &Prepared,
-    step: &dyn Fn(&str),
-) -> Result<Option<Box<dyn FaultRunner>>> {
+pub fn runner_for(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<Option<Box<dyn FaultRunner>>> {
     if campaign.file.inject.iter().all(|i| i.faults.is_none()) {
         return Ok(None);
     }
-    let model = crate::faults::load_kernel_choice(cache, &KernelChoice::Debian, step)?;
+    let model = setup::load_kernel_model(cache, &KernelChoice::Debian, step)?;
     let mut groups = Vec::new();
     for (i, inject) in campaign.file.inject.iter().enumerate() {
         let Some(faults) = &inject.faults else {
@@ -82,7 +77,7 @@ pub fn runner_for(
         model,
         groups,
         seed: campaign.file.seed,
-        hang_timeout: Duration::from_secs_f64(campaign.file.observe.hang_timeout_s),
+        hang_timeout: campaign.file.observe.hang_timeout(),
         trace,
     })))
 }
@@ -96,11 +91,11 @@ impl FaultRunner for InjectorRunner {
         let vm = sut.vm();
         let console_offset = std::fs::metadata(vm.console_log()).map(|m| m.len()).unwrap_or(0);
         vm.events(); // stale events are not this fault's
-        let watch = crate::inject::watch_fault(
+        let watch = fault_watch::watch_fault(
             vm,
             &self.model.image,
             &spec,
-            &crate::inject::WatchLimits { window, hang_timeout: self.hang_timeout, oops_grace: Duration::from_secs(1) },
+            &WatchLimits { window, hang_timeout: self.hang_timeout, oops_grace: Duration::from_secs(1) },
             console_offset,
             self.trace.map(|(layout, config)| Tracer::new(layout, &self.model.image, config)),
         )?;
@@ -124,7 +119,7 @@ impl InjectorRunner {
     /// The propagation record of a traced fault: the tracer's verdict, a
     /// byte overwritten before it was read (masked), or nothing for a
     /// fault never activated or not traced.
-    fn propagation(&self, spec: &FaultSpec, watch: &crate::inject::Watch) -> Option<Box<Propagation>> {
+    fn propagation(&self, spec: &FaultSpec, watch: &Watch) -> Option<Box<Propagation>> {
         self.trace?;
         let injection = &watch.injection;
         if !injection.activated && !injection.masked {

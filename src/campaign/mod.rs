@@ -1,12 +1,23 @@
 //! Campaigns: experiment files expanded into numbered experiments, run from
 //! a golden snapshot on one or more VMs, each result stored durably, then
 //! turned into tables, figures and a report by the `analysis` crate.
+//!
+//! Layers, each using only those above it in this list:
+//! `restore_spec` and `spec` (the file and its expansion), `experiment`
+//! (one experiment from golden snapshot to record) and `faults` (the
+//! injector's hook into it), `env` (what a run is given and returns),
+//! `restore` (the `[restore]` measurements) and `runner` (golden run,
+//! workers, resume), then `ops` (what the commands do: run, status,
+//! replay, check, reproduce). `check` and `compare` work on stored records
+//! only.
 
 pub mod check;
-pub mod cli;
 pub mod compare;
+pub mod env;
 pub mod experiment;
 pub mod faults;
+pub mod ops;
 pub mod restore;
+pub mod restore_spec;
 pub mod runner;
 pub mod spec;

@@ -9,129 +9,19 @@
 //! second record for an index, so nothing is done twice.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use analysis::record::{ExperimentRecord, Provenance};
-use analysis::store::{CampaignMeta, Store};
+use analysis::record::ExperimentRecord;
 use anyhow::{bail, Context, Result};
-use recovery_sut::{Sut, VmConfig};
+use recovery_sut::Sut;
 use workloads::DocList;
 
-use super::experiment::{self, FaultRunner, Shared};
+use super::env::{self, open_store, pending, store_path, Environment, GoldenDir, RunOptions, RunSummary};
+use super::experiment::{self, Shared};
 use super::spec::{Campaign, Planned, WorkloadKind};
-
-/// `--shard i/N`: this machine runs the experiments whose index is
-/// `i - 1` modulo `N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    /// 1-based shard number.
-    pub index: u64,
-    /// Number of shards.
-    pub count: u64,
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Shard, String> {
-        let bad = || format!("`{s}` is not a shard: write i/N with 1 <= i <= N, e.g. 1/2");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (u64, u64) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
-        if count == 0 || index == 0 || index > count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
-    }
-}
-
-impl Shard {
-    /// Whether experiment `index` belongs to this shard.
-    pub fn owns(&self, index: u64) -> bool {
-        index % self.count == self.index - 1
-    }
-}
-
-/// How to run a campaign.
-pub struct RunOptions {
-    /// Where the store (`campaign.sqlite`) and the report go.
-    pub results: PathBuf,
-    /// VMs at once.
-    pub jobs: usize,
-    /// Only this shard's experiments.
-    pub shard: Option<Shard>,
-    /// Stop after this many new experiments (for smoke runs and tests).
-    pub limit: Option<usize>,
-}
-
-/// What a run did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RunSummary {
-    /// Experiments in the campaign (all shards).
-    pub total: u64,
-    /// Stored before this run started.
-    pub already_done: u64,
-    /// Stored by this run.
-    pub ran: u64,
-    /// Outcome counts of this run.
-    pub outcomes: BTreeMap<String, u64>,
-    /// Wall-clock time of the golden run, seconds.
-    pub golden_s: f64,
-    /// Wall-clock time of the whole run, seconds.
-    pub wall_s: f64,
-    /// Sum over experiments of wall time beyond the observation window,
-    /// divided by the sum of windows.
-    pub overhead: Option<f64>,
-    /// The store.
-    pub store: PathBuf,
-    /// Set when Ctrl-C stopped the run early.
-    pub interrupted: bool,
-}
-
-/// The store of a campaign's results directory.
-pub fn store_path(results: &Path) -> PathBuf {
-    results.join("campaign.sqlite")
-}
-
-/// Everything a run needs besides the campaign file.
-pub struct Environment<'a> {
-    /// The prepared guest.
-    pub image: &'a recovery_sut::GuestImage,
-    /// VM settings (accelerator, RAM, data disk).
-    pub config: VmConfig,
-    /// Provenance stamped on every record.
-    pub provenance: Provenance,
-    /// Runs fault experiments, if the campaign has any.
-    pub faults: Option<&'a dyn FaultRunner>,
-    /// Set to stop after the running experiments.
-    pub stop: Arc<AtomicBool>,
-}
-
-/// Opens the store and records (or checks) the campaign in it.
-pub fn open_store(campaign: &Campaign, results: &Path) -> Result<Store> {
-    std::fs::create_dir_all(results)
-        .with_context(|| format!("creating the results directory {}", results.display()))?;
-    let store = Store::open(store_path(results))?;
-    let definition = serde_json::to_value(&campaign.file).context("serializing the campaign definition")?;
-    store.begin_campaign(&CampaignMeta {
-        name: campaign.file.name.clone(),
-        file_sha256: campaign.sha256.clone(),
-        seed: campaign.file.seed,
-        total: campaign.expand().len() as u64,
-        definition,
-    })?;
-    Ok(store)
-}
-
-/// The experiments this run still has to do.
-pub fn pending(campaign: &Campaign, store: &Store, shard: Option<Shard>) -> Result<(Vec<Planned>, u64)> {
-    let done = store.done(&campaign.file.name)?;
-    let all = campaign.expand();
-    let mine: Vec<Planned> = all.into_iter().filter(|p| shard.is_none_or(|s| s.owns(p.index))).collect();
-    let already = mine.iter().filter(|p| done.contains(&p.index)).count() as u64;
-    Ok((mine.into_iter().filter(|p| !done.contains(&p.index)).collect(), already))
-}
 
 /// Runs the campaign's pending experiments.
 pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Result<RunSummary> {
@@ -172,7 +62,7 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
     summary.golden_s = golden_started.elapsed().as_secs_f64();
 
     let shared = Shared { campaign, golden: &golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
-    let bar = progress_bar(todo.len() as u64);
+    let bar = env::progress_bar(todo.len() as u64);
     let queue = Mutex::new(todo.into_iter().collect::<VecDeque<_>>());
     let (tx, rx) = mpsc::channel::<(Planned, Result<ExperimentRecord>)>();
     let mut overhead = (0.0, 0.0);
@@ -203,7 +93,7 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
                     *summary.outcomes.entry(record.outcome.clone()).or_default() += 1;
                     overhead.0 += (record.wall_s - record.window_s).max(0.0);
                     overhead.1 += record.window_s;
-                    bar.set_message(outcome_line(&summary.outcomes));
+                    bar.set_message(env::outcome_line(&summary.outcomes));
                     bar.inc(1);
                 }
                 Err(e) => {
@@ -231,29 +121,9 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
     Ok(summary)
 }
 
-/// `<results>/.golden`, removed when the run ends.
-pub(super) struct GoldenDir(pub(super) PathBuf);
-
-impl GoldenDir {
-    pub(super) fn create(results: &Path) -> Result<GoldenDir> {
-        let dir = results.join(".golden");
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing the stale {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(GoldenDir(dir))
-    }
-}
-
-impl Drop for GoldenDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Boots the guest once, checks that a fault-free run serves only correct
 /// answers, and freezes the running service as every experiment's start.
-pub(super) fn golden_run(
+pub fn golden_run(
     env: &Environment<'_>,
     docs: &DocList,
     dir: &Path,
@@ -266,18 +136,15 @@ pub(super) fn golden_run(
         // The site's pages need MariaDB, which comes up after Apache.
         sut.vm().wait_phase("services-ready", Duration::from_secs(300))?;
     }
-    let plan = experiment::ClientPlan {
-        duration: Duration::from_secs_f64(w.warmup_s.max(1.0)),
-        // Lenient with the static workload's first answers, as before any
-        // fault; RUBiS pages get their own timeout.
-        timeout: match w.kind {
-            WorkloadKind::Apache => w.timeout().max(Duration::from_secs(2)),
-            WorkloadKind::Rubis => w.timeout(),
-        },
-        seed: campaign.file.seed,
+    // Lenient with the static workload's first answers, as before any
+    // fault; RUBiS pages get their own timeout.
+    let timeout = match w.kind {
+        WorkloadKind::Apache => w.timeout().max(Duration::from_secs(2)),
+        WorkloadKind::Rubis => w.timeout(),
     };
+    let load = experiment::client_load(w, docs, w.warmup().max(Duration::from_secs(1)), timeout, campaign.file.seed);
     let stop = Arc::new(AtomicBool::new(false));
-    let records = experiment::run_clients(sut.vm().http_addr(), w, docs, &plan, origin, stop)?.records;
+    let records = crate::load::run(sut.vm().http_addr(), &load, origin, stop)?.records;
     let bad = records.iter().filter(|r| !r.is_correct()).count();
     if records.is_empty() || bad > 0 {
         bail!(
@@ -289,36 +156,4 @@ pub(super) fn golden_run(
     }
     let golden = sut.freeze(dir).context("freezing the golden snapshot")?;
     Ok(golden)
-}
-
-pub(super) fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}, ETA {eta}] {msg}")
-    {
-        bar.set_style(style);
-    }
-    bar.enable_steady_tick(Duration::from_millis(500));
-    bar
-}
-
-pub(super) fn outcome_line(outcomes: &BTreeMap<String, u64>) -> String {
-    outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn shards_partition_the_experiments() {
-        let halves: [Shard; 2] = ["1/2".parse().unwrap(), "2/2".parse().unwrap()];
-        for i in 0..100 {
-            assert_eq!(halves.iter().filter(|s| s.owns(i)).count(), 1);
-        }
-        for bad in ["0/2", "3/2", "1/0", "x", "1-2"] {
-            assert!(bad.parse::<Shard>().unwrap_err().contains("i/N"), "{bad}");
-        }
-    }
 }

@@ -17,11 +17,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use workloads::rubis::Mix;
 
-use super::restore::{RestorePoint, RestoreSpec};
+use super::restore_spec::{self, RestorePoint, RestoreSpec};
+pub use crate::crash::Crash;
 
 /// Why an experiment file cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum SpecError {
+pub enum ExperimentFileError {
     /// The file cannot be read.
     #[error("cannot read experiment file {path}: {source}")]
     Read {
@@ -181,6 +182,16 @@ impl WorkloadSpec {
         }))
     }
 
+    /// `warmup_s` as a duration.
+    pub fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup_s)
+    }
+
+    /// `think_ms` as a duration.
+    pub fn think(&self) -> Duration {
+        Duration::from_millis(self.think_ms)
+    }
+
     /// The RUBiS mix in force (browsing unless the file says otherwise).
     pub fn rubis_mix(&self) -> Mix {
         self.mix.unwrap_or(Mix::Browsing)
@@ -215,32 +226,28 @@ pub struct ObserveSpec {
     pub hang_timeout_s: f64,
 }
 
-impl Default for ObserveSpec {
-    fn default() -> Self {
-        ObserveSpec { window_s: default_window(), tail_s: default_tail(), hang_timeout_s: default_hang() }
+// Validation has checked every seconds key with `duration::from_secs_f64`,
+// so these conversions cannot panic on a loaded file.
+impl ObserveSpec {
+    /// `window_s` as a duration.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs_f64(self.window_s)
+    }
+
+    /// `tail_s` as a duration.
+    pub fn tail(&self) -> Duration {
+        Duration::from_secs_f64(self.tail_s)
+    }
+
+    /// `hang_timeout_s` as a duration.
+    pub fn hang_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.hang_timeout_s)
     }
 }
 
-/// A crash forced on purpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CrashKind {
-    /// `echo c > /proc/sysrq-trigger` through the guest agent.
-    Sysrq,
-    /// An NMI from the monitor with `unknown_nmi_panic`.
-    Panic,
-    /// The vCPUs stop (QMP `stop`): no panic report, only the missing
-    /// heartbeat tells.
-    Hang,
-}
-
-impl fmt::Display for CrashKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CrashKind::Sysrq => "sysrq",
-            CrashKind::Panic => "panic",
-            CrashKind::Hang => "hang",
-        })
+impl Default for ObserveSpec {
+    fn default() -> Self {
+        ObserveSpec { window_s: default_window(), tail_s: default_tail(), hang_timeout_s: default_hang() }
     }
 }
 
@@ -276,17 +283,18 @@ pub struct FaultsSpec {
 #[serde(deny_unknown_fields)]
 pub struct InjectSpec {
     /// Force a crash.
-    pub crash: Option<CrashKind>,
+    pub crash: Option<Crash>,
     /// Inject faults.
     pub faults: Option<FaultsSpec>,
 }
 
-/// What one `[[inject]]` table means, once validated.
+/// What one planned experiment does to the guest, once validated: one
+/// `[[inject]]` table's crash or fault, or one `[restore]` point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Injection {
+pub enum Action {
     /// Force a crash.
-    Crash(CrashKind),
+    Crash(Crash),
     /// Fault number `index` of the campaign's generator.
     Fault {
         /// Index passed to the generator (unique across the campaign).
@@ -390,7 +398,7 @@ pub struct Planned {
     /// Stable index.
     pub index: u64,
     /// What is done.
-    pub injection: Injection,
+    pub action: Action,
     /// Recovery strategy.
     pub strategy: Strategy,
     /// Repetition number.
@@ -400,10 +408,10 @@ pub struct Planned {
 impl Planned {
     /// Human-readable identity, unique within the campaign.
     pub fn key(&self) -> String {
-        let what = match &self.injection {
-            Injection::Crash(c) => format!("crash={c}"),
-            Injection::Fault { index, .. } => format!("fault={index}"),
-            Injection::Restore(point) => point.key(),
+        let what = match &self.action {
+            Action::Crash(c) => format!("crash={c}"),
+            Action::Fault { index, .. } => format!("fault={index}"),
+            Action::Restore(point) => point.key(),
         };
         format!("{what} strategy={} rep={}", self.strategy, self.rep)
     }
@@ -422,8 +430,9 @@ pub struct Campaign {
 
 impl Campaign {
     /// Reads and validates an experiment file.
-    pub fn load(path: &Path) -> Result<Campaign, SpecError> {
-        let bytes = std::fs::read(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
+    pub fn load(path: &Path) -> Result<Campaign, ExperimentFileError> {
+        let bytes =
+            std::fs::read(path).map_err(|source| ExperimentFileError::Read { path: path.to_path_buf(), source })?;
         let text = String::from_utf8_lossy(&bytes);
         Campaign::parse(path, &text).map(|mut c| {
             c.sha256 = hex::encode(Sha256::digest(&bytes));
@@ -432,12 +441,12 @@ impl Campaign {
     }
 
     /// Parses and validates experiment-file text; `path` only names it in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Campaign, SpecError> {
+    pub fn parse(path: &Path, text: &str) -> Result<Campaign, ExperimentFileError> {
         let file: ExperimentFile = toml::from_str(text)
-            .map_err(|e| SpecError::Parse { path: path.to_path_buf(), message: parse_message(text, &e) })?;
+            .map_err(|e| ExperimentFileError::Parse { path: path.to_path_buf(), message: parse_message(text, &e) })?;
         validate(path, &file)?;
         if let Some(restore) = &file.restore {
-            super::restore::validate(path, text, &file, restore)?;
+            restore_spec::validate(path, text, &file, restore)?;
         }
         Ok(Campaign { path: path.to_path_buf(), sha256: hex::encode(Sha256::digest(text.as_bytes())), file })
     }
@@ -465,24 +474,24 @@ impl Campaign {
     pub fn expand(&self) -> Vec<Planned> {
         let f = &self.file;
         if let Some(restore) = &f.restore {
-            return super::restore::expand(restore, f.repetitions);
+            return restore_spec::expand(restore, f.repetitions);
         }
         let mut out = Vec::new();
         let mut next_fault = 0u64;
         for (group, inject) in f.inject.iter().enumerate() {
-            let injections: Vec<Injection> = match (&inject.crash, &inject.faults) {
-                (Some(c), _) => vec![Injection::Crash(*c)],
+            let injections: Vec<Action> = match (&inject.crash, &inject.faults) {
+                (Some(c), _) => vec![Action::Crash(*c)],
                 (None, Some(faults)) => {
                     let range = next_fault..next_fault + faults.count;
                     next_fault += faults.count;
-                    range.map(|index| Injection::Fault { index, group }).collect()
+                    range.map(|index| Action::Fault { index, group }).collect()
                 }
                 (None, None) => Vec::new(),
             };
             for injection in injections {
                 for &strategy in &f.recovery.strategies {
                     for rep in 0..f.repetitions {
-                        out.push(Planned { index: out.len() as u64, injection: injection.clone(), strategy, rep });
+                        out.push(Planned { index: out.len() as u64, action: injection.clone(), strategy, rep });
                     }
                 }
             }
@@ -505,9 +514,12 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-fn validate(path: &Path, f: &ExperimentFile) -> Result<(), SpecError> {
-    let invalid =
-        |key: &str, problem: String| SpecError::Invalid { path: path.to_path_buf(), key: key.into(), problem };
+fn validate(path: &Path, f: &ExperimentFile) -> Result<(), ExperimentFileError> {
+    let invalid = |key: &str, problem: String| ExperimentFileError::Invalid {
+        path: path.to_path_buf(),
+        key: key.into(),
+        problem,
+    };
     if f.name.is_empty() || !f.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(invalid(
             "name",
@@ -575,8 +587,14 @@ fn validate(path: &Path, f: &ExperimentFile) -> Result<(), SpecError> {
         ("observe.tail_s", f.observe.tail_s),
         ("observe.hang_timeout_s", f.observe.hang_timeout_s),
     ] {
-        if !(v.is_finite() && v >= 0.0) {
-            return Err(invalid(key, format!("{v} is not a non-negative number of seconds")));
+        crate::duration::from_secs_f64(key, v).map_err(|e| invalid(key, format!("{} {}", e.value, e.problem)))?;
+    }
+    for (key, ms) in [("workload.think_ms", Some(f.workload.think_ms)), ("workload.timeout_ms", f.workload.timeout_ms)]
+    {
+        if let Some(ms) = ms {
+            let seconds = ms as f64 / 1000.0;
+            crate::duration::from_secs_f64(key, seconds)
+                .map_err(|e| invalid(key, format!("{ms} ms: {} {}", e.value, e.problem)))?;
         }
     }
     if let Some(t) = &f.trace {
@@ -631,7 +649,7 @@ faults = { models = ["nop"], count = 3 }
 strategies = ["full-reboot", "service-restore"]
 "#;
 
-    fn parse(text: &str) -> Result<Campaign, SpecError> {
+    fn parse(text: &str) -> Result<Campaign, ExperimentFileError> {
         Campaign::parse(Path::new("exp.toml"), text)
     }
 
@@ -688,6 +706,12 @@ strategies = ["full-reboot", "service-restore"]
         assert!(e.to_string().contains("buying"), "{e}");
         let e = parse(&GOOD.replace("kind = \"apache\"", "kind = \"apache\"\nmix = \"browsing\"")).unwrap_err();
         assert!(e.to_string().contains("workload.mix"), "{e}");
+
+        for (value, why) in [("1e30", "longest"), ("-1.0", "negative"), ("inf", "finite"), ("nan", "finite")] {
+            let bad = GOOD.replace("[recovery]", &format!("[observe]\nwindow_s = {value}\n\n[recovery]"));
+            let e = parse(&bad).unwrap_err().to_string();
+            assert!(e.contains("observe.window_s") && e.contains(why), "{value}: {e}");
+        }
 
         let bad = GOOD.replace("name = \"downtime\"", "name = \"down time\"");
         assert!(parse(&bad).unwrap_err().to_string().contains("key `name`"));

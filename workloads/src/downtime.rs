@@ -243,9 +243,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::record::Outcome;
+    use crate::record::RequestOutcome;
 
-    fn rec(end: f64, outcome: Outcome) -> Record {
+    fn rec(end: f64, outcome: RequestOutcome) -> Record {
         Record { start: end - 0.001, end, path: "/index.html".into(), outcome, bytes: 0 }
     }
 
@@ -255,7 +255,7 @@ mod tests {
         (0..)
             .map(|k| offset + k as f64 * step)
             .take_while(|&end| end < until)
-            .map(|end| rec(end, if outage(end) { Outcome::ConnectError } else { Outcome::Ok }))
+            .map(|end| rec(end, if outage(end) { RequestOutcome::ConnectError } else { RequestOutcome::Ok }))
             .collect()
     }
 
@@ -288,7 +288,7 @@ mod tests {
         let mut records = steady(STEP, HALF, 6.0, |t| (2.0..3.0).contains(&t));
         for (i, r) in records.iter_mut().filter(|r| (3.0..4.0).contains(&r.end)).enumerate() {
             if i % 2 == 1 {
-                r.outcome = Outcome::HttpStatus(503);
+                r.outcome = RequestOutcome::HttpStatus(503);
             }
         }
         let report = analyze(&records, 2.0, &CONFIG)?;
@@ -336,7 +336,7 @@ mod tests {
 
     #[test]
     fn an_answer_ending_exactly_at_the_failure_is_before_it() -> Result<(), DowntimeError> {
-        let records = [rec(1.0, Outcome::Ok), rec(2.0, Outcome::Ok), rec(3.5, Outcome::Ok)];
+        let records = [rec(1.0, RequestOutcome::Ok), rec(2.0, RequestOutcome::Ok), rec(3.5, RequestOutcome::Ok)];
         let d = downtime(&records, 2.0)?;
         assert_eq!((d.last_correct_before, d.seconds()), (2.0, Some(1.5)));
         Ok(())
@@ -346,8 +346,14 @@ mod tests {
     fn an_answer_sent_before_the_failure_and_arriving_after_does_not_end_the_downtime() -> Result<(), DowntimeError> {
         // Written by the server just before it stopped, read by the client
         // just after: no evidence of recovery.
-        let in_transit = Record { start: 1.99, end: 2.0005, path: "/big".into(), outcome: Outcome::Ok, bytes: 9 };
-        let records = [rec(1.5, Outcome::Ok), in_transit, rec(2.2, Outcome::ConnectError), rec(2.75, Outcome::Ok)];
+        let in_transit =
+            Record { start: 1.99, end: 2.0005, path: "/big".into(), outcome: RequestOutcome::Ok, bytes: 9 };
+        let records = [
+            rec(1.5, RequestOutcome::Ok),
+            in_transit,
+            rec(2.2, RequestOutcome::ConnectError),
+            rec(2.75, RequestOutcome::Ok),
+        ];
         let d = downtime(&records, 2.0)?;
         assert_eq!(d.last_correct_before, 1.5);
         assert_eq!(d.recovery, Recovery::Recovered { first_correct_after: 2.75, downtime: 1.25 });
@@ -360,10 +366,10 @@ mod tests {
     #[test]
     fn wrong_answers_do_not_end_the_downtime() -> Result<(), DowntimeError> {
         let records = [
-            rec(1.0, Outcome::Ok),
-            rec(2.5, Outcome::WrongContent),
-            rec(3.0, Outcome::HttpStatus(500)),
-            rec(4.0, Outcome::Ok),
+            rec(1.0, RequestOutcome::Ok),
+            rec(2.5, RequestOutcome::WrongContent),
+            rec(3.0, RequestOutcome::HttpStatus(500)),
+            rec(4.0, RequestOutcome::Ok),
         ];
         assert_eq!(downtime(&records, 2.0)?.seconds(), Some(3.0));
         Ok(())
@@ -371,7 +377,7 @@ mod tests {
 
     #[test]
     fn refuses_what_cannot_be_measured() {
-        let up_late = [rec(3.0, Outcome::Ok)];
+        let up_late = [rec(3.0, RequestOutcome::Ok)];
         assert_eq!(downtime(&up_late, 2.0), Err(DowntimeError::NoCorrectBefore { failure_at: 2.0 }));
         assert!(matches!(downtime(&up_late, f64::NAN), Err(DowntimeError::BadFailureInstant(_))));
         // Up early on, then failing well before the baseline window starts.
@@ -384,14 +390,14 @@ mod tests {
         assert!(matches!(analyze(&records, 2.0, &bad), Err(DowntimeError::Timeline(_))));
     }
 
-    fn any_outcome() -> impl Strategy<Value = Outcome> {
+    fn any_outcome() -> impl Strategy<Value = RequestOutcome> {
         prop_oneof![
-            3 => Just(Outcome::Ok),
-            1 => Just(Outcome::WrongContent),
-            1 => Just(Outcome::HttpStatus(503)),
-            1 => Just(Outcome::ConnectError),
-            1 => Just(Outcome::Timeout),
-            1 => Just(Outcome::IoError),
+            3 => Just(RequestOutcome::Ok),
+            1 => Just(RequestOutcome::WrongContent),
+            1 => Just(RequestOutcome::HttpStatus(503)),
+            1 => Just(RequestOutcome::ConnectError),
+            1 => Just(RequestOutcome::Timeout),
+            1 => Just(RequestOutcome::IoError),
         ]
     }
 
@@ -448,7 +454,7 @@ mod tests {
                     start: sent(k),
                     end: end(k),
                     path: "/".into(),
-                    outcome: if (a..b).contains(&k) { failure_kind } else { Outcome::Ok },
+                    outcome: if (a..b).contains(&k) { failure_kind } else { RequestOutcome::Ok },
                     bytes: 0,
                 })
                 .collect();

@@ -26,7 +26,7 @@ use hyper::header::HeaderValue;
 use hyper::Uri;
 
 use crate::docs::{DocList, DocListProblem, RequestPicker};
-use crate::record::{seconds_since, Outcome, Record};
+use crate::record::{seconds_since, Record, RequestOutcome};
 use exchange::{Conn, Endpoint, Target};
 
 /// Closed-loop load: `clients` users, each with one request outstanding.
@@ -180,7 +180,7 @@ impl Plan {
         let Some(target) = self.targets.get(index) else {
             // Pickers draw below the document count, so this is unreachable;
             // recorded as a failure rather than a panic all the same.
-            return self.record(index, start, Outcome::IoError, 0);
+            return self.record(index, start, RequestOutcome::IoError, 0);
         };
         let deadline = start + self.timeout;
         let mut bytes = 0;
@@ -191,14 +191,14 @@ impl Plan {
                 // The connection went down with the dropped future (it was
                 // taken out of `conn`); whatever was in flight on it is lost.
                 *conn = None;
-                Outcome::Timeout
+                RequestOutcome::Timeout
             }
         };
         self.record(index, start, outcome, bytes)
     }
 
     /// The record of a request for document `index`, ending now.
-    fn record(&self, index: usize, start: Instant, outcome: Outcome, bytes: u64) -> Record {
+    fn record(&self, index: usize, start: Instant, outcome: RequestOutcome, bytes: u64) -> Record {
         Record {
             start: seconds_since(self.origin, start),
             end: seconds_since(self.origin, Instant::now()),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// What one request got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum RequestOutcome {
     /// Status 200 and a body whose SHA-256 equals the document's: the only
     /// outcome that counts as the service working.
     Ok,
@@ -33,16 +33,16 @@ pub enum Outcome {
     IoError,
 }
 
-impl Outcome {
+impl RequestOutcome {
     /// Whether this is a correct answer (status 200, right content).
     pub fn is_correct(self) -> bool {
-        self == Outcome::Ok
+        self == RequestOutcome::Ok
     }
 
     /// Whether a complete HTTP answer came back, right or wrong: the
     /// requests whose latency says something about the server.
     pub fn is_response(self) -> bool {
-        matches!(self, Outcome::Ok | Outcome::WrongContent | Outcome::HttpStatus(_))
+        matches!(self, RequestOutcome::Ok | RequestOutcome::WrongContent | RequestOutcome::HttpStatus(_))
     }
 }
 
@@ -58,7 +58,7 @@ pub struct Record {
     /// URL path requested.
     pub path: String,
     /// What came back.
-    pub outcome: Outcome,
+    pub outcome: RequestOutcome,
     /// Body bytes received, including those received before a failure.
     pub bytes: u64,
 }
@@ -94,27 +94,32 @@ mod tests {
     #[test]
     fn only_ok_is_correct_and_only_answers_are_responses() {
         let all = [
-            Outcome::Ok,
-            Outcome::WrongContent,
-            Outcome::HttpStatus(503),
-            Outcome::ConnectError,
-            Outcome::Timeout,
-            Outcome::IoError,
+            RequestOutcome::Ok,
+            RequestOutcome::WrongContent,
+            RequestOutcome::HttpStatus(503),
+            RequestOutcome::ConnectError,
+            RequestOutcome::Timeout,
+            RequestOutcome::IoError,
         ];
         let correct: Vec<_> = all.iter().filter(|o| o.is_correct()).collect();
         let responses: Vec<_> = all.iter().filter(|o| o.is_response()).collect();
-        assert_eq!(correct, [&Outcome::Ok]);
-        assert_eq!(responses, [&Outcome::Ok, &Outcome::WrongContent, &Outcome::HttpStatus(503)]);
+        assert_eq!(correct, [&RequestOutcome::Ok]);
+        assert_eq!(responses, [&RequestOutcome::Ok, &RequestOutcome::WrongContent, &RequestOutcome::HttpStatus(503)]);
     }
 
     #[test]
     fn record_round_trips_through_json_with_readable_outcomes() -> Result<(), serde_json::Error> {
-        let record =
-            Record { start: 1.25, end: 1.5, path: "/index.html".into(), outcome: Outcome::HttpStatus(404), bytes: 9 };
+        let record = Record {
+            start: 1.25,
+            end: 1.5,
+            path: "/index.html".into(),
+            outcome: RequestOutcome::HttpStatus(404),
+            bytes: 9,
+        };
         let json = serde_json::to_string(&record)?;
         assert_eq!(json, r#"{"start":1.25,"end":1.5,"path":"/index.html","outcome":{"http_status":404},"bytes":9}"#);
         assert_eq!(serde_json::from_str::<Record>(&json)?, record);
-        assert_eq!(serde_json::to_string(&Outcome::ConnectError)?, r#""connect_error""#);
+        assert_eq!(serde_json::to_string(&RequestOutcome::ConnectError)?, r#""connect_error""#);
         assert_eq!(record.latency(), 0.25);
         Ok(())
     }

@@ -22,8 +22,8 @@ pub mod mix;
 pub mod verify;
 
 pub use client::{
-    percentile, run, run_blocking, run_blocking_until, stats, think_time, tour, Ack, InteractionStats, RubisError,
-    RubisRun, RubisSpec, TOUR,
+    run, run_blocking, run_blocking_until, stats, think_time, tour, Ack, InteractionStats, RubisError, RubisRun,
+    RubisSpec, TOUR,
 };
 pub use data::{DataSpec, Dataset};
 pub use interaction::Interaction;

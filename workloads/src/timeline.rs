@@ -75,7 +75,10 @@ pub enum TimelineError {
 }
 
 /// Nearest-rank percentile of sorted values: exact, no interpolation, so a
-/// reported value is always one that was measured.
+/// reported value is always one that was measured. This is deliberately
+/// not the type-7 quantile every other kfi summary uses (`kfi-stats`): a
+/// timeline bin holds few answers, and an interpolated latency between two
+/// of them would be one no client saw.
 fn percentile(sorted: &[f64], percent: usize) -> Option<f64> {
     let rank = (sorted.len() * percent).div_ceil(100).max(1);
     sorted.get(rank - 1).copied()
@@ -153,9 +156,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::record::Outcome;
+    use crate::record::RequestOutcome;
 
-    fn rec(start: f64, end: f64, outcome: Outcome) -> Record {
+    fn rec(start: f64, end: f64, outcome: RequestOutcome) -> Record {
         Record { start, end, path: "/".into(), outcome, bytes: 0 }
     }
 
@@ -166,13 +169,13 @@ mod tests {
         // units of 1/1024 s (binary fractions, so end - start is exact).
         for i in 1..=100 {
             let end = 0.375;
-            records.push(rec(end - i as f64 / 1024.0, end, Outcome::Ok));
+            records.push(rec(end - i as f64 / 1024.0, end, RequestOutcome::Ok));
         }
         // A timeout that started in bin 0 and ended in bin 1 counts in bin 1
         // as a failure, without a latency.
-        records.push(rec(0.0, 0.3, Outcome::Timeout));
+        records.push(rec(0.0, 0.3, RequestOutcome::Timeout));
         // Bin [0.75, 1.0): a wrong answer has a latency but is a failure.
-        records.push(rec(0.8, 0.875, Outcome::WrongContent));
+        records.push(rec(0.8, 0.875, RequestOutcome::WrongContent));
         let timeline = Timeline::build(&records, 0.25)?;
         assert_eq!(timeline.first_index(), Some(1));
         let starts: Vec<f64> = timeline.bins.iter().map(|b| b.start).collect();
@@ -192,11 +195,11 @@ mod tests {
         assert_eq!(Timeline::build(&[], 0.0), Err(TimelineError::BadBinWidth(0.0)));
         assert!(Timeline::build(&[], f64::NAN).is_err());
         assert!(matches!(
-            Timeline::build(&[rec(0.0, f64::INFINITY, Outcome::Ok)], 0.1),
+            Timeline::build(&[rec(0.0, f64::INFINITY, RequestOutcome::Ok)], 0.1),
             Err(TimelineError::BadTime { index: 0, .. })
         ));
         assert!(matches!(
-            Timeline::build(&[rec(0.0, 0.0, Outcome::Ok), rec(0.0, 1e9, Outcome::Ok)], 0.001),
+            Timeline::build(&[rec(0.0, 0.0, RequestOutcome::Ok), rec(0.0, 1e9, RequestOutcome::Ok)], 0.001),
             Err(TimelineError::TooLong { .. })
         ));
         assert_eq!(Timeline::build(&[], 0.1).map(|t| t.bins.len()), Ok(0));
@@ -216,7 +219,7 @@ mod tests {
             raw in prop::collection::vec((-5.0f64..50.0, 0.0f64..3.0, 0u8..4), 0..300),
             width in 0.01f64..2.0,
         ) {
-            let outcomes = [Outcome::Ok, Outcome::WrongContent, Outcome::Timeout, Outcome::ConnectError];
+            let outcomes = [RequestOutcome::Ok, RequestOutcome::WrongContent, RequestOutcome::Timeout, RequestOutcome::ConnectError];
             let records: Vec<Record> =
                 raw.iter().map(|&(s, l, o)| rec(s, s + l, outcomes[usize::from(o)])).collect();
             let timeline = Timeline::build(&records, width).map_err(|e| TestCaseError::fail(e.to_string()))?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{closed_port, doc_list, documents, Behaviour, SilentCloser, TestServer};
 use workloads::downtime::{analyze, downtime, DowntimeConfig, Recovery};
-use workloads::{seconds_since, ClosedLoop, DocList, LoadError, LoadSpec, Mode, OpenLoop, Outcome, Record};
+use workloads::{seconds_since, ClosedLoop, DocList, LoadError, LoadSpec, Mode, OpenLoop, Record, RequestOutcome};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -35,7 +35,7 @@ fn load(target: SocketAddr, docs: &DocList, spec: &LoadSpec) -> (Vec<Record>, Du
     (records, origin.elapsed())
 }
 
-fn count(records: &[Record], outcome: Outcome) -> usize {
+fn count(records: &[Record], outcome: RequestOutcome) -> usize {
     records.iter().filter(|r| r.outcome == outcome).count()
 }
 
@@ -48,7 +48,7 @@ fn closed_loop_records_exactly_the_requests_the_server_answered() {
 
     assert!(records.len() > 20, "only {} requests in 400 ms", records.len());
     assert_eq!(server.stats.requests() as usize, records.len());
-    assert_eq!(count(&records, Outcome::Ok), records.len());
+    assert_eq!(count(&records, RequestOutcome::Ok), records.len());
     // One client keeps one connection alive for the whole run.
     assert_eq!(server.stats.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
     for r in &records {
@@ -79,14 +79,17 @@ fn each_outcome_goes_to_exactly_the_paths_that_earn_it() {
 
     for r in &records {
         let want = match r.path.as_str() {
-            "/a.txt" => Outcome::WrongContent,
-            "/gone.txt" => Outcome::HttpStatus(404),
-            _ => Outcome::Ok,
+            "/a.txt" => RequestOutcome::WrongContent,
+            "/gone.txt" => RequestOutcome::HttpStatus(404),
+            _ => RequestOutcome::Ok,
         };
         assert_eq!(r.outcome, want, "{r:?}");
     }
-    let seen: HashSet<Outcome> = records.iter().map(|r| r.outcome).collect();
-    assert_eq!(seen, HashSet::from([Outcome::Ok, Outcome::WrongContent, Outcome::HttpStatus(404)]));
+    let seen: HashSet<RequestOutcome> = records.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        seen,
+        HashSet::from([RequestOutcome::Ok, RequestOutcome::WrongContent, RequestOutcome::HttpStatus(404)])
+    );
     assert_eq!(server.stats.requests() as usize, records.len());
 }
 
@@ -113,15 +116,15 @@ fn stopped_server_gives_connect_errors_and_its_restart_ends_the_downtime() {
     let records = loader.join().expect("load thread").expect("load run");
 
     for r in records.iter().filter(|r| r.end < stop_began) {
-        assert_eq!(r.outcome, Outcome::Ok, "before the stop: {r:?}");
+        assert_eq!(r.outcome, RequestOutcome::Ok, "before the stop: {r:?}");
     }
     let down: Vec<&Record> = records.iter().filter(|r| r.start > stopped && r.end < restart_began).collect();
     assert!(down.len() >= 20, "only {} requests while down", down.len());
     for r in &down {
-        assert_eq!(r.outcome, Outcome::ConnectError, "while down: {r:?}");
+        assert_eq!(r.outcome, RequestOutcome::ConnectError, "while down: {r:?}");
     }
     for r in records.iter().filter(|r| r.start > restarted) {
-        assert_eq!(r.outcome, Outcome::Ok, "after the restart: {r:?}");
+        assert_eq!(r.outcome, RequestOutcome::Ok, "after the restart: {r:?}");
     }
 
     // The failure instant is when the server was known to be down.
@@ -156,7 +159,7 @@ fn open_loop_starts_requests_at_the_rate() {
     // Due at k / 200 s for k = 0..100: exactly 100 requests.
     assert_eq!(records.len(), 100);
     assert_eq!(server.stats.requests(), 100);
-    assert_eq!(count(&records, Outcome::Ok), 100);
+    assert_eq!(count(&records, RequestOutcome::Ok), 100);
     // Starts are the due instants, 5 ms apart whatever the answers did.
     for pair in records.windows(2) {
         let gap = pair[1].start - pair[0].start;
@@ -178,9 +181,9 @@ fn open_loop_bounds_in_flight_and_times_out_what_waits_too_long() {
 
     assert_eq!(records.len(), 30);
     assert!(server.stats.max_in_flight.load(std::sync::atomic::Ordering::SeqCst) <= 2);
-    assert!(count(&records, Outcome::Ok) >= 4, "{records:?}");
-    assert!(count(&records, Outcome::Timeout) >= 10, "{records:?}");
-    assert_eq!(count(&records, Outcome::Ok) + count(&records, Outcome::Timeout), 30);
+    assert!(count(&records, RequestOutcome::Ok) >= 4, "{records:?}");
+    assert!(count(&records, RequestOutcome::Timeout) >= 10, "{records:?}");
+    assert_eq!(count(&records, RequestOutcome::Ok) + count(&records, RequestOutcome::Timeout), 30);
     for r in &records {
         assert!(r.latency() < 0.35 + 0.1, "{r:?}");
     }
@@ -198,7 +201,7 @@ fn a_server_that_never_answers_gives_timeouts_and_the_run_still_ends() {
 
     // Each client: requests at about 0, 0.15 and 0.30 s, each timing out.
     assert!((4..=6).contains(&records.len()), "{records:?}");
-    assert_eq!(count(&records, Outcome::Timeout), records.len());
+    assert_eq!(count(&records, RequestOutcome::Timeout), records.len());
     for r in &records {
         assert!(r.latency() >= 0.15 && r.latency() < 0.15 + 0.1, "{r:?}");
         assert_eq!(r.bytes, 0);
@@ -212,7 +215,7 @@ fn nothing_listening_gives_connect_errors_paced_by_the_failure_pause() {
     let docs = doc_list(&documents());
     let (records, _) = load(closed_port(), &docs, &spec(closed(1, 0, 20), 300, 500));
 
-    assert_eq!(count(&records, Outcome::ConnectError), records.len());
+    assert_eq!(count(&records, RequestOutcome::ConnectError), records.len());
     // 300 ms at one attempt per 20 ms or more: at most 16, and not a spin.
     assert!((5..=16).contains(&records.len()), "{} attempts", records.len());
 }
@@ -227,7 +230,7 @@ fn a_kept_alive_connection_the_server_closed_is_retried_not_failed() {
     let (records, _) = load(server.addr, &docs, &spec(closed(1, 0, 5), 300, 1000));
 
     assert!(records.len() >= 5, "{records:?}");
-    assert_eq!(count(&records, Outcome::Ok), records.len(), "{records:?}");
+    assert_eq!(count(&records, RequestOutcome::Ok), records.len(), "{records:?}");
     assert_eq!(server.answered.load(std::sync::atomic::Ordering::SeqCst) as usize, records.len());
 }
 

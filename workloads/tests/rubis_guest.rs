@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use recovery_sut::{guest, kernel, Accel, Cache, KernelChoice, Profile, Vm, VmConfig};
 use workloads::rubis::{self, DataSpec, Interaction, Mix, RubisSpec};
-use workloads::Outcome;
+use workloads::RequestOutcome;
 
 /// Runs the tour and both mixes against `addr`; panics with the reason
 /// when anything is off.
@@ -17,7 +17,7 @@ fn exercise(addr: SocketAddr) {
     let data = DataSpec::default();
     let origin = Instant::now();
     let tour = rubis::tour(addr, &data, 5, Duration::from_secs(30), origin).unwrap();
-    let failed: Vec<_> = tour.records.iter().filter(|r| r.outcome != Outcome::Ok).collect();
+    let failed: Vec<_> = tour.records.iter().filter(|r| r.outcome != RequestOutcome::Ok).collect();
     assert!(failed.is_empty(), "tour failed at {failed:?}");
     assert_eq!(tour.records.len(), rubis::TOUR.len());
     let mut answered: BTreeSet<Interaction> =
@@ -34,7 +34,7 @@ fn exercise(addr: SocketAddr) {
             ..RubisSpec::new(mix, 2, Duration::from_secs(8))
         };
         let run = rubis::run_blocking(addr, &spec, origin).unwrap();
-        let bad: Vec<_> = run.records.iter().filter(|r| r.outcome != Outcome::Ok).collect();
+        let bad: Vec<_> = run.records.iter().filter(|r| r.outcome != RequestOutcome::Ok).collect();
         assert!(run.records.len() >= 10, "{mix}: only {} requests", run.records.len());
         assert!(
             bad.is_empty(),

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use recovery_sut::{guest, kernel, Accel, Cache, KernelChoice, Profile, Vm, VmConfig};
-use workloads::{ClosedLoop, DocList, LoadSpec, Mode, OpenLoop, Outcome};
+use workloads::{ClosedLoop, DocList, LoadSpec, Mode, OpenLoop, RequestOutcome};
 
 #[test]
 fn static_load_against_the_tiny_guest_has_no_errors_and_correct_digests() {
@@ -31,7 +31,7 @@ fn static_load_against_the_tiny_guest_has_no_errors_and_correct_digests() {
     for spec in [closed, open] {
         let records = workloads::run_blocking(vm.http_addr(), &docs, &spec, Instant::now()).unwrap();
         assert!(records.len() >= 20, "only {} requests", records.len());
-        let bad: Vec<_> = records.iter().filter(|r| r.outcome != Outcome::Ok).collect();
+        let bad: Vec<_> = records.iter().filter(|r| r.outcome != RequestOutcome::Ok).collect();
         assert!(
             bad.is_empty(),
             "{} of {} requests were not correct: {:?}",

@@ -1,4 +1,4 @@
-//! One HTTP/1.1 GET over a kept-alive connection, reduced to an [`Outcome`].
+//! One HTTP/1.1 GET over a kept-alive connection, reduced to an [`RequestOutcome`].
 //!
 //! Every way a request can go wrong ends here as an outcome, never as an
 //! error or a panic: during an outage failures are the data.
@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::record::Outcome;
+use crate::record::RequestOutcome;
 
 /// A document prepared for requesting: parsed once per run, not per request.
 #[derive(Debug)]
@@ -52,10 +52,10 @@ impl Drop for Conn {
     }
 }
 
-async fn connect(endpoint: &Endpoint) -> Result<Conn, Outcome> {
+async fn connect(endpoint: &Endpoint) -> Result<Conn, RequestOutcome> {
     let stream = TcpStream::connect(endpoint.addr).await.map_err(|e| {
         tracing::debug!(addr = %endpoint.addr, error = %e, "connect failed");
-        Outcome::ConnectError
+        RequestOutcome::ConnectError
     })?;
     // Requests and small answers fit one segment each: without NODELAY,
     // Nagle's algorithm against delayed ACKs can add tens of milliseconds to
@@ -66,7 +66,7 @@ async fn connect(endpoint: &Endpoint) -> Result<Conn, Outcome> {
     }
     let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| {
         tracing::debug!(error = %e, "HTTP/1 handshake failed");
-        Outcome::IoError
+        RequestOutcome::IoError
     })?;
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -107,7 +107,12 @@ async fn still_open(kept: Option<Conn>) -> Option<Conn> {
 /// Body bytes are counted into `bytes` as they arrive, so a caller that
 /// gives up on a timeout still knows how much came back. The caller owns
 /// the deadline: dropping this future drops the connection with it.
-pub(crate) async fn get(slot: &mut Option<Conn>, endpoint: &Endpoint, target: &Target, bytes: &mut u64) -> Outcome {
+pub(crate) async fn get(
+    slot: &mut Option<Conn>,
+    endpoint: &Endpoint,
+    target: &Target,
+    bytes: &mut u64,
+) -> RequestOutcome {
     loop {
         let (mut conn, fresh) = match still_open(slot.take()).await {
             Some(conn) => (conn, false),
@@ -134,7 +139,7 @@ pub(crate) async fn get(slot: &mut Option<Conn>, endpoint: &Endpoint, target: &T
             }
             Err(e) => {
                 tracing::debug!(error = %e, path = %target.path, "request failed");
-                return Outcome::IoError;
+                return RequestOutcome::IoError;
             }
         };
 
@@ -151,7 +156,7 @@ pub(crate) async fn get(slot: &mut Option<Conn>, endpoint: &Endpoint, target: &T
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, path = %target.path, "body failed");
-                    return Outcome::IoError;
+                    return RequestOutcome::IoError;
                 }
             }
         }
@@ -160,11 +165,11 @@ pub(crate) async fn get(slot: &mut Option<Conn>, endpoint: &Endpoint, target: &T
         // next time and we connect again.
         *slot = Some(conn);
         return if status != 200 {
-            Outcome::HttpStatus(status)
+            RequestOutcome::HttpStatus(status)
         } else if hasher.finalize().as_slice() == target.digest.as_slice() {
-            Outcome::Ok
+            RequestOutcome::Ok
         } else {
-            Outcome::WrongContent
+            RequestOutcome::WrongContent
         };
     }
 }

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use super::exchange::Conn;
 use super::{LoadError, OpenLoop, Plan};
 use crate::docs::RequestPicker;
-use crate::record::{Outcome, Record};
+use crate::record::{Record, RequestOutcome};
 
 /// Idle kept-alive connections shared by the open loop's requests.
 type Pool = Arc<Mutex<Vec<Conn>>>;
@@ -54,10 +54,10 @@ async fn request(plan: Arc<Plan>, slots: Arc<Semaphore>, pool: Pool, index: usiz
         Ok(Ok(permit)) => permit,
         // Still queued at its deadline: a user would have given up, so this
         // is a timeout the server caused by being slow, and it is recorded.
-        Err(_elapsed) => return plan.record(index, due, Outcome::Timeout, 0),
+        Err(_elapsed) => return plan.record(index, due, RequestOutcome::Timeout, 0),
         // The semaphore is never closed; answering instead of panicking
         // keeps the run total even if that changes.
-        Ok(Err(_closed)) => return plan.record(index, due, Outcome::IoError, 0),
+        Ok(Err(_closed)) => return plan.record(index, due, RequestOutcome::IoError, 0),
     };
     let mut conn = pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
     let record = plan.request(&mut conn, index, due).await;

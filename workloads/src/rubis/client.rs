@@ -31,7 +31,7 @@ use super::data::{self, DataSpec};
 use super::http::{self, Conn};
 use super::interaction::Interaction;
 use super::mix::{Mix, Step, TableError, TransitionTable, Walker};
-use crate::record::{seconds_since, Outcome, Record};
+use crate::record::{seconds_since, Record, RequestOutcome};
 
 /// Think time is drawn from a negative exponential truncated at this many
 /// means (TPC-W clause 5.3.2.1 truncates at ten).
@@ -492,11 +492,11 @@ impl Session {
 }
 
 /// Whether a failure is the server's (retry) or the request's (give up).
-fn server_side(outcome: Outcome) -> bool {
+fn server_side(outcome: RequestOutcome) -> bool {
     match outcome {
-        Outcome::ConnectError | Outcome::Timeout | Outcome::IoError => true,
-        Outcome::HttpStatus(s) => s >= 500,
-        Outcome::Ok | Outcome::WrongContent => false,
+        RequestOutcome::ConnectError | RequestOutcome::Timeout | RequestOutcome::IoError => true,
+        RequestOutcome::HttpStatus(s) => s >= 500,
+        RequestOutcome::Ok | RequestOutcome::WrongContent => false,
     }
 }
 
@@ -522,10 +522,10 @@ async fn exchange(
         Err(_) => None,
     };
     let (outcome, page, bytes) = match answer {
-        None => (Outcome::Timeout, None, 0),
-        Some(a) if a.outcome == Outcome::Ok => match parse_page(&a.body, request.page) {
-            Some(page) => (Outcome::Ok, Some(page), a.bytes),
-            None => (Outcome::WrongContent, None, a.bytes),
+        None => (RequestOutcome::Timeout, None, 0),
+        Some(a) if a.outcome == RequestOutcome::Ok => match parse_page(&a.body, request.page) {
+            Some(page) => (RequestOutcome::Ok, Some(page), a.bytes),
+            None => (RequestOutcome::WrongContent, None, a.bytes),
         },
         Some(a) => (a.outcome, None, a.bytes),
     };
@@ -785,15 +785,6 @@ pub struct InteractionStats {
     pub p99_s: Option<f64>,
 }
 
-/// Nearest-rank percentile of sorted values.
-pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
-}
-
 /// Per-interaction statistics of RUBiS records, in table order (every
 /// interaction, requested or not); records of other paths are ignored.
 pub fn stats(records: &[Record]) -> Vec<InteractionStats> {
@@ -809,17 +800,19 @@ pub fn stats(records: &[Record]) -> Vec<InteractionStats> {
     Interaction::ALL
         .into_iter()
         .map(|i| {
-            let lat = &mut latencies[i.index()];
-            lat.sort_by(f64::total_cmp);
+            let lat = &latencies[i.index()];
+            // Type-7 quantiles, as every kfi summary (`kfi-stats`).
+            let sorted = kfi_stats::Sorted::new(lat.iter().copied());
+            let q = |p| sorted.as_ref().map(|s| s.quantile(p));
             InteractionStats {
                 interaction: i,
                 requests: requests[i.index()],
                 correct: lat.len(),
                 errors: requests[i.index()] - lat.len(),
-                mean_s: (!lat.is_empty()).then(|| lat.iter().sum::<f64>() / lat.len() as f64),
-                p50_s: percentile(lat, 0.5),
-                p90_s: percentile(lat, 0.9),
-                p99_s: percentile(lat, 0.99),
+                mean_s: kfi_stats::mean(lat.iter().copied()),
+                p50_s: q(0.5),
+                p90_s: q(0.9),
+                p99_s: q(0.99),
             }
         })
         .collect()
@@ -851,11 +844,11 @@ mod tests {
         let rec =
             |path: &str, outcome, start: f64, end: f64| Record { start, end, path: path.into(), outcome, bytes: 1 };
         let records = vec![
-            rec("/rubis/ViewItem.php?itemId=1", Outcome::Ok, 0.0, 0.1),
-            rec("/rubis/ViewItem.php?itemId=2", Outcome::Ok, 0.0, 0.3),
-            rec("/rubis/ViewItem.php?itemId=2", Outcome::HttpStatus(503), 0.0, 0.3),
-            rec("/rubis/Home.php", Outcome::ConnectError, 0.0, 0.0),
-            rec("/index.html", Outcome::Ok, 0.0, 0.1),
+            rec("/rubis/ViewItem.php?itemId=1", RequestOutcome::Ok, 0.0, 0.1),
+            rec("/rubis/ViewItem.php?itemId=2", RequestOutcome::Ok, 0.0, 0.3),
+            rec("/rubis/ViewItem.php?itemId=2", RequestOutcome::HttpStatus(503), 0.0, 0.3),
+            rec("/rubis/Home.php", RequestOutcome::ConnectError, 0.0, 0.0),
+            rec("/index.html", RequestOutcome::Ok, 0.0, 0.1),
         ];
         let s = stats(&records);
         assert_eq!(s.len(), 27);

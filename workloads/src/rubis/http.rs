@@ -2,7 +2,7 @@
 //! the status and body (the client reads links and markers from it).
 //!
 //! Like the static load generator's exchange, every way a request fails is
-//! an [`Outcome`], never an error: during an outage failures are the data.
+//! an [`RequestOutcome`], never an error: during an outage failures are the data.
 
 use std::net::SocketAddr;
 
@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::record::Outcome;
+use crate::record::RequestOutcome;
 
 /// Pages are a few kilobytes; a body beyond this is a broken page, and
 /// reading it all would only cost memory.
@@ -39,7 +39,7 @@ impl Drop for Conn {
 pub(crate) struct Answer {
     /// `Ok` here only means "status 200, body read": the caller decides
     /// whether the content is right.
-    pub outcome: Outcome,
+    pub outcome: RequestOutcome,
     /// The body (empty unless a complete answer came back).
     pub body: String,
     /// Body bytes received.
@@ -47,17 +47,17 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    fn failed(outcome: Outcome, bytes: u64) -> Self {
+    fn failed(outcome: RequestOutcome, bytes: u64) -> Self {
         Self { outcome, body: String::new(), bytes }
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<Conn, Outcome> {
-    let stream = TcpStream::connect(addr).await.map_err(|_| Outcome::ConnectError)?;
+async fn connect(addr: SocketAddr) -> Result<Conn, RequestOutcome> {
+    let stream = TcpStream::connect(addr).await.map_err(|_| RequestOutcome::ConnectError)?;
     // Small requests and answers: Nagle plus delayed ACKs would add tens of
     // milliseconds to each, blurring downtime measured in 100 ms bins.
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(|_| Outcome::IoError)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(|_| RequestOutcome::IoError)?;
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -87,7 +87,7 @@ pub(crate) async fn get(slot: &mut Option<Conn>, addr: SocketAddr, host: &Header
             Ok(response) => response,
             // One retry on a new connection, as a browser does (RFC 9112, 9.3.1).
             Err(e) if !fresh && crate::loadgen::stale_connection(&e) => continue,
-            Err(_) => return Answer::failed(Outcome::IoError, 0),
+            Err(_) => return Answer::failed(RequestOutcome::IoError, 0),
         };
         let status = response.status().as_u16();
         let mut body = response.into_body();
@@ -98,16 +98,16 @@ pub(crate) async fn get(slot: &mut Option<Conn>, addr: SocketAddr, host: &Header
                     if let Some(chunk) = frame.data_ref() {
                         data.extend_from_slice(chunk);
                         if data.len() > MAX_BODY {
-                            return Answer::failed(Outcome::WrongContent, data.len() as u64);
+                            return Answer::failed(RequestOutcome::WrongContent, data.len() as u64);
                         }
                     }
                 }
-                Err(_) => return Answer::failed(Outcome::IoError, data.len() as u64),
+                Err(_) => return Answer::failed(RequestOutcome::IoError, data.len() as u64),
             }
         }
         *slot = Some(conn);
         let bytes = data.len() as u64;
-        let outcome = if status == 200 { Outcome::Ok } else { Outcome::HttpStatus(status) };
+        let outcome = if status == 200 { RequestOutcome::Ok } else { RequestOutcome::HttpStatus(status) };
         return Answer { outcome, body: String::from_utf8_lossy(&data).into_owned(), bytes };
     }
 }

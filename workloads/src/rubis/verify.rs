@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::client::{marker, Ack};
 use super::http;
 use super::interaction::Interaction;
-use crate::record::Outcome;
+use crate::record::RequestOutcome;
 
 /// What the check found.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -76,12 +76,12 @@ pub async fn verify_acks_async(addr: SocketAddr, acks: &[Ack], timeout: Duration
             }
         };
         match (answer.outcome, marker(&answer.body, page)) {
-            (Outcome::Ok, Some(_)) => {
+            (RequestOutcome::Ok, Some(_)) => {
                 if proof.is_some_and(|p| !answer.body.contains(&p)) {
                     report.missing.push(ack.clone());
                 }
             }
-            (Outcome::HttpStatus(404), _) => report.missing.push(ack.clone()),
+            (RequestOutcome::HttpStatus(404), _) => report.missing.push(ack.clone()),
             (outcome, _) => report.unchecked.push((ack.clone(), format!("{path}: {outcome:?}"))),
         }
     }

@@ -1,51 +1,15 @@
-//! `kfi faults`: the deterministic fault list of a campaign seed, and the
-//! kernel model (symbols, subsystems, code bytes) every fault command needs.
+//! `kfi faults`: the deterministic fault list of a campaign seed; and the
+//! fault-selection flags `kfi inject` shares.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use injector::fault::{FaultSpec, Generator, ModelKind, TargetSelection};
-use injector::image::{KernelImage, LoadOptions};
-use injector::KernelCode;
-use recovery_sut::{kernel, Cache, Kernel};
+use kfi::setup::load_kernel_model;
+use recovery_sut::Cache;
 use serde::Serialize;
 
-use crate::{GuestArgs, KernelArgs};
-
-/// The guest kernel as the injector sees it.
-pub struct KernelModel {
-    /// The kernel that boots.
-    pub kernel: Kernel,
-    /// Symbols, sections, subsystems.
-    pub image: KernelImage,
-    /// Code bytes and boot-time patch sites.
-    pub code: KernelCode,
-    /// The debug vmlinux (DWARF for propagation tracing).
-    pub vmlinux: std::path::PathBuf,
-}
-
-/// Resolves the kernel, fetches its debug vmlinux (once; cached) and loads
-/// its symbol index and code.
-pub fn load_kernel(cache: &Cache, args: &KernelArgs, step: &dyn Fn(&str)) -> Result<KernelModel> {
-    load_kernel_choice(cache, &args.choice(), step)
-}
-
-/// As [`load_kernel`], for a kernel choice made elsewhere (a campaign file).
-pub fn load_kernel_choice(
-    cache: &Cache,
-    choice: &recovery_sut::KernelChoice,
-    step: &dyn Fn(&str),
-) -> Result<KernelModel> {
-    let k = kernel::resolve(cache, choice, step)?;
-    step("loading the debug vmlinux (the first fetch downloads about 850 MB)");
-    let debug = kernel::fetch_debug(cache, &k, step).context("fetching the debug vmlinux for symbols")?;
-    let vmlinux = debug.vmlinux.clone().context("the debug kernel has no vmlinux: pass --vmlinux with --kernel")?;
-    step("loading the kernel symbol index (built once, seconds)");
-    let (image, _) = KernelImage::load_with(&vmlinux, &LoadOptions::default())
-        .with_context(|| format!("loading the symbols of {}", vmlinux.display()))?;
-    let code = KernelCode::open(&vmlinux).with_context(|| format!("reading the code of {}", vmlinux.display()))?;
-    Ok(KernelModel { kernel: k, image, code, vmlinux })
-}
+use super::GuestArgs;
 
 /// What to draw faults from.
 #[derive(clap::Args, Clone)]
@@ -111,7 +75,7 @@ struct Listed<'a> {
 
 /// Prints the fault list.
 pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
-    let model = load_kernel(cache, &args.vm.kernel, &|m| tracing::info!("{m}"))?;
+    let model = load_kernel_model(cache, &args.vm.kernel.choice(), &|m| tracing::info!("{m}"))?;
     let (selection, models) = args.select.resolve();
     let generator = Generator::new(&model.image, &model.code, &selection, &models)?;
     let specs = (args.start..args.start + args.count)

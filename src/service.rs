@@ -1,4 +1,4 @@
-//! `kfi sut run`: the recovery VMM as a service. It boots a guest, keeps
+//! The recovery VMM as a service (`kfi sut run`). It boots a guest, keeps
 //! its service up across kernel failures with one strategy until Ctrl-C,
 //! and logs every failure and recovery as it happens.
 
@@ -68,7 +68,7 @@ pub fn run(
             None if stop.load(Ordering::SeqCst) => break,
             None => {
                 next_crash = plan.crash_every.map(|every| Instant::now() + every);
-                sut.vm().agent().send("sysrq c").context("asking the agent for a sysrq crash")?;
+                crate::crash::Crash::Sysrq.trigger(sut.vm())?;
                 let failure = sut
                     .wait_failure_with(Duration::from_secs(60), &plan.detectors)
                     .context("waiting for the injected crash to be detected")?;

@@ -1,29 +1,28 @@
-//! `kfi inject`: one fault into a running guest under HTTP load, observed
-//! for a window and classified. [`run_fault_experiment`] is the reusable
-//! part: it takes a booted VM (plain, or a `Sut`'s) and leaves recovery to
-//! the caller.
+//! One fault applied through the gdbstub and watched: [`watch_fault`]
+//! applies it at its trigger and watches the guest (pvpanic, console,
+//! heartbeat) for a window, [`Watch::classify`] judges the outcome once the
+//! client records are in, and [`run_fault_experiment`] does both under
+//! closed-loop HTTP load on a booted VM (plain, or a `Sut`'s), leaving
+//! recovery to the caller. `kfi inject` and campaign fault experiments use
+//! it.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use injector::fault::{FaultSpec, Generator, ModelKind};
+use injector::fault::{FaultSpec, ModelKind};
 use injector::outcome::{classify, parse_console, Evidence, OopsRecord, Outcome};
 use injector::{GdbClient, InjectionReport, KernelImage};
 use recovery_sut::recovery::{Failure, FailureCause};
-use recovery_sut::{Cache, Vm, VmConfig};
+use recovery_sut::Vm;
 use serde::Serialize;
-use workloads::{seconds_since, ClosedLoop, DocList, LoadSpec, Mode, Record};
+use workloads::{seconds_since, DocList, Record};
 
-use crate::faults::{load_kernel, SelectionArgs};
-use crate::GuestArgs;
+use crate::load::{ClientLoad, Clients, RunningLoad};
 
 /// How one fault experiment runs.
 #[derive(Debug, Clone)]
-pub struct ExperimentConfig {
+pub struct FaultExperimentConfig {
     /// Load before the fault's clock starts (its delay counts from there).
     pub warmup: Duration,
     /// Observation window from the end of the warm-up.
@@ -41,9 +40,9 @@ pub struct ExperimentConfig {
     pub trace: Option<(injector::trace::KernelLayout, injector::trace::TraceConfig)>,
 }
 
-impl Default for ExperimentConfig {
+impl Default for FaultExperimentConfig {
     fn default() -> Self {
-        ExperimentConfig {
+        FaultExperimentConfig {
             warmup: Duration::from_millis(500),
             window: Duration::from_secs(10),
             clients: 2,
@@ -294,35 +293,27 @@ pub fn run_fault_experiment(
     image: &KernelImage,
     spec: &FaultSpec,
     docs: &DocList,
-    config: &ExperimentConfig,
+    config: &FaultExperimentConfig,
 ) -> Result<InjectionResult> {
     let console_offset = std::fs::metadata(vm.console_log()).map(|m| m.len()).unwrap_or(0);
     vm.events(); // stale events are not this fault's
-    let addr = vm.http_addr();
-    let stop = Arc::new(AtomicBool::new(false));
     let origin = Instant::now();
-    let load_spec = LoadSpec {
-        mode: Mode::Closed(ClosedLoop {
-            clients: config.clients.max(1),
-            think: Duration::ZERO,
-            failure_pause: Duration::from_millis(20),
-        }),
-        duration: config.warmup + config.window + Duration::from_secs(60),
+    let load = ClientLoad {
+        clients: Clients::Static(docs.clone()),
+        count: config.clients.max(1),
+        think: Duration::ZERO,
+        failure_pause: Duration::from_millis(20),
         timeout: Duration::from_secs(1),
+        duration: config.warmup + config.window + Duration::from_secs(60),
         seed: config.load_seed,
     };
-    let load = {
-        let docs = docs.clone();
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || workloads::run_blocking_until(addr, &docs, &load_spec, origin, stop))
-    };
+    let load = RunningLoad::start(vm.http_addr(), load, origin);
     std::thread::sleep(config.warmup);
     let limits =
         WatchLimits { window: config.window, hang_timeout: config.hang_timeout, oops_grace: config.oops_grace };
     let tracer = config.trace.map(|(layout, bounds)| injector::trace::Tracer::new(layout, image, bounds));
     let watched = watch_fault(vm, image, spec, &limits, console_offset, tracer);
-    stop.store(true, Ordering::SeqCst);
-    let records = load.join().map_err(|_| anyhow::anyhow!("the load generator thread panicked"))??;
+    let records = load.finish()?.records;
     let watch = watched?;
     let verdict = watch.classify(&records, origin, config.hang_timeout);
     let (console, injection, t0, observed) = (watch.console, watch.injection, watch.t0, watch.observed);
@@ -348,161 +339,4 @@ pub fn run_fault_experiment(
         correct: records.iter().filter(|r| r.is_correct()).count(),
         errors_after_injection,
     })
-}
-
-/// `kfi inject` arguments.
-#[derive(clap::Args)]
-pub struct InjectArgs {
-    #[command(flatten)]
-    vm: GuestArgs,
-    /// The fault as JSON (as `kfi faults --json` prints in `spec`).
-    #[arg(long, conflicts_with_all = ["seed", "index"], required_unless_present = "seed")]
-    fault: Option<String>,
-    /// Campaign seed (with --index): the fault `kfi faults --seed S` lists at that index.
-    #[arg(long, requires = "index")]
-    seed: Option<u64>,
-    /// Index of the fault in the campaign.
-    #[arg(long, requires = "seed")]
-    index: Option<u64>,
-    #[command(flatten)]
-    select: SelectionArgs,
-    /// Observation window after the warm-up, e.g. `10s` or `1500ms`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    window: Duration,
-    /// Load before the fault's clock starts.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
-    warmup: Duration,
-    /// Closed-loop HTTP clients.
-    #[arg(long, default_value_t = 2)]
-    clients: usize,
-    /// Code faults act once (original bytes restored after the first execution).
-    #[arg(long)]
-    transient: bool,
-    /// Trace the error from its activation (taint by single steps, then
-    /// read watchpoints) and print its propagation scope.
-    #[arg(long)]
-    trace: bool,
-    /// Single-step budget of the trace.
-    #[arg(long, default_value_t = 4000, requires = "trace")]
-    trace_steps: u64,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-/// `10s`, `1500ms`, `2.5s`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a duration: write e.g. 10s or 500ms"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("`{s}` is not a duration: it must be a non-negative number"));
-    }
-    Ok(Duration::from_secs_f64(v * scale))
-}
-
-/// Boots the guest, runs one fault experiment, prints the result.
-pub fn cmd(cache: &Cache, args: InjectArgs) -> Result<ExitCode> {
-    let step = |m: &str| tracing::info!("{m}");
-    let model = load_kernel(cache, &args.vm.kernel, &step)?;
-    let spec: FaultSpec = match (&args.fault, args.seed, args.index) {
-        (Some(json), _, _) => serde_json::from_str(json).context("parsing --fault (a FaultSpec as JSON)")?,
-        (None, Some(seed), Some(index)) => {
-            let (selection, models) = args.select.resolve();
-            Generator::new(&model.image, &model.code, &selection, &models)?.generate(seed, index)?
-        }
-        _ => anyhow::bail!("give --fault SPEC_JSON, or --seed S --index I"),
-    };
-    let spec = if args.transient { spec.with_persistence(injector::Persistence::Transient) } else { spec };
-    let prepared = args.vm.prepare(cache, &step)?;
-    let docs = DocList::load(&prepared.image.dir.join("docs.json"))?;
-    let config = VmConfig { accel: prepared.decision.accel, memory_mib: prepared.memory_mib, ..VmConfig::default() };
-    let boot_started = Instant::now();
-    let mut vm = Vm::start(&prepared.image, &config)?;
-    vm.wait_http(Duration::from_secs(120)).context("waiting for the guest's service")?;
-    vm.wait_phase("services-ready", Duration::from_secs(30))?;
-    let boot_s = boot_started.elapsed().as_secs_f64();
-    let trace = if args.trace {
-        let layout = injector::trace::KernelLayout::load(&model.vmlinux, &model.image)?;
-        Some((layout, injector::trace::TraceConfig { max_steps: args.trace_steps, ..Default::default() }))
-    } else {
-        None
-    };
-    let experiment = ExperimentConfig {
-        window: args.window,
-        warmup: args.warmup,
-        clients: args.clients.max(1),
-        trace,
-        ..ExperimentConfig::default()
-    };
-    let result = run_fault_experiment(&mut vm, &model.image, &spec, &docs, &experiment)?;
-    vm.kill();
-    if args.json {
-        let mut value = serde_json::to_value(&result)?;
-        value["seed"] = serde_json::json!(args.seed);
-        value["index"] = serde_json::json!(args.index);
-        value["accel"] = prepared.decision.accel.name().into();
-        value["kernel_version"] = model.kernel.release.clone().into();
-        value["timings"]["boot_s"] = serde_json::json!(boot_s);
-        println!("{}", serde_json::to_string(&value)?);
-    } else {
-        println!("fault       {}", result.description);
-        println!("activated   {}", result.activated);
-        println!("outcome     {}", result.outcome);
-        if let Some(o) = &result.detail {
-            println!(
-                "oops        {} at {} (comm {}, pid {})",
-                o.headline,
-                o.rip.as_deref().unwrap_or("?"),
-                o.comm.as_deref().unwrap_or("?"),
-                o.pid.map_or("?".into(), |p| p.to_string())
-            );
-            if !o.call_trace.is_empty() {
-                println!("trace       {}", o.call_trace.join(" <- "));
-            }
-        }
-        if let Some(p) = &result.panic {
-            println!("panic       {p}");
-        }
-        if let Some(p) = &result.injection.propagation {
-            println!("scope       {} ({})", p.scope, p.why);
-            println!(
-                "trace       activated by {}, {} steps in {:.2} s ({:.0}/s, {:?}), {} cells watched {:.1} s, {} hits",
-                p.activating, p.steps, p.short_s, p.steps_per_s, p.short_end, p.watched, p.long_s, p.hits
-            );
-        }
-        let t = &result.timings;
-        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
-        println!(
-            "timings     injected at {} s, latency {} ms, activated after {} s, failure at {} s",
-            f(t.injected_s),
-            f(t.injection_latency_ms),
-            f(t.activation_after_s),
-            f(t.failure_s)
-        );
-        println!(
-            "load        {} requests, {} correct, {} errors after the injection",
-            result.requests, result.correct, result.errors_after_injection
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 }

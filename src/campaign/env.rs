@@ -1,0 +1,184 @@
+//! What a campaign run is given and gives back: the prepared guest and
+//! its provenance, the run options (results directory, jobs, shard,
+//! limit), the store of a results directory, and the run's summary. The
+//! fault-experiment runner (`runner`) and the restore measurements
+//! (`restore`) both build on it, so neither needs the other.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use analysis::record::Provenance;
+use analysis::store::{CampaignMeta, Store};
+use anyhow::{Context, Result};
+use recovery_sut::VmConfig;
+
+use super::experiment::FaultRunner;
+use super::spec::{Campaign, Planned};
+
+/// `--shard i/N`: this machine runs the experiments whose index is
+/// `i - 1` modulo `N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 1-based shard number.
+    pub index: u64,
+    /// Number of shards.
+    pub count: u64,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let bad = || format!("`{s}` is not a shard: write i/N with 1 <= i <= N, e.g. 1/2");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (u64, u64) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if count == 0 || index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// Whether experiment `index` belongs to this shard.
+    pub fn owns(&self, index: u64) -> bool {
+        index % self.count == self.index - 1
+    }
+}
+
+/// How to run a campaign.
+pub struct RunOptions {
+    /// Where the store (`campaign.sqlite`) and the report go.
+    pub results: PathBuf,
+    /// VMs at once.
+    pub jobs: usize,
+    /// Only this shard's experiments.
+    pub shard: Option<Shard>,
+    /// Stop after this many new experiments (for smoke runs and tests).
+    pub limit: Option<usize>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    /// Experiments in the campaign (all shards).
+    pub total: u64,
+    /// Stored before this run started.
+    pub already_done: u64,
+    /// Stored by this run.
+    pub ran: u64,
+    /// Outcome counts of this run.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Wall-clock time of the golden run, seconds.
+    pub golden_s: f64,
+    /// Wall-clock time of the whole run, seconds.
+    pub wall_s: f64,
+    /// Sum over experiments of wall time beyond the observation window,
+    /// divided by the sum of windows.
+    pub overhead: Option<f64>,
+    /// The store.
+    pub store: PathBuf,
+    /// Set when Ctrl-C stopped the run early.
+    pub interrupted: bool,
+}
+
+/// The store of a campaign's results directory.
+pub fn store_path(results: &Path) -> PathBuf {
+    results.join("campaign.sqlite")
+}
+
+/// Everything a run needs besides the campaign file.
+pub struct Environment<'a> {
+    /// The prepared guest.
+    pub image: &'a recovery_sut::GuestImage,
+    /// VM settings (accelerator, RAM, data disk).
+    pub config: VmConfig,
+    /// Provenance stamped on every record.
+    pub provenance: Provenance,
+    /// Runs fault experiments, if the campaign has any.
+    pub faults: Option<&'a dyn FaultRunner>,
+    /// Set to stop after the running experiments.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Opens the store and records (or checks) the campaign in it.
+pub fn open_store(campaign: &Campaign, results: &Path) -> Result<Store> {
+    std::fs::create_dir_all(results)
+        .with_context(|| format!("creating the results directory {}", results.display()))?;
+    let store = Store::open(store_path(results))?;
+    let definition = serde_json::to_value(&campaign.file).context("serializing the campaign definition")?;
+    store.begin_campaign(&CampaignMeta {
+        name: campaign.file.name.clone(),
+        file_sha256: campaign.sha256.clone(),
+        seed: campaign.file.seed,
+        total: campaign.expand().len() as u64,
+        definition,
+    })?;
+    Ok(store)
+}
+
+/// The experiments this run still has to do, and how many of this
+/// shard's were stored before.
+pub fn pending(campaign: &Campaign, store: &Store, shard: Option<Shard>) -> Result<(Vec<Planned>, u64)> {
+    let done = store.done(&campaign.file.name)?;
+    let all = campaign.expand();
+    let mine: Vec<Planned> = all.into_iter().filter(|p| shard.is_none_or(|s| s.owns(p.index))).collect();
+    let already = mine.iter().filter(|p| done.contains(&p.index)).count() as u64;
+    Ok((mine.into_iter().filter(|p| !done.contains(&p.index)).collect(), already))
+}
+
+/// `<results>/.golden`, removed when the run ends.
+pub struct GoldenDir(pub PathBuf);
+
+impl GoldenDir {
+    pub fn create(results: &Path) -> Result<GoldenDir> {
+        let dir = results.join(".golden");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing the stale {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(GoldenDir(dir))
+    }
+}
+
+impl Drop for GoldenDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The campaign's progress bar: position, ETA and the outcome counts.
+pub fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}, ETA {eta}] {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(500));
+    bar
+}
+
+/// Outcome counts in one line, e.g. `panic 3, benign 7`.
+pub fn outcome_line(outcomes: &BTreeMap<String, u64>) -> String {
+    outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_experiments() {
+        let halves: [Shard; 2] = ["1/2".parse().unwrap(), "2/2".parse().unwrap()];
+        for i in 0..100 {
+            assert_eq!(halves.iter().filter(|s| s.owns(i)).count(), 1);
+        }
+        for bad in ["0/2", "3/2", "1/0", "x", "1-2"] {
+            assert!(bad.parse::<Shard>().unwrap_err().contains("i/N"), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! What the campaign commands do (`kfi campaign run|status|merge`,
+//! `kfi replay`, `kfi report`, `kfi check`, `kfi reproduce`), as calls that
+//! return what the binary prints.
+//!
+//! Every long call takes [`Steps`] (set-up progress, and a call once
+//! before the experiments' own progress bar starts, so the caller can
+//! clear its spinner) and a `stop` flag that ends the run after the
+//! running experiments.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use analysis::record::{ExperimentRecord, Provenance};
+use analysis::report::ReportSummary;
+use analysis::store::{MergeSummary, Store};
+use anyhow::{bail, Context, Result};
+use recovery_sut::{AccelChoice, Cache, KernelChoice, VmConfig};
+use serde::Serialize;
+
+use super::check::{self, Baseline};
+use super::env::{store_path, Environment, RunOptions, RunSummary};
+use super::experiment::{self, Shared};
+use super::spec::{AccelName, Campaign, GuestProfile, Planned, WorkloadKind};
+use super::{faults, restore, runner};
+use crate::setup::{prepare_guest, Prepared};
+
+/// How a long call reports its set-up.
+pub trait Steps {
+    /// One set-up step, as it starts.
+    fn step(&self, msg: &str);
+    /// Set-up is over; the experiments' progress bar starts.
+    fn setup_done(&self);
+}
+
+/// Loads an experiment file, on another guest when asked (a campaign of
+/// its own, `<name>-<guest>`).
+pub fn load(file: &Path, guest: Option<GuestProfile>) -> Result<Campaign> {
+    let campaign = Campaign::load(file)?;
+    Ok(match guest {
+        Some(g) => campaign.on_guest(g),
+        None => campaign,
+    })
+}
+
+/// The results directory: the one given, or `results/<campaign name>`.
+pub fn results_dir(campaign: &Campaign, given: Option<&Path>) -> PathBuf {
+    given.map(Path::to_path_buf).unwrap_or_else(|| Path::new("results").join(&campaign.file.name))
+}
+
+/// The guest, VM settings and provenance of a campaign.
+fn prepare(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<(Prepared, VmConfig, Provenance)> {
+    let g = &campaign.file.guest;
+    let accel = match g.accel {
+        AccelName::Auto => AccelChoice::Auto,
+        AccelName::Tcg => AccelChoice::Tcg,
+        AccelName::Kvm => AccelChoice::Kvm,
+    };
+    let prepared = prepare_guest(cache, g.profile.into(), &KernelChoice::Debian, accel, g.memory_mb, step)?;
+    let mut config = VmConfig {
+        accel: prepared.decision.accel,
+        memory_mib: prepared.memory_mib,
+        data_disk: g.data_disk,
+        ..VmConfig::default()
+    };
+    // A crash that needs kernel arguments (the NMI panic) gets them.
+    let args: BTreeSet<&str> =
+        campaign.file.inject.iter().filter_map(|i| i.crash).flat_map(|c| c.kernel_args()).copied().collect();
+    config.extra_cmdline.extend(args.into_iter().map(str::to_string));
+    let provenance = Provenance {
+        accel: prepared.decision.accel.name().to_string(),
+        qemu_version: recovery_sut::vm::qemu_version().context("asking QEMU for its version")?,
+        kernel_version: prepared.kernel.release.clone(),
+        profile: prepared.profile.name().to_string(),
+        ram_mb: prepared.memory_mib,
+        seed: campaign.file.seed,
+        kfi_version: env!("CARGO_PKG_VERSION").to_string(),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
+    };
+    Ok((prepared, config, provenance))
+}
+
+/// Runs (or resumes) a campaign into `opts.results`.
+pub fn run_campaign(
+    cache: &Cache,
+    campaign: &Campaign,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+    steps: &dyn Steps,
+) -> Result<RunSummary> {
+    let step = |m: &str| steps.step(m);
+    let (prepared, config, provenance) = prepare(cache, campaign, &step)?;
+    let faults = faults::runner_for(cache, campaign, &step)?;
+    step(&format!("golden run: booting the {} guest and freezing its service", prepared.profile));
+    steps.setup_done();
+    let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop };
+    runner::run(campaign, &env, opts)
+}
+
+/// How far a campaign got.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Campaign name.
+    pub campaign: String,
+    /// Experiments in the campaign.
+    pub total: usize,
+    /// Stored.
+    pub done: usize,
+    /// Stored records by outcome.
+    pub outcomes: BTreeMap<String, u64>,
+    /// The next few pending experiments.
+    pub next: Vec<u64>,
+    /// The store.
+    pub store: PathBuf,
+}
+
+/// Reads how far a campaign got from its store.
+pub fn status(campaign: &Campaign, results: &Path, file: &Path) -> Result<Status> {
+    let path = store_path(results);
+    if !path.exists() {
+        bail!(
+            "no results for campaign `{}` in {}: start it with `kfi campaign run {}`",
+            campaign.file.name,
+            results.display(),
+            file.display()
+        );
+    }
+    let records = Store::open(&path)?.records(&campaign.file.name)?;
+    let mut outcomes = BTreeMap::<String, u64>::new();
+    for r in &records {
+        *outcomes.entry(r.outcome.clone()).or_default() += 1;
+    }
+    let done: BTreeSet<u64> = records.iter().map(|r| r.experiment).collect();
+    let all = campaign.expand();
+    let next: Vec<u64> = all.iter().map(|p| p.index).filter(|i| !done.contains(i)).take(5).collect();
+    Ok(Status {
+        campaign: campaign.file.name.clone(),
+        total: all.len(),
+        done: records.len(),
+        outcomes,
+        next,
+        store: path,
+    })
+}
+
+/// Imports shard stores into `into`; per source, what was imported.
+pub fn merge(into: &Path, from: &[PathBuf]) -> Result<Vec<(PathBuf, MergeSummary)>> {
+    std::fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
+    let store = Store::open(store_path(into))?;
+    from.iter().map(|dir| Ok((dir.clone(), store.merge_from(store_path(dir))?))).collect()
+}
+
+/// One experiment run again, next to its stored record.
+pub struct Replayed {
+    /// The experiment.
+    pub planned: Planned,
+    /// The new record (not stored).
+    pub record: ExperimentRecord,
+    /// The stored one, when the results directory has it.
+    pub stored: Option<ExperimentRecord>,
+    /// The store looked in.
+    pub store: PathBuf,
+}
+
+/// Re-runs experiment `id` exactly (same fault spec or restore point, same
+/// seeds, from a fresh golden run); nothing is stored.
+pub fn replay(
+    cache: &Cache,
+    campaign: &Campaign,
+    id: u64,
+    results: &Path,
+    stop: Arc<AtomicBool>,
+    step: &dyn Fn(&str),
+) -> Result<Replayed> {
+    let all = campaign.expand();
+    let planned = all.iter().find(|p| p.index == id).cloned().with_context(|| {
+        format!(
+            "{} has no experiment {id} (it has 0 to {}; `kfi campaign status {}` lists them)",
+            campaign.path.display(),
+            all.len().saturating_sub(1),
+            campaign.path.display()
+        )
+    })?;
+    let store = store_path(results);
+    let stored = if store.exists() {
+        Store::open(&store)?.records(&campaign.file.name)?.into_iter().find(|r| r.experiment == id)
+    } else {
+        None
+    };
+    let (prepared, config, provenance) = prepare(cache, campaign, step)?;
+    let faults = faults::runner_for(cache, campaign, step)?;
+    let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop };
+    let record = if campaign.file.restore.is_some() {
+        step(&format!("experiment {} ({}): preparing its guest", planned.index, planned.key()));
+        restore::replay(campaign, &env, &planned)?
+    } else {
+        step("golden run");
+        let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
+        let dir = tempfile::Builder::new().prefix("kfi-golden-").tempdir()?;
+        let golden = runner::golden_run(&env, &docs, dir.path(), campaign)?;
+        step(&format!("experiment {} ({})", planned.index, planned.key()));
+        let shared = Shared { campaign, golden: &golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
+        experiment::run(&shared, &planned)?
+    };
+    Ok(Replayed { planned, record, stored, store })
+}
+
+/// Regenerates tables, figures and report.md of a results directory.
+pub fn report(results: &Path) -> Result<ReportSummary> {
+    let path = store_path(results);
+    if !path.exists() {
+        bail!("{} holds no campaign.sqlite: give the results directory of a campaign", results.display());
+    }
+    Ok(analysis::report::report_from_store(&path, None, results)?)
+}
+
+/// How `kfi check` judges a run.
+pub struct CheckOptions {
+    /// The baseline file.
+    pub baseline: PathBuf,
+    /// Write this run's medians as the new baseline instead of comparing.
+    pub update_baseline: bool,
+    /// Allowed relative growth of a strategy's downtime ratio to full reboot.
+    pub tolerance: f64,
+    /// Growth of the ratio always tolerated (absolute).
+    pub slack: f64,
+    /// VMs at once.
+    pub jobs: usize,
+}
+
+/// What `kfi check` found.
+pub struct CheckResult {
+    /// This run's medians and ratios.
+    pub measured: Baseline,
+    /// The baseline compared with (`None`: a new one was written).
+    pub baseline: Option<Baseline>,
+    /// Records of the run.
+    pub experiments: usize,
+    /// What regressed; empty when the check passed.
+    pub problems: Vec<check::Problem>,
+    /// Ctrl-C stopped the run.
+    pub interrupted: bool,
+}
+
+/// The default baseline of a regression campaign.
+pub fn default_baseline(campaign: &Campaign) -> PathBuf {
+    Path::new("results").join(&campaign.file.name).join("baseline.json")
+}
+
+/// Runs the regression campaign afresh (a scratch store: every check runs
+/// every experiment) and compares it with the baseline, or writes it.
+pub fn check(
+    cache: &Cache,
+    campaign: &Campaign,
+    opts: &CheckOptions,
+    stop: Arc<AtomicBool>,
+    steps: &dyn Steps,
+) -> Result<CheckResult> {
+    let baseline = if opts.update_baseline { None } else { Some(check::load_baseline(&opts.baseline)?) };
+    let scratch = tempfile::Builder::new().prefix("kfi-check-").tempdir()?;
+    let run = RunOptions { results: scratch.path().to_path_buf(), jobs: opts.jobs, shard: None, limit: None };
+    let summary = run_campaign(cache, campaign, &run, stop, steps)?;
+    let records = Store::open(store_path(scratch.path()))?.records(&campaign.file.name)?;
+    let measured = check::measure(&campaign.file.name, &records);
+    let problems = match &baseline {
+        Some(b) if !summary.interrupted => check::problems(&records, b, opts.tolerance, opts.slack),
+        _ => Vec::new(),
+    };
+    if baseline.is_none() && !summary.interrupted {
+        if let Some(dir) = opts.baseline.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&opts.baseline, serde_json::to_string_pretty(&measured)? + "\n")
+            .with_context(|| format!("writing {}", opts.baseline.display()))?;
+    }
+    Ok(CheckResult { measured, baseline, experiments: records.len(), problems, interrupted: summary.interrupted })
+}
+
+/// The experiment files `kfi reproduce` runs: `downtime.toml`, or every
+/// file but the regression set (that one is `kfi check`'s).
+pub fn reproduction_files(experiments: &Path, all: bool) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = if all {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(experiments)
+            .with_context(|| format!("reading {}", experiments.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![experiments.join("downtime.toml")]
+    };
+    files.retain(|f| f.file_stem().is_none_or(|s| s != "regression"));
+    Ok(files)
+}
+
+/// One experiment file reproduced.
+pub enum Reproduced {
+    /// Not run, and why.
+    Skipped(String),
+    /// Run; the report is written unless the run was interrupted.
+    Ran(Box<Reproduction>),
+}
+
+/// A reproduction that ran.
+pub struct Reproduction {
+    /// The campaign.
+    pub campaign: Campaign,
+    /// Its results directory.
+    pub results: PathBuf,
+    /// The run.
+    pub summary: RunSummary,
+    /// The report's headline (none when interrupted).
+    pub report: Option<ReportSummary>,
+    /// A complete (or differently defined) stored campaign was forgotten
+    /// first: the previous data stays in git history only.
+    pub measured_anew: bool,
+}
+
+/// Where and how `kfi reproduce` runs.
+pub struct ReproduceOptions {
+    /// The guest every file runs on.
+    pub guest: GuestProfile,
+    /// One results directory per campaign goes here.
+    pub results_root: PathBuf,
+    /// VMs at once.
+    pub jobs: usize,
+}
+
+/// Runs one experiment file for `kfi reproduce`: a complete stored
+/// campaign (the committed reference, or an earlier run) is measured anew,
+/// an interrupted one resumed; then the report is written.
+pub fn reproduce(
+    cache: &Cache,
+    file: &Path,
+    opts: &ReproduceOptions,
+    stop: Arc<AtomicBool>,
+    steps: &dyn Steps,
+) -> Result<Reproduced> {
+    let guest = opts.guest;
+    let campaign = load(file, Some(guest))?;
+    if campaign.file.workload.kind == WorkloadKind::Rubis && guest == GuestProfile::Tiny {
+        return Ok(Reproduced::Skipped("RUBiS needs the debian guest (`--guest debian`)".into()));
+    }
+    let results = opts.results_root.join(&campaign.file.name);
+    let measured_anew = measure_anew_if_complete(&campaign, &results)?;
+    let run = RunOptions { results: results.clone(), jobs: opts.jobs, shard: None, limit: None };
+    let summary = run_campaign(cache, &campaign, &run, stop, steps)?;
+    let report = if summary.interrupted { None } else { Some(report(&results)?) };
+    Ok(Reproduced::Ran(Box::new(Reproduction { campaign, results, summary, report, measured_anew })))
+}
+
+/// Forgets a complete (or differently defined) stored campaign; returns
+/// whether it did.
+fn measure_anew_if_complete(campaign: &Campaign, results: &Path) -> Result<bool> {
+    let path = store_path(results);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let store = Store::open(&path)?;
+    let done = store.done(&campaign.file.name)?;
+    let same_file = store.campaign(&campaign.file.name)?.is_none_or(|m| m.file_sha256 == campaign.sha256);
+    if done.len() == campaign.expand().len() || !same_file {
+        store.forget_campaign(&campaign.file.name)?;
+        return Ok(true);
+    }
+    Ok(false)
+}

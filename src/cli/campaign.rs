@@ -1,0 +1,350 @@
+//! `kfi campaign run|status|merge`, `kfi replay`, `kfi report` and
+//! `kfi reproduce`: argument structs and their wiring.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use kfi::campaign::compare;
+use kfi::campaign::env::{RunOptions, RunSummary, Shard};
+use kfi::campaign::ops::{self, CheckOptions, ReproduceOptions, Reproduced, Steps};
+use kfi::campaign::spec::{Campaign, GuestProfile};
+use recovery_sut::Cache;
+
+use super::Progress;
+
+/// `kfi campaign ...`.
+#[derive(Subcommand)]
+pub enum CampaignCommand {
+    /// Run (or resume) every experiment of an experiment file not yet stored.
+    Run(RunArgs),
+    /// Show how far a campaign got and its outcome counts.
+    Status(StatusArgs),
+    /// Import the records of other results directories (`--shard` halves) into this one.
+    Merge {
+        /// The results directory to merge into.
+        into: PathBuf,
+        /// Results directories to import.
+        #[arg(required = true)]
+        from: Vec<PathBuf>,
+    },
+}
+
+/// `kfi campaign run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Experiment file (TOML), e.g. experiments/downtime.toml.
+    pub file: PathBuf,
+    /// Results directory (default: results/<campaign name>).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// VMs at once (each takes one core under TCG).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Run only shard i of N (1-based), e.g. 1/2; merge the halves with `kfi campaign merge`.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// Stop after this many new experiments.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Run the campaign on this guest instead of the file's (results go to results/<name>-<guest>).
+    #[arg(long, value_enum)]
+    pub guest: Option<GuestProfile>,
+    /// Print the run summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kfi campaign status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Experiment file.
+    pub file: PathBuf,
+    /// Results directory (default: results/<campaign name>).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// The guest the campaign was run on, if not the file's (`--guest` of
+    /// `kfi campaign run`).
+    #[arg(long, value_enum)]
+    pub guest: Option<GuestProfile>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kfi replay`.
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// Experiment file.
+    pub file: PathBuf,
+    /// Experiment index (see `kfi campaign status`).
+    pub id: u64,
+    /// Results directory holding the stored record to compare with.
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Run on this guest instead of the file's (as the campaign was run).
+    #[arg(long, value_enum)]
+    pub guest: Option<GuestProfile>,
+    /// Print both records in full, as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kfi report`.
+#[derive(Args)]
+pub struct ReportArgs {
+    /// A results directory (holding campaign.sqlite).
+    pub results: PathBuf,
+}
+
+/// `kfi check`.
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The regression experiment file, e.g. experiments/regression.toml.
+    pub file: PathBuf,
+    /// Baseline to compare with (default: results/<name>/baseline.json).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Allowed relative growth of a strategy's downtime ratio to full reboot.
+    #[arg(long, default_value_t = 0.5)]
+    pub tolerance: f64,
+    /// Growth of the ratio (absolute, e.g. 0.02 = 2 points) always tolerated: tiny ratios are noisy.
+    #[arg(long, default_value_t = 0.02)]
+    pub slack: f64,
+    /// Write this run's medians as the new baseline instead of comparing.
+    #[arg(long)]
+    pub update_baseline: bool,
+    /// VMs at once.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+}
+
+/// `kfi reproduce`.
+#[derive(Args)]
+pub struct ReproduceArgs {
+    /// Guest profile.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub guest: GuestProfile,
+    /// Run every experiment file in experiments/ instead of the downtime one.
+    #[arg(long)]
+    pub all: bool,
+    /// Where experiment files are.
+    #[arg(long, default_value = "experiments")]
+    pub experiments: PathBuf,
+    /// Where results go (one directory per campaign).
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// VMs at once.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+}
+
+impl Steps for Progress {
+    fn step(&self, msg: &str) {
+        Progress::step(self, msg);
+    }
+
+    fn setup_done(&self) {
+        self.finish();
+    }
+}
+
+/// The stop flag Ctrl-C sets; one handler per process, shared by every
+/// campaign a command runs.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    if let Some(stop) = STOP.get() {
+        return Ok(Arc::clone(stop));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            // Second Ctrl-C: abandon the running experiments (their QEMUs
+            // die with this process; they rerun on resume).
+            std::process::exit(130);
+        }
+        eprintln!("kfi: stopping after the running experiments (Ctrl-C again to abandon them; they rerun on resume)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(Arc::clone(STOP.get_or_init(|| stop)))
+}
+
+/// Runs (or resumes) a campaign and prints its summary.
+pub fn run(cache: &Cache, args: RunArgs) -> Result<ExitCode> {
+    let campaign = ops::load(&args.file, args.guest)?;
+    let opts = RunOptions {
+        results: ops::results_dir(&campaign, args.results.as_deref()),
+        jobs: args.jobs,
+        shard: args.shard,
+        limit: args.limit,
+    };
+    let progress = Progress::new();
+    let summary =
+        ops::run_campaign(cache, &campaign, &opts, stop_flag()?, &progress)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&campaign, &summary);
+    }
+    Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+}
+
+fn print_summary(campaign: &Campaign, s: &RunSummary) {
+    println!(
+        "{}: {} of {} experiments stored ({} before this run, {} now) in {}",
+        campaign.file.name,
+        s.already_done + s.ran,
+        s.total,
+        s.already_done,
+        s.ran,
+        s.store.display()
+    );
+    if s.ran > 0 {
+        let outcomes: Vec<String> = s.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  outcomes: {}", outcomes.join(", "));
+        println!(
+            "  golden run {:.1} s, total {:.1} s, overhead beyond the observation windows {}",
+            s.golden_s,
+            s.wall_s,
+            s.overhead.map_or("n/a".into(), |o| format!("{:.0}%", o * 100.0))
+        );
+    }
+    if s.interrupted {
+        println!("  interrupted: rerun the same command to resume");
+    }
+}
+
+/// Prints how far a campaign got.
+pub fn status(args: StatusArgs) -> Result<ExitCode> {
+    let campaign = ops::load(&args.file, args.guest)?;
+    let s = ops::status(&campaign, &ops::results_dir(&campaign, args.results.as_deref()), &args.file)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!("{}: {}/{} experiments stored in {}", s.campaign, s.done, s.total, s.store.display());
+        for (outcome, n) in &s.outcomes {
+            println!("  {outcome:<14} {n}");
+        }
+        if !s.next.is_empty() {
+            println!("  next: {}", s.next.iter().map(u64::to_string).collect::<Vec<_>>().join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Imports shard stores into one.
+pub fn merge(into: &std::path::Path, from: &[PathBuf]) -> Result<ExitCode> {
+    for (dir, m) in ops::merge(into, from)? {
+        println!("{}: {} records imported, {} already present", dir.display(), m.imported, m.already_present);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Re-runs one experiment and prints it next to the stored record.
+pub fn replay(cache: &Cache, args: ReplayArgs) -> Result<ExitCode> {
+    let campaign = ops::load(&args.file, args.guest)?;
+    let results = ops::results_dir(&campaign, args.results.as_deref());
+    let progress = Progress::new();
+    let r = ops::replay(cache, &campaign, args.id, &results, stop_flag()?, &|m| progress.step(m))?;
+    drop(progress);
+    if args.json {
+        let value = serde_json::json!({ "replayed": r.record, "stored": r.stored });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("experiment {} of {} ({}), replayed:", r.planned.index, campaign.file.name, r.planned.key());
+    match &r.stored {
+        Some(stored) => print!("{}", compare::table(stored, &r.record)),
+        None => {
+            println!("(no stored record in {}: the replay alone)", r.store.display());
+            print!("{}", compare::table(&r.record, &r.record));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Regenerates tables, figures and report.md from a results directory.
+pub fn report(args: ReportArgs) -> Result<ExitCode> {
+    let summary = ops::report(&args.results)?;
+    println!("{}", summary.headline);
+    println!("report: {}", args.results.join("report.md").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the regression campaign afresh and compares it with the baseline.
+pub fn check(cache: &Cache, args: CheckArgs) -> Result<ExitCode> {
+    let campaign = Campaign::load(&args.file)?;
+    let opts = CheckOptions {
+        baseline: args.baseline.clone().unwrap_or_else(|| ops::default_baseline(&campaign)),
+        update_baseline: args.update_baseline,
+        tolerance: args.tolerance,
+        slack: args.slack,
+        jobs: args.jobs,
+    };
+    let progress = Progress::new();
+    let r = ops::check(cache, &campaign, &opts, stop_flag()?, &progress)?;
+    drop(progress);
+    if r.interrupted {
+        return Ok(ExitCode::from(130));
+    }
+    for (strategy, median) in &r.measured.median_downtime_s {
+        let ratio = r
+            .measured
+            .ratio_to_full_reboot
+            .get(strategy)
+            .map_or(String::new(), |x| format!(", {:.1}% of full reboot", x * 100.0));
+        println!("  {strategy:<16} median downtime {median:.3} s{ratio}");
+    }
+    let Some(baseline) = &r.baseline else {
+        println!("baseline written to {}", opts.baseline.display());
+        return Ok(ExitCode::SUCCESS);
+    };
+    if r.problems.is_empty() {
+        println!(
+            "check passed: {} experiments, all recovered, no acknowledged write lost, no ratio beyond {} (baseline: {})",
+            r.experiments,
+            opts.baseline.display(),
+            baseline.provenance
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &r.problems {
+            println!("FAIL {p}");
+        }
+        println!("check failed: {} problems against {}", r.problems.len(), opts.baseline.display());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `kfi reproduce`: the downtime campaign (or all of them) and its report.
+pub fn reproduce(cache: &Cache, args: ReproduceArgs) -> Result<ExitCode> {
+    let stop = stop_flag()?;
+    let opts = ReproduceOptions { guest: args.guest, results_root: args.results.clone(), jobs: args.jobs };
+    for file in ops::reproduction_files(&args.experiments, args.all)? {
+        let progress = Progress::new();
+        let done = ops::reproduce(cache, &file, &opts, Arc::clone(&stop), &progress)?;
+        drop(progress);
+        match done {
+            Reproduced::Skipped(why) => println!("{}: skipped, {why}", file.display()),
+            Reproduced::Ran(r) => {
+                let ops::Reproduction { campaign, results, summary, report, measured_anew } = *r;
+                if measured_anew {
+                    eprintln!(
+                        "kfi: {} held a complete (or differently defined) `{}` campaign; measured anew (the previous data stays in git history)",
+                        results.display(),
+                        campaign.file.name
+                    );
+                }
+                print_summary(&campaign, &summary);
+                let Some(report) = report else { return Ok(ExitCode::from(130)) };
+                println!("{}", report.headline);
+                println!("report: {}", results.join("report.md").display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

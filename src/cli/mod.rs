@@ -1,0 +1,160 @@
+//! The command-line layer of `kfi`: argument structs, progress display
+//! and printing, one module per command family. The work is the `kfi`
+//! library's.
+
+pub mod boot;
+pub mod campaign;
+pub mod faults;
+pub mod inject;
+pub mod recover;
+pub mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use kfi::setup::{prepare_guest, Prepared};
+use recovery_sut::{AccelChoice, Cache, KernelChoice, Profile};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ProfileArg {
+    /// Busybox initramfs with busybox httpd (boots in seconds).
+    Tiny,
+    /// Debian bookworm: systemd, Apache, PHP, MariaDB on ext4.
+    Debian,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Profile {
+        match p {
+            ProfileArg::Tiny => Profile::Tiny,
+            ProfileArg::Debian => Profile::Debian,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+pub enum AccelArg {
+    /// KVM when a short probe boot proves it works here, else TCG.
+    #[default]
+    Auto,
+    /// Software emulation.
+    Tcg,
+    /// Hardware virtualisation, without probing.
+    Kvm,
+}
+
+#[derive(Args, Clone)]
+pub struct KernelArgs {
+    /// Boot this bzImage instead of the current Debian kernel.
+    #[arg(long, value_name = "BZIMAGE")]
+    pub kernel: Option<PathBuf>,
+    /// The ELF vmlinux (with DWARF) matching --kernel, for the injector.
+    #[arg(long, requires = "kernel")]
+    pub vmlinux: Option<PathBuf>,
+    /// The lib/modules/<release> tree matching --kernel (omit if the drivers are built in).
+    #[arg(long, requires = "kernel")]
+    pub modules: Option<PathBuf>,
+}
+
+impl KernelArgs {
+    /// The kernel these arguments name.
+    pub fn choice(&self) -> KernelChoice {
+        match &self.kernel {
+            None => KernelChoice::Debian,
+            Some(k) => {
+                KernelChoice::User { kernel: k.clone(), vmlinux: self.vmlinux.clone(), modules: self.modules.clone() }
+            }
+        }
+    }
+}
+
+/// What every command that runs a guest needs: which guest, on which
+/// kernel, accelerator and RAM size.
+#[derive(Args)]
+pub struct GuestArgs {
+    /// Guest profile.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub guest: ProfileArg,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelArg,
+    /// Guest RAM in MiB (default: 256 for tiny, 1024 for debian).
+    #[arg(long)]
+    pub memory: Option<u32>,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+impl GuestArgs {
+    /// The guest these arguments name, ready to start.
+    pub fn prepare(&self, cache: &Cache, step: &dyn Fn(&str)) -> Result<Prepared> {
+        let choice = match self.accel {
+            AccelArg::Auto => AccelChoice::Auto,
+            AccelArg::Tcg => AccelChoice::Tcg,
+            AccelArg::Kvm => AccelChoice::Kvm,
+        };
+        prepare_guest(cache, self.guest.into(), &self.kernel.choice(), choice, self.memory, step)
+    }
+}
+
+/// A spinner when `show`, nothing otherwise (JSON output keeps stderr quiet).
+pub fn spinner(show: bool) -> Option<Progress> {
+    show.then(Progress::new)
+}
+
+/// The step callback of an optional spinner.
+pub fn stepper(spinner: &Option<Progress>) -> impl Fn(&str) + '_ {
+    move |m: &str| {
+        if let Some(s) = spinner {
+            s.step(m)
+        }
+    }
+}
+
+/// One line of progress on stderr.
+pub fn say(msg: &str) {
+    eprintln!("kfi: {msg}");
+}
+
+/// Shows long set-up work (kernel download, image builds) as a spinner
+/// with the current step and the elapsed time; on a non-terminal stderr
+/// each step is one line.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    /// A spinner on a terminal, plain lines otherwise.
+    pub fn new() -> Self {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress { bar }
+    }
+
+    /// Shows the current step.
+    pub fn step(&self, msg: &str) {
+        if self.bar.is_hidden() {
+            say(msg);
+        } else {
+            self.bar.set_message(msg.to_string());
+        }
+    }
+}
+
+impl Progress {
+    /// Clears the spinner (before another progress bar takes the terminal).
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
