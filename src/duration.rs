@@ -32,9 +32,9 @@ pub fn parse(name: &str, text: &str) -> Result<Duration, DurationError> {
     if t.is_empty() {
         return Err(err("is empty: write e.g. 10s, 500ms, 2m or a number of seconds"));
     }
-    let starts_numeric = t.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-' || c == '+');
-    if starts_numeric && t.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E')) {
-        let v: f64 = t.parse().map_err(|_| err("is not a number of seconds: write e.g. 2.5, 10s or 500ms"))?;
+    // Bare seconds, including what Rust's float parser accepts beyond
+    // digits (`inf`, `NaN`, `1e30`), so those get the checks below.
+    if let Ok(v) = t.parse::<f64>() {
         return from_secs_f64(name, v).map_err(|e| DurationError { value: text.into(), ..e });
     }
     let d = humantime::parse_duration(t)

@@ -177,3 +177,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Workload(cmd) => cli::workload::cmd(&cache, cmd),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every flag that takes a value, with the subcommand it belongs to.
+    const VALUE_FLAGS: &[(&[&str], &str)] = &[
+        (&["recover"], "--warmup"),
+        (&["recover"], "--repeat"),
+        (&["recover"], "--memory"),
+        (&["sut", "run"], "--heartbeat-timeout"),
+        (&["sut", "run"], "--crash-every"),
+        (&["sut", "run"], "--watchdog"),
+        (&["boot"], "--timeout"),
+        (&["inject", "--seed", "1", "--index", "2"], "--window"),
+        (&["inject", "--seed", "1", "--index", "2"], "--warmup"),
+        (&["inject", "--seed", "1", "--index", "2"], "--trace-steps"),
+        (&["workload", "run", "apache"], "--duration"),
+        (&["workload", "run", "apache"], "--think"),
+        (&["workload", "run", "apache"], "--timeout"),
+        (&["campaign", "run", "x.toml"], "--shard"),
+        (&["campaign", "run", "x.toml"], "--jobs"),
+        (&["check", "x.toml"], "--tolerance"),
+        (&["check", "x.toml"], "--slack"),
+    ];
+
+    proptest! {
+        // clap's value parsers (kfi's duration parser among them) return
+        // an error for what they refuse; none may panic.
+        #[test]
+        fn argument_parsing_never_panics(flag in 0..VALUE_FLAGS.len(), value in any::<String>()) {
+            let (command, name) = VALUE_FLAGS[flag];
+            let argv = std::iter::once("kfi").chain(command.iter().copied()).chain([name, value.as_str()]);
+            let _ = Cli::try_parse_from(argv);
+        }
+
+        #[test]
+        fn special_numbers_are_refused_not_panicked_on(
+            flag in 0..VALUE_FLAGS.len(),
+            value in prop::sample::select(vec!["inf", "-inf", "NaN", "1e30", "-1", "1e400", "18446744073709551616"]),
+        ) {
+            let (command, name) = VALUE_FLAGS[flag];
+            let argv = std::iter::once("kfi").chain(command.iter().copied()).chain([name, value]);
+            prop_assert!(Cli::try_parse_from(argv).is_err(), "{name} {value} was accepted");
+        }
+    }
+}

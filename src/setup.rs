@@ -76,3 +76,54 @@ pub fn load_kernel_model(cache: &Cache, choice: &KernelChoice, step: &dyn Fn(&st
     let code = KernelCode::open(&vmlinux).with_context(|| format!("reading the code of {}", vmlinux.display()))?;
     Ok(KernelModel { kernel: k, image, code, vmlinux })
 }
+
+/// Waits until `vm` serves a correct index page (then, briefly, for the
+/// agent's `services-ready`), calling `on_phase` with each boot phase as
+/// it arrives; returns the time to the first correct answer. `stop` ends
+/// the wait early (an error: the guest was not ready).
+pub fn wait_ready(
+    vm: &recovery_sut::Vm,
+    timeout: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    on_phase: &mut dyn FnMut(&recovery_sut::agent::PhaseEvent),
+) -> Result<std::time::Duration> {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + timeout;
+    let mut shown = 0;
+    let mut show_phases = |on_phase: &mut dyn FnMut(&recovery_sut::agent::PhaseEvent)| {
+        let phases = vm.agent().phases();
+        phases[shown..].iter().for_each(&mut *on_phase);
+        shown = phases.len();
+    };
+    // Phases are reported as they arrive; the readiness verdict is the
+    // HTTP probe's.
+    let http = loop {
+        show_phases(on_phase);
+        if stop.load(Ordering::SeqCst) {
+            anyhow::bail!("interrupted before the guest was ready");
+        }
+        match vm.wait_http(Duration::from_millis(200)) {
+            Ok(at) => break at,
+            Err(recovery_sut::VmError::HttpTimeout { last, console, .. }) if Instant::now() >= deadline => {
+                anyhow::bail!(
+                    "the {} guest gave no correct HTTP answer within {timeout:?} (last attempt: {last}); console log: {}",
+                    vm.image().profile(),
+                    console.display()
+                )
+            }
+            Err(recovery_sut::VmError::HttpTimeout { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // The agent reports services-ready right after its own local check,
+    // which can reach the host a moment after the first correct answer.
+    // (In debian, Apache answers before MariaDB is up.)
+    if let Err(e) =
+        vm.wait_phase("services-ready", deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5)))
+    {
+        tracing::warn!("{e}");
+    }
+    show_phases(on_phase);
+    Ok(http)
+}

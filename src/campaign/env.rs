@@ -84,6 +84,33 @@ pub struct RunSummary {
     pub interrupted: bool,
 }
 
+impl RunSummary {
+    /// The summary as `kfi campaign run` prints it, for campaign `name`.
+    pub fn describe(&self, name: &str) -> String {
+        let mut out = format!(
+            "{name}: {} of {} experiments stored ({} before this run, {} now) in {}\n",
+            self.already_done + self.ran,
+            self.total,
+            self.already_done,
+            self.ran,
+            self.store.display()
+        );
+        if self.ran > 0 {
+            out += &format!("  outcomes: {}\n", outcome_line(&self.outcomes));
+            out += &format!(
+                "  golden run {:.1} s, total {:.1} s, overhead beyond the observation windows {}\n",
+                self.golden_s,
+                self.wall_s,
+                self.overhead.map_or("n/a".into(), |o| format!("{:.0}%", o * 100.0))
+            );
+        }
+        if self.interrupted {
+            out += "  interrupted: rerun the same command to resume\n";
+        }
+        out
+    }
+}
+
 /// The store of a campaign's results directory.
 pub fn store_path(results: &Path) -> PathBuf {
     results.join("campaign.sqlite")

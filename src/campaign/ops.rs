@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use analysis::record::{ExperimentRecord, Provenance};
@@ -32,6 +32,28 @@ pub trait Steps {
     fn step(&self, msg: &str);
     /// Set-up is over; the experiments' progress bar starts.
     fn setup_done(&self);
+}
+
+/// The stop flag Ctrl-C sets: the first stops after the running
+/// experiments (a resume reruns nothing stored), the second abandons them.
+/// One handler per process, shared by every campaign a command runs.
+pub fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    if let Some(stop) = STOP.get() {
+        return Ok(Arc::clone(stop));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            // Second Ctrl-C: abandon the running experiments (their QEMUs
+            // die with this process; they rerun on resume).
+            std::process::exit(130);
+        }
+        eprintln!("kfi: stopping after the running experiments (Ctrl-C again to abandon them; they rerun on resume)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(Arc::clone(STOP.get_or_init(|| stop)))
 }
 
 /// Loads an experiment file, on another guest when asked (a campaign of

@@ -203,6 +203,19 @@ pub fn validate(path: &Path, text: &str, file: &ExperimentFile, spec: &RestoreSp
         key: format!("restore.{key}"),
         problem,
     };
+    let points =
+        [spec.ram_mb.len(), spec.reduction.len(), spec.restore_path.len(), spec.storage.len(), spec.cache.len()]
+            .iter()
+            .try_fold(u64::from(file.repetitions), |n, &k| n.checked_mul(k as u64));
+    if points.is_none_or(|n| n > super::spec::MAX_EXPERIMENTS) {
+        return Err(invalid(
+            "ram_mb",
+            format!(
+                "the table expands to more than {} experiments: use fewer values or repetitions",
+                super::spec::MAX_EXPERIMENTS
+            ),
+        ));
+    }
     if !file.inject.is_empty() || !file.recovery.strategies.is_empty() {
         return Err(ExperimentFileError::InvalidAt {
             path: path.to_path_buf(),

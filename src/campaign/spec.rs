@@ -20,6 +20,9 @@ use workloads::rubis::Mix;
 use super::restore_spec::{self, RestorePoint, RestoreSpec};
 pub use crate::crash::Crash;
 
+/// The most experiments one file may expand to.
+pub const MAX_EXPERIMENTS: u64 = 1_000_000;
+
 /// Why an experiment file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentFileError {
@@ -557,6 +560,21 @@ fn validate(path: &Path, f: &ExperimentFile) -> Result<(), ExperimentFileError> 
             _ => {}
         }
     }
+    // The expansion is held in memory and numbered: bound it before
+    // anything expands it.
+    let injections = f.inject.iter().try_fold(0u64, |n, i| n.checked_add(i.faults.as_ref().map_or(1, |f| f.count)));
+    let total = injections
+        .and_then(|n| n.checked_mul(f.recovery.strategies.len().max(1) as u64))
+        .and_then(|n| n.checked_mul(u64::from(f.repetitions)));
+    if total.is_none_or(|n| n > MAX_EXPERIMENTS) {
+        return Err(invalid(
+            "repetitions",
+            format!(
+                "injections x strategies x repetitions is more than {MAX_EXPERIMENTS} experiments: split the campaign \
+                 into several files or use fewer faults (`count`) or repetitions"
+            ),
+        ));
+    }
     if f.workload.kind == WorkloadKind::Rubis && f.guest.profile == GuestProfile::Tiny {
         return Err(invalid(
             "workload.kind",
@@ -730,5 +748,46 @@ strategies = ["full-reboot", "service-restore"]
             }
         }
         assert!(seen >= 1, "no experiment files in {}", dir.display());
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        // Any value, of any TOML type, at any key of a valid file gives a
+        // campaign or an error naming the problem, never a panic (the
+        // seconds keys once reached `Duration::from_secs_f64` unchecked).
+        #[test]
+        fn any_value_at_any_key_parses_or_errs(
+            key in proptest::sample::select(vec![
+                "seed", "repetitions", "window_s", "tail_s", "hang_timeout_s", "warmup_s", "think_ms",
+                "timeout_ms", "clients", "acked_writes", "memory_mb", "count",
+            ]),
+            value in proptest::prop_oneof![
+                proptest::num::f64::ANY.prop_map(|v| format!("{v:?}")),
+                proptest::num::i64::ANY.prop_map(|v| v.to_string()),
+                proptest::strategy::Just("inf".to_string()),
+                proptest::strategy::Just("nan".to_string()),
+                "[a-z0-9\\. ]{0,8}".prop_map(|v| format!("\"{v}\"")),
+            ],
+        ) {
+            let table = match key {
+                "window_s" | "tail_s" | "hang_timeout_s" => "observe",
+                "warmup_s" | "think_ms" | "timeout_ms" | "clients" | "acked_writes" => "workload",
+                "memory_mb" => "guest",
+                "count" => "faults",
+                _ => "",
+            };
+            let text = match table {
+                "" => GOOD.replace(&format!("\n{key} = "), &format!("\n{key} = {value}\nold_{key} = ")),
+                "faults" => GOOD.replace("count = 3", &format!("count = {value}")),
+                "observe" => GOOD.replace("[recovery]", &format!("[observe]\n{key} = {value}\n\n[recovery]")),
+                t => GOOD.replace(&format!("[{t}]\n"), &format!("[{t}]\n{key} = {value}\n")),
+            };
+            if let Ok(c) = parse(&text) {
+                let _ = c.expand();
+                let _ = (c.file.observe.window(), c.file.observe.tail(), c.file.observe.hang_timeout());
+                let _ = (c.file.workload.warmup(), c.file.workload.think(), c.file.workload.timeout());
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -123,42 +123,19 @@ pub fn boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
         Profile::Tiny => 120,
         Profile::Debian => 300,
     }));
-    let deadline = Instant::now() + timeout;
-    let mut shown = 0;
-    let show_phases = |shown: &mut usize| {
-        let phases = vm.agent().phases();
-        for p in &phases[*shown..] {
-            if !args.json {
-                println!("  {:>8.3} s  {}", p.at_s, p.name);
-            }
+    let json = args.json;
+    let http = kfi::setup::wait_ready(&vm, timeout, &stop, &mut |p| {
+        if !json {
+            println!("  {:>8.3} s  {}", p.at_s, p.name);
         }
-        *shown = phases.len();
-    };
-    // Phases print as they arrive; the readiness verdict is the HTTP probe.
-    let http = loop {
-        show_phases(&mut shown);
-        if stop.load(Ordering::SeqCst) {
+    });
+    let http = match http {
+        Ok(at) => at,
+        Err(e) => {
             vm.shutdown(Duration::from_secs(3));
-            anyhow::bail!("interrupted before the guest was ready");
-        }
-        match vm.wait_http(Duration::from_millis(200)) {
-            Ok(at) => break at,
-            Err(recovery_sut::VmError::HttpTimeout { last, console, .. }) if Instant::now() >= deadline => {
-                anyhow::bail!("the {profile} guest gave no correct HTTP answer within {timeout:?} (last attempt: {last}); console log: {}", console.display())
-            }
-            Err(recovery_sut::VmError::HttpTimeout { .. }) => {}
-            Err(e) => return Err(e.into()),
+            return Err(e);
         }
     };
-    // The agent reports services-ready right after its own local check,
-    // which can reach the host a moment after the first correct answer.
-    // (In debian, Apache answers before MariaDB is up.)
-    if let Err(e) =
-        vm.wait_phase("services-ready", deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5)))
-    {
-        tracing::warn!("{e}");
-    }
-    show_phases(&mut shown);
     let report = vm.report(Some(http));
     if args.json {
         let mut value = serde_json::to_value(&report)?;

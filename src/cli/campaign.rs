@@ -3,10 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use kfi::campaign::compare;
 use kfi::campaign::env::{RunOptions, RunSummary, Shard};
@@ -109,10 +108,10 @@ pub struct CheckArgs {
     #[arg(long)]
     pub baseline: Option<PathBuf>,
     /// Allowed relative growth of a strategy's downtime ratio to full reboot.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value = "0.5", value_parser = super::non_negative("--tolerance"))]
     pub tolerance: f64,
     /// Growth of the ratio (absolute, e.g. 0.02 = 2 points) always tolerated: tiny ratios are noisy.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value = "0.02", value_parser = super::non_negative("--slack"))]
     pub slack: f64,
     /// Write this run's medians as the new baseline instead of comparing.
     #[arg(long)]
@@ -152,27 +151,6 @@ impl Steps for Progress {
     }
 }
 
-/// The stop flag Ctrl-C sets; one handler per process, shared by every
-/// campaign a command runs.
-fn stop_flag() -> Result<Arc<AtomicBool>> {
-    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    if let Some(stop) = STOP.get() {
-        return Ok(Arc::clone(stop));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            // Second Ctrl-C: abandon the running experiments (their QEMUs
-            // die with this process; they rerun on resume).
-            std::process::exit(130);
-        }
-        eprintln!("kfi: stopping after the running experiments (Ctrl-C again to abandon them; they rerun on resume)");
-    })
-    .context("installing the Ctrl-C handler")?;
-    Ok(Arc::clone(STOP.get_or_init(|| stop)))
-}
-
 /// Runs (or resumes) a campaign and prints its summary.
 pub fn run(cache: &Cache, args: RunArgs) -> Result<ExitCode> {
     let campaign = ops::load(&args.file, args.guest)?;
@@ -183,8 +161,7 @@ pub fn run(cache: &Cache, args: RunArgs) -> Result<ExitCode> {
         limit: args.limit,
     };
     let progress = Progress::new();
-    let summary =
-        ops::run_campaign(cache, &campaign, &opts, stop_flag()?, &progress)?;
+    let summary = ops::run_campaign(cache, &campaign, &opts, ops::interrupt_flag()?, &progress)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -194,28 +171,7 @@ pub fn run(cache: &Cache, args: RunArgs) -> Result<ExitCode> {
 }
 
 fn print_summary(campaign: &Campaign, s: &RunSummary) {
-    println!(
-        "{}: {} of {} experiments stored ({} before this run, {} now) in {}",
-        campaign.file.name,
-        s.already_done + s.ran,
-        s.total,
-        s.already_done,
-        s.ran,
-        s.store.display()
-    );
-    if s.ran > 0 {
-        let outcomes: Vec<String> = s.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("  outcomes: {}", outcomes.join(", "));
-        println!(
-            "  golden run {:.1} s, total {:.1} s, overhead beyond the observation windows {}",
-            s.golden_s,
-            s.wall_s,
-            s.overhead.map_or("n/a".into(), |o| format!("{:.0}%", o * 100.0))
-        );
-    }
-    if s.interrupted {
-        println!("  interrupted: rerun the same command to resume");
-    }
+    print!("{}", s.describe(&campaign.file.name));
 }
 
 /// Prints how far a campaign got.
@@ -249,7 +205,7 @@ pub fn replay(cache: &Cache, args: ReplayArgs) -> Result<ExitCode> {
     let campaign = ops::load(&args.file, args.guest)?;
     let results = ops::results_dir(&campaign, args.results.as_deref());
     let progress = Progress::new();
-    let r = ops::replay(cache, &campaign, args.id, &results, stop_flag()?, &|m| progress.step(m))?;
+    let r = ops::replay(cache, &campaign, args.id, &results, ops::interrupt_flag()?, &|m| progress.step(m))?;
     drop(progress);
     if args.json {
         let value = serde_json::json!({ "replayed": r.record, "stored": r.stored });
@@ -286,7 +242,7 @@ pub fn check(cache: &Cache, args: CheckArgs) -> Result<ExitCode> {
         jobs: args.jobs,
     };
     let progress = Progress::new();
-    let r = ops::check(cache, &campaign, &opts, stop_flag()?, &progress)?;
+    let r = ops::check(cache, &campaign, &opts, ops::interrupt_flag()?, &progress)?;
     drop(progress);
     if r.interrupted {
         return Ok(ExitCode::from(130));
@@ -322,7 +278,7 @@ pub fn check(cache: &Cache, args: CheckArgs) -> Result<ExitCode> {
 
 /// `kfi reproduce`: the downtime campaign (or all of them) and its report.
 pub fn reproduce(cache: &Cache, args: ReproduceArgs) -> Result<ExitCode> {
-    let stop = stop_flag()?;
+    let stop = ops::interrupt_flag()?;
     let opts = ReproduceOptions { guest: args.guest, results_root: args.results.clone(), jobs: args.jobs };
     for file in ops::reproduction_files(&args.experiments, args.all)? {
         let progress = Progress::new();

@@ -158,3 +158,11 @@ impl Drop for Progress {
         self.bar.finish_and_clear();
     }
 }
+
+/// A clap value parser for a finite, non-negative number (`--tolerance`).
+pub fn non_negative(name: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text| match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v <= 1e6 => Ok(v),
+        _ => Err(format!("{name}: `{text}` is not a finite number between 0 and 1e6")),
+    }
+}

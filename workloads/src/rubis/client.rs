@@ -854,8 +854,9 @@ mod tests {
         assert_eq!(s.len(), 27);
         let view = &s[Interaction::ViewItem.index()];
         assert_eq!((view.requests, view.correct, view.errors), (3, 2, 1));
-        assert_eq!(view.p50_s, Some(0.1));
-        assert_eq!(view.p99_s, Some(0.3));
+        // Type 7 (`kfi-stats`): interpolated between 0.1 and 0.3.
+        assert!((view.p50_s.unwrap_or(0.0) - 0.2).abs() < 1e-12);
+        assert!((view.p99_s.unwrap_or(0.0) - 0.298).abs() < 1e-12);
         let home = &s[Interaction::Home.index()];
         assert_eq!((home.requests, home.errors, home.p50_s), (1, 1, None));
     }
