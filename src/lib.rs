@@ -8,7 +8,8 @@
 //! ([`service`]), a plain workload run ([`workload_run`]), the campaign
 //! engine ([`campaign`]: experiment files, runner, one experiment, restore
 //! measurements, regression check, replay comparison) and the one duration
-//! parser of every flag and key ([`duration`]).
+//! parser of every flag and key ([`duration`]) and how long work shows
+//! progress ([`progress`]).
 //!
 //! It does not own the VMM under test (`recovery-sut`), the gdb client,
 //! fault models and tracer (`injector`), load generation and downtime
@@ -23,6 +24,7 @@ pub mod crash;
 pub mod duration;
 pub mod fault_watch;
 pub mod load;
+pub mod progress;
 pub mod recover;
 pub mod service;
 pub mod setup;

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use analysis::record::Provenance;
 use analysis::store::{CampaignMeta, Store};
@@ -96,7 +95,7 @@ impl RunSummary {
             self.store.display()
         );
         if self.ran > 0 {
-            out += &format!("  outcomes: {}\n", outcome_line(&self.outcomes));
+            out += &format!("  outcomes: {}\n", crate::progress::outcome_line(&self.outcomes));
             out += &format!(
                 "  golden run {:.1} s, total {:.1} s, overhead beyond the observation windows {}\n",
                 self.golden_s,
@@ -174,23 +173,6 @@ impl Drop for GoldenDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The campaign's progress bar: position, ETA and the outcome counts.
-pub fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}, ETA {eta}] {msg}")
-    {
-        bar.set_style(style);
-    }
-    bar.enable_steady_tick(Duration::from_millis(500));
-    bar
-}
-
-/// Outcome counts in one line, e.g. `panic 3, benign 7`.
-pub fn outcome_line(outcomes: &BTreeMap<String, u64>) -> String {
-    outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use recovery_sut::snapshot::{self, Snapshot};
 use recovery_sut::storage::{self, LoopDevice, ReadThrottle, Storage};
 use recovery_sut::{memory, probe, Vm, VmConfig, VmError};
 
-use super::env::{self, Environment, GoldenDir, RunOptions, RunSummary};
+use super::env::{Environment, GoldenDir, RunOptions, RunSummary};
 use super::restore_spec::{CacheState, Reduction, RestorePath, RestorePoint, RestoreSpec};
 use super::spec::{Action, Campaign, ExperimentFile, Planned};
 
@@ -293,7 +293,7 @@ pub fn run(
 ) -> Result<RunSummary> {
     let Some(spec) = &campaign.file.restore else { bail!("{} has no [restore] table", campaign.path.display()) };
     let golden = GoldenDir::create(&opts.results)?;
-    let bar = env::progress_bar(todo.len() as u64);
+    let bar = crate::progress::progress_bar(todo.len() as u64);
     let mut prep: Option<Prepared> = None;
     let mut overhead = (0.0, 0.0);
     for planned in todo {
@@ -327,7 +327,7 @@ pub fn run(
                 *summary.outcomes.entry(r.outcome.clone()).or_default() += 1;
                 overhead.0 += (r.wall_s - r.window_s).max(0.0);
                 overhead.1 += r.window_s;
-                bar.set_message(env::outcome_line(&summary.outcomes));
+                bar.set_message(crate::progress::outcome_line(&summary.outcomes));
                 bar.inc(1);
             }
             Err(e) => {

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use recovery_sut::Sut;
 use workloads::DocList;
 
-use super::env::{self, open_store, pending, store_path, Environment, GoldenDir, RunOptions, RunSummary};
+use super::env::{open_store, pending, store_path, Environment, GoldenDir, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
 use super::spec::{Campaign, Planned, WorkloadKind};
 
@@ -62,7 +62,7 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
     summary.golden_s = golden_started.elapsed().as_secs_f64();
 
     let shared = Shared { campaign, golden: &golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
-    let bar = env::progress_bar(todo.len() as u64);
+    let bar = crate::progress::progress_bar(todo.len() as u64);
     let queue = Mutex::new(todo.into_iter().collect::<VecDeque<_>>());
     let (tx, rx) = mpsc::channel::<(Planned, Result<ExperimentRecord>)>();
     let mut overhead = (0.0, 0.0);
@@ -93,7 +93,7 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
                     *summary.outcomes.entry(record.outcome.clone()).or_default() += 1;
                     overhead.0 += (record.wall_s - record.window_s).max(0.0);
                     overhead.1 += record.window_s;
-                    bar.set_message(env::outcome_line(&summary.outcomes));
+                    bar.set_message(crate::progress::outcome_line(&summary.outcomes));
                     bar.inc(1);
                 }
                 Err(e) => {

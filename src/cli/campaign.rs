@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use kfi::campaign::compare;
 use kfi::campaign::env::{RunOptions, RunSummary, Shard};
-use kfi::campaign::ops::{self, CheckOptions, ReproduceOptions, Reproduced, Steps};
+use kfi::campaign::ops::{self, CheckOptions, ReproduceOptions, Reproduced};
 use kfi::campaign::spec::{Campaign, GuestProfile};
 use recovery_sut::Cache;
 
@@ -139,16 +139,6 @@ pub struct ReproduceArgs {
     /// VMs at once.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
-}
-
-impl Steps for Progress {
-    fn step(&self, msg: &str) {
-        Progress::step(self, msg);
-    }
-
-    fn setup_done(&self) {
-        self.finish();
-    }
 }
 
 /// Runs (or resumes) a campaign and prints its summary.

@@ -9,8 +9,9 @@ pub mod inject;
 pub mod recover;
 pub mod workload;
 
+pub use kfi::progress::{say, spinner, stepper, Progress};
+
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -99,70 +100,10 @@ impl GuestArgs {
     }
 }
 
-/// A spinner when `show`, nothing otherwise (JSON output keeps stderr quiet).
-pub fn spinner(show: bool) -> Option<Progress> {
-    show.then(Progress::new)
-}
-
-/// The step callback of an optional spinner.
-pub fn stepper(spinner: &Option<Progress>) -> impl Fn(&str) + '_ {
-    move |m: &str| {
-        if let Some(s) = spinner {
-            s.step(m)
-        }
-    }
-}
-
-/// One line of progress on stderr.
-pub fn say(msg: &str) {
-    eprintln!("kfi: {msg}");
-}
-
-/// Shows long set-up work (kernel download, image builds) as a spinner
-/// with the current step and the elapsed time; on a non-terminal stderr
-/// each step is one line.
-pub struct Progress {
-    bar: indicatif::ProgressBar,
-}
-
-impl Progress {
-    /// A spinner on a terminal, plain lines otherwise.
-    pub fn new() -> Self {
-        let bar = indicatif::ProgressBar::new_spinner();
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}") {
-            bar.set_style(style);
-        }
-        bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar }
-    }
-
-    /// Shows the current step.
-    pub fn step(&self, msg: &str) {
-        if self.bar.is_hidden() {
-            say(msg);
-        } else {
-            self.bar.set_message(msg.to_string());
-        }
-    }
-}
-
-impl Progress {
-    /// Clears the spinner (before another progress bar takes the terminal).
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.bar.finish_and_clear();
-    }
-}
-
 /// A clap value parser for a finite, non-negative number (`--tolerance`).
 pub fn non_negative(name: &'static str) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
     move |text| match text.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 && v <= 1e6 => Ok(v),
+        Ok(v) if v.is_finite() && (0.0..=1e6).contains(&v) => Ok(v),
         _ => Err(format!("{name}: `{text}` is not a finite number between 0 and 1e6")),
     }
 }
