@@ -289,7 +289,7 @@ fn prepare_guest(
     step: &dyn Fn(&str),
 ) -> Result<Prepared> {
     let kernel = kernel::resolve(cache, kernel_choice, step)?;
-    let image = guest::ensure(cache, profile, &kernel, step)?;
+    let image = guest::ensure(cache, &guest_recipe(profile), &kernel, step)?;
     step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
     let decision = accel::decide(accel_choice, cache, &image)?;
     let memory_mib = memory.unwrap_or(match profile {
@@ -297,6 +297,22 @@ fn prepare_guest(
         Profile::Debian => 1024,
     });
     Ok(Prepared { profile, kernel, image, decision, memory_mib })
+}
+
+/// What `profile`'s image is built from: the one place that hands the
+/// workloads' guest side (the RUBiS site and its data) to the image
+/// builder, for every command that builds or opens an image.
+fn guest_recipe(profile: Profile) -> guest::Recipe {
+    match profile {
+        Profile::Tiny => guest::Recipe::Tiny,
+        Profile::Debian => {
+            let site = workloads::rubis::guest_site();
+            guest::Recipe::Debian(guest::ServiceSite {
+                files: site.files.into_iter().map(|(path, data, mode)| guest::SiteFile { path, data, mode }).collect(),
+                database_sql: site.database_sql,
+            })
+        }
+    }
 }
 
 fn say(msg: &str) {
@@ -383,7 +399,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let step = |m: &str| progress.step(m);
             let k = kernel::resolve(&cache, &kernel.choice(), &step)?;
             let started = Instant::now();
-            let image = guest::build(&cache, profile.into(), &k, force, &step)?;
+            let image = guest::build(&cache, &guest_recipe(profile.into()), &k, force, &step)?;
             drop(progress);
             println!(
                 "{} guest image ready: {} ({:.1} MB, built in {:.1} s{})",
@@ -397,7 +413,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Guest(GuestCommand::Verify { profile, kernel }) => {
             let k = kernel::resolve(&cache, &kernel.choice(), &say)?;
-            let image = guest::open(&cache, profile.into(), &k)?;
+            let image = guest::open(&cache, &guest_recipe(profile.into()), &k)?;
             guest::verify_full(&image)?;
             println!("{} guest image {} is intact", image.profile(), image.dir.display());
             Ok(ExitCode::SUCCESS)
