@@ -143,7 +143,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let step = |m: &str| progress.step(m);
             let k = kernel::resolve(&cache, &kernel.choice(), &step)?;
             let started = Instant::now();
-            let image = guest::build(&cache, profile.into(), &k, force, &step)?;
+            let image = guest::build(&cache, &kfi::setup::guest_recipe(profile.into()), &k, force, &step)?;
             drop(progress);
             println!(
                 "{} guest image ready: {} ({:.1} MB, built in {:.1} s{})",
@@ -157,7 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Guest(GuestCommand::Verify { profile, kernel }) => {
             let k = kernel::resolve(&cache, &kernel.choice(), &cli::say)?;
-            let image = guest::open(&cache, profile.into(), &k)?;
+            let image = guest::open(&cache, &kfi::setup::guest_recipe(profile.into()), &k)?;
             guest::verify_full(&image)?;
             println!("{} guest image {} is intact", image.profile(), image.dir.display());
             Ok(ExitCode::SUCCESS)

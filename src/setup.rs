@@ -44,11 +44,27 @@ pub fn prepare_guest(
     step: &dyn Fn(&str),
 ) -> Result<Prepared> {
     let kernel = kernel::resolve(cache, kernel_choice, step)?;
-    let image = guest::ensure(cache, profile, &kernel, step)?;
+    let image = guest::ensure(cache, &guest_recipe(profile), &kernel, step)?;
     step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
     let decision = accel::decide(accel_choice, cache, &image)?;
     let memory_mib = memory.unwrap_or(default_memory_mib(profile));
     Ok(Prepared { profile, kernel, image, decision, memory_mib })
+}
+
+/// What `profile`'s image is built from: the one place that hands the
+/// workloads' guest side (the RUBiS site and its data) to the image
+/// builder, for every command that builds or opens an image.
+pub fn guest_recipe(profile: Profile) -> guest::Recipe {
+    match profile {
+        Profile::Tiny => guest::Recipe::Tiny,
+        Profile::Debian => {
+            let site = workloads::rubis::guest_site();
+            guest::Recipe::Debian(guest::ServiceSite {
+                files: site.files.into_iter().map(|(path, data, mode)| guest::SiteFile { path, data, mode }).collect(),
+                database_sql: site.database_sql,
+            })
+        }
+    }
 }
 
 /// The guest kernel as the injector sees it.

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use recovery_sut::{guest, kernel, Cache, KernelChoice, Profile};
+use recovery_sut::{guest, kernel, Cache, KernelChoice};
 use support::{kfi, Spawned};
 
 mod support;
@@ -15,7 +15,7 @@ mod support;
 fn real_cache() -> Cache {
     let cache = Cache::from_env().unwrap();
     let k = kernel::resolve(&cache, &KernelChoice::Debian, &|_| {}).unwrap();
-    guest::ensure(&cache, Profile::Tiny, &k, &|_| {}).unwrap();
+    guest::ensure(&cache, &guest::Recipe::Tiny, &k, &|_| {}).unwrap();
     cache
 }
 

@@ -12,8 +12,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rand::RngCore;
-use rand::SeedableRng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 use crate::agent::GuestMemory;
 use crate::snapshot::allocated_bytes;

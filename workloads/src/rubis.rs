@@ -10,7 +10,8 @@
 //! - [`verify`]: whether acknowledged writes are still there.
 //!
 //! The guest side is data this crate ships and `recovery-sut` installs into
-//! the `debian` image: [`site_files`] and [`load_sql`].
+//! the `debian` image: [`guest_site`] (this crate does not depend on
+//! `recovery-sut`; the `kfi` binary hands the data to it).
 //!
 //! [`Record`]: crate::record::Record
 
@@ -39,14 +40,31 @@ const PHP_LIBRARY: &str = include_str!("../rubis/rubis.php");
 /// Schema, database and the pages' account.
 const SCHEMA_SQL: &str = include_str!("../rubis/schema.sql");
 
-/// What decides the guest side's content, for the image's recipe hash: the
-/// pages, the schema, the page list and the generator.
-pub const GUEST_RECIPE: &[&str] =
-    &[PHP_LIBRARY, SCHEMA_SQL, include_str!("rubis/interaction.rs"), include_str!("rubis/data.rs")];
+/// The guest side of the site, as plain data for the image builder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestSite {
+    /// Files under the web server's document root: path relative to it
+    /// (`rubis/Home.php`), content and permission bits.
+    pub files: Vec<(String, Vec<u8>, u32)>,
+    /// Creates the database, the pages' account and the data set from
+    /// nothing.
+    pub database_sql: String,
+}
+
+/// The site every `debian` image serves: the pages and the default data
+/// set ([`DataSpec::default`], which the clients assume). The image's
+/// recipe hashes all of it, so a change to a page, the schema or the
+/// generator rebuilds the image.
+pub fn guest_site() -> GuestSite {
+    GuestSite {
+        files: site_files().into_iter().map(|(path, text)| (path, text.into_bytes(), 0o644)).collect(),
+        database_sql: load_sql(&DataSpec::default()),
+    }
+}
 
 /// The site's files, as paths relative to the web server's document root
 /// and their contents: the page library and one small page per interaction.
-pub fn site_files() -> Vec<(String, String)> {
+fn site_files() -> Vec<(String, String)> {
     let dir = SITE_PREFIX.trim_matches('/');
     let mut files = vec![(format!("{dir}/rubis.php"), PHP_LIBRARY.to_string())];
     for page in Interaction::ALL {
@@ -60,7 +78,7 @@ pub fn site_files() -> Vec<(String, String)> {
 
 /// Everything that creates and fills the database from nothing: schema,
 /// the pages' account, and the data set of `spec`.
-pub fn load_sql(spec: &DataSpec) -> String {
+fn load_sql(spec: &DataSpec) -> String {
     let mut sql = String::from(SCHEMA_SQL);
     sql.push_str("\nUSE rubis;\n");
     sql.push_str(&data::generate(spec).to_sql());
@@ -83,5 +101,14 @@ mod tests {
         let sql = load_sql(&DataSpec::default());
         assert!(sql.starts_with("-- The RUBiS auction schema"));
         assert!(sql.contains("INSERT INTO bids"));
+    }
+
+    #[test]
+    fn the_guest_site_is_the_pages_and_the_default_data() {
+        let site = guest_site();
+        assert_eq!(site, guest_site(), "the same site every time, or every build hashes differently");
+        assert_eq!(site.files.len(), site_files().len());
+        assert!(site.files.iter().all(|(path, _, mode)| path.starts_with("rubis/") && *mode == 0o644));
+        assert_eq!(site.database_sql, load_sql(&DataSpec::default()));
     }
 }

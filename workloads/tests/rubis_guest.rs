@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use recovery_sut::{guest, kernel, Accel, Cache, KernelChoice, Profile, Vm, VmConfig};
+use recovery_sut::{guest, kernel, Accel, Cache, KernelChoice, Vm, VmConfig};
 use workloads::rubis::{self, DataSpec, Interaction, Mix, RubisSpec};
 use workloads::RequestOutcome;
 
@@ -67,7 +67,14 @@ fn rubis_on_the_debian_guest_answers_every_interaction_and_keeps_acknowledged_wr
     let cache = Cache::from_env().unwrap();
     let k = kernel::resolve(&cache, &KernelChoice::Debian, &|_| {}).unwrap();
     let started = Instant::now();
-    let image = guest::ensure(&cache, Profile::Debian, &k, &|m| eprintln!("debian image: {m}")).unwrap();
+    // As `kfi` builds it (`guest_recipe` in src/main.rs), so the two share
+    // one image.
+    let site = rubis::guest_site();
+    let recipe = guest::Recipe::Debian(guest::ServiceSite {
+        files: site.files.into_iter().map(|(path, data, mode)| guest::SiteFile { path, data, mode }).collect(),
+        database_sql: site.database_sql,
+    });
+    let image = guest::ensure(&cache, &recipe, &k, &|m| eprintln!("debian image: {m}")).unwrap();
     eprintln!("debian image ready after {:.1} s", started.elapsed().as_secs_f64());
     let vm =
         Vm::start(&image, &VmConfig { accel: Accel::Tcg, memory_mib: 1024, data_disk: true, ..VmConfig::default() })

@@ -4,14 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use recovery_sut::{guest, kernel, Accel, Cache, KernelChoice, Profile, Vm, VmConfig};
+use recovery_sut::{guest, kernel, Accel, Cache, KernelChoice, Vm, VmConfig};
 use workloads::{ClosedLoop, DocList, LoadSpec, Mode, OpenLoop, RequestOutcome};
 
 #[test]
 fn static_load_against_the_tiny_guest_has_no_errors_and_correct_digests() {
     let cache = Cache::from_env().unwrap();
     let k = kernel::resolve(&cache, &KernelChoice::Debian, &|_| {}).unwrap();
-    let image = guest::ensure(&cache, Profile::Tiny, &k, &|_| {}).unwrap();
+    let image = guest::ensure(&cache, &guest::Recipe::Tiny, &k, &|_| {}).unwrap();
     let vm = Vm::start(&image, &VmConfig { accel: Accel::Tcg, ..VmConfig::default() }).unwrap();
     vm.wait_http(Duration::from_secs(90)).unwrap();
     let docs = DocList::load(&image.dir.join("docs.json")).unwrap();

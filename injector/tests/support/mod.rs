@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use injector::image::{KernelImage, LoadOptions};
 use injector::GdbClient;
-use recovery_sut::{guest, kernel, Accel, Cache, GuestImage, Kernel, KernelChoice, Profile, Vm, VmConfig};
+use recovery_sut::{guest, kernel, Accel, Cache, GuestImage, Kernel, KernelChoice, Vm, VmConfig};
 
 /// Boot budget under TCG (a tiny guest needs about 5 s on a quiet machine).
 pub const BOOT: Duration = Duration::from_secs(90);
@@ -43,7 +43,7 @@ pub fn image() -> &'static KernelImage {
 }
 
 fn tiny_image() -> GuestImage {
-    guest::ensure(&cache(), Profile::Tiny, &debian_kernel(), &|m| eprintln!("{m}")).expect("tiny image")
+    guest::ensure(&cache(), &guest::Recipe::Tiny, &debian_kernel(), &|m| eprintln!("{m}")).expect("tiny image")
 }
 
 /// Bytes of the vmlinux file at a link-time address (a section with contents).

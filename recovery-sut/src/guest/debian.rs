@@ -7,17 +7,15 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{tiny, BuildSpec, GuestError, Profile, AGENT_SH};
+use super::{tiny, BuildSpec, GuestError, Profile, ServiceSite, AGENT_SH};
 use crate::cache::{Cache, CacheError};
 use crate::kernel::Kernel;
 use crate::tools;
 
-use workloads::rubis;
-
 const INIT_SH: &str = include_str!("../../guest-files/debian-init.sh");
 const PHASES_SH: &str = include_str!("../../guest-files/debian-phases.sh");
 
-/// Packages on top of minbase. The RUBiS workload needs PHP with MySQL
+/// Packages on top of minbase. The site (RUBiS) needs PHP with MySQL
 /// support and MariaDB; iproute2 configures the network.
 const PACKAGES: &[&str] = &[
     "systemd",
@@ -150,18 +148,13 @@ const MASKED_UNITS: &[&str] = &[
     "kexec.service",
 ];
 
-/// What, besides the shared inputs, decides the debian image's content.
-/// The RUBiS files are `workloads::rubis::GUEST_RECIPE`, named here again
-/// because a recipe must be one constant string (a test keeps the two
-/// lists equal).
+/// What, besides the shared inputs and the site the caller hands in (hashed
+/// byte for byte by `ServiceSite::hash_into`), decides the debian image's
+/// content.
 pub(crate) const RECIPE: &str = concat!(
     include_str!("../../guest-files/debian-init.sh"),
     include_str!("../../guest-files/debian-phases.sh"),
     include_str!("debian.rs"),
-    include_str!("../../../workloads/rubis/rubis.php"),
-    include_str!("../../../workloads/rubis/schema.sql"),
-    include_str!("../../../workloads/src/rubis/interaction.rs"),
-    include_str!("../../../workloads/src/rubis/data.rs"),
 );
 
 /// The Debian mirror: `KFI_DEBIAN_MIRROR`, else the first source in the
@@ -198,11 +191,11 @@ fn mirror() -> Result<String, GuestError> {
     })
 }
 
-fn write(path: PathBuf, text: &str, mode: u32) -> Result<(), GuestError> {
+fn write(path: PathBuf, data: impl AsRef<[u8]>, mode: u32) -> Result<(), GuestError> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| CacheError::io("create", parent, e))?;
     }
-    fs::write(&path, text).map_err(|e| CacheError::io("write", &path, e))?;
+    fs::write(&path, data).map_err(|e| CacheError::io("write", &path, e))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(|e| CacheError::io("chmod", &path, e))?;
     Ok(())
 }
@@ -215,14 +208,25 @@ fn symlink(target: &str, link: PathBuf) -> Result<(), GuestError> {
     std::os::unix::fs::symlink(target, &link).map_err(|e| CacheError::io("symlink", &link, e).into())
 }
 
+/// Whether `site` can be installed beside the document set `docs`.
+fn check_site(site: &ServiceSite, docs: &[(String, Vec<u8>)]) -> Result<(), GuestError> {
+    const STEP: &str = "installing the site";
+    site.check().map_err(|e| GuestError::build(Profile::Debian, STEP, e))?;
+    if let Some(file) = site.files.iter().find(|f| docs.iter().any(|(url, _)| url.trim_start_matches('/') == f.path)) {
+        let detail = format!("site file `{}` would replace a file of the document set", file.path);
+        return Err(GuestError::build(Profile::Debian, STEP, detail));
+    }
+    Ok(())
+}
+
 /// Turns a fresh debootstrap tree into the kfi guest.
-fn configure(root: &Path, docs: &[(String, Vec<u8>)]) -> Result<(), GuestError> {
+fn configure(root: &Path, docs: &[(String, Vec<u8>)], site: &ServiceSite) -> Result<(), GuestError> {
     write(root.join("etc/hostname"), "kfi-debian\n", 0o644)?;
     write(root.join("etc/hosts"), "127.0.0.1 localhost\n127.0.1.1 kfi-debian\n", 0o644)?;
     write(root.join("etc/fstab"), FSTAB, 0o644)?;
     fs::create_dir_all(root.join("data")).map_err(|e| CacheError::io("create", root.join("data"), e))?;
     write(root.join("usr/local/sbin/kfi-agent"), AGENT_SH, 0o755)?;
-    write(root.join("etc/kfi/watched"), &Profile::Debian.watched_list(), 0o644)?;
+    write(root.join("etc/kfi/watched"), Profile::Debian.watched_list(), 0o644)?;
     write(root.join("usr/local/sbin/kfi-phases"), PHASES_SH, 0o755)?;
     write(root.join("etc/systemd/system/kfi-agent.service"), AGENT_UNIT, 0o644)?;
     write(root.join("etc/systemd/system/kfi-net.service"), NET_UNIT, 0o644)?;
@@ -236,8 +240,8 @@ fn configure(root: &Path, docs: &[(String, Vec<u8>)]) -> Result<(), GuestError> 
     }
     write(root.join("etc/mysql/mariadb.conf.d/90-kfi.cnf"), MARIADB_CNF, 0o644)?;
     write(root.join("etc/systemd/system/mariadb.service.d/kfi.conf"), MARIADB_DROPIN, 0o644)?;
-    for (path, text) in rubis::site_files() {
-        write(root.join("var/www/html").join(path), &text, 0o644)?;
+    for file in &site.files {
+        write(root.join("var/www/html").join(&file.path), &file.data, file.mode)?;
     }
     // Serve the same document set as the tiny guest.
     let www = root.join("var/www/html");
@@ -272,7 +276,7 @@ fn chroot_ids(root: &Path, user: &str) -> Result<(u32, u32), GuestError> {
         .ok_or_else(|| {
             GuestError::build(
                 Profile::Debian,
-                "loading the RUBiS database",
+                "loading the site's database",
                 format!("no `{user}` user in {}", passwd.display()),
             )
         })
@@ -329,13 +333,13 @@ impl Drop for BuildServer {
     }
 }
 
-/// Creates the RUBiS database at image build time, so no guest boot pays
+/// Creates the site's database at image build time, so no guest boot pays
 /// for it: a private MariaDB server in the chroot (no network, its own
 /// socket) initialises a datadir under the chroot's /data, loads schema
 /// and data, and shuts down; the datadir then moves to `data`, the content
 /// of the data disk.
-fn load_database(root: &Path, data: &Path, spec: &rubis::DataSpec) -> Result<(), GuestError> {
-    const STEP: &str = "loading the RUBiS database";
+fn load_database(root: &Path, data: &Path, database_sql: &str) -> Result<(), GuestError> {
+    const STEP: &str = "loading the site's database";
     let started = std::time::Instant::now();
     let mysql = chroot_ids(root, "mysql")?;
     let datadir = root.join("data/mysql");
@@ -393,7 +397,7 @@ fn load_database(root: &Path, data: &Path, spec: &rubis::DataSpec) -> Result<(),
     // load left behind. After a fast one the guest's server would do that
     // work in the background for minutes after every boot, writing the data
     // disk after each service snapshot and so invalidating it.
-    let sql = format!("{}\nSET GLOBAL innodb_fast_shutdown = 0;\n", rubis::load_sql(spec));
+    let sql = format!("{database_sql}\nSET GLOBAL innodb_fast_shutdown = 0;\n");
     in_chroot(root, STEP, &["mariadb", &format!("--socket={BUILD_SOCKET}")], Some(&sql))?;
     in_chroot(root, STEP, &["mariadb-admin", &format!("--socket={BUILD_SOCKET}"), "shutdown"], None)?;
     let status = server.0.wait().map_err(|e| GuestError::build(Profile::Debian, STEP, e))?;
@@ -412,7 +416,7 @@ fn load_database(root: &Path, data: &Path, spec: &rubis::DataSpec) -> Result<(),
     }
     fs::create_dir_all(data).map_err(|e| CacheError::io("create", data, e))?;
     fs::rename(&datadir, data.join("mysql")).map_err(|e| CacheError::io("move", &datadir, e))?;
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), sql_bytes = sql.len(), "RUBiS database loaded");
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), sql_bytes = sql.len(), "site database loaded");
     Ok(())
 }
 
@@ -421,8 +425,11 @@ pub(crate) fn build(
     out: &Path,
     kernel: &Kernel,
     docs: &[(String, Vec<u8>)],
+    site: &ServiceSite,
     progress: &dyn Fn(&str),
 ) -> Result<BuildSpec, GuestError> {
+    // A bad path fails here, not after a minute of debootstrap.
+    check_site(site, docs)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(GuestError::build(
@@ -447,14 +454,13 @@ pub(crate) fn build(
         None,
     )?;
     progress("configuring the root filesystem");
-    configure(&root, docs)?;
+    configure(&root, docs, site)?;
     let data = scratch.path().join("data");
-    let spec = rubis::DataSpec::default();
     progress(&format!(
-        "loading the RUBiS database ({} users, {} items on sale, {} sold) into the data disk",
-        spec.users, spec.items, spec.old_items
+        "loading the site's database ({:.1} MB of SQL) into the data disk",
+        site.database_sql.len() as f64 / 1e6
     ));
-    load_database(&root, &data, &spec)?;
+    load_database(&root, &data, &site.database_sql)?;
     // Built before the root disk, which carries it with the kernel for
     // kexec-reboot: the crash kernel boots the same way as the guest.
     progress("assembling the debian initramfs");
@@ -485,11 +491,16 @@ pub(crate) fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::SiteFile;
 
     #[test]
-    fn recipe_covers_every_rubis_input() {
-        for text in workloads::rubis::GUEST_RECIPE {
-            assert!(RECIPE.contains(text), "a RUBiS guest file is missing from the debian recipe");
-        }
+    fn a_site_may_not_replace_the_document_set() {
+        let docs = vec![("/index.html".to_string(), b"index".to_vec())];
+        let file = |path: &str| SiteFile { path: path.into(), data: Vec::new(), mode: 0o644 };
+        let site = ServiceSite { files: vec![file("shop/index.php")], database_sql: String::new() };
+        assert!(check_site(&site, &docs).is_ok());
+        let site = ServiceSite { files: vec![file("index.html")], database_sql: String::new() };
+        let err = check_site(&site, &docs).unwrap_err().to_string();
+        assert!(err.contains("document set"), "{err}");
     }
 }

@@ -1,8 +1,16 @@
 //! The document set the guests' web servers serve: a deterministic file set
 //! with a web-like size mix (many small pages, a few large files), and the
 //! digest of each file so clients can check every answer.
+//!
+//! Randomness is ChaCha8 read only through `next_u64`, mapped to ranges by
+//! [`below`] here: its output is fixed by the ChaCha algorithm, while the
+//! sampling code behind `rand::Rng` (`random_range` and friends) may change
+//! in any `rand` release. So a seed names the same document set across
+//! `rand` upgrades, as the fault generator's seeds do
+//! (`injector::fault::generate`). Changing how files are drawn changes
+//! every image: bump `RECIPE_VERSION` in `guest/mod.rs`.
 
-use rand::{Rng, SeedableRng};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -44,11 +52,18 @@ impl DocSet {
 const SIZE_MIX: &[(u32, u64, u64)] =
     &[(60, 512, 4 << 10), (30, 4 << 10, 32 << 10), (9, 32 << 10, 256 << 10), (1, 256 << 10, 1 << 20)];
 
+/// An integer in `[0, n)` from one 64-bit draw: the high word of the
+/// 128-bit product (multiply-shift, as the fault generator does; a bias
+/// below 2^-40 for the ranges here, and no rejection loop).
+fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
+    ((u128::from(rng.next_u64()) * u128::from(n.max(1))) >> 64) as u64
+}
+
 fn pick_size(rng: &mut ChaCha8Rng) -> u64 {
-    let mut roll = rng.random_range(0..100u32);
+    let mut roll = below(rng, 100) as u32;
     for &(share, lo, hi) in SIZE_MIX {
         if roll < share {
-            return rng.random_range(lo..=hi);
+            return lo + below(rng, hi - lo + 1);
         }
         roll -= share;
     }
@@ -62,7 +77,7 @@ fn text(rng: &mut ChaCha8Rng, size: u64) -> Vec<u8> {
         if out.len() % 72 == 71 {
             out.push(b'\n');
         } else {
-            out.push(ALPHABET[rng.random_range(0..ALPHABET.len())]);
+            out.push(ALPHABET[below(rng, ALPHABET.len() as u64) as usize]);
         }
     }
     out
@@ -107,6 +122,22 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a.docs, c.docs);
     }
+
+    /// The first draws of seed 1, computed once from this code: a change
+    /// here means every seed now names another document set (bump
+    /// `RECIPE_VERSION` if that is meant).
+    #[test]
+    fn the_draws_of_a_seed_are_pinned() {
+        let (set, files) = generate(1, 3);
+        let sizes: Vec<u64> = set.docs[1..].iter().map(|d| d.size).collect();
+        assert_eq!(sizes, GOLDEN_SIZES);
+        assert_eq!(&files[1].1[..16], GOLDEN_PREFIX);
+        assert_eq!(below(&mut ChaCha8Rng::seed_from_u64(1), 1_000_000), GOLDEN_BELOW);
+    }
+
+    const GOLDEN_SIZES: [u64; 3] = [800, 3032, 4051];
+    const GOLDEN_PREFIX: &[u8] = b"JptRAk3RBIgs t,5";
+    const GOLDEN_BELOW: u64 = 402_485;
 
     #[test]
     fn mix_is_mostly_small_with_a_few_large() {

@@ -5,6 +5,7 @@ mod debian;
 pub mod docset;
 pub mod initramfs;
 mod kexec;
+mod site;
 mod tiny;
 
 use std::fmt;
@@ -19,10 +20,13 @@ use crate::cache::{Cache, CacheError, Manifest};
 use crate::kernel::{Kernel, KernelError};
 use crate::tools::ToolError;
 pub use docset::{Doc, DocSet};
+pub use site::{ServiceSite, SiteFile};
 
 /// Bumped whenever a change to the build code changes what an image holds
 /// without changing any of the embedded scripts.
-const RECIPE_VERSION: u32 = 1;
+///
+/// 2: the document set is drawn through ChaCha8's `next_u64` alone.
+const RECIPE_VERSION: u32 = 2;
 
 /// The initramfs of a kexec-reboot boot, for profiles that have one.
 const KEXEC_INITRAMFS: &str = "initramfs-kexec.cpio";
@@ -92,6 +96,54 @@ impl Profile {
     /// The content of the image's `/etc/kfi/watched`.
     pub(crate) fn watched_list(self) -> String {
         self.watched_files().iter().map(|f| format!("{f}\n")).collect()
+    }
+}
+
+/// An image to build or open: its profile and what the caller hands in for
+/// it. Only the debian image serves a site, so only it takes one; the
+/// tiny image cannot depend on one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipe {
+    /// The busybox guest: nothing from the caller.
+    Tiny,
+    /// The Debian guest serving `ServiceSite` (installed under
+    /// `/var/www/html`, its database loaded onto the data disk).
+    Debian(ServiceSite),
+}
+
+impl Recipe {
+    /// The profile this recipe builds.
+    pub fn profile(&self) -> Profile {
+        match self {
+            Recipe::Tiny => Profile::Tiny,
+            Recipe::Debian(_) => Profile::Debian,
+        }
+    }
+
+    /// Hash of everything that goes into the image on `kernel`: kfi's own
+    /// scripts and build code, the kernel, and the caller's inputs byte for
+    /// byte. Images are stored under it.
+    pub fn hash(&self, kernel: &Kernel) -> String {
+        let profile = self.profile();
+        let mut h = Sha256::new();
+        h.update(format!("recipe {RECIPE_VERSION}\nprofile {profile}\nkernel {}\n", kernel.identity()));
+        for (name, _) in &kernel.modules {
+            h.update(format!("module {name}\n"));
+        }
+        h.update(format!("docset {DOCSET_SEED} {DOCSET_COUNT}\n"));
+        h.update(AGENT_SH);
+        h.update(profile.watched_list());
+        match self {
+            Recipe::Tiny => {
+                h.update(tiny::RECIPE);
+                h.update(format!("kexec {KEXEC_INITRAMFS} {}\n", kexec::PACKAGES.join(" ")));
+            }
+            Recipe::Debian(site) => {
+                h.update(debian::RECIPE);
+                site.hash_into(&mut h);
+            }
+        }
+        hex::encode(h.finalize())
     }
 }
 
@@ -232,28 +284,9 @@ pub fn min_memory_mib(profile: Profile) -> u32 {
     }
 }
 
-fn recipe_hash(profile: Profile, kernel: &Kernel) -> String {
-    let mut h = Sha256::new();
-    h.update(format!("recipe {RECIPE_VERSION}\nprofile {profile}\nkernel {}\n", kernel.identity()));
-    for (name, _) in &kernel.modules {
-        h.update(format!("module {name}\n"));
-    }
-    h.update(format!("docset {DOCSET_SEED} {DOCSET_COUNT}\n"));
-    h.update(AGENT_SH);
-    h.update(profile.watched_list());
-    h.update(match profile {
-        Profile::Tiny => tiny::RECIPE,
-        Profile::Debian => debian::RECIPE,
-    });
-    if profile == Profile::Tiny {
-        h.update(format!("kexec {KEXEC_INITRAMFS} {}\n", kexec::PACKAGES.join(" ")));
-    }
-    hex::encode(h.finalize())
-}
-
-fn image_dir(cache: &Cache, profile: Profile, kernel: &Kernel) -> Result<PathBuf, CacheError> {
-    let recipe = recipe_hash(profile, kernel);
-    Ok(cache.subdir("guests")?.join(format!("{profile}-{}-{}", kernel.release, &recipe[..12])))
+fn image_dir(cache: &Cache, recipe: &Recipe, kernel: &Kernel) -> Result<PathBuf, CacheError> {
+    let hash = recipe.hash(kernel);
+    Ok(cache.subdir("guests")?.join(format!("{}-{}-{}", recipe.profile(), kernel.release, &hash[..12])))
 }
 
 fn fix_command(profile: Profile) -> String {
@@ -261,8 +294,9 @@ fn fix_command(profile: Profile) -> String {
 }
 
 /// Opens a built image, checking it against its manifest.
-pub fn open(cache: &Cache, profile: Profile, kernel: &Kernel) -> Result<GuestImage, GuestError> {
-    let dir = image_dir(cache, profile, kernel)?;
+pub fn open(cache: &Cache, recipe: &Recipe, kernel: &Kernel) -> Result<GuestImage, GuestError> {
+    let profile = recipe.profile();
+    let dir = image_dir(cache, recipe, kernel)?;
     let Some(manifest) = Manifest::<ImageMeta>::load(&dir)? else {
         return Err(GuestError::NotBuilt { profile, kernel: kernel.release.clone() });
     };
@@ -284,16 +318,17 @@ pub fn verify_full(image: &GuestImage) -> Result<(), GuestError> {
 /// Builds an image (even if one exists when `force`), atomically.
 pub fn build(
     cache: &Cache,
-    profile: Profile,
+    recipe: &Recipe,
     kernel: &Kernel,
     force: bool,
     progress: &dyn Fn(&str),
 ) -> Result<GuestImage, GuestError> {
-    let dir = image_dir(cache, profile, kernel)?;
+    let profile = recipe.profile();
+    let dir = image_dir(cache, recipe, kernel)?;
     // Under the lock, a builder that waited finds the other's result.
     let _lock = crate::cache::BuildLock::acquire(&dir)?;
     if !force {
-        match open(cache, profile, kernel) {
+        match open(cache, recipe, kernel) {
             Err(GuestError::NotBuilt { .. }) => {}
             other => return other,
         }
@@ -302,9 +337,9 @@ pub fn build(
     let partial = crate::cache::PartialDir::begin(&dir)?;
     let out = partial.path();
     let (docs, files) = docset::generate(DOCSET_SEED, DOCSET_COUNT);
-    let spec = match profile {
-        Profile::Tiny => tiny::build(cache, out, kernel, &files, progress)?,
-        Profile::Debian => debian::build(cache, out, kernel, &files, progress)?,
+    let spec = match recipe {
+        Recipe::Tiny => tiny::build(cache, out, kernel, &files, progress)?,
+        Recipe::Debian(site) => debian::build(cache, out, kernel, &files, site, progress)?,
     };
     let docs_path = out.join("docs.json");
     let docs_json =
@@ -312,7 +347,7 @@ pub fn build(
     std::fs::write(&docs_path, docs_json).map_err(|e| CacheError::io("write", &docs_path, e))?;
     let meta = ImageMeta {
         profile,
-        recipe: recipe_hash(profile, kernel),
+        recipe: recipe.hash(kernel),
         kernel_release: kernel.release.clone(),
         kernel_identity: kernel.identity(),
         built_unix: std::time::SystemTime::now()
@@ -334,7 +369,7 @@ pub fn build(
     Manifest::build(out, meta, &names)?.store(out)?;
     partial.commit()?;
     prune_other_recipes(&dir);
-    open(cache, profile, kernel)
+    open(cache, recipe, kernel)
 }
 
 /// Removes images of the same profile and kernel built from other recipes
@@ -358,14 +393,14 @@ fn prune_other_recipes(current: &Path) {
 /// Opens the image, building it first if it was never built.
 pub fn ensure(
     cache: &Cache,
-    profile: Profile,
+    recipe: &Recipe,
     kernel: &Kernel,
     progress: &dyn Fn(&str),
 ) -> Result<GuestImage, GuestError> {
-    match open(cache, profile, kernel) {
+    match open(cache, recipe, kernel) {
         Err(GuestError::NotBuilt { .. }) => {
-            progress(&format!("building the {profile} guest image (first use)"));
-            build(cache, profile, kernel, false, progress)
+            progress(&format!("building the {} guest image (first use)", recipe.profile()));
+            build(cache, recipe, kernel, false, progress)
         }
         other => other,
     }
@@ -427,5 +462,39 @@ mod tests {
         }
         let err = "ubuntu".parse::<Profile>().unwrap_err().to_string();
         assert!(err.contains("`ubuntu`") && err.contains("tiny"), "{err}");
+    }
+
+    fn kernel() -> Kernel {
+        Kernel {
+            release: "6.1.0-1-amd64".into(),
+            origin: crate::kernel::KernelOrigin::User { sha256: "ab".repeat(32) },
+            vmlinuz: PathBuf::from("/vmlinuz"),
+            boot_image: PathBuf::from("/vmlinux"),
+            modules: vec![("virtio_blk".into(), PathBuf::from("/virtio_blk.ko"))],
+            vmlinux: None,
+            system_map: None,
+        }
+    }
+
+    #[test]
+    fn the_debian_recipe_hashes_the_site_it_is_given() {
+        let k = kernel();
+        let site = ServiceSite {
+            files: vec![SiteFile { path: "shop/Home.php".into(), data: b"<?php".to_vec(), mode: 0o644 }],
+            database_sql: "CREATE DATABASE shop;".into(),
+        };
+        let debian = Recipe::Debian(site.clone());
+        assert_eq!(debian.profile(), Profile::Debian);
+        assert_eq!(debian.hash(&k), Recipe::Debian(site.clone()).hash(&k));
+        let mut page = site.clone();
+        page.files[0].data.push(b'\n');
+        let mut sql = site.clone();
+        sql.database_sql.push(' ');
+        let empty = ServiceSite { files: Vec::new(), database_sql: String::new() };
+        for other in [page, sql, empty] {
+            assert_ne!(Recipe::Debian(other).hash(&k), debian.hash(&k));
+        }
+        assert_ne!(Recipe::Tiny.hash(&k), debian.hash(&k));
+        assert_eq!(Recipe::Tiny.profile(), Profile::Tiny);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use recovery_sut::{guest, kernel, Cache, GuestImage, KernelChoice, Profile};
+use recovery_sut::{guest, kernel, Cache, GuestImage, KernelChoice};
 
 /// The user's kfi cache (`$KFI_CACHE`), so CI reuses kernels and images.
 pub fn cache() -> Cache {
@@ -15,7 +15,7 @@ pub fn cache() -> Cache {
 pub fn tiny_image() -> GuestImage {
     let cache = cache();
     let kernel = kernel::resolve(&cache, &KernelChoice::Debian, &|m| eprintln!("{m}")).expect("Debian kernel");
-    guest::ensure(&cache, Profile::Tiny, &kernel, &|m| eprintln!("{m}")).expect("tiny image")
+    guest::ensure(&cache, &guest::Recipe::Tiny, &kernel, &|m| eprintln!("{m}")).expect("tiny image")
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.

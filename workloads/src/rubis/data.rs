@@ -10,12 +10,20 @@
 //! bids per item (about 5,000 in all), one comment per sold item. Its SQL is
 //! about 1 MB and loads in seconds. [`DataSpec::at_scale`] multiplies it.
 //!
-//! This file feeds the `debian` image's recipe: changing what it generates
+//! The generated SQL goes into the `debian` image (`super::guest_site`),
+//! whose recipe hashes it byte for byte: changing what this file generates
 //! rebuilds the image.
+//!
+//! Randomness is ChaCha8 read only through `next_u64`, mapped to ranges by
+//! [`below`] here: its output is fixed by the ChaCha algorithm, while the
+//! sampling code behind `rand::Rng` (`random_range`, `random_bool`) may
+//! change in any `rand` release. So a seed names the same data set across
+//! `rand` upgrades, as the fault generator's seeds do
+//! (`injector::fault::generate`).
 
 use std::fmt::Write as _;
 
-use rand::{Rng, SeedableRng};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -251,10 +259,37 @@ pub struct Dataset {
     pub buy_nows: Vec<BuyNow>,
 }
 
+/// An integer in `[0, n)` from one 64-bit draw: the high word of the
+/// 128-bit product (multiply-shift, as the fault generator does; a bias
+/// below 2^-40 for the ranges here, and no rejection loop).
+fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
+    ((u128::from(rng.next_u64()) * u128::from(n.max(1))) >> 64) as u64
+}
+
+/// An integer in `[lo, hi]`.
+fn between(rng: &mut ChaCha8Rng, lo: u64, hi: u64) -> u64 {
+    lo + below(rng, hi - lo + 1)
+}
+
+/// A user id in `[1, users]`.
+fn user(rng: &mut ChaCha8Rng, users: u32) -> u32 {
+    between(rng, 1, u64::from(users)) as u32
+}
+
+/// True with probability `percent` / 100.
+fn chance(rng: &mut ChaCha8Rng, percent: u64) -> bool {
+    below(rng, 100) < percent
+}
+
+/// Minutes in `[lo, hi)` before the epoch, as a negative offset.
+fn minutes_before(rng: &mut ChaCha8Rng, lo: u64, hi: u64) -> i64 {
+    -((lo + below(rng, hi - lo)) as i64)
+}
+
 /// Between `min` and `max` (exclusive) random words.
 fn words(rng: &mut ChaCha8Rng, min: usize, max: usize) -> String {
-    let n = rng.random_range(min..max);
-    (0..n).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ")
+    let n = min + below(rng, (max - min) as u64) as usize;
+    (0..n).map(|_| WORDS[below(rng, WORDS.len() as u64) as usize]).collect::<Vec<_>>().join(" ")
 }
 
 /// A user other than `not`, or `not` itself when it is the only one.
@@ -262,7 +297,7 @@ fn other_user(rng: &mut ChaCha8Rng, users: u32, not: u32) -> u32 {
     if users < 2 {
         return not;
     }
-    let pick = rng.random_range(1..users);
+    let pick = user(rng, users - 1);
     if pick >= not {
         pick + 1
     } else {
@@ -277,9 +312,9 @@ pub fn generate(spec: &DataSpec) -> Dataset {
         .map(|id| User {
             id,
             rating: 0,
-            balance_cents: rng.random_range(0..100_000),
-            created_min: -rng.random_range(0..525_600),
-            region: rng.random_range(1..=REGIONS),
+            balance_cents: below(&mut rng, 100_000),
+            created_min: minutes_before(&mut rng, 0, 525_600),
+            region: between(&mut rng, 1, u64::from(REGIONS)) as u32,
         })
         .collect();
     let mut items = Vec::new();
@@ -290,30 +325,31 @@ pub fn generate(spec: &DataSpec) -> Dataset {
     let total = spec.items + spec.old_items;
     for id in 1..=total {
         let old = id > spec.items;
-        let seller = rng.random_range(1..=spec.users);
-        let initial_cents = rng.random_range(100..50_000);
-        let start_min = if old { -rng.random_range(10_080..100_000) } else { -rng.random_range(0..10_080) };
-        let duration_min = rng.random_range(1..=7) * 1440;
+        let seller = user(&mut rng, spec.users);
+        let initial_cents = between(&mut rng, 100, 49_999);
+        let start_min =
+            if old { minutes_before(&mut rng, 10_080, 100_000) } else { minutes_before(&mut rng, 0, 10_080) };
+        let duration_min = between(&mut rng, 1, 7) as i64 * 1440;
         let mut item = Item {
             id,
             name: format!("Item {id}: {}", words(&mut rng, 3, 4)),
             description: format!("{}.", words(&mut rng, 10, 30)),
             initial_cents,
-            quantity: rng.random_range(1..=10),
-            reserve_cents: if rng.random_bool(0.3) { initial_cents + rng.random_range(0..10_000) } else { 0 },
-            buy_now_cents: if rng.random_bool(0.3) { initial_cents * 2 } else { 0 },
+            quantity: between(&mut rng, 1, 10) as u32,
+            reserve_cents: if chance(&mut rng, 30) { initial_cents + below(&mut rng, 10_000) } else { 0 },
+            buy_now_cents: if chance(&mut rng, 30) { initial_cents * 2 } else { 0 },
             nb_of_bids: 0,
             max_bid_cents: 0,
             start_min,
             end_min: start_min + duration_min,
             seller,
-            category: rng.random_range(1..=CATEGORIES.len() as u32),
+            category: between(&mut rng, 1, CATEGORIES.len() as u64) as u32,
             old,
         };
-        let n_bids = rng.random_range(0..=spec.max_bids_per_item);
+        let n_bids = between(&mut rng, 0, u64::from(spec.max_bids_per_item)) as u32;
         let mut price = initial_cents;
         for k in 0..n_bids {
-            price += rng.random_range(50..1_000);
+            price += between(&mut rng, 50, 999);
             let bidder = other_user(&mut rng, spec.users, seller);
             bids.push(Bid {
                 id: bids.len() as u32 + 1,
@@ -321,7 +357,7 @@ pub fn generate(spec: &DataSpec) -> Dataset {
                 item: id,
                 qty: 1,
                 bid_cents: price,
-                max_bid_cents: price + rng.random_range(0..2_000),
+                max_bid_cents: price + below(&mut rng, 2_000),
                 at_min: start_min + i64::from(k + 1) * duration_min / (i64::from(n_bids) + 1),
             });
         }
@@ -332,7 +368,7 @@ pub fn generate(spec: &DataSpec) -> Dataset {
                 .last()
                 .filter(|b| b.item == id)
                 .map_or_else(|| other_user(&mut rng, spec.users, seller), |b| b.user);
-            let rating = rng.random_range(-5..=5);
+            let rating = between(&mut rng, 0, 10) as i32 - 5;
             ratings[seller as usize] += rating;
             comments.push(Comment {
                 id: comments.len() as u32 + 1,
@@ -550,6 +586,24 @@ mod tests {
         let nicks: HashSet<String> = d.users.iter().map(|u| nickname(u.id)).collect();
         assert_eq!(nicks.len(), d.users.len());
     }
+
+    /// The first draws of the default seed, computed once from this code: a
+    /// change here means every seed now names another data set.
+    #[test]
+    fn the_draws_of_a_seed_are_pinned() {
+        let d = generate(&DataSpec::default());
+        let u = &d.users[0];
+        assert_eq!((u.balance_cents, u.created_min, u.region), GOLDEN_USER);
+        let i = &d.items[0];
+        assert_eq!((i.seller, i.initial_cents, i.quantity, i.category, i.nb_of_bids), GOLDEN_ITEM);
+        assert_eq!(i.name, GOLDEN_NAME);
+        assert_eq!((d.bids.len(), d.buy_nows.len()), GOLDEN_COUNTS);
+    }
+
+    const GOLDEN_USER: (u64, i64, u32) = (40_248, -42_249, 37);
+    const GOLDEN_ITEM: (u32, u64, u32, u32, u32) = (1000, 43_119, 4, 1, 9);
+    const GOLDEN_NAME: &str = "Item 1: limited classic blue";
+    const GOLDEN_COUNTS: (usize, usize) = (4884, 155);
 
     #[test]
     fn scale_multiplies_counts() {

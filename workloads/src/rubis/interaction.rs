@@ -2,8 +2,8 @@
 //! (26 interactions, with the "About me" login form and page counted
 //! apart, as the published tables do).
 //!
-//! This file also feeds the `debian` image's recipe: the guest gets one PHP
-//! page per state, named here.
+//! The `debian` guest gets one PHP page per state, named here
+//! (`super::guest_site`); the image's recipe hashes those pages.
 
 use std::fmt;
 use std::str::FromStr;
