@@ -340,3 +340,76 @@ pub fn run_fault_experiment(
         errors_after_injection,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use workloads::RequestOutcome;
+
+    /// A watch that started at `origin` and saw what the arguments say;
+    /// the fault was applied 1 s in.
+    fn watch(origin: Instant, activated: bool, panicked: Option<f64>, hung: Option<f64>) -> Watch {
+        let at = |s: f64| origin + Duration::from_secs_f64(s);
+        Watch {
+            injection: InjectionReport {
+                injected: true,
+                activated,
+                injected_after_s: Some(1.0),
+                ..InjectionReport::default()
+            },
+            console: injector::outcome::ConsoleReport::default(),
+            t0: origin,
+            observed: Duration::from_secs(10),
+            panicked_at: panicked.map(at),
+            oops_at: None,
+            hung_at: hung.map(at),
+        }
+    }
+
+    fn answers(outcome: RequestOutcome, from: f64, to: f64) -> Vec<Record> {
+        let n = ((to - from) / 0.1) as usize;
+        (0..n)
+            .map(|i| {
+                let start = from + i as f64 * 0.1;
+                Record { start, end: start + 0.05, path: "/".into(), outcome, bytes: 1 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn outcomes_come_from_the_watch_and_the_client_records() {
+        let origin = Instant::now();
+        let hang = Duration::from_secs(4);
+        let healthy = answers(RequestOutcome::Ok, 0.0, 10.0);
+
+        let v = watch(origin, false, None, None).classify(&healthy, origin, hang);
+        assert_eq!((v.outcome, v.errors_after_injection), (Outcome::NotActivated, 0));
+        assert!(v.failure.is_none());
+
+        let v = watch(origin, true, None, None).classify(&healthy, origin, hang);
+        assert_eq!(v.outcome, Outcome::Benign);
+
+        let v = watch(origin, true, Some(2.0), None).classify(&healthy[..20], origin, hang);
+        assert_eq!(v.outcome, Outcome::Panic);
+        assert_eq!(v.failure.map(|f| f.cause), Some(FailureCause::GuestPanicked));
+
+        // Wrong answers after the injection, kernel alive: a service error.
+        let mut broken = answers(RequestOutcome::Ok, 0.0, 1.0);
+        broken.extend(answers(RequestOutcome::WrongContent, 1.0, 10.0));
+        let v = watch(origin, true, None, None).classify(&broken, origin, hang);
+        assert_eq!(v.outcome, Outcome::ServiceError);
+        assert!(v.errors_after_injection > 80);
+
+        // The heartbeat stopped but the service kept answering: not a hang.
+        let v = watch(origin, true, None, Some(6.0)).classify(&healthy, origin, hang);
+        assert_eq!(v.outcome, Outcome::ServiceError);
+        // Both silent: a hang, which recovery acts on.
+        let silent = answers(RequestOutcome::Timeout, 1.5, 10.0);
+        let mut records = answers(RequestOutcome::Ok, 0.0, 1.0);
+        records.extend(silent);
+        let v = watch(origin, true, None, Some(6.0)).classify(&records, origin, hang);
+        assert_eq!(v.outcome, Outcome::Hang);
+        assert_eq!(v.failure.map(|f| f.cause), Some(FailureCause::HeartbeatLost));
+    }
+}

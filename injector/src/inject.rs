@@ -1,7 +1,7 @@
 //! Applying a [`FaultSpec`] to a running guest through its gdbstub, and
 //! watching whether the fault is activated.
 //!
-//! [`Injection`] is a small state machine driven by [`Injection::poll`]:
+//! [`FaultInFlight`] is a small state machine driven by [`FaultInFlight::poll`]:
 //! it waits for the trigger (a delay, or the k-th hit of a breakpoint on
 //! the target instruction), halts the guest, applies the fault, resumes,
 //! and then watches with a breakpoint on a mutated instruction or read and
@@ -151,7 +151,7 @@ enum Phase {
 
 /// One fault on its way into the guest.
 #[derive(Debug)]
-pub struct Injection {
+pub struct FaultInFlight {
     spec: FaultSpec,
     insn: Option<Decoded>,
     started: Instant,
@@ -173,11 +173,11 @@ pub struct Injection {
     same_path: u32,
 }
 
-impl Injection {
+impl FaultInFlight {
     /// Prepares the fault; for a hit trigger sets the breakpoint. The guest
     /// must be stopped (as it is right after [`GdbClient::connect`]); it is
     /// resumed.
-    pub fn start(gdb: &mut GdbClient, spec: &FaultSpec) -> Result<Injection, InjectError> {
+    pub fn start(gdb: &mut GdbClient, spec: &FaultSpec) -> Result<FaultInFlight, InjectError> {
         let insn = match spec.target() {
             Target::Instruction { address, original, .. } => Some(
                 mutate::decode_one(*address, &original.0)
@@ -187,7 +187,7 @@ impl Injection {
             _ => None,
         };
         gdb.interrupt().map_err(gdb_err("halting the guest to prepare"))?;
-        let mut inj = Injection {
+        let mut inj = FaultInFlight {
             spec: spec.clone(),
             insn,
             started: Instant::now(),
@@ -835,7 +835,7 @@ pub fn run_traced(
     window: Duration,
     tick: &mut dyn FnMut(&InjectionReport) -> bool,
 ) -> Result<InjectionReport, InjectError> {
-    let mut inj = Injection::start(gdb, spec)?;
+    let mut inj = FaultInFlight::start(gdb, spec)?;
     if let Some(t) = tracer {
         inj.set_tracer(t);
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use injector::fault::mutate::{self, Decoded};
 use injector::fault::{FaultModel, FaultSpec, FlipReg, HexBytes, Patch, Persistence, Target, Trigger};
-use injector::inject::{self, Injection};
+use injector::inject::{self, FaultInFlight};
 use injector::outcome::{classify, parse_console, Evidence, Outcome};
 use injector::KernelCode;
 
@@ -179,7 +179,7 @@ fn injection_latency_and_code_check() {
     .unwrap();
     let mut samples = Vec::new();
     for _ in 0..40 {
-        let mut inj = Injection::start(&mut gdb, &spec).unwrap();
+        let mut inj = FaultInFlight::start(&mut gdb, &spec).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         inj.poll(&mut gdb, image, Duration::from_millis(1)).unwrap();
         let report = inj.finish(&mut gdb).unwrap();
@@ -215,7 +215,7 @@ fn injection_latency_and_code_check() {
     let spec =
         FaultSpec::new(FaultModel::TextFlip { bit: 0, patch }, wrong, Trigger::Delay { ms: 0 }, Persistence::Permanent)
             .unwrap();
-    let err = Injection::start(&mut gdb, &spec).unwrap_err().to_string();
+    let err = FaultInFlight::start(&mut gdb, &spec).unwrap_err().to_string();
     assert!(err.contains("patched this instruction at boot"), "{err}");
     assert_eq!(gdb.read_memory(d.address(), d.bytes.len()).unwrap(), d.bytes, "nothing was written");
     gdb.resume().unwrap();
