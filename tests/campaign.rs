@@ -115,7 +115,7 @@ fn a_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates() {
         assert_eq!(after.iter().find(|a| a.experiment == r.experiment), Some(r));
     }
     for r in &after {
-        assert_eq!(r.outcome, "panic", "{r:?}");
+        assert_eq!(r.outcome.name(), "panic", "{r:?}");
         let rec = r.recovery.as_ref().unwrap();
         assert!(rec.recovered, "{r:?}");
         assert_eq!(r.lost_writes, Some(0), "acknowledged writes lost: {r:?}");

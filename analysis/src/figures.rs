@@ -669,7 +669,7 @@ fn shares_per_model(
 /// 100%-stacked bars.
 pub fn outcome_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
     let Some((categories, totals, layers)) = shares_per_model(records, &OUTCOME_ORDER, outcome_color, |r| {
-        (!matches!(r.injection, Injection::None)).then(|| r.outcome.clone())
+        (!matches!(r.injection, Injection::None)).then(|| r.outcome.to_string())
     }) else {
         return Ok(Vec::new());
     };

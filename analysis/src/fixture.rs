@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use crate::record::{
-    outcome, scope, ExperimentRecord, Injection, Propagation, Provenance, RecoveryRecord, TimelineBin,
+    scope, ExperimentRecord, Injection, Propagation, Provenance, RecordedOutcome, RecoveryRecord, TimelineBin,
 };
 use crate::store::CampaignMeta;
 
@@ -44,7 +44,7 @@ pub fn blank(experiment: u64, key: &str) -> ExperimentRecord {
         key: key.into(),
         workload: "none".into(),
         injection: Injection::None,
-        outcome: outcome::BENIGN.into(),
+        outcome: RecordedOutcome::Benign,
         outcome_detail: None,
         recovery: None,
         downtime_s: None,
@@ -70,7 +70,7 @@ pub fn crash(experiment: u64, strategy: &str, rep: u32, downtime_s: f64) -> Expe
     let mut r = blank(experiment, &format!("strategy={strategy} crash=sysrq rep={rep}"));
     r.workload = "apache".into();
     r.injection = Injection::Crash { crash: "sysrq".into() };
-    r.outcome = outcome::FORCED_CRASH.into();
+    r.outcome = RecordedOutcome::ForcedCrash;
     r.recovery = Some(RecoveryRecord {
         requested: strategy.into(),
         used: strategy.into(),
@@ -124,22 +124,22 @@ pub fn records() -> Vec<ExperimentRecord> {
     let mut out = downtime_records();
     // 10 faults: 8 activated (4 panic, 2 oops, 2 benign), 2 not activated.
     let outcomes = [
-        outcome::PANIC,
-        outcome::PANIC,
-        outcome::PANIC,
-        outcome::PANIC,
-        outcome::OOPS,
-        outcome::OOPS,
-        outcome::BENIGN,
-        outcome::BENIGN,
-        outcome::NOT_ACTIVATED,
-        outcome::NOT_ACTIVATED,
+        RecordedOutcome::Panic,
+        RecordedOutcome::Panic,
+        RecordedOutcome::Panic,
+        RecordedOutcome::Panic,
+        RecordedOutcome::Oops,
+        RecordedOutcome::Oops,
+        RecordedOutcome::Benign,
+        RecordedOutcome::Benign,
+        RecordedOutcome::NotActivated,
+        RecordedOutcome::NotActivated,
     ];
     for (i, o) in outcomes.into_iter().enumerate() {
         let n = out.len() as u64;
         let mut r = blank(n, &format!("model=reg-flip target={i}"));
         r.workload = "apache".into();
-        let activated = o != outcome::NOT_ACTIVATED;
+        let activated = o != RecordedOutcome::NotActivated;
         r.injection = Injection::Fault {
             model: "reg-flip".into(),
             subsystem: Some(if i % 2 == 0 { "mm" } else { "fs" }.into()),
@@ -174,7 +174,7 @@ pub fn records() -> Vec<ExperimentRecord> {
                 })
             }),
         };
-        r.outcome = o.into();
+        r.outcome = o;
         out.push(r);
     }
     // Restore time vs RAM, with and without reduction.

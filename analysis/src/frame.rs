@@ -100,7 +100,7 @@ pub fn records_frame(rs: &[ExperimentRecord]) -> PolarsResult<DataFrame> {
         floats("trace_steps", rs, |r| crate::tables::propagation(r).map(|p| p.steps as f64)),
         floats("trace_short_s", rs, |r| crate::tables::propagation(r).map(|p| p.short_s)),
         bools("surfaced_elsewhere", rs, |r| crate::tables::propagation(r).and_then(|p| p.surfaced_elsewhere)),
-        strings("outcome", rs, |r| Some(r.outcome.clone())),
+        strings("outcome", rs, |r| Some(r.outcome.to_string())),
         strings("strategy_requested", rs, |r| r.recovery.as_ref().map(|x| x.requested.clone())),
         strings("strategy_used", rs, |r| r.recovery.as_ref().map(|x| x.used.clone())),
         strings("fallback_reason", rs, |r| r.recovery.as_ref().and_then(|x| x.fallback_reason.clone())),

@@ -12,22 +12,88 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Outcome names analysis groups by (the injector's `Outcome` kebab names).
-pub mod outcome {
+/// What an experiment came to, as stored: the injector's outcomes (its
+/// `Outcome`, same kebab-case names), plus the two a campaign records
+/// itself. Stored as its name, so stores of older builds read the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordedOutcome {
     /// The kernel panicked (GUEST_PANICKED or a panic in the console).
-    pub const PANIC: &str = "panic";
+    Panic,
     /// An oops, BUG or general-protection fault that did not panic.
-    pub const OOPS: &str = "oops";
+    Oops,
     /// No heartbeat and no service answer for the hang timeout.
-    pub const HANG: &str = "hang";
+    Hang,
     /// The service answered wrongly or not at all with the kernel alive.
-    pub const SERVICE_ERROR: &str = "service-error";
+    ServiceError,
     /// The fault ran and nothing visible happened.
-    pub const BENIGN: &str = "benign";
+    Benign,
     /// The faulty instruction or data was never reached in the window.
-    pub const NOT_ACTIVATED: &str = "not-activated";
+    NotActivated,
     /// A crash forced on purpose (sysrq, NMI), not an injected fault.
-    pub const FORCED_CRASH: &str = "forced-crash";
+    ForcedCrash,
+    /// A restore measurement that brought the service back.
+    Restored,
+}
+
+impl RecordedOutcome {
+    /// Every outcome, in table order.
+    pub const ALL: [RecordedOutcome; 8] = [
+        RecordedOutcome::ForcedCrash,
+        RecordedOutcome::Panic,
+        RecordedOutcome::Oops,
+        RecordedOutcome::Hang,
+        RecordedOutcome::ServiceError,
+        RecordedOutcome::Benign,
+        RecordedOutcome::NotActivated,
+        RecordedOutcome::Restored,
+    ];
+
+    /// The stored (kebab-case) name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RecordedOutcome::Panic => "panic",
+            RecordedOutcome::Oops => "oops",
+            RecordedOutcome::Hang => "hang",
+            RecordedOutcome::ServiceError => "service-error",
+            RecordedOutcome::Benign => "benign",
+            RecordedOutcome::NotActivated => "not-activated",
+            RecordedOutcome::ForcedCrash => "forced-crash",
+            RecordedOutcome::Restored => "restored",
+        }
+    }
+}
+
+impl std::fmt::Display for RecordedOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for RecordedOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RecordedOutcome::ALL.into_iter().find(|o| o.name() == s).ok_or_else(|| format!("`{s}` is not an outcome"))
+    }
+}
+
+/// Outcome names as tables and figures group by them ([`RecordedOutcome::name`]).
+pub mod outcome {
+    use super::RecordedOutcome;
+    /// See [`RecordedOutcome::Panic`].
+    pub const PANIC: &str = RecordedOutcome::Panic.name();
+    /// See [`RecordedOutcome::Oops`].
+    pub const OOPS: &str = RecordedOutcome::Oops.name();
+    /// See [`RecordedOutcome::Hang`].
+    pub const HANG: &str = RecordedOutcome::Hang.name();
+    /// See [`RecordedOutcome::ServiceError`].
+    pub const SERVICE_ERROR: &str = RecordedOutcome::ServiceError.name();
+    /// See [`RecordedOutcome::Benign`].
+    pub const BENIGN: &str = RecordedOutcome::Benign.name();
+    /// See [`RecordedOutcome::NotActivated`].
+    pub const NOT_ACTIVATED: &str = RecordedOutcome::NotActivated.name();
+    /// See [`RecordedOutcome::ForcedCrash`].
+    pub const FORCED_CRASH: &str = RecordedOutcome::ForcedCrash.name();
 }
 
 /// How the results were obtained; the same for every experiment of a run,
@@ -191,8 +257,8 @@ pub struct ExperimentRecord {
     pub workload: String,
     /// What was done.
     pub injection: Injection,
-    /// Outcome name (see [`outcome`]).
-    pub outcome: String,
+    /// What the experiment came to.
+    pub outcome: RecordedOutcome,
     /// Structured detail of the outcome (a parsed oops), when any.
     pub outcome_detail: Option<serde_json::Value>,
     /// The recovery, when one ran.

@@ -553,7 +553,7 @@ impl Store {
                 model,
                 subsystem,
                 activated,
-                r.outcome,
+                r.outcome.name(),
                 rec.map(|x| x.requested.as_str()),
                 rec.map(|x| x.used.as_str()),
                 rec.map(|x| x.recovered),

@@ -351,7 +351,7 @@ fn outcome_table(
     header: &str,
     group: impl Fn(&ExperimentRecord) -> Option<String>,
 ) -> Table {
-    class_table(records, (title, id, header), &OUTCOME_ORDER, group, |r| Some(r.outcome.clone()))
+    class_table(records, (title, id, header), &OUTCOME_ORDER, group, |r| Some(r.outcome.to_string()))
 }
 
 /// Outcome distribution per fault model (forced crashes as `crash:<kind>`).
@@ -469,7 +469,7 @@ pub fn activation(records: &[ExperimentRecord]) -> Table {
             a.n += 1;
             if *activated {
                 a.activated += 1;
-                a.manifested += u64::from(MANIFESTED.contains(&r.outcome.as_str()));
+                a.manifested += u64::from(MANIFESTED.contains(&r.outcome.name()));
                 a.latency.extend(activation_s);
             }
         }

@@ -141,7 +141,7 @@ mod tests {
             key: format!("crash=sysrq strategy={strategy} rep={i}"),
             workload: "apache".into(),
             injection: Injection::Crash { crash: "sysrq".into() },
-            outcome: "panic".into(),
+            outcome: analysis::record::RecordedOutcome::Panic,
             outcome_detail: None,
             recovery: Some(RecoveryRecord {
                 requested: strategy.into(),

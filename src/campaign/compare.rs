@@ -36,7 +36,7 @@ fn rows(r: &ExperimentRecord) -> Vec<(String, Value)> {
     let mut rows = vec![
         ("injection".to_string(), Value::Label(injection(r))),
         ("activated".into(), Value::Label(activated(r))),
-        ("outcome".into(), Value::Label(r.outcome.clone())),
+        ("outcome".into(), Value::Label(r.outcome.to_string())),
         ("detected by".into(), text(rec.map(|x| x.cause.clone()))),
         ("strategy used".into(), text(rec.map(|x| x.used.clone()))),
         ("fallback".into(), text(rec.and_then(|x| x.fallback_reason.clone()))),
@@ -125,7 +125,7 @@ mod tests {
     fn a_different_outcome_and_timing_are_named() {
         let stored = fixture::crash(3, "service-restore", 0, 0.4);
         let mut replayed = fixture::crash(3, "service-restore", 0, 0.5);
-        replayed.outcome = "hang".into();
+        replayed.outcome = analysis::record::RecordedOutcome::Hang;
         let t = table(&stored, &replayed);
         assert!(t.contains("differs in: outcome"), "{t}");
         assert!(t.contains("+25.0%"), "{t}");

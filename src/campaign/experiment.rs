@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use analysis::record::{ExperimentRecord, Injection as RecordInjection, Provenance, RecoveryRecord, TimelineBin};
+use analysis::record::{
+    ExperimentRecord, Injection as RecordInjection, Provenance, RecordedOutcome, RecoveryRecord, TimelineBin,
+};
 use anyhow::{bail, Context, Result};
 use recovery_sut::recovery::{Failure, FailureCause, RecoveryError, RecoveryTiming};
 use recovery_sut::{probe, Golden, Sut};
@@ -112,7 +114,9 @@ pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
 /// What happened between injection and the end of recovery.
 struct Observed {
     injection: RecordInjection,
-    outcome: String,
+    /// Known for a forced crash; a fault's is judged with the client
+    /// records (`None` until then).
+    outcome: Option<RecordedOutcome>,
     detail: Option<serde_json::Value>,
     failure: Option<Failure>,
     recovery: Option<RecoveryTiming>,
@@ -212,9 +216,9 @@ fn lost_writes(addr: SocketAddr, seqs: &[u64], recovered: bool) -> u64 {
 fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, window: Duration) -> Result<Observed> {
     let hang = shared.campaign.file.observe.hang_timeout();
     let injected_at = Instant::now();
-    let blank = |injection, outcome: &str, failure| Observed {
+    let blank = |injection, outcome: Option<RecordedOutcome>, failure| Observed {
         injection,
-        outcome: outcome.to_string(),
+        outcome,
         detail: None,
         failure,
         recovery: None,
@@ -230,20 +234,18 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
             let failure = sut.wait_failure(window, hang).with_context(|| format!("the {crash} crash was not seen"))?;
             let outcome = match failure.cause {
                 FailureCause::HeartbeatLost | FailureCause::Watchdog | FailureCause::ServiceProbe => {
-                    analysis::record::outcome::HANG
+                    RecordedOutcome::Hang
                 }
                 FailureCause::GuestPanicked | FailureCause::GuestCrashLoaded | FailureCause::QemuExited => {
-                    analysis::record::outcome::PANIC
+                    RecordedOutcome::Panic
                 }
             };
-            Ok(blank(injection, outcome, Some(failure)))
+            Ok(blank(injection, Some(outcome), Some(failure)))
         }
         Action::Fault { index, group } => {
             let runner = shared.faults.context("the campaign has fault experiments but no fault runner")?;
             let seen = runner.inject(sut, *group, *index, window)?;
-            // Provisional: judged again with the client records.
-            let provisional = if seen.watch.failure().is_some() { "failure" } else { "pending" };
-            let mut observed = blank(seen.injection, provisional, seen.watch.failure());
+            let mut observed = blank(seen.injection, None, seen.watch.failure());
             observed.detail = seen.detail;
             observed.watch = Some(seen.watch);
             Ok(observed)
@@ -264,7 +266,7 @@ fn record(
     let mut observed = observed;
     if let Some(watch) = &observed.watch {
         let hang = f.observe.hang_timeout();
-        observed.outcome = watch.classify(records, origin, hang).outcome.to_string();
+        observed.outcome = Some(recorded(watch.classify(records, origin, hang).outcome));
     }
     // When the service stopped, as the client-side analysis needs it. A
     // panic is reported within milliseconds, so its detection is the
@@ -352,7 +354,7 @@ fn record(
         key: planned.key(),
         workload: f.workload.kind.to_string(),
         injection: observed.injection,
-        outcome: observed.outcome,
+        outcome: observed.outcome.context("no outcome was judged for this experiment")?,
         outcome_detail: observed.detail,
         recovery,
         downtime_s,
@@ -369,4 +371,17 @@ fn record(
         wall_s: times.wall_s,
         window_s: times.load_s,
     })
+}
+
+/// The stored form of the injector's verdict.
+fn recorded(outcome: injector::outcome::Outcome) -> RecordedOutcome {
+    use injector::outcome::Outcome;
+    match outcome {
+        Outcome::Panic => RecordedOutcome::Panic,
+        Outcome::Oops => RecordedOutcome::Oops,
+        Outcome::Hang => RecordedOutcome::Hang,
+        Outcome::ServiceError => RecordedOutcome::ServiceError,
+        Outcome::Benign => RecordedOutcome::Benign,
+        Outcome::NotActivated => RecordedOutcome::NotActivated,
+    }
 }

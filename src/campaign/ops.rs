@@ -151,7 +151,7 @@ pub fn status(campaign: &Campaign, results: &Path, file: &Path) -> Result<Status
     let records = Store::open(&path)?.records(&campaign.file.name)?;
     let mut outcomes = BTreeMap::<String, u64>::new();
     for r in &records {
-        *outcomes.entry(r.outcome.clone()).or_default() += 1;
+        *outcomes.entry(r.outcome.to_string()).or_default() += 1;
     }
     let done: BTreeSet<u64> = records.iter().map(|r| r.experiment).collect();
     let all = campaign.expand();

@@ -245,7 +245,7 @@ fn record(
         key: planned.key(),
         workload: file.workload.kind.to_string(),
         injection: RecordInjection::None,
-        outcome: "restored".into(),
+        outcome: analysis::record::RecordedOutcome::Restored,
         outcome_detail: None,
         recovery: None,
         downtime_s: None,
@@ -324,7 +324,7 @@ pub fn run(
         }) {
             Ok(r) => {
                 summary.ran += 1;
-                *summary.outcomes.entry(r.outcome.clone()).or_default() += 1;
+                *summary.outcomes.entry(r.outcome.to_string()).or_default() += 1;
                 overhead.0 += (r.wall_s - r.window_s).max(0.0);
                 overhead.1 += r.window_s;
                 bar.set_message(crate::progress::outcome_line(&summary.outcomes));

@@ -90,7 +90,7 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
             }) {
                 Ok(record) => {
                     summary.ran += 1;
-                    *summary.outcomes.entry(record.outcome.clone()).or_default() += 1;
+                    *summary.outcomes.entry(record.outcome.to_string()).or_default() += 1;
                     overhead.0 += (record.wall_s - record.window_s).max(0.0);
                     overhead.1 += record.window_s;
                     bar.set_message(crate::progress::outcome_line(&summary.outcomes));
