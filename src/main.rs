@@ -17,7 +17,7 @@ mod workload;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use recovery_sut::{accel, doctor, guest, kernel, AccelChoice, Cache, KernelChoice, Profile, Vm, VmConfig};
+use recovery_sut::{accel_probe, doctor, guest, kernel, AccelChoice, Cache, KernelChoice, Profile, Vm, VmConfig};
 
 #[derive(Parser)]
 #[command(name = "kfi", version, about = "Kernel fault injection and recovery evaluation lab", long_about = None)]
@@ -291,7 +291,7 @@ fn prepare_guest(
     let kernel = kernel::resolve(cache, kernel_choice, step)?;
     let image = guest::ensure(cache, profile, &kernel, step)?;
     step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
-    let decision = accel::decide(accel_choice, cache, &image)?;
+    let decision = accel_probe::decide(accel_choice, cache, &image)?;
     let memory_mib = memory.unwrap_or(match profile {
         Profile::Tiny => 256,
         Profile::Debian => 1024,

@@ -7,6 +7,7 @@
 //! (`analysis`).
 
 pub mod accel;
+pub mod accel_probe;
 pub mod agent;
 pub mod cache;
 pub mod doctor;

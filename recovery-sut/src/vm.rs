@@ -1004,7 +1004,7 @@ fn round_ms(s: f64) -> f64 {
     (s * 1000.0).round() / 1000.0
 }
 
-/// Used by [`crate::accel`] to say which QEMU binary runs.
+/// Used by [`crate::accel_probe`] to say which QEMU binary runs.
 pub fn qemu_version() -> Result<String, ToolError> {
     let out = tools::QEMU.run(["--version"], None)?;
     let first = out.lines().next().unwrap_or_default();
