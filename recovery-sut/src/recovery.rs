@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::agent::{FileChange, FileState};
 use crate::guest::GuestImage;
 use crate::probe;
-use crate::snapshot::{self, Snapshot, SnapshotError};
-use crate::vm::{Standby, Vm, VmConfig, VmError};
+use crate::snapshot::{Snapshot, SnapshotError};
+use crate::vm::{save, Standby, Vm, VmConfig, VmError};
 
 /// How the service is brought back after a kernel failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -413,7 +413,7 @@ impl Sut {
         let mut vm = Vm::start(image, &config)?;
         vm.wait_phase("held", SERVICE_TIMEOUT)?;
         // The agent reports the watched files just before `held`.
-        let phase_snapshot = Some(snapshot::take(&mut vm, &snapshots.path().join("phase"), "userland")?);
+        let phase_snapshot = Some(save::take(&mut vm, &snapshots.path().join("phase"), "userland")?);
         let phase_taken = Instant::now();
         vm.agent().send("continue").map_err(|source| RecoveryError::Io { what: "the agent command", source })?;
         vm.wait_http(SERVICE_TIMEOUT)?;
@@ -454,7 +454,7 @@ impl Sut {
             .collect();
         self.wait_manifest();
         self.quiesce_data_disk();
-        let service = snapshot::take_with_disks(self.vm(), &dir.join("service"), "services-ready", &disks)?;
+        let service = save::take_with_disks(self.vm(), &dir.join("service"), "services-ready", &disks)?;
         let phase = match &self.phase_snapshot {
             Some(phase) => Some(copy_snapshot(phase, &dir.join("phase"))?),
             None => None,
@@ -519,7 +519,7 @@ impl Sut {
         self.standby = None;
         self.wait_manifest();
         self.quiesce_data_disk();
-        let snap = snapshot::take(self.vm(), &dir, "services-ready")?;
+        let snap = save::take(self.vm(), &dir, "services-ready")?;
         self.service_taken = Instant::now();
         self.absorb_agent();
         self.data_baseline = data_writes(self.vm());
@@ -920,7 +920,7 @@ impl Sut {
                 if self.vm().snapshottable() {
                     tracing::info!("taking the phase snapshot again: {reason}");
                     let dir = self.snapshots.path().join("phase");
-                    self.phase_snapshot = Some(snapshot::take(self.vm(), &dir, "userland")?);
+                    self.phase_snapshot = Some(save::take(self.vm(), &dir, "userland")?);
                     self.phase_taken = Instant::now();
                 }
             }
