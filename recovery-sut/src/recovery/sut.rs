@@ -2,7 +2,7 @@
 //! its disks (never rolled back), its recovery snapshots and its standby
 //! QEMU; booting it or restoring it from a campaign's golden snapshot,
 //! taking the service snapshot, and watching for failures. Bringing the
-//! service back is [`super::recover`].
+//! service back, [`Sut::recover`], is the `recover` module's.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
