@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use injector::image::{KernelImage, LoadOptions};
 use injector::KernelCode;
 use recovery_sut::{
-    accel, guest, kernel, AccelChoice, AccelDecision, Cache, GuestImage, Kernel, KernelChoice, Profile,
+    accel_probe, guest, kernel, AccelChoice, AccelDecision, Cache, GuestImage, Kernel, KernelChoice, Profile,
 };
 
 /// A guest ready to start: its image, kernel, accelerator and RAM size.
@@ -46,7 +46,7 @@ pub fn prepare_guest(
     let kernel = kernel::resolve(cache, kernel_choice, step)?;
     let image = guest::ensure(cache, &guest_recipe(profile), &kernel, step)?;
     step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
-    let decision = accel::decide(accel_choice, cache, &image)?;
+    let decision = accel_probe::decide(accel_choice, cache, &image)?;
     let memory_mib = memory.unwrap_or(default_memory_mib(profile));
     Ok(Prepared { profile, kernel, image, decision, memory_mib })
 }

@@ -5,21 +5,24 @@
 //! shared RAM): saving is a pause, a few hundred KB of device state and a
 //! file copy; restoring maps the RAM file copy-on-write, so pages load on
 //! first touch and the file stays reusable for the next restore.
+//!
+//! This module knows a snapshot's files and manifest: their names, how a
+//! new one is written and committed ([`NewSnapshot`]), how one is opened
+//! and verified. It knows nothing of QEMU: taking a snapshot of a running
+//! VM is [`crate::vm::save`], restoring one is [`crate::vm::Vm::restore`]
+//! and its siblings, both above this module.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::agent::FileState;
 use crate::cache::{CacheError, Manifest, PartialDir};
-use crate::vm::{Vm, VmError};
 
 const STATE: &str = "state";
 const RAM: &str = "ram";
-/// Copies of disk overlays taken with a snapshot (see [`take_with_disks`]).
+/// Copies of disk overlays taken with a snapshot (see [`NewSnapshot::copy_disks`]).
 const DISKS: &str = "disks";
 
 /// What a snapshot records about how it was made.
@@ -52,9 +55,6 @@ pub enum SnapshotError {
     /// The VM cannot be snapshotted.
     #[error("cannot snapshot: {0}")]
     Unsupported(String),
-    /// QEMU failed.
-    #[error(transparent)]
-    Vm(#[from] VmError),
     /// Files failed or do not match their manifest.
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -94,8 +94,9 @@ impl Snapshot {
         self.dir.join(RAM)
     }
 
-    /// Disk overlays saved with the snapshot (empty unless it was taken by
-    /// [`take_with_disks`]), as paths inside the snapshot.
+    /// Disk overlays saved with the snapshot (empty unless it was taken
+    /// with disks, see [`crate::vm::save::take_with_disks`]), as paths
+    /// inside the snapshot.
     pub fn disk_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.join(DISKS))
             .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -118,98 +119,61 @@ impl Snapshot {
     pub fn stored_bytes(&self) -> std::io::Result<u64> {
         Ok(allocated_bytes(&self.state_file())? + allocated_bytes(&self.ram_file())?)
     }
+}
 
-    /// Checks that this snapshot can restore `vm`'s guest on this QEMU.
-    pub fn check_matches(&self, vm: &Vm) -> Result<(), SnapshotError> {
-        let want = (vm.image().profile().to_string(), vm.image().kernel.identity(), vm.qmp_version());
-        let have = (self.meta.profile.clone(), self.meta.kernel.clone(), self.meta.qemu_version.clone());
-        if want != have {
-            return Err(SnapshotError::Mismatch {
-                dir: self.dir.clone(),
-                detail: format!("snapshot is {have:?}, VM is {want:?}"),
-            });
+/// A snapshot being written: its files go into a partial directory
+/// that becomes the snapshot at its final path only on
+/// [`NewSnapshot::commit`]; dropped before that, it leaves nothing behind.
+#[derive(Debug)]
+pub struct NewSnapshot {
+    partial: PartialDir,
+    dir: PathBuf,
+}
+
+impl NewSnapshot {
+    /// Starts writing the snapshot that will be at `dir` (replacing what is
+    /// there once committed).
+    pub fn begin(dir: &Path) -> Result<NewSnapshot, SnapshotError> {
+        Ok(NewSnapshot { partial: PartialDir::begin(dir)?, dir: dir.to_path_buf() })
+    }
+
+    /// Where the device-state migration stream goes.
+    pub fn state_file(&self) -> PathBuf {
+        self.partial.path().join(STATE)
+    }
+
+    /// Where the guest RAM image goes.
+    pub fn ram_file(&self) -> PathBuf {
+        self.partial.path().join(RAM)
+    }
+
+    /// Copies disk overlays into the snapshot.
+    pub fn copy_disks(&self, disks: &[PathBuf]) -> Result<(), SnapshotError> {
+        if disks.is_empty() {
+            return Ok(());
+        }
+        let dir = self.partial.path().join(DISKS);
+        std::fs::create_dir_all(&dir).map_err(|e| CacheError::io("create", &dir, e))?;
+        for disk in disks {
+            let name = disk.file_name().ok_or_else(|| SnapshotError::Missing(disk.clone()))?;
+            let target = dir.join(name);
+            std::fs::copy(disk, &target).map_err(|e| CacheError::io("copy a disk overlay to", &target, e))?;
         }
         Ok(())
     }
-}
 
-/// Snapshots a running VM into `dir` (replacing what is there). The guest
-/// is paused for the duration and resumed afterwards.
-pub fn take(vm: &mut Vm, dir: &Path, phase: &str) -> Result<Snapshot, SnapshotError> {
-    take_with_disks(vm, dir, phase, &[])
-}
-
-/// As [`take`], and also copies the given disk overlays while the guest is
-/// paused (QEMU flushes its block devices on `stop`, so the copies match
-/// the saved RAM's page cache). A campaign's golden snapshot needs them:
-/// every experiment restores RAM *and* disks to the same instant, which a
-/// recovery snapshot must never do to the data disk.
-pub fn take_with_disks(vm: &mut Vm, dir: &Path, phase: &str, disks: &[PathBuf]) -> Result<Snapshot, SnapshotError> {
-    let ram = vm.run_dir().join("guest.ram");
-    if !vm.snapshottable() || !ram.exists() {
-        return Err(SnapshotError::Unsupported(
-            "the VM's RAM is not a shared file of its own (started without shared_ram, or restored from a snapshot)"
-                .into(),
-        ));
+    /// Writes the manifest over the state, the RAM and the `disks` copied
+    /// with [`NewSnapshot::copy_disks`], makes the snapshot visible at its
+    /// final path and opens it there.
+    pub fn commit(self, meta: SnapshotMeta, disks: &[PathBuf]) -> Result<Snapshot, SnapshotError> {
+        let disk_names: Vec<String> =
+            disks.iter().filter_map(|d| d.file_name().map(|n| format!("{DISKS}/{}", n.to_string_lossy()))).collect();
+        let mut files = vec![STATE, RAM];
+        files.extend(disk_names.iter().map(String::as_str));
+        Manifest::build(self.partial.path(), meta, &files)?.store(self.partial.path())?;
+        self.partial.commit()?;
+        Snapshot::open(&self.dir)
     }
-    let partial = PartialDir::begin(dir)?;
-    let qmp = vm.qmp();
-    qmp.execute(
-        "migrate-set-capabilities",
-        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
-    )
-    .map_err(VmError::from)?;
-    // The default cap (about 128 MiB/s) would make even the small stream slow.
-    qmp.execute("migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40}))).map_err(VmError::from)?;
-    let paused = Instant::now();
-    qmp.execute("stop", None).map_err(VmError::from)?;
-    let result = save_while_paused(vm, &ram, partial.path()).and_then(|()| copy_disks(disks, partial.path()));
-    // Resume whatever happened: a failed snapshot must not leave the
-    // service down.
-    let resumed = vm.cont();
-    let pause_s = paused.elapsed().as_secs_f64();
-    result?;
-    resumed?;
-    let meta = SnapshotMeta {
-        profile: vm.image().profile().to_string(),
-        kernel: vm.image().kernel.identity(),
-        qemu_version: vm.qmp_version(),
-        accel: vm.accel().name().to_string(),
-        memory_mib: vm.config().memory_mib,
-        phase: phase.to_string(),
-        pause_s,
-        watched: vm.agent().watched_files(),
-    };
-    let disk_names: Vec<String> =
-        disks.iter().filter_map(|d| d.file_name().map(|n| format!("{DISKS}/{}", n.to_string_lossy()))).collect();
-    let mut files = vec![STATE, RAM];
-    files.extend(disk_names.iter().map(String::as_str));
-    Manifest::build(partial.path(), meta, &files)?.store(partial.path())?;
-    partial.commit()?;
-    Snapshot::open(dir)
-}
-
-fn copy_disks(disks: &[PathBuf], out: &Path) -> Result<(), SnapshotError> {
-    if disks.is_empty() {
-        return Ok(());
-    }
-    let dir = out.join(DISKS);
-    std::fs::create_dir_all(&dir).map_err(|e| CacheError::io("create", &dir, e))?;
-    for disk in disks {
-        let name = disk.file_name().ok_or_else(|| SnapshotError::Missing(disk.clone()))?;
-        let target = dir.join(name);
-        std::fs::copy(disk, &target).map_err(|e| CacheError::io("copy a disk overlay to", &target, e))?;
-    }
-    Ok(())
-}
-
-fn save_while_paused(vm: &mut Vm, ram: &Path, out: &Path) -> Result<(), SnapshotError> {
-    let uri = format!("exec:cat > {}", out.join(STATE).display());
-    vm.qmp().execute("migrate", Some(json!({ "uri": uri }))).map_err(VmError::from)?;
-    wait_migration(vm, Duration::from_secs(120))?;
-    let target = out.join(RAM);
-    copy_sparse(ram, &target).map_err(|e| CacheError::io("copy guest RAM to", &target, e))?;
-    Ok(())
 }
 
 /// Size of the pages [`copy_sparse`] compares against zero.
@@ -287,50 +251,4 @@ fn seek_data(file: &std::fs::File, pos: u64) -> std::io::Result<Option<u64>> {
 pub fn allocated_bytes(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata(path)?.blocks() * 512)
-}
-
-/// Saves the paused-for-the-purpose guest as one migration stream holding
-/// device state *and* RAM (zero pages only flagged), the classic snapshot
-/// a streamed restore ([`Vm::restore_streamed`]) reads. The guest is paused
-/// for the duration and resumed; returns the stream's size in bytes.
-pub fn take_stream(vm: &mut Vm, file: &Path) -> Result<u64, SnapshotError> {
-    let qmp = vm.qmp();
-    qmp.execute(
-        "migrate-set-capabilities",
-        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": false}]})),
-    )
-    .map_err(VmError::from)?;
-    // The default cap (about 128 MiB/s) would make the stream, not the
-    // guest, the thing measured.
-    qmp.execute("migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40}))).map_err(VmError::from)?;
-    qmp.execute("stop", None).map_err(VmError::from)?;
-    let uri = format!("exec:cat > {}", file.display());
-    let result = vm
-        .qmp()
-        .execute("migrate", Some(json!({ "uri": uri })))
-        .map_err(|e| SnapshotError::from(VmError::from(e)))
-        .and_then(|_| wait_migration(vm, Duration::from_secs(600)));
-    let resumed = vm.cont();
-    result?;
-    resumed?;
-    let size = std::fs::metadata(file).map_err(|e| CacheError::io("read the size of", file, e))?.len();
-    Ok(size)
-}
-
-fn wait_migration(vm: &mut Vm, timeout: Duration) -> Result<(), SnapshotError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let info = vm.qmp().execute("query-migrate", None).map_err(VmError::from)?;
-        match info.get("status").and_then(|s| s.as_str()).unwrap_or("none") {
-            "completed" => return Ok(()),
-            "failed" | "cancelled" => {
-                let why = info.get("error-desc").and_then(|s| s.as_str()).unwrap_or("no reason given");
-                return Err(SnapshotError::Migration(why.to_string()));
-            }
-            _ if Instant::now() > deadline => {
-                return Err(SnapshotError::Migration(format!("no completion in {} s", timeout.as_secs())))
-            }
-            _ => std::thread::sleep(Duration::from_millis(2)),
-        }
-    }
 }

@@ -6,6 +6,13 @@
 //! spawned it dies, even by `kill -9`) and [`Vm`]'s `Drop` kills it on every
 //! other path, panics included. Because the death signal follows the
 //! spawning *thread*, start VMs from a thread that lives as long as they do.
+//!
+//! This module holds the QEMU process and its command line; the restore
+//! paths (a lazy restore, on a standby or not, and a streamed one) are
+//! `impl Vm` in `vm/restore.rs`, taking snapshots is [`save`]. The VM
+//! layer sits above [`crate::accel`] (the plain accelerator names) and
+//! [`crate::snapshot`] (a snapshot's files), and imports neither the KVM
+//! probe ([`crate::accel_probe`]) nor the recovery loop, which use it.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
@@ -20,7 +27,11 @@ use crate::guest::GuestImage;
 use crate::ports::{self, PortInUse};
 use crate::probe::{self, ProbeError};
 use crate::qmp::{Qmp, QmpError, QmpEvent};
+use crate::snapshot::{Snapshot, SnapshotError};
 use crate::tools::{self, ToolError};
+
+mod restore;
+pub mod save;
 
 /// RAM the running kernel needs at least besides a crash kernel
 /// reservation: the tiny guest's kexec initramfs carries the kernel and a
@@ -159,6 +170,9 @@ pub enum VmError {
     /// A snapshot could not be loaded.
     #[error("restoring the snapshot failed: {0}")]
     Restore(String),
+    /// Taking a snapshot failed, or its files did.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// A crash kernel was asked for where the image has none.
     #[error("the {profile} guest image has no crash kernel to load; build the image again (`kfi guest build {profile}`) with this version of kfi")]
     NoCrashKernel {
@@ -216,12 +230,12 @@ pub struct BootReport {
 /// Dropping it stops the process.
 pub struct Standby {
     vm: Vm,
-    snapshot: crate::snapshot::Snapshot,
+    snapshot: Snapshot,
 }
 
 impl Standby {
     /// The snapshot it will load.
-    pub fn snapshot(&self) -> &crate::snapshot::Snapshot {
+    pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
 }
@@ -511,151 +525,6 @@ impl Vm {
         Self::launch(image, config, &ram)
     }
 
-    /// Starts QEMU from a snapshot: device state from its stream, RAM
-    /// mapped copy-on-write from its RAM file. Returns once the guest runs.
-    pub fn restore(image: &GuestImage, config: &VmConfig, snapshot: &crate::snapshot::Snapshot) -> Result<Vm, VmError> {
-        Self::restore_on(Self::standby(image, config, snapshot)?)
-    }
-
-    /// Launches the QEMU of a lazy restore of `snapshot` ahead of need:
-    /// its RAM mapped from the snapshot, its disks opened but inactive (an
-    /// incoming migration's disks take no write lock until the state is
-    /// loaded, so the VM it will replace can keep running on them), its
-    /// ports not yet bound. [`Vm::restore_on`] later finishes the restore
-    /// without paying for QEMU's start.
-    pub fn standby(
-        image: &GuestImage,
-        config: &VmConfig,
-        snapshot: &crate::snapshot::Snapshot,
-    ) -> Result<Standby, VmError> {
-        Self::standby_on(image, config, snapshot, &snapshot.ram_file(), &mut |_| Ok(()))
-    }
-
-    /// [`Vm::standby`] with the RAM image read from `ram` and `launched`
-    /// called with the new QEMU before anything is loaded.
-    fn standby_on(
-        image: &GuestImage,
-        config: &VmConfig,
-        snapshot: &crate::snapshot::Snapshot,
-        ram: &Path,
-        launched: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
-    ) -> Result<Standby, VmError> {
-        let config = VmConfig { memory_mib: snapshot.meta.memory_mib, ..config.clone() };
-        let mut vm = Self::launch(image, &config, &Ram::Snapshot(ram))?;
-        launched(&vm)?;
-        vm.qmp.execute(
-            "migrate-set-capabilities",
-            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
-        )?;
-        Ok(Standby { vm, snapshot: snapshot.clone() })
-    }
-
-    /// Loads the standby's snapshot and returns the running guest. The VM
-    /// it replaces must be gone (its ports are bound now).
-    pub fn restore_on(standby: Standby) -> Result<Vm, VmError> {
-        let Standby { mut vm, snapshot } = standby;
-        vm.check_alive()?;
-        let uri = format!("exec:cat {}", snapshot.state_file().display());
-        vm.qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
-        vm.finish_incoming(&snapshot.state_file())?;
-        Ok(vm)
-    }
-
-    /// The lazy restore of [`Vm::restore`] with the RAM image read from
-    /// `ram` (the snapshot's RAM file, or a block device holding it, e.g.
-    /// a throttled loop device) and `launched` called with the new QEMU
-    /// before anything is loaded (to put it in a cgroup, say).
-    pub fn restore_lazy(
-        image: &GuestImage,
-        config: &VmConfig,
-        snapshot: &crate::snapshot::Snapshot,
-        ram: &Path,
-        launched: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
-    ) -> Result<Vm, VmError> {
-        Self::restore_on(Self::standby_on(image, config, snapshot, ram, launched)?)
-    }
-
-    /// Starts QEMU from a full migration stream (device state *and* RAM,
-    /// see [`crate::snapshot::take_stream`]) into anonymous RAM: the
-    /// classic restore, whose time grows with what the stream holds. The
-    /// stream is fed through a socket by a thread of this process at no
-    /// more than `rate` bytes/s (`None`: as fast as it reads), so no helper
-    /// process can outlive the restore. Returns once the guest runs.
-    pub fn restore_streamed(
-        image: &GuestImage,
-        config: &VmConfig,
-        stream: &Path,
-        rate: Option<u64>,
-        launched: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
-    ) -> Result<Vm, VmError> {
-        let mut vm = Self::launch(image, config, &Ram::Incoming)?;
-        launched(&vm)?;
-        let socket = vm.run_dir().join("incoming.sock");
-        let uri = format!("unix:{}", socket.display());
-        vm.qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
-        let file = stream.to_path_buf();
-        let feeder = std::thread::Builder::new()
-            .name("restore-feed".into())
-            .spawn(move || crate::storage::feed(&file, &socket, rate))
-            .map_err(io_err("start the thread feeding", stream))?;
-        let loaded = vm.finish_incoming(stream);
-        let fed = feeder.join().map_err(|_| VmError::Restore("the thread feeding the stream panicked".into()))?;
-        loaded?;
-        fed.map_err(io_err("feed the migration stream", stream))?;
-        Ok(vm)
-    }
-
-    /// Waits until an incoming migration has loaded and the guest runs,
-    /// then forwards the HTTP port.
-    fn finish_incoming(&mut self, source: &Path) -> Result<(), VmError> {
-        // The snapshot was saved from a paused guest, so the loaded guest
-        // stays paused ("inmigrate" until the stream ends) until `cont`.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            match self.status()?.as_str() {
-                "running" => {
-                    // QEMU's user networking accepts host connections as soon
-                    // as a forward exists and then loses the guest-side SYN
-                    // while the guest is still loading, leaving clients to a
-                    // multi-second retransmit. Forwarding only a running
-                    // guest makes early connects fail fast instead.
-                    let add = format!("hostfwd_add net0 tcp:127.0.0.1:{}-:80", self.http.port());
-                    let out =
-                        self.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": add })))?;
-                    if let Some(text) = out.as_str().filter(|t| !t.trim().is_empty()) {
-                        return Err(VmError::Restore(format!(
-                            "cannot forward port {}: {}",
-                            self.http.port(),
-                            text.trim()
-                        )));
-                    }
-                    let gdb = format!("gdbserver tcp:127.0.0.1:{}", self.gdb.port());
-                    let out =
-                        self.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": gdb })))?;
-                    let text = out.as_str().unwrap_or_default();
-                    if !text.contains("Waiting for gdb connection") {
-                        return Err(VmError::Restore(format!(
-                            "cannot start the gdbstub on port {}: {}",
-                            self.gdb.port(),
-                            text.trim()
-                        )));
-                    }
-                    return Ok(());
-                }
-                "paused" | "postmigrate" => {
-                    self.cont()?;
-                }
-                "inmigrate" | "prelaunch" if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                other => {
-                    return Err(VmError::Restore(format!(
-                        "the VM is `{other}` instead of running after loading {}",
-                        source.display()
-                    )))
-                }
-            }
-        }
-    }
-
     fn launch(image: &GuestImage, config: &VmConfig, ram: &Ram) -> Result<Vm, VmError> {
         if let Some(crash) = config.crash_kernel_mib {
             if !image.can_kexec() {
@@ -798,7 +667,7 @@ impl Vm {
         VmConfig { http_port: Some(self.http.port()), gdb_port: Some(self.gdb.port()), ..self.config.clone() }
     }
 
-    /// Whether [`crate::snapshot::take`] can snapshot it: its RAM is a
+    /// Whether [`save::take`] can snapshot it: its RAM is a
     /// shared file of its own. A restored VM maps a snapshot's RAM
     /// privately and cannot.
     pub fn snapshottable(&self) -> bool {
@@ -1004,7 +873,7 @@ fn round_ms(s: f64) -> f64 {
     (s * 1000.0).round() / 1000.0
 }
 
-/// Used by [`crate::accel`] to say which QEMU binary runs.
+/// Used by [`crate::accel_probe`] to say which QEMU binary runs.
 pub fn qemu_version() -> Result<String, ToolError> {
     let out = tools::QEMU.run(["--version"], None)?;
     let first = out.lines().next().unwrap_or_default();

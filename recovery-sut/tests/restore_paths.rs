@@ -10,6 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use recovery_sut::storage::{self, LoopDevice, ReadThrottle};
+use recovery_sut::vm::save;
 use recovery_sut::{memory, probe, snapshot, Accel, Vm, VmConfig};
 use support::tiny_image;
 
@@ -50,9 +51,9 @@ fn lazy_and_streamed_restores_serve_correct_content_and_slow_storage_is_slower()
     let reduced_ram = memory::settle_reporting(&vm, Duration::from_secs(30)).unwrap();
     assert!(reduced_ram + (24 << 20) < full_ram, "RAM file {full_ram} -> {reduced_ram} bytes after reporting");
 
-    let snap = snapshot::take(&mut vm, &work.path().join("snap"), "services-ready").expect("lazy snapshot");
+    let snap = save::take(&mut vm, &work.path().join("snap"), "services-ready").expect("lazy snapshot");
     let stream = work.path().join("stream");
-    let stream_bytes = snapshot::take_stream(&mut vm, &stream).expect("streamed snapshot");
+    let stream_bytes = save::take_stream(&mut vm, &stream).expect("streamed snapshot");
     assert!(stream_bytes > snap.stored_bytes().unwrap() / 2, "the stream holds the RAM");
     drop(vm);
 

@@ -137,13 +137,14 @@ fn too_little_memory_is_refused() {
 
 #[test]
 fn service_snapshot_restores_the_service_and_is_reusable() {
-    use recovery_sut::snapshot::{self, Snapshot};
+    use recovery_sut::snapshot::Snapshot;
+    use recovery_sut::vm::save;
     use std::time::Instant;
     let image = tiny_image();
     let store = tempfile::tempdir().unwrap();
     let mut vm = Vm::start(&image, &VmConfig { shared_ram: true, ..tcg() }).expect("start");
     vm.wait_http(BOOT).expect("boot");
-    let snap = snapshot::take(&mut vm, &store.path().join("svc"), "services-ready").expect("snapshot");
+    let snap = save::take(&mut vm, &store.path().join("svc"), "services-ready").expect("snapshot");
     assert!(snap.meta.pause_s < 5.0, "paused {} s", snap.meta.pause_s);
     probe::check_doc(vm.http_addr(), image.docs.index(), Duration::from_secs(10)).expect("serving after the snapshot");
     let config = vm.config();
@@ -164,12 +165,13 @@ fn service_snapshot_restores_the_service_and_is_reusable() {
 
 #[test]
 fn corrupt_snapshot_is_refused() {
-    use recovery_sut::snapshot::{self, Snapshot};
+    use recovery_sut::snapshot::Snapshot;
+    use recovery_sut::vm::save;
     let image = tiny_image();
     let store = tempfile::tempdir().unwrap();
     let mut vm = Vm::start(&image, &VmConfig { shared_ram: true, ..tcg() }).expect("start");
     vm.wait_phase("services-ready", BOOT).expect("boot");
-    let snap = snapshot::take(&mut vm, &store.path().join("svc"), "services-ready").expect("snapshot");
+    let snap = save::take(&mut vm, &store.path().join("svc"), "services-ready").expect("snapshot");
     let state = snap.state_file();
     let mut bytes = std::fs::read(&state).unwrap();
     let mid = bytes.len() / 2;
@@ -449,7 +451,7 @@ fn kexec_reboot_recovers_a_crash_in_the_crash_kernel_and_serves_correct_content(
 #[test]
 #[ignore]
 fn first_answers_after_a_restore() {
-    use recovery_sut::snapshot;
+    use recovery_sut::vm::save;
     use std::time::Instant;
     let image = tiny_image();
     let config = VmConfig { shared_ram: true, ..tcg() };
@@ -457,7 +459,7 @@ fn first_answers_after_a_restore() {
     vm.wait_phase("services-ready", BOOT).expect("boot");
     vm.agent().wait_heartbeat(0, BOOT).expect("heartbeat");
     let dir = tempfile::tempdir().unwrap();
-    let snap = snapshot::take(&mut vm, &dir.path().join("s"), "services-ready").expect("snapshot");
+    let snap = save::take(&mut vm, &dir.path().join("s"), "services-ready").expect("snapshot");
     let config = vm.config();
     drop(vm);
     let index = image.docs.index();

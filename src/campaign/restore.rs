@@ -23,6 +23,7 @@ use analysis::store::Store;
 use anyhow::{bail, Context, Result};
 use recovery_sut::snapshot::{self, Snapshot};
 use recovery_sut::storage::{self, LoopDevice, ReadThrottle, Storage};
+use recovery_sut::vm::save;
 use recovery_sut::{memory, probe, Vm, VmConfig, VmError};
 
 use super::env::{Environment, GoldenDir, RunOptions, RunSummary};
@@ -93,13 +94,13 @@ fn prepare(env: &Environment<'_>, golden: &Path, spec: &RestoreSpec, point: &Res
     metrics.insert("guest_ram_bytes_at_snapshot".to_string(), ram_bytes(&ram_file)? as f64);
     let overlays: Vec<PathBuf> =
         ["root.qcow2", "data.qcow2"].iter().map(|n| disks.join(n)).filter(|p| p.exists()).collect();
-    let snap = snapshot::take_with_disks(&mut vm, &dir.path().join("lazy"), "services-ready", &overlays)
+    let snap = save::take_with_disks(&mut vm, &dir.path().join("lazy"), "services-ready", &overlays)
         .context("taking the lazy snapshot")?;
     metrics.insert("lazy_snapshot_bytes".to_string(), snap.stored_bytes().context("sizing the snapshot")? as f64);
     metrics.insert("snapshot_pause_s".to_string(), snap.meta.pause_s);
     let stream = dir.path().join("stream");
     let t = Instant::now();
-    let stream_bytes = snapshot::take_stream(&mut vm, &stream).context("saving the migration stream")?;
+    let stream_bytes = save::take_stream(&mut vm, &stream).context("saving the migration stream")?;
     metrics.insert("stream_save_s".to_string(), t.elapsed().as_secs_f64());
     metrics.insert("streamed_snapshot_bytes".to_string(), stream_bytes as f64);
     vm.kill();

@@ -1,0 +1,284 @@
+//! The SUT's recovery snapshots and the rules that say whether one may be
+//! restored: the phase snapshot (userland up, data disk not mounted) and
+//! the service snapshot (services running), the safety monitor's verdict
+//! on each (watched files as the agents reported them, against each
+//! snapshot's manifest and the time it was taken), and the data disk's
+//! write count (a service snapshot is stale once the disk was written
+//! after it). It also lets the data disk settle before a service snapshot.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::error::RecoveryError;
+use crate::agent::{AgentChannel, FileChange, FileState};
+use crate::snapshot::Snapshot;
+use crate::vm::{save, Vm};
+
+/// How long the agent gets to report the watched files before a snapshot
+/// is taken without a complete manifest.
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the data disk must go without a write before a service
+/// snapshot is taken, and how long the SUT waits for that at most.
+const DATA_QUIET: Duration = Duration::from_secs(2);
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which recovery snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Which {
+    Service,
+    Phase,
+}
+
+impl Which {
+    /// Its name in messages, and its directory in the snapshot set.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Which::Service => "service",
+            Which::Phase => "phase",
+        }
+    }
+}
+
+/// A SUT's recovery snapshots with what decides their validity; it
+/// outlives every VM of the SUT.
+pub(super) struct SnapshotSet {
+    /// Where new snapshots are taken (golden ones stay where they are).
+    dir: tempfile::TempDir,
+    service: Option<Snapshot>,
+    phase: Option<Snapshot>,
+    /// Data-disk writes the current QEMU had counted when the disk last
+    /// matched the service snapshot's view of it.
+    data_baseline: Option<u64>,
+    /// The data disk changed since the service snapshot: restoring it
+    /// would bring back a page cache that disagrees with the disk.
+    data_dirty: bool,
+    /// The watched files as the agents last reported them, across VMs.
+    files: BTreeMap<String, FileState>,
+    /// Every watched-file change reported since the older snapshot.
+    changes: Vec<FileChange>,
+    /// When the service and phase snapshots were taken (or, for golden
+    /// ones, adopted): a change reported later invalidates them.
+    service_taken: Instant,
+    phase_taken: Instant,
+}
+
+impl SnapshotSet {
+    /// Takes the phase snapshot of a booting `vm` (held at the userland
+    /// boundary) into `dir`; no service snapshot yet.
+    pub(super) fn at_boot(dir: tempfile::TempDir, vm: &mut Vm) -> Result<SnapshotSet, RecoveryError> {
+        // The agent reports the watched files just before `held`.
+        let phase = Some(save::take(vm, &dir.path().join(Which::Phase.name()), "userland")?);
+        let taken = Instant::now();
+        Ok(SnapshotSet {
+            dir,
+            service: None,
+            phase,
+            data_baseline: None,
+            data_dirty: false,
+            files: BTreeMap::new(),
+            changes: Vec::new(),
+            service_taken: taken,
+            phase_taken: taken,
+        })
+    }
+
+    /// Adopts a golden service snapshot (and phase snapshot, if any) as
+    /// taken now; `data_baseline` is the restored QEMU's data-disk write
+    /// count. New snapshots go to `dir`.
+    pub(super) fn adopted(
+        dir: tempfile::TempDir,
+        service: Snapshot,
+        phase: Option<Snapshot>,
+        data_baseline: Option<u64>,
+    ) -> SnapshotSet {
+        let now = Instant::now();
+        SnapshotSet {
+            dir,
+            service: Some(service),
+            phase,
+            data_baseline,
+            data_dirty: false,
+            files: BTreeMap::new(),
+            changes: Vec::new(),
+            service_taken: now,
+            phase_taken: now,
+        }
+    }
+
+    /// The snapshot, if there is one.
+    pub(super) fn get(&self, which: Which) -> Option<&Snapshot> {
+        match which {
+            Which::Service => self.service.as_ref(),
+            Which::Phase => self.phase.as_ref(),
+        }
+    }
+
+    /// Whether the data disk was written since the service snapshot.
+    pub(super) fn data_dirty(&self) -> bool {
+        self.data_dirty
+    }
+
+    /// Takes the service snapshot of `vm` now (services must be running),
+    /// once the agent has reported the `watched` files and the data disk
+    /// has settled.
+    pub(super) fn take_service(&mut self, vm: &mut Vm, watched: &[&str]) -> Result<(), RecoveryError> {
+        let dir = self.dir.path().join(Which::Service.name());
+        wait_manifest(vm, watched);
+        quiesce_data_disk(vm);
+        let snap = save::take(vm, &dir, "services-ready")?;
+        self.service_taken = Instant::now();
+        self.absorb(vm.agent());
+        self.data_baseline = data_writes(vm);
+        self.data_dirty = false;
+        self.service = Some(snap);
+        Ok(())
+    }
+
+    /// Takes the phase snapshot again if the safety monitor has
+    /// invalidated it and `vm` (held at the userland boundary) can be
+    /// snapshotted.
+    pub(super) fn retake_phase_if_unsafe(&mut self, vm: &mut Vm) -> Result<(), RecoveryError> {
+        if let Some(reason) = self.unsafe_reason(Which::Phase) {
+            if vm.snapshottable() {
+                tracing::info!("taking the phase snapshot again: {reason}");
+                let dir = self.dir.path().join(Which::Phase.name());
+                self.phase = Some(save::take(vm, &dir, "userland")?);
+                self.phase_taken = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the watched-file reports of a VM's agent into the set's own
+    /// view, which outlives the VM.
+    pub(super) fn absorb(&mut self, agent: &AgentChannel) {
+        let changes = agent.take_changes();
+        self.files.extend(agent.watched_files());
+        self.changes.extend(changes);
+        // Changes older than both snapshots can no longer invalidate one.
+        let oldest = self.service_taken.min(self.phase_taken);
+        self.changes.retain(|c| c.at > oldest);
+    }
+
+    /// Notes writes `vm`'s QEMU (a crashed one still counts them) made to
+    /// the data disk since the service snapshot's view of it.
+    pub(super) fn note_data_writes(&mut self, vm: &mut Vm) {
+        if let (Some(baseline), Some(now)) = (self.data_baseline, data_writes(vm)) {
+            if now > baseline {
+                self.data_dirty = true;
+            }
+        }
+    }
+
+    /// After a service restore: the restored guest's view of the disk is
+    /// the snapshot's, and the new QEMU counts writes from zero.
+    pub(super) fn data_restored(&mut self, vm: &mut Vm) {
+        self.data_baseline = data_writes(vm);
+    }
+
+    /// After a boot or phase restore: the data disk, if any, was mounted
+    /// anew (journal replay included).
+    pub(super) fn data_remounted(&mut self, vm: &mut Vm) {
+        if data_writes(vm).is_some() {
+            self.data_dirty = true;
+        }
+    }
+
+    /// Why the safety monitor forbids restoring a snapshot, if it does:
+    /// a watched file differs from the snapshot's manifest, or changed
+    /// after the snapshot was taken.
+    pub(super) fn unsafe_reason(&self, which: Which) -> Option<String> {
+        let (snap, taken) = match which {
+            Which::Service => (self.service.as_ref()?, self.service_taken),
+            Which::Phase => (self.phase.as_ref()?, self.phase_taken),
+        };
+        let mut changed: BTreeMap<&str, String> = BTreeMap::new();
+        for (path, was) in &snap.meta.watched {
+            match self.files.get(path) {
+                Some(now) if now != was => {
+                    changed.insert(path, format!("{path} (was {was}, now {now})"));
+                }
+                _ => {}
+            }
+        }
+        for c in self.changes.iter().filter(|c| c.at > taken) {
+            changed.entry(&c.path).or_insert_with(|| format!("{} (changed to {} after the snapshot)", c.path, c.state));
+        }
+        (!changed.is_empty()).then(|| {
+            format!(
+                "the safety monitor saw watched files change since the {} snapshot: {}; restoring it would bring back a system that disagrees with them",
+                which.name(),
+                changed.into_values().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+}
+
+/// Write requests QEMU has counted on the data disk, if there is one.
+pub(super) fn data_writes(vm: &mut Vm) -> Option<u64> {
+    let stats = vm.qmp().execute("query-blockstats", None).ok()?;
+    stats.as_array()?.iter().find(|d| d["device"] == "data")?["stats"]["wr_operations"].as_u64()
+}
+
+/// Waits until the agent has reported every `watched` file, so that a
+/// snapshot records the full manifest.
+pub(super) fn wait_manifest(vm: &mut Vm, watched: &[&str]) {
+    // The heartbeat loop's manifest (a boot's hold reported one
+    // earlier): the service then runs with the agent in its loop, and
+    // a guest restored from the snapshot obeys commands at once.
+    if vm.agent().wait_heartbeat(0, MANIFEST_TIMEOUT).is_none() {
+        tracing::warn!("no agent heartbeat within {MANIFEST_TIMEOUT:?} before the snapshot");
+    }
+    if !vm.agent().wait_watched(watched, MANIFEST_TIMEOUT) {
+        tracing::warn!("the agent reported no manifest of the watched files within {MANIFEST_TIMEOUT:?}; the snapshot cannot be checked against file changes");
+    }
+}
+
+/// Lets the data disk settle before a service snapshot: the guest
+/// writes its dirty pages back, then the SUT waits until QEMU counts no
+/// new write for [`DATA_QUIET`]. A snapshot taken with dirty pages, or
+/// with a database in the middle of background work, writes the data
+/// disk again after every restore, and that makes the next service
+/// restore unsafe (see [`SnapshotSet::note_data_writes`]). A disk that
+/// never settles (a workload writing) is snapshotted anyway, with a
+/// warning.
+pub(super) fn quiesce_data_disk(vm: &mut Vm) {
+    let Some(mut last) = data_writes(vm) else { return };
+    let started = Instant::now();
+    if let Err(e) = crate::memory::sync(vm) {
+        tracing::warn!("the guest did not sync before the service snapshot: {e}");
+    }
+    let mut quiet_since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = data_writes(vm).unwrap_or(last);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= DATA_QUIET {
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "data disk quiet for the service snapshot");
+            return;
+        }
+        if started.elapsed() >= QUIESCE_TIMEOUT {
+            tracing::warn!(
+                "the data disk was still being written after {QUIESCE_TIMEOUT:?}; a service restore from this snapshot will fall back to phase-restore"
+            );
+            return;
+        }
+    }
+}
+
+/// Copies a snapshot's files into `dir` and opens the copy there.
+pub(super) fn copy_snapshot(snap: &Snapshot, dir: &Path) -> Result<Snapshot, RecoveryError> {
+    std::fs::create_dir_all(dir).map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })?;
+    for entry in std::fs::read_dir(&snap.dir).map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })? {
+        let entry = entry.map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })?;
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name()))
+                .map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })?;
+        }
+    }
+    Ok(Snapshot::open(dir)?)
+}

@@ -1,0 +1,66 @@
+//! The standby QEMU: launched on the service snapshot ahead of the next
+//! service restore ([`Vm::standby`]), so that a recovery does not wait for
+//! QEMU to start; a restore without one (or whose standby fails) launches
+//! its own.
+
+use crate::guest::GuestImage;
+use crate::snapshot::Snapshot;
+use crate::vm::{Standby, Vm, VmConfig, VmError};
+
+/// The SUT's standby QEMU, if one is launched.
+#[derive(Default)]
+pub(super) struct StandbySlot(Option<Standby>);
+
+impl StandbySlot {
+    /// Replaces the standby by one launched on `snapshot` (none without a
+    /// snapshot, or if it cannot start).
+    pub(super) fn prepare(&mut self, image: &GuestImage, config: &VmConfig, snapshot: Option<&Snapshot>) {
+        self.0 = None;
+        let Some(snap) = snapshot else { return };
+        match Vm::standby(image, config, snap) {
+            Ok(standby) => self.0 = Some(standby),
+            Err(e) => tracing::warn!("no standby QEMU for the next restore: {e}"),
+        }
+    }
+
+    /// Stops the standby (it maps the RAM file of a snapshot about to be
+    /// replaced).
+    pub(super) fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// Whether no standby is launched.
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The standby, if it was launched on `snapshot`.
+    pub(super) fn take_for(&mut self, snapshot: &Snapshot) -> Option<Standby> {
+        match &self.0 {
+            Some(s) if s.snapshot().dir == snapshot.dir => self.0.take(),
+            _ => None,
+        }
+    }
+}
+
+/// Restores `snapshot` on `standby`, or in a QEMU launched now without one
+/// or when the standby fails (`which` names the snapshot in the warning).
+/// The VM it replaces must be gone. `true`: it ran on the standby.
+pub(super) fn restore(
+    standby: Option<Standby>,
+    image: &GuestImage,
+    config: &VmConfig,
+    snapshot: &Snapshot,
+    which: &str,
+) -> Result<(Vm, bool), VmError> {
+    match standby {
+        Some(standby) => match Vm::restore_on(standby) {
+            Ok(vm) => Ok((vm, true)),
+            Err(e) => {
+                tracing::warn!("the standby QEMU could not restore the {which} snapshot ({e}); launching another");
+                Vm::restore(image, config, snapshot).map(|vm| (vm, false))
+            }
+        },
+        None => Vm::restore(image, config, snapshot).map(|vm| (vm, false)),
+    }
+}
