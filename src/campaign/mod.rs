@@ -3,7 +3,8 @@
 //! turned into tables, figures and a report by the `analysis` crate.
 //!
 //! Layers, each using only those above it in this list:
-//! `restore_spec` and `spec` (the file and its expansion), `experiment`
+//! `spec` (the file and its expansion; `spec::restore` for the `[restore]`
+//! table), `experiment`
 //! (one experiment from golden snapshot to record) and `faults` (the
 //! injector's hook into it), `env` (what a run is given and returns),
 //! `restore` (the `[restore]` measurements) and `runner` (golden run,
@@ -18,6 +19,5 @@ pub mod experiment;
 pub mod faults;
 pub mod ops;
 pub mod restore;
-pub mod restore_spec;
 pub mod runner;
 pub mod spec;

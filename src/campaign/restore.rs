@@ -27,7 +27,7 @@ use recovery_sut::vm::save;
 use recovery_sut::{memory, probe, Vm, VmConfig, VmError};
 
 use super::env::{Environment, GoldenDir, RunOptions, RunSummary};
-use super::restore_spec::{CacheState, Reduction, RestorePath, RestorePoint, RestoreSpec};
+use super::spec::restore::{CacheState, Reduction, RestorePath, RestorePoint, RestoreSpec};
 use super::spec::{Action, Campaign, ExperimentFile, Planned};
 
 /// One prepared guest: the snapshots every experiment of its (RAM size,

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use workloads::rubis::Mix;
 
-use super::restore_spec::{self, RestorePoint, RestoreSpec};
+pub mod restore;
+
+use self::restore::{RestorePoint, RestoreSpec};
 pub use crate::crash::Crash;
 
 /// The most experiments one file may expand to.
@@ -449,7 +451,7 @@ impl Campaign {
             .map_err(|e| ExperimentFileError::Parse { path: path.to_path_buf(), message: parse_message(text, &e) })?;
         validate(path, &file)?;
         if let Some(restore) = &file.restore {
-            restore_spec::validate(path, text, &file, restore)?;
+            restore::validate(path, text, &file, restore)?;
         }
         Ok(Campaign { path: path.to_path_buf(), sha256: hex::encode(Sha256::digest(text.as_bytes())), file })
     }
@@ -477,7 +479,7 @@ impl Campaign {
     pub fn expand(&self) -> Vec<Planned> {
         let f = &self.file;
         if let Some(restore) = &f.restore {
-            return restore_spec::expand(restore, f.repetitions);
+            return restore::expand(restore, f.repetitions);
         }
         let mut out = Vec::new();
         let mut next_fault = 0u64;

@@ -1,7 +1,8 @@
 //! The `[restore]` table of an experiment file: restore measurements
 //! (RAM sizes x memory reduction x restore path x storage x cache state),
 //! their validation with file, line and key, and their stable expansion.
-//! Running them is `campaign::restore`'s job.
+//! Running them is `campaign::restore`'s job. A part of the experiment
+//! file's layer: it uses only its parent, `spec`.
 
 use std::fmt;
 use std::path::Path;
@@ -10,7 +11,7 @@ use recovery_sut::storage::Storage;
 use recovery_sut::Strategy;
 use serde::{Deserialize, Serialize};
 
-use super::spec::{Action, ExperimentFile, ExperimentFileError, Planned};
+use super::{Action, ExperimentFile, ExperimentFileError, Planned};
 
 /// Memory reduction before the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,12 +208,12 @@ pub fn validate(path: &Path, text: &str, file: &ExperimentFile, spec: &RestoreSp
         [spec.ram_mb.len(), spec.reduction.len(), spec.restore_path.len(), spec.storage.len(), spec.cache.len()]
             .iter()
             .try_fold(u64::from(file.repetitions), |n, &k| n.checked_mul(k as u64));
-    if points.is_none_or(|n| n > super::spec::MAX_EXPERIMENTS) {
+    if points.is_none_or(|n| n > super::MAX_EXPERIMENTS) {
         return Err(invalid(
             "ram_mb",
             format!(
                 "the table expands to more than {} experiments: use fewer values or repetitions",
-                super::spec::MAX_EXPERIMENTS
+                super::MAX_EXPERIMENTS
             ),
         ));
     }
@@ -273,7 +274,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::collections::BTreeSet;
 
-    use super::super::spec::Campaign;
+    use super::super::Campaign;
     use super::*;
 
     const GOOD: &str = r#"
