@@ -328,4 +328,18 @@ mod tests {
         assert_eq!(s.latency.max_s, Some(0.3));
         assert_eq!(s.bytes, 40);
     }
+
+    #[test]
+    fn latency_quantiles_are_the_shared_statistics() {
+        let latencies = [0.012, 0.3, 0.05, 0.07, 0.9, 0.011, 0.2, 0.04];
+        let records: Vec<Record> = latencies
+            .iter()
+            .map(|&l| Record { start: 1.0, end: 1.0 + l, path: "/".into(), outcome: RequestOutcome::Ok, bytes: 1 })
+            .collect();
+        let s = summarize(&records, 1.0).latency;
+        let shared = kfi_stats::Summary::of(&latencies).unwrap();
+        let close = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() < 1e-9;
+        assert!(close(s.p50_s, shared.median) && close(s.p95_s, shared.p95) && close(s.mean_s, shared.mean));
+        assert!(close(s.p90_s, kfi_stats::quantile(latencies, 0.9).unwrap()));
+    }
 }
