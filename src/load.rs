@@ -16,6 +16,10 @@ use anyhow::{Context, Result};
 use workloads::rubis::{self, Ack, Mix, RubisSpec};
 use workloads::{ClosedLoop, DocList, LoadSpec, Mode, Record};
 
+/// The failure pause of every downtime measurement: the resolution at
+/// which a client sees the service come back.
+pub const DOWNTIME_FAILURE_PAUSE: Duration = Duration::from_millis(10);
+
 /// What the clients request.
 #[derive(Debug, Clone)]
 pub enum Clients {

@@ -142,7 +142,7 @@ fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &R
         clients: Clients::Static(docs.clone()),
         count: plan.clients,
         think: Duration::ZERO,
-        failure_pause: Duration::from_millis(10),
+        failure_pause: crate::load::DOWNTIME_FAILURE_PAUSE,
         timeout: Duration::from_secs(1),
         // An upper bound only: the run is stopped once the service is back.
         duration: Duration::from_secs(600),

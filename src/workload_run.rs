@@ -235,7 +235,7 @@ pub fn run(prepared: &Prepared, plan: &WorkloadPlan, step: &dyn Fn(&str)) -> Res
         WorkloadKind::Apache => (
             Clients::Static(DocList::load(&prepared.image.dir.join("docs.json"))?),
             plan.think.unwrap_or(Duration::ZERO),
-            Duration::from_millis(10),
+            crate::load::DOWNTIME_FAILURE_PAUSE,
         ),
         WorkloadKind::Rubis => {
             (Clients::Rubis(plan.mix), plan.think.unwrap_or(Duration::from_secs(7)), Duration::from_millis(100))

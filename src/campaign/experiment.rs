@@ -143,9 +143,7 @@ pub fn client_load(w: &WorkloadSpec, docs: &DocList, duration: Duration, timeout
         WorkloadKind::Apache => Clients::Static(docs.clone()),
         WorkloadKind::Rubis => Clients::Rubis(w.rubis_mix()),
     };
-    // A short pause after a failed request: it is the resolution at which
-    // clients see the service come back.
-    let failure_pause = Duration::from_millis(10);
+    let failure_pause = crate::load::DOWNTIME_FAILURE_PAUSE;
     ClientLoad { clients, count: w.clients, think: w.think(), failure_pause, timeout, duration, seed }
 }
 
