@@ -10,7 +10,8 @@ mod cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use cli::{KernelArgs, ProfileArg, Progress};
+use cli::{KernelArgs, Progress};
+use kfi::campaign::spec::GuestProfile;
 use recovery_sut::{guest, kernel, Cache, KernelChoice};
 
 #[derive(Parser)]
@@ -79,7 +80,7 @@ enum GuestCommand {
     /// Build a guest image into the cache (atomically; cached by recipe hash).
     Build {
         /// Guest profile.
-        profile: ProfileArg,
+        profile: GuestProfile,
         /// Rebuild even if an image with the same recipe exists.
         #[arg(long)]
         force: bool,
@@ -89,7 +90,7 @@ enum GuestCommand {
     /// Check every file of a built image against its manifest (full hash).
     Verify {
         /// Guest profile.
-        profile: ProfileArg,
+        profile: GuestProfile,
         #[command(flatten)]
         kernel: KernelArgs,
     },

@@ -20,14 +20,25 @@ use crate::setup::Prepared;
 /// Width of the timeline's bins: the resolution downtime is measured at.
 const BIN_S: f64 = 0.1;
 
-/// Which workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+/// Which workload drives the guest (`kfi workload run --kind`, an
+/// experiment file's `[workload] kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkloadKind {
-    /// Static files with a realistic size mix (the guest's document set).
+    /// Static files with a realistic size mix over HTTP (the guest's
+    /// document set; busybox httpd in tiny, Apache in debian).
     Apache,
     /// The RUBiS auction site (debian guest only).
     Rubis,
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkloadKind::Apache => "apache",
+            WorkloadKind::Rubis => "rubis",
+        })
+    }
 }
 
 /// Latency of the correct answers, seconds; quantiles are type 7

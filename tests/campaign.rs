@@ -120,7 +120,7 @@ fn a_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates() {
         assert!(rec.recovered, "{r:?}");
         assert_eq!(r.lost_writes, Some(0), "acknowledged writes lost: {r:?}");
         assert!(r.downtime_s.unwrap() > 0.0);
-        assert_eq!(r.provenance.accel, "tcg");
+        assert_eq!(r.provenance.accel.name(), "tcg");
         assert!(!r.timeline.is_empty());
     }
     // A rerun of a finished campaign does nothing.
@@ -215,10 +215,10 @@ strategies = ["service-restore"]
     let records = stored(&results, "rubis");
     assert_eq!(records.len(), 1);
     let r = &records[0];
-    assert_eq!(r.workload, "rubis");
+    assert_eq!(r.workload.name(), "rubis");
     let recovery = r.recovery.as_ref().expect("a recovery");
     assert!(recovery.recovered, "{recovery:?}");
-    assert_eq!(recovery.used, "phase-restore", "{recovery:?}");
+    assert_eq!(recovery.used.name(), "phase-restore", "{recovery:?}");
     assert!(recovery.fallback_reason.as_deref().unwrap_or("").contains("data disk"), "{recovery:?}");
     assert!(r.acked_writes.unwrap_or(0) > 0, "the bidding sessions had no write acknowledged: {r:?}");
     assert_eq!(r.lost_writes, Some(0));

@@ -15,12 +15,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::record::{ExperimentRecord, Injection};
+use crate::record::{ExperimentRecord, Injection, RecordedOutcome, RecordedScope, RecordedStrategy, RecordedWorkload};
 use crate::stats::{median, Summary};
-use crate::tables::{
-    downtime_stats, failure_class, metric_points, order_key, DowntimeStats, FULL_REBOOT, OUTCOME_ORDER,
-    PUBLISHED_REDUCTION, STRATEGY_ORDER,
-};
+use crate::tables::{downtime_stats, failure_class, metric_points, DowntimeStats, PUBLISHED_REDUCTION};
 
 /// Font family name the embedded font is registered under.
 const FONT: &str = "sans-serif";
@@ -142,26 +139,27 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
-fn strategy_color(s: &str) -> RGBColor {
+/// `None` (no recovery ran) gets a colour of its own.
+fn strategy_color(s: Option<RecordedStrategy>) -> RGBColor {
     match s {
-        "full-reboot" => RGBColor(127, 127, 127),
-        "kexec-reboot" => RGBColor(255, 127, 14),
-        "phase-restore" => RGBColor(31, 119, 180),
-        "service-restore" => RGBColor(44, 160, 44),
-        other => PALETTE[other.bytes().map(usize::from).sum::<usize>() % PALETTE.len()],
+        Some(RecordedStrategy::FullReboot) => RGBColor(127, 127, 127),
+        Some(RecordedStrategy::KexecReboot) => RGBColor(255, 127, 14),
+        Some(RecordedStrategy::PhaseRestore) => RGBColor(31, 119, 180),
+        Some(RecordedStrategy::ServiceRestore) => RGBColor(44, 160, 44),
+        None => PALETTE[0],
     }
 }
 
-fn outcome_color(o: &str) -> RGBColor {
+fn outcome_color(o: RecordedOutcome) -> RGBColor {
     match o {
-        "forced-crash" => RGBColor(148, 103, 189),
-        "panic" => RGBColor(214, 39, 40),
-        "oops" => RGBColor(255, 127, 14),
-        "hang" => RGBColor(140, 86, 75),
-        "service-error" => RGBColor(227, 190, 40),
-        "benign" => RGBColor(44, 160, 44),
-        "not-activated" => RGBColor(190, 190, 190),
-        other => PALETTE[other.bytes().map(usize::from).sum::<usize>() % PALETTE.len()],
+        RecordedOutcome::ForcedCrash => RGBColor(148, 103, 189),
+        RecordedOutcome::Panic => RGBColor(214, 39, 40),
+        RecordedOutcome::Oops => RGBColor(255, 127, 14),
+        RecordedOutcome::Hang => RGBColor(140, 86, 75),
+        RecordedOutcome::ServiceError => RGBColor(227, 190, 40),
+        RecordedOutcome::Benign => RGBColor(44, 160, 44),
+        RecordedOutcome::NotActivated => RGBColor(190, 190, 190),
+        RecordedOutcome::Restored => RGBColor(23, 190, 207),
     }
 }
 
@@ -489,9 +487,9 @@ fn fmt_s(x: f64) -> String {
 /// class) with downtimes.
 pub fn downtime_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
     let stats = downtime_stats(records);
-    let mut groups: BTreeMap<(String, String), Vec<&DowntimeStats>> = BTreeMap::new();
+    let mut groups: BTreeMap<(RecordedWorkload, String), Vec<&DowntimeStats>> = BTreeMap::new();
     for s in &stats {
-        groups.entry((s.workload.clone(), s.failure.clone())).or_default().push(s);
+        groups.entry((s.workload, s.failure.clone())).or_default().push(s);
     }
     let mut out = Vec::new();
     for ((workload, failure), group) in groups {
@@ -499,7 +497,7 @@ pub fn downtime_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Fig
         if group.is_empty() {
             continue;
         }
-        let values = |strategy: &str| -> Vec<f64> {
+        let values = |strategy: RecordedStrategy| -> Vec<f64> {
             records
                 .iter()
                 .filter(|r| r.workload == workload && failure_class(r) == failure)
@@ -507,19 +505,22 @@ pub fn downtime_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Fig
                 .filter_map(|r| r.downtime_s)
                 .collect()
         };
-        let reference = group.iter().find(|s| s.strategy == FULL_REBOOT).and_then(|s| s.summary).map(|s| {
-            (s.median * (1.0 - PUBLISHED_REDUCTION), format!("published: −{:.0}%", PUBLISHED_REDUCTION * 100.0))
-        });
+        let reference =
+            group.iter().find(|s| s.strategy == RecordedStrategy::FullReboot).and_then(|s| s.summary).map(|s| {
+                (s.median * (1.0 - PUBLISHED_REDUCTION), format!("published: −{:.0}%", PUBLISHED_REDUCTION * 100.0))
+            });
         let bars = group
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 let m = s.summary.map_or(0.0, |x| x.median);
                 let label = match s.reduction {
-                    Some(r) if s.strategy != FULL_REBOOT => format!("{} ({:+.1}%)", fmt_s(m), -100.0 * r),
+                    Some(r) if s.strategy != RecordedStrategy::FullReboot => {
+                        format!("{} ({:+.1}%)", fmt_s(m), -100.0 * r)
+                    }
                     _ => fmt_s(m),
                 };
-                Bar { category: i, slot: 0, values: values(&s.strategy), color: strategy_color(&s.strategy), label }
+                Bar { category: i, slot: 0, values: values(s.strategy), color: strategy_color(Some(s.strategy)), label }
             })
             .collect();
         let title = format!("Client-seen downtime: {workload}, {failure} (median, dots: experiments)");
@@ -533,7 +534,7 @@ pub fn downtime_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Fig
             legend: Vec::new(),
             reference,
         };
-        let name = format!("downtime-{}-{}", slug(&workload), slug(&failure));
+        let name = format!("downtime-{}-{}", slug(workload.name()), slug(&failure));
         out.push(render(&fig, dir, &name, &title)?);
     }
     Ok(out)
@@ -560,8 +561,8 @@ fn bin_width(records: &[&ExperimentRecord]) -> f64 {
 /// Throughput of one strategy around the failure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Throughput {
-    /// Strategy requested (`none` without a recovery).
-    pub strategy: String,
+    /// Strategy requested (`None` without a recovery).
+    pub strategy: Option<RecordedStrategy>,
     /// Experiments averaged.
     pub experiments: usize,
     /// `(seconds relative to the failure, correct answers per second)`.
@@ -573,13 +574,13 @@ pub struct Throughput {
 /// bin width).
 pub fn throughput_series(records: &[&ExperimentRecord]) -> Vec<Throughput> {
     let w = bin_width(records);
-    let mut by: BTreeMap<String, Vec<&ExperimentRecord>> = BTreeMap::new();
+    // `None` sorts first: experiments without a recovery, then the
+    // strategies in table order.
+    let mut by: BTreeMap<Option<RecordedStrategy>, Vec<&ExperimentRecord>> = BTreeMap::new();
     for r in records {
-        let s = r.recovery.as_ref().map_or("none".to_string(), |x| x.requested.clone());
-        by.entry(s).or_default().push(r);
+        by.entry(r.recovery.as_ref().map(|x| x.requested)).or_default().push(r);
     }
-    let mut out: Vec<_> = by
-        .into_iter()
+    by.into_iter()
         .map(|(s, rs)| {
             let mut bins: BTreeMap<i64, (f64, u32)> = BTreeMap::new();
             for r in &rs {
@@ -592,23 +593,24 @@ pub fn throughput_series(records: &[&ExperimentRecord]) -> Vec<Throughput> {
             let pts = bins.into_iter().map(|(k, (sum, n))| (k as f64 * w, sum / f64::from(n))).collect();
             Throughput { strategy: s, experiments: rs.len(), points: pts }
         })
-        .collect();
-    out.sort_by(|a, b| order_key(&STRATEGY_ORDER, &a.strategy).cmp(&order_key(&STRATEGY_ORDER, &b.strategy)));
-    out
+        .collect()
 }
 
 /// Throughput around the failure, one line per strategy: one figure per
 /// (workload, failure class) with timelines.
 pub fn throughput_timelines(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
-    let mut groups: BTreeMap<(String, String), Vec<&ExperimentRecord>> = BTreeMap::new();
+    let mut groups: BTreeMap<(RecordedWorkload, String), Vec<&ExperimentRecord>> = BTreeMap::new();
     for r in records.iter().filter(|r| !r.timeline.is_empty()) {
-        groups.entry((r.workload.clone(), failure_class(r))).or_default().push(r);
+        groups.entry((r.workload, failure_class(r))).or_default().push(r);
     }
     let mut out = Vec::new();
     for ((workload, failure), rs) in groups {
         let series: Vec<_> = throughput_series(&rs)
             .into_iter()
-            .map(|t| (format!("{} (n={})", t.strategy, t.experiments), strategy_color(&t.strategy), t.points))
+            .map(|t| {
+                let name = t.strategy.map_or("none", RecordedStrategy::name);
+                (format!("{name} (n={})", t.experiments), strategy_color(t.strategy), t.points)
+            })
             .collect();
         let title = format!("Throughput around the failure: {workload}, {failure}");
         let fig = Lines {
@@ -620,7 +622,7 @@ pub fn throughput_timelines(records: &[ExperimentRecord], dir: &Path) -> Result<
             marker: Some((0.0, " failure".into())),
             markers_on_lines: false,
         };
-        let name = format!("throughput-{}-{}", slug(&workload), slug(&failure));
+        let name = format!("throughput-{}-{}", slug(workload.name()), slug(&failure));
         out.push(render(&fig, dir, &name, &title)?);
     }
     Ok(out)
@@ -631,14 +633,13 @@ type Layers = Vec<(String, RGBColor, Vec<f64>)>;
 
 /// The bars and layers of a 100%-stacked chart: per fault model, the share
 /// of each class (`class` of a record, `None` to leave it out), classes in
-/// `order`. `None` when no record has a class.
-fn shares_per_model(
+/// their table order (`Ord`). `None` when no record has a class.
+fn shares_per_model<C: Ord + Copy + std::fmt::Display>(
     records: &[ExperimentRecord],
-    order: &[&str],
-    color: fn(&str) -> RGBColor,
-    class: impl Fn(&ExperimentRecord) -> Option<String>,
+    color: fn(C) -> RGBColor,
+    class: impl Fn(&ExperimentRecord) -> Option<C>,
 ) -> Option<(Vec<String>, Vec<u64>, Layers)> {
-    let mut by: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut by: BTreeMap<String, BTreeMap<C, u64>> = BTreeMap::new();
     for r in records {
         if let Some(c) = class(r) {
             *by.entry(r.injection.label()).or_default().entry(c).or_default() += 1;
@@ -647,8 +648,8 @@ fn shares_per_model(
     if by.is_empty() {
         return None;
     }
-    let mut classes: Vec<String> = by.values().flat_map(|m| m.keys().cloned()).collect();
-    classes.sort_by(|a, b| order_key(order, a).cmp(&order_key(order, b)));
+    let mut classes: Vec<C> = by.values().flat_map(|m| m.keys().copied()).collect();
+    classes.sort();
     classes.dedup();
     let totals: Vec<u64> = by.values().map(|m| m.values().sum()).collect();
     let layers = classes
@@ -659,7 +660,7 @@ fn shares_per_model(
                 .zip(&totals)
                 .map(|(m, t)| 100.0 * m.get(c).copied().unwrap_or(0) as f64 / *t as f64)
                 .collect();
-            (c.clone(), color(c), shares)
+            (c.to_string(), color(*c), shares)
         })
         .collect();
     Some((by.into_keys().collect(), totals, layers))
@@ -668,9 +669,9 @@ fn shares_per_model(
 /// Outcome shares per fault model (forced crashes as `crash:<kind>`), as
 /// 100%-stacked bars.
 pub fn outcome_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
-    let Some((categories, totals, layers)) = shares_per_model(records, &OUTCOME_ORDER, outcome_color, |r| {
-        (!matches!(r.injection, Injection::None)).then(|| r.outcome.to_string())
-    }) else {
+    let Some((categories, totals, layers)) =
+        shares_per_model(records, outcome_color, |r| (!matches!(r.injection, Injection::None)).then_some(r.outcome))
+    else {
         return Ok(Vec::new());
     };
     let title = "Outcomes per fault model".to_string();
@@ -690,9 +691,7 @@ pub fn outcome_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figu
 /// 100%-stacked bars.
 pub fn scope_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
     let Some((categories, totals, layers)) =
-        shares_per_model(records, &crate::record::scope::ORDER, scope_color, |r| {
-            crate::tables::propagation(r).map(|p| p.scope.clone())
-        })
+        shares_per_model(records, scope_color, |r| crate::tables::propagation(r).map(|p| p.scope))
     else {
         return Ok(Vec::new());
     };
@@ -709,12 +708,12 @@ pub fn scope_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure
     Ok(vec![render(&fig, dir, "propagation-scope", &title)?])
 }
 
-fn scope_color(s: &str) -> RGBColor {
+fn scope_color(s: RecordedScope) -> RGBColor {
     match s {
-        "masked" => RGBColor(170, 170, 170),
-        "process-local" => RGBColor(44, 160, 44),
-        "kernel-global" => RGBColor(214, 39, 40),
-        _ => RGBColor(255, 187, 120),
+        RecordedScope::Masked => RGBColor(170, 170, 170),
+        RecordedScope::ProcessLocal => RGBColor(44, 160, 44),
+        RecordedScope::KernelGlobal => RGBColor(214, 39, 40),
+        RecordedScope::Unknown => RGBColor(255, 187, 120),
     }
 }
 

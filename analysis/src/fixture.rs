@@ -15,7 +15,8 @@
 use std::collections::BTreeMap;
 
 use crate::record::{
-    scope, ExperimentRecord, Injection, Propagation, Provenance, RecordedOutcome, RecoveryRecord, TimelineBin,
+    ExperimentRecord, Injection, Propagation, Provenance, RecordedAccel, RecordedCause, RecordedCrash, RecordedModel,
+    RecordedOutcome, RecordedProfile, RecordedScope, RecordedStrategy, RecordedWorkload, RecoveryRecord, TimelineBin,
 };
 use crate::store::CampaignMeta;
 
@@ -25,10 +26,10 @@ pub const CAMPAIGN: &str = "fixture";
 /// Provenance shared by the fixture's records.
 pub fn provenance() -> Provenance {
     Provenance {
-        accel: "tcg".into(),
+        accel: RecordedAccel::Tcg,
         qemu_version: "10.0.2".into(),
         kernel_version: "6.12.38+deb13-amd64".into(),
-        profile: "tiny".into(),
+        profile: RecordedProfile::Tiny,
         ram_mb: 256,
         seed: 7,
         kfi_version: "0.1.0".into(),
@@ -42,7 +43,7 @@ pub fn blank(experiment: u64, key: &str) -> ExperimentRecord {
         campaign: CAMPAIGN.into(),
         experiment,
         key: key.into(),
-        workload: "none".into(),
+        workload: RecordedWorkload::Apache,
         injection: Injection::None,
         outcome: RecordedOutcome::Benign,
         outcome_detail: None,
@@ -66,16 +67,15 @@ pub fn blank(experiment: u64, key: &str) -> ExperimentRecord {
 /// A forced sysrq crash under apache recovered by `strategy` in
 /// `downtime_s`, with a 100 ms timeline of 50 answers/s that stops for the
 /// downtime.
-pub fn crash(experiment: u64, strategy: &str, rep: u32, downtime_s: f64) -> ExperimentRecord {
+pub fn crash(experiment: u64, strategy: RecordedStrategy, rep: u32, downtime_s: f64) -> ExperimentRecord {
     let mut r = blank(experiment, &format!("strategy={strategy} crash=sysrq rep={rep}"));
-    r.workload = "apache".into();
-    r.injection = Injection::Crash { crash: "sysrq".into() };
+    r.injection = Injection::Crash { crash: RecordedCrash::Sysrq };
     r.outcome = RecordedOutcome::ForcedCrash;
     r.recovery = Some(RecoveryRecord {
-        requested: strategy.into(),
-        used: strategy.into(),
+        requested: strategy,
+        used: strategy,
         fallback_reason: None,
-        cause: "guest-panicked".into(),
+        cause: RecordedCause::GuestPanicked,
         recovered: true,
         detect_s: 0.05,
         restart_s: downtime_s * 0.7,
@@ -106,10 +106,10 @@ pub fn crash(experiment: u64, strategy: &str, rep: u32, downtime_s: f64) -> Expe
 /// service-restore, 5 each (indices 0..15).
 pub fn downtime_records() -> Vec<ExperimentRecord> {
     let mut out = Vec::new();
-    let sets: [(&str, [f64; 5]); 3] = [
-        ("full-reboot", [22.0, 20.0, 24.0, 21.0, 23.0]),
-        ("phase-restore", [7.0, 5.0, 9.0, 6.0, 8.0]),
-        ("service-restore", [1.4, 1.0, 1.8, 1.2, 1.6]),
+    let sets: [(RecordedStrategy, [f64; 5]); 3] = [
+        (RecordedStrategy::FullReboot, [22.0, 20.0, 24.0, 21.0, 23.0]),
+        (RecordedStrategy::PhaseRestore, [7.0, 5.0, 9.0, 6.0, 8.0]),
+        (RecordedStrategy::ServiceRestore, [1.4, 1.0, 1.8, 1.2, 1.6]),
     ];
     for (strategy, downtimes) in sets {
         for (rep, d) in downtimes.into_iter().enumerate() {
@@ -138,10 +138,9 @@ pub fn records() -> Vec<ExperimentRecord> {
     for (i, o) in outcomes.into_iter().enumerate() {
         let n = out.len() as u64;
         let mut r = blank(n, &format!("model=reg-flip target={i}"));
-        r.workload = "apache".into();
         let activated = o != RecordedOutcome::NotActivated;
         r.injection = Injection::Fault {
-            model: "reg-flip".into(),
+            model: RecordedModel::RegFlip,
             subsystem: Some(if i % 2 == 0 { "mm" } else { "fs" }.into()),
             function: Some(format!("func_{i}")),
             description: format!("flip bit {i} of rax"),
@@ -150,20 +149,24 @@ pub fn records() -> Vec<ExperimentRecord> {
             activation_s: activated.then_some(0.5 + i as f64 / 10.0),
             propagation: activated.then(|| {
                 let s = [
-                    scope::PROCESS_LOCAL,
-                    scope::PROCESS_LOCAL,
-                    scope::KERNEL_GLOBAL,
-                    scope::PROCESS_LOCAL,
-                    scope::MASKED,
-                    scope::PROCESS_LOCAL,
-                    scope::KERNEL_GLOBAL,
-                    scope::UNKNOWN,
+                    RecordedScope::ProcessLocal,
+                    RecordedScope::ProcessLocal,
+                    RecordedScope::KernelGlobal,
+                    RecordedScope::ProcessLocal,
+                    RecordedScope::Masked,
+                    RecordedScope::ProcessLocal,
+                    RecordedScope::KernelGlobal,
+                    RecordedScope::Unknown,
                 ][i];
                 Box::new(Propagation {
-                    scope: s.into(),
+                    scope: s,
                     why: format!("fixture {i}"),
                     activating: Some(format!("task{i}[{}]", 100 + i)),
-                    foreign_readers: if s == scope::KERNEL_GLOBAL { vec!["kworker/0:1[12]".into()] } else { vec![] },
+                    foreign_readers: if s == RecordedScope::KernelGlobal {
+                        vec!["kworker/0:1[12]".into()]
+                    } else {
+                        vec![]
+                    },
                     steps: 100 * i as u64,
                     short_s: 0.1,
                     long_s: 2.0,

@@ -64,7 +64,7 @@ fn bools(name: &str, rs: &[ExperimentRecord], f: impl Fn(&ExperimentRecord) -> O
 pub fn records_frame(rs: &[ExperimentRecord]) -> PolarsResult<DataFrame> {
     let fault = |r: &ExperimentRecord| match &r.injection {
         Injection::Fault { model, subsystem, function, description, activated, activation_s, .. } => {
-            Some((model.clone(), subsystem.clone(), function.clone(), description.clone(), *activated, *activation_s))
+            Some((*model, subsystem.clone(), function.clone(), description.clone(), *activated, *activation_s))
         }
         _ => None,
     };
@@ -72,7 +72,7 @@ pub fn records_frame(rs: &[ExperimentRecord]) -> PolarsResult<DataFrame> {
         strings("campaign", rs, |r| Some(r.campaign.clone())),
         uints("experiment", rs, |r| Some(r.experiment)),
         strings("key", rs, |r| Some(r.key.clone())),
-        strings("workload", rs, |r| Some(r.workload.clone())),
+        strings("workload", rs, |r| Some(r.workload.to_string())),
         strings("injection", rs, |r| Some(r.injection.label())),
         strings("injection_kind", rs, |r| {
             Some(
@@ -85,26 +85,26 @@ pub fn records_frame(rs: &[ExperimentRecord]) -> PolarsResult<DataFrame> {
             )
         }),
         strings("crash", rs, |r| match &r.injection {
-            Injection::Crash { crash } => Some(crash.clone()),
+            Injection::Crash { crash } => Some(crash.to_string()),
             _ => None,
         }),
-        strings("fault_model", rs, |r| fault(r).map(|f| f.0)),
+        strings("fault_model", rs, |r| fault(r).map(|f| f.0.to_string())),
         strings("subsystem", rs, |r| fault(r).and_then(|f| f.1)),
         strings("function", rs, |r| fault(r).and_then(|f| f.2)),
         strings("fault_description", rs, |r| fault(r).map(|f| f.3)),
         bools("activated", rs, |r| fault(r).map(|f| f.4)),
         floats("activation_s", rs, |r| fault(r).and_then(|f| f.5)),
-        strings("scope", rs, |r| crate::tables::propagation(r).map(|p| p.scope.clone())),
+        strings("scope", rs, |r| crate::tables::propagation(r).map(|p| p.scope.to_string())),
         strings("scope_activating", rs, |r| crate::tables::propagation(r).and_then(|p| p.activating.clone())),
         strings("scope_readers", rs, |r| crate::tables::propagation(r).map(|p| p.foreign_readers.join("; "))),
         floats("trace_steps", rs, |r| crate::tables::propagation(r).map(|p| p.steps as f64)),
         floats("trace_short_s", rs, |r| crate::tables::propagation(r).map(|p| p.short_s)),
         bools("surfaced_elsewhere", rs, |r| crate::tables::propagation(r).and_then(|p| p.surfaced_elsewhere)),
         strings("outcome", rs, |r| Some(r.outcome.to_string())),
-        strings("strategy_requested", rs, |r| r.recovery.as_ref().map(|x| x.requested.clone())),
-        strings("strategy_used", rs, |r| r.recovery.as_ref().map(|x| x.used.clone())),
+        strings("strategy_requested", rs, |r| r.recovery.as_ref().map(|x| x.requested.to_string())),
+        strings("strategy_used", rs, |r| r.recovery.as_ref().map(|x| x.used.to_string())),
         strings("fallback_reason", rs, |r| r.recovery.as_ref().and_then(|x| x.fallback_reason.clone())),
-        strings("detect_cause", rs, |r| r.recovery.as_ref().map(|x| x.cause.clone())),
+        strings("detect_cause", rs, |r| r.recovery.as_ref().map(|x| x.cause.to_string())),
         bools("recovered", rs, |r| r.recovery.as_ref().map(|x| x.recovered)),
         floats("detect_s", rs, |r| r.recovery.as_ref().map(|x| x.detect_s)),
         floats("restart_s", rs, |r| r.recovery.as_ref().map(|x| x.restart_s)),
@@ -125,10 +125,10 @@ pub fn records_frame(rs: &[ExperimentRecord]) -> PolarsResult<DataFrame> {
         cols.push(floats(&format!("metric_{m}"), rs, |r| r.metrics.get(m).copied()));
     }
     cols.extend([
-        strings("accel", rs, |r| Some(r.provenance.accel.clone())),
+        strings("accel", rs, |r| Some(r.provenance.accel.to_string())),
         strings("qemu_version", rs, |r| Some(r.provenance.qemu_version.clone())),
         strings("kernel_version", rs, |r| Some(r.provenance.kernel_version.clone())),
-        strings("profile", rs, |r| Some(r.provenance.profile.clone())),
+        strings("profile", rs, |r| Some(r.provenance.profile.to_string())),
         uints("ram_mb", rs, |r| Some(u64::from(r.provenance.ram_mb))),
         uints("seed", rs, |r| Some(r.provenance.seed)),
         strings("kfi_version", rs, |r| Some(r.provenance.kfi_version.clone())),
@@ -151,10 +151,10 @@ pub fn timeline_frame(rs: &[ExperimentRecord]) -> PolarsResult<DataFrame> {
     let cols = vec![
         Column::new("campaign".into(), rows.iter().map(|(r, _)| r.campaign.as_str()).collect::<Vec<_>>()),
         Column::new("experiment".into(), rows.iter().map(|(r, _)| r.experiment).collect::<Vec<_>>()),
-        Column::new("workload".into(), rows.iter().map(|(r, _)| r.workload.as_str()).collect::<Vec<_>>()),
+        Column::new("workload".into(), rows.iter().map(|(r, _)| r.workload.name()).collect::<Vec<_>>()),
         Column::new(
             "strategy".into(),
-            rows.iter().map(|(r, _)| r.recovery.as_ref().map_or("none", |x| x.requested.as_str())).collect::<Vec<_>>(),
+            rows.iter().map(|(r, _)| r.recovery.as_ref().map_or("none", |x| x.requested.name())).collect::<Vec<_>>(),
         ),
         Column::new("t_s".into(), rows.iter().map(|(_, b)| b.t_s).collect::<Vec<_>>()),
         Column::new("correct".into(), rows.iter().map(|(_, b)| b.correct).collect::<Vec<_>>()),

@@ -1,113 +1,222 @@
 //! One experiment's durable record: what the campaign runner writes and
 //! every table, figure and report reads.
 //!
-//! The types hold plain strings for fault models, outcomes and strategies
-//! instead of the producing crates' enums, so that analysis reads stores
-//! written by older and newer `kfi` builds alike and never needs a VM crate
-//! to compile. The runner converts its typed values with their `Display`
-//! (kebab-case) names, listed here as constants where analysis relies on
-//! them.
+//! Every field that holds one of a fixed set of values is an enum of this
+//! module (`Recorded*`), stored as its kebab-case name. They mirror the
+//! producing crates' enums (the injector's outcomes, fault models and
+//! scopes, the VMM's strategies and failure causes) instead of reusing them,
+//! so that analysis never needs a VM crate to compile; the runner converts
+//! with exhaustive matches, so a new producer variant does not compile until
+//! it has a stored name here. A store holding a name this build does not
+//! know is refused when read, naming the value, rather than misread.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// What an experiment came to, as stored: the injector's outcomes (its
-/// `Outcome`, same kebab-case names), plus the two a campaign records
-/// itself. Stored as its name, so stores of older builds read the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RecordedOutcome {
-    /// The kernel panicked (GUEST_PANICKED or a panic in the console).
-    Panic,
-    /// An oops, BUG or general-protection fault that did not panic.
-    Oops,
-    /// No heartbeat and no service answer for the hang timeout.
-    Hang,
-    /// The service answered wrongly or not at all with the kernel alive.
-    ServiceError,
-    /// The fault ran and nothing visible happened.
-    Benign,
-    /// The faulty instruction or data was never reached in the window.
-    NotActivated,
-    /// A crash forced on purpose (sysrq, NMI), not an injected fault.
-    ForcedCrash,
-    /// A restore measurement that brought the service back.
-    Restored,
-}
-
-impl RecordedOutcome {
-    /// Every outcome, in table order.
-    pub const ALL: [RecordedOutcome; 8] = [
-        RecordedOutcome::ForcedCrash,
-        RecordedOutcome::Panic,
-        RecordedOutcome::Oops,
-        RecordedOutcome::Hang,
-        RecordedOutcome::ServiceError,
-        RecordedOutcome::Benign,
-        RecordedOutcome::NotActivated,
-        RecordedOutcome::Restored,
-    ];
-
-    /// The stored (kebab-case) name.
-    pub const fn name(self) -> &'static str {
-        match self {
-            RecordedOutcome::Panic => "panic",
-            RecordedOutcome::Oops => "oops",
-            RecordedOutcome::Hang => "hang",
-            RecordedOutcome::ServiceError => "service-error",
-            RecordedOutcome::Benign => "benign",
-            RecordedOutcome::NotActivated => "not-activated",
-            RecordedOutcome::ForcedCrash => "forced-crash",
-            RecordedOutcome::Restored => "restored",
+/// A closed set of stored names: the enum, its serde names, `ALL` in table
+/// order, `name()`, `Display` and `FromStr`.
+macro_rules! recorded_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident ($what:literal) {
+            $( $(#[$vmeta:meta])* $variant:ident = $stored:literal, )+
         }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        $vis enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $stored)] $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in table order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored (kebab-case) name.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $stored,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $name::ALL.iter().copied().find(|v| v.name() == s).ok_or_else(|| {
+                    let known: Vec<&str> = $name::ALL.iter().map(|v| v.name()).collect();
+                    format!("`{s}` is not {} (known: {})", $what, known.join(", "))
+                })
+            }
+        }
+    };
+}
+
+recorded_enum! {
+    /// What an experiment came to, as stored: the injector's outcomes (its
+    /// `Outcome`, same kebab-case names), plus the two a campaign records
+    /// itself.
+    pub enum RecordedOutcome ("an outcome") {
+        /// A crash forced on purpose (sysrq, NMI), not an injected fault.
+        ForcedCrash = "forced-crash",
+        /// The kernel panicked (GUEST_PANICKED or a panic in the console).
+        Panic = "panic",
+        /// An oops, BUG or general-protection fault that did not panic.
+        Oops = "oops",
+        /// No heartbeat and no service answer for the hang timeout.
+        Hang = "hang",
+        /// The service answered wrongly or not at all with the kernel alive.
+        ServiceError = "service-error",
+        /// The fault ran and nothing visible happened.
+        Benign = "benign",
+        /// The faulty instruction or data was never reached in the window.
+        NotActivated = "not-activated",
+        /// A restore measurement that brought the service back.
+        Restored = "restored",
     }
 }
 
-impl std::fmt::Display for RecordedOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+recorded_enum! {
+    /// The accelerator QEMU ran the guest with.
+    pub enum RecordedAccel ("an accelerator") {
+        /// Hardware virtualisation.
+        Kvm = "kvm",
+        /// Software emulation.
+        Tcg = "tcg",
     }
 }
 
-impl std::str::FromStr for RecordedOutcome {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        RecordedOutcome::ALL.into_iter().find(|o| o.name() == s).ok_or_else(|| format!("`{s}` is not an outcome"))
+recorded_enum! {
+    /// The guest profile.
+    pub enum RecordedProfile ("a guest profile") {
+        /// Busybox initramfs with busybox httpd.
+        Tiny = "tiny",
+        /// Debian bookworm with systemd, Apache, PHP and MariaDB.
+        Debian = "debian",
     }
 }
 
-/// Outcome names as tables and figures group by them ([`RecordedOutcome::name`]).
-pub mod outcome {
-    use super::RecordedOutcome;
-    /// See [`RecordedOutcome::Panic`].
-    pub const PANIC: &str = RecordedOutcome::Panic.name();
-    /// See [`RecordedOutcome::Oops`].
-    pub const OOPS: &str = RecordedOutcome::Oops.name();
-    /// See [`RecordedOutcome::Hang`].
-    pub const HANG: &str = RecordedOutcome::Hang.name();
-    /// See [`RecordedOutcome::ServiceError`].
-    pub const SERVICE_ERROR: &str = RecordedOutcome::ServiceError.name();
-    /// See [`RecordedOutcome::Benign`].
-    pub const BENIGN: &str = RecordedOutcome::Benign.name();
-    /// See [`RecordedOutcome::NotActivated`].
-    pub const NOT_ACTIVATED: &str = RecordedOutcome::NotActivated.name();
-    /// See [`RecordedOutcome::ForcedCrash`].
-    pub const FORCED_CRASH: &str = RecordedOutcome::ForcedCrash.name();
+recorded_enum! {
+    /// The workload that drove the guest.
+    pub enum RecordedWorkload ("a workload") {
+        /// Static files over HTTP.
+        Apache = "apache",
+        /// The RUBiS auction site.
+        Rubis = "rubis",
+    }
+}
+
+recorded_enum! {
+    /// A crash forced on purpose.
+    pub enum RecordedCrash ("a crash kind") {
+        /// sysrq-trigger `c` through the guest agent.
+        Sysrq = "sysrq",
+        /// An NMI with `unknown_nmi_panic`.
+        Panic = "panic",
+        /// The vCPUs stopped.
+        Hang = "hang",
+    }
+}
+
+recorded_enum! {
+    /// An injector fault model (the injector's `ModelKind`).
+    pub enum RecordedModel ("a fault model") {
+        /// One bit of a register when the trigger fires.
+        RegFlip = "reg-flip",
+        /// One bit of a byte in kernel `.data`/`.bss`.
+        DataFlip = "data-flip",
+        /// One bit on the current task's kernel stack.
+        StackFlip = "stack-flip",
+        /// One bit of the heap object a register points to.
+        HeapFlip = "heap-flip",
+        /// One bit of a kernel function's code.
+        TextFlip = "text-flip",
+        /// An instruction deleted (NOPs of the same length).
+        Nop = "nop",
+        /// A conditional branch deleted.
+        Branch = "branch",
+        /// A conditional branch's condition inverted.
+        Inverse = "inverse",
+        /// A store into the stack frame deleted.
+        Init = "init",
+        /// A comparison's immediate bound changed by one.
+        OffByOne = "off-by-one",
+        /// A call replaced by "returns zero".
+        RetZero = "ret-zero",
+        /// A bit of the register an instruction writes.
+        Dst = "dst",
+        /// A bit of a register an instruction reads.
+        Src = "src",
+        /// A bit of the base register of a memory operand.
+        Ptr = "ptr",
+    }
+}
+
+recorded_enum! {
+    /// How far an error propagated (the injector's `trace::Scope`).
+    pub enum RecordedScope ("a propagation scope") {
+        /// The taint died before anything read it from memory.
+        Masked = "masked",
+        /// Only the activating process context touched tainted data.
+        ProcessLocal = "process-local",
+        /// Another task, a kernel thread or an interrupt handler read it.
+        KernelGlobal = "kernel-global",
+        /// The tracing budget ran out first.
+        Unknown = "unknown",
+    }
+}
+
+recorded_enum! {
+    /// A recovery strategy (the VMM's `Strategy`).
+    pub enum RecordedStrategy ("a recovery strategy") {
+        /// Reset and boot from scratch: the baseline.
+        FullReboot = "full-reboot",
+        /// Jump into a loaded crash kernel.
+        KexecReboot = "kexec-reboot",
+        /// Restore the pre-data-disk snapshot, then mount and start.
+        PhaseRestore = "phase-restore",
+        /// Restore the snapshot taken with the services running.
+        ServiceRestore = "service-restore",
+    }
+}
+
+recorded_enum! {
+    /// What gave a failure away (the VMM's `FailureCause`).
+    pub enum RecordedCause ("a failure cause") {
+        /// pvpanic raised GUEST_PANICKED.
+        GuestPanicked = "guest-panicked",
+        /// pvpanic raised GUEST_CRASHLOADED.
+        GuestCrashLoaded = "guest-crash-loaded",
+        /// The agent's heartbeat stopped.
+        HeartbeatLost = "heartbeat-lost",
+        /// The QEMU process died.
+        QemuExited = "qemu-exited",
+        /// The i6300esb watchdog fired.
+        Watchdog = "watchdog",
+        /// The host's service probe failed several times in a row.
+        ServiceProbe = "service-probe",
+    }
 }
 
 /// How the results were obtained; the same for every experiment of a run,
 /// stored with each so that merged shards stay self-describing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
-    /// `kvm` or `tcg`.
-    pub accel: String,
+    /// The accelerator.
+    pub accel: RecordedAccel,
     /// `qemu-system-x86_64 --version`, first line's version number.
     pub qemu_version: String,
     /// The guest kernel's release, e.g. `6.1.0-56-amd64`.
     pub kernel_version: String,
-    /// Guest profile: `tiny` or `debian`.
-    pub profile: String,
+    /// Guest profile.
+    pub profile: RecordedProfile,
     /// Guest RAM in MiB.
     pub ram_mb: u32,
     /// The campaign seed (fault lists and request mixes derive from it).
@@ -126,13 +235,13 @@ pub enum Injection {
     None,
     /// A crash forced on purpose.
     Crash {
-        /// `sysrq`, `panic` or `hang`.
-        crash: String,
+        /// Which crash.
+        crash: RecordedCrash,
     },
     /// A fault from the injector.
     Fault {
-        /// Fault model name, e.g. `reg-flip`, `text-flip`, `nop`.
-        model: String,
+        /// The fault model.
+        model: RecordedModel,
         /// Subsystem of the target (`kernel`, `mm`, `fs`, `net`, ...),
         /// when the target has a source file.
         subsystem: Option<String>,
@@ -153,25 +262,11 @@ pub enum Injection {
     },
 }
 
-/// Error propagation scope names (see the injector's `trace::Scope`).
-pub mod scope {
-    /// The taint died before anything read it from memory.
-    pub const MASKED: &str = "masked";
-    /// Only the activating process context touched tainted data.
-    pub const PROCESS_LOCAL: &str = "process-local";
-    /// Another task, a kernel thread or an interrupt handler read it.
-    pub const KERNEL_GLOBAL: &str = "kernel-global";
-    /// The tracing budget ran out first.
-    pub const UNKNOWN: &str = "unknown";
-    /// Table order.
-    pub const ORDER: [&str; 4] = [MASKED, PROCESS_LOCAL, KERNEL_GLOBAL, UNKNOWN];
-}
-
 /// How far an activated fault's error propagated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Propagation {
-    /// See [`scope`].
-    pub scope: String,
+    /// How far it went.
+    pub scope: RecordedScope,
     /// Why, in one line.
     pub why: String,
     /// The activating context (`comm[pid]`, with its interrupt state).
@@ -201,7 +296,7 @@ impl Injection {
         match self {
             Injection::None => "none".into(),
             Injection::Crash { crash } => format!("crash:{crash}"),
-            Injection::Fault { model, .. } => model.clone(),
+            Injection::Fault { model, .. } => model.name().to_string(),
         }
     }
 }
@@ -209,15 +304,14 @@ impl Injection {
 /// What the recovery VMM did after a failure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryRecord {
-    /// Strategy the experiment asked for (`full-reboot`, `kexec-reboot`,
-    /// `phase-restore`, `service-restore`).
-    pub requested: String,
+    /// Strategy the experiment asked for.
+    pub requested: RecordedStrategy,
     /// Strategy that actually ran (differs after a fallback).
-    pub used: String,
+    pub used: RecordedStrategy,
     /// Why the strategy fell back, when it did.
     pub fallback_reason: Option<String>,
-    /// How the failure was detected (`guest-panicked`, `heartbeat`, ...).
-    pub cause: String,
+    /// How the failure was detected.
+    pub cause: RecordedCause,
     /// Whether the service answered correctly again within the window.
     pub recovered: bool,
     /// From the failure to its detection, seconds.
@@ -253,8 +347,8 @@ pub struct ExperimentRecord {
     /// Human-readable identity, unique in the campaign, e.g.
     /// `strategy=service-restore crash=sysrq rep=3`.
     pub key: String,
-    /// Workload that ran (`apache`, `rubis`, `none`).
-    pub workload: String,
+    /// Workload that ran.
+    pub workload: RecordedWorkload,
     /// What was done.
     pub injection: Injection,
     /// What the experiment came to.
@@ -292,4 +386,57 @@ pub struct ExperimentRecord {
     /// Length of the observation window, seconds (campaign overhead is
     /// `wall_s - window_s`).
     pub window_s: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored name of every value is its serde name, and parses back.
+    fn names_round_trip<T>(all: &[T])
+    where
+        T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display + std::str::FromStr + Serialize,
+        T: for<'de> Deserialize<'de>,
+    {
+        for v in all {
+            let json = serde_json::to_string(v).unwrap();
+            assert_eq!(json, format!("\"{v}\""));
+            assert_eq!(serde_json::from_str::<T>(&json).unwrap(), *v);
+            assert_eq!(v.to_string().parse::<T>().ok(), Some(*v));
+        }
+    }
+
+    #[test]
+    fn every_recorded_name_round_trips() {
+        names_round_trip(RecordedOutcome::ALL);
+        names_round_trip(RecordedAccel::ALL);
+        names_round_trip(RecordedProfile::ALL);
+        names_round_trip(RecordedWorkload::ALL);
+        names_round_trip(RecordedCrash::ALL);
+        names_round_trip(RecordedModel::ALL);
+        names_round_trip(RecordedScope::ALL);
+        names_round_trip(RecordedStrategy::ALL);
+        names_round_trip(RecordedCause::ALL);
+    }
+
+    #[test]
+    fn an_unknown_stored_name_is_refused_naming_it() {
+        let mut json = serde_json::to_value(crate::fixture::records().remove(0)).unwrap();
+        json["workload"] = "tomcat".into();
+        let err = serde_json::from_value::<ExperimentRecord>(json).unwrap_err().to_string();
+        assert!(err.contains("tomcat") && err.contains("apache"), "{err}");
+        let err = "warp".parse::<RecordedStrategy>().unwrap_err();
+        assert_eq!(
+            err,
+            "`warp` is not a recovery strategy (known: full-reboot, kexec-reboot, phase-restore, service-restore)"
+        );
+    }
+
+    #[test]
+    fn table_order_is_declaration_order() {
+        let mut sorted = RecordedStrategy::ALL.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, RecordedStrategy::ALL);
+        assert_eq!(RecordedStrategy::ALL[0], RecordedStrategy::FullReboot);
+    }
 }

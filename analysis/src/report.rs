@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use crate::figures::{self, Figure, FigureError};
 use crate::frame::{self, FrameError};
-use crate::record::{self, ExperimentRecord};
+use crate::record::{ExperimentRecord, RecordedScope, RecordedStrategy, RecordedWorkload};
 use crate::store::{CampaignMeta, Store, StoreError, STORE_FILE};
-use crate::tables::{self, DowntimeStats, Table, FULL_REBOOT, PUBLISHED_REDUCTION};
+use crate::tables::{self, DowntimeStats, Table, PUBLISHED_REDUCTION};
 
 /// Errors writing a report.
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +77,9 @@ pub enum ReportError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Headline {
     /// Strategy compared with full reboot.
-    pub strategy: String,
+    pub strategy: RecordedStrategy,
     /// Workload.
-    pub workload: String,
+    pub workload: RecordedWorkload,
     /// Failure class (`crash:sysrq`, `injected fault`).
     pub failure: String,
     /// `1 - median(strategy) / median(full-reboot)`.
@@ -132,18 +132,25 @@ pub fn headline(records: &[ExperimentRecord]) -> Option<Headline> {
     let reference = |s: &DowntimeStats| {
         stats
             .iter()
-            .find(|r| r.workload == s.workload && r.failure == s.failure && r.strategy == FULL_REBOOT)
+            .find(|r| r.workload == s.workload && r.failure == s.failure && r.strategy == RecordedStrategy::FullReboot)
             .and_then(|r| r.summary)
     };
     let rank = |a: &DowntimeStats, b: &DowntimeStats| {
         let key = |s: &DowntimeStats| {
-            (s.strategy == "service-restore", s.failure.starts_with("crash:"), s.summary.map_or(0, |x| x.n))
+            (
+                s.strategy == RecordedStrategy::ServiceRestore,
+                s.failure.starts_with("crash:"),
+                s.summary.map_or(0, |x| x.n),
+            )
         };
         key(a).cmp(&key(b)).then_with(|| a.reduction.unwrap_or(0.0).total_cmp(&b.reduction.unwrap_or(0.0)))
     };
     let mut best: Option<&DowntimeStats> = None;
     // Among equals the first in table order wins.
-    for s in stats.iter().filter(|s| s.strategy != FULL_REBOOT && s.reduction.is_some() && s.summary.is_some()) {
+    for s in stats
+        .iter()
+        .filter(|s| s.strategy != RecordedStrategy::FullReboot && s.reduction.is_some() && s.summary.is_some())
+    {
         if best.is_none_or(|b| rank(s, b) == std::cmp::Ordering::Greater) {
             best = Some(s);
         }
@@ -154,30 +161,34 @@ pub fn headline(records: &[ExperimentRecord]) -> Option<Headline> {
     let in_group: Vec<&ExperimentRecord> = records
         .iter()
         .filter(|r| r.workload == best.workload && tables::failure_class(r) == best.failure)
-        .filter(|r| r.recovery.as_ref().is_some_and(|x| x.requested == best.strategy || x.requested == FULL_REBOOT))
+        .filter(|r| {
+            r.recovery
+                .as_ref()
+                .is_some_and(|x| x.requested == best.strategy || x.requested == RecordedStrategy::FullReboot)
+        })
         .collect();
     let joined = |f: &dyn Fn(&ExperimentRecord) -> String| {
         in_group.iter().map(|r| f(r)).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("/")
     };
-    let fell_back: BTreeSet<String> = in_group
+    let fell_back: BTreeSet<RecordedStrategy> = in_group
         .iter()
         .filter_map(|r| r.recovery.as_ref())
         .filter(|x| x.requested == best.strategy && x.used != x.requested)
-        .map(|x| x.used.clone())
+        .map(|x| x.used)
         .collect();
     Some(Headline {
         fallbacks: best.fallbacks,
-        fell_back_to: fell_back.into_iter().collect::<Vec<_>>().join("/"),
-        strategy: best.strategy.clone(),
-        workload: best.workload.clone(),
+        fell_back_to: fell_back.iter().map(|s| s.name()).collect::<Vec<_>>().join("/"),
+        strategy: best.strategy,
+        workload: best.workload,
         failure: best.failure.clone(),
         reduction: best.reduction?,
         n: summary.n,
         n_reference: reference.n,
         median_s: summary.median,
         reference_median_s: reference.median,
-        profile: joined(&|r| r.provenance.profile.clone()),
-        accel: joined(&|r| r.provenance.accel.to_uppercase()),
+        profile: joined(&|r| r.provenance.profile.to_string()),
+        accel: joined(&|r| r.provenance.accel.name().to_uppercase()),
     })
 }
 
@@ -382,16 +393,16 @@ pub fn write_report_with(
     }
     if !scope_model.rows.is_empty() {
         let sum = tables::scope_summary(records);
-        let count = |s: &str| sum.counts.get(s).copied().unwrap_or(0);
+        let count = |s: RecordedScope| sum.counts.get(&s).copied().unwrap_or(0);
         let _ = write!(
             md,
             "\n## Error propagation scope\n\n{} faults were traced (activated, or overwritten before use): {} masked, {} process-local, {} \
              kernel-global, {} unknown.",
             sum.traced,
-            count(record::scope::MASKED),
-            count(record::scope::PROCESS_LOCAL),
-            count(record::scope::KERNEL_GLOBAL),
-            count(record::scope::UNKNOWN),
+            count(RecordedScope::Masked),
+            count(RecordedScope::ProcessLocal),
+            count(RecordedScope::KernelGlobal),
+            count(RecordedScope::Unknown),
         );
         if let Some(share) = sum.local_share {
             let _ = write!(
@@ -504,21 +515,21 @@ mod tests {
     #[test]
     fn fixture_gives_known_downtime_numbers() {
         let stats = tables::downtime_stats(&fixture::records());
-        let get = |s: &str| stats.iter().find(|x| x.strategy == s).unwrap();
-        let full = get("full-reboot").summary.unwrap();
-        let service = get("service-restore").summary.unwrap();
-        let phase = get("phase-restore");
+        let get = |s: RecordedStrategy| stats.iter().find(|x| x.strategy == s).unwrap();
+        let full = get(RecordedStrategy::FullReboot).summary.unwrap();
+        let service = get(RecordedStrategy::ServiceRestore).summary.unwrap();
+        let phase = get(RecordedStrategy::PhaseRestore);
         assert_eq!((full.n, full.median, full.mean), (5, 22.0, 22.0));
         assert!(close(full.p95, 23.8));
         assert!(close(service.median, 1.4) && close(service.mean, 1.4));
-        assert!(close(get("service-restore").reduction.unwrap(), 1.0 - 1.4 / 22.0));
+        assert!(close(get(RecordedStrategy::ServiceRestore).reduction.unwrap(), 1.0 - 1.4 / 22.0));
         assert!(close(phase.reduction.unwrap(), 1.0 - 7.0 / 22.0));
-        assert_eq!(get("full-reboot").reduction, Some(0.0));
+        assert_eq!(get(RecordedStrategy::FullReboot).reduction, Some(0.0));
         // t(4) * sd / sqrt(5), sd = sqrt(2.5)
         let (lo, hi) = full.ci95.unwrap();
         assert!((hi - 22.0 - 2.776_445 * 2.5_f64.sqrt() / 5_f64.sqrt()).abs() < 1e-5 && close(22.0 - lo, hi - 22.0));
         assert_eq!(
-            stats.iter().map(|s| s.strategy.as_str()).collect::<Vec<_>>(),
+            stats.iter().map(|s| s.strategy.name()).collect::<Vec<_>>(),
             ["full-reboot", "phase-restore", "service-restore"]
         );
 
@@ -579,7 +590,7 @@ mod tests {
     #[test]
     fn headline_states_measured_and_published_reduction() {
         let h = headline(&fixture::records()).unwrap();
-        assert_eq!((h.strategy.as_str(), h.n, h.n_reference), ("service-restore", 5, 5));
+        assert_eq!((h.strategy.name(), h.n, h.n_reference), ("service-restore", 5, 5));
         assert_eq!(
             headline_line(Some(&h), 31),
             "Measured: service-restore cuts client-seen downtime by 93.6% vs full reboot (median, n=5, tiny guest, \
@@ -589,10 +600,10 @@ mod tests {
         let mut fell_back = fixture::records();
         for r in fell_back
             .iter_mut()
-            .filter(|r| r.recovery.as_ref().is_some_and(|x| x.requested == "service-restore"))
+            .filter(|r| r.recovery.as_ref().is_some_and(|x| x.requested == RecordedStrategy::ServiceRestore))
             .take(2)
         {
-            r.recovery.as_mut().unwrap().used = "phase-restore".into();
+            r.recovery.as_mut().unwrap().used = RecordedStrategy::PhaseRestore;
         }
         let h = headline(&fell_back).unwrap();
         assert_eq!((h.fallbacks, h.fell_back_to.as_str()), (2, "phase-restore"));
@@ -600,9 +611,9 @@ mod tests {
         // Without service-restore the best other strategy is named.
         let no_service: Vec<_> = fixture::records()
             .into_iter()
-            .filter(|r| r.recovery.as_ref().is_none_or(|x| x.requested != "service-restore"))
+            .filter(|r| r.recovery.as_ref().is_none_or(|x| x.requested != RecordedStrategy::ServiceRestore))
             .collect();
-        assert_eq!(headline(&no_service).unwrap().strategy, "phase-restore");
+        assert_eq!(headline(&no_service).unwrap().strategy, RecordedStrategy::PhaseRestore);
         // Nothing to compare.
         let line = headline_line(headline(&fixture::records()[15..]).as_ref(), 16);
         assert!(line.starts_with("Measured: no downtime comparison") && line.ends_with("published: about 90%."));
@@ -712,10 +723,10 @@ mod tests {
         let records = fixture::records();
         let sum = tables::scope_summary(&records);
         assert_eq!(sum.traced, 8);
-        assert_eq!(sum.counts.get("process-local"), Some(&4));
-        assert_eq!(sum.counts.get("kernel-global"), Some(&2));
-        assert_eq!(sum.counts.get("masked"), Some(&1));
-        assert_eq!(sum.counts.get("unknown"), Some(&1));
+        assert_eq!(sum.counts.get(&RecordedScope::ProcessLocal), Some(&4));
+        assert_eq!(sum.counts.get(&RecordedScope::KernelGlobal), Some(&2));
+        assert_eq!(sum.counts.get(&RecordedScope::Masked), Some(&1));
+        assert_eq!(sum.counts.get(&RecordedScope::Unknown), Some(&1));
         assert!((sum.local_share.unwrap() - 4.0 / 6.0).abs() < 1e-12);
         assert_eq!((sum.surfaced_known, sum.surfaced_elsewhere), (1, 1));
         let by_subsystem = tables::scope_by_subsystem(&records);

@@ -532,7 +532,7 @@ impl Store {
             Injection::None => ("none", None, None, None),
             Injection::Crash { .. } => ("crash", None, None, None),
             Injection::Fault { model, subsystem, activated, .. } => {
-                ("fault", Some(model.as_str()), subsystem.as_deref(), Some(*activated))
+                ("fault", Some(model.name()), subsystem.as_deref(), Some(*activated))
             }
         };
         let rec = r.recovery.as_ref();
@@ -547,21 +547,21 @@ impl Store {
                 r.campaign,
                 to_i64("experiment index", r.experiment)?,
                 r.key,
-                r.workload,
+                r.workload.name(),
                 kind,
                 r.injection.label(),
                 model,
                 subsystem,
                 activated,
                 r.outcome.name(),
-                rec.map(|x| x.requested.as_str()),
-                rec.map(|x| x.used.as_str()),
+                rec.map(|x| x.requested.name()),
+                rec.map(|x| x.used.name()),
                 rec.map(|x| x.recovered),
                 r.downtime_s,
                 r.throughput_back_s,
                 lost,
-                r.provenance.accel,
-                r.provenance.profile,
+                r.provenance.accel.name(),
+                r.provenance.profile.name(),
                 r.started_at,
                 r.wall_s,
                 r.window_s,

@@ -6,40 +6,24 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use polars::prelude::{Column as PlColumn, DataFrame, PolarsResult};
 
-use crate::record::{outcome, scope, ExperimentRecord, Injection, Propagation};
+use crate::record::{
+    ExperimentRecord, Injection, Propagation, RecordedOutcome, RecordedScope, RecordedStrategy,
+    RecordedWorkload,
+};
 use crate::stats::Summary;
 
 /// The reduction of downtime the paper reports for its restore strategies
 /// against a full reboot.
 pub const PUBLISHED_REDUCTION: f64 = 0.90;
 
-/// The baseline strategy every reduction is computed against.
-pub const FULL_REBOOT: &str = "full-reboot";
-
-/// Known strategies, in the order tables and figures list them; others
-/// follow alphabetically.
-pub const STRATEGY_ORDER: [&str; 4] = ["full-reboot", "kexec-reboot", "phase-restore", "service-restore"];
-
-/// Known outcomes, in the order tables and figures list them; others
-/// follow alphabetically.
-pub const OUTCOME_ORDER: [&str; 7] = [
-    outcome::FORCED_CRASH,
-    outcome::PANIC,
-    outcome::OOPS,
-    outcome::HANG,
-    outcome::SERVICE_ERROR,
-    outcome::BENIGN,
-    outcome::NOT_ACTIVATED,
-];
-
 /// Outcomes in which a fault became visible.
-const MANIFESTED: [&str; 5] =
-    [outcome::FORCED_CRASH, outcome::PANIC, outcome::OOPS, outcome::HANG, outcome::SERVICE_ERROR];
-
-/// Sort key putting known names first in their listed order.
-pub(crate) fn order_key<'a>(known: &[&str], name: &'a str) -> (usize, &'a str) {
-    (known.iter().position(|k| *k == name).unwrap_or(known.len()), name)
-}
+const MANIFESTED: [RecordedOutcome; 5] = [
+    RecordedOutcome::ForcedCrash,
+    RecordedOutcome::Panic,
+    RecordedOutcome::Oops,
+    RecordedOutcome::Hang,
+    RecordedOutcome::ServiceError,
+];
 
 /// One table cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,11 +183,11 @@ pub fn failure_class(r: &ExperimentRecord) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DowntimeStats {
     /// Workload.
-    pub workload: String,
+    pub workload: RecordedWorkload,
     /// Failure class ([`failure_class`]).
     pub failure: String,
     /// Strategy requested.
-    pub strategy: String,
+    pub strategy: RecordedStrategy,
     /// Experiments with a recovery in the group.
     pub experiments: usize,
     /// Summary of the downtimes that were measured (recovered experiments).
@@ -219,15 +203,11 @@ pub struct DowntimeStats {
 /// Downtime per (workload, failure class, strategy) over the records with
 /// a recovery, in table order.
 pub fn downtime_stats(records: &[ExperimentRecord]) -> Vec<DowntimeStats> {
-    let mut groups: BTreeMap<(String, String), BTreeMap<String, Vec<&ExperimentRecord>>> = BTreeMap::new();
+    let mut groups: BTreeMap<(RecordedWorkload, String), BTreeMap<RecordedStrategy, Vec<&ExperimentRecord>>> =
+        BTreeMap::new();
     for r in records {
         if let Some(rec) = &r.recovery {
-            groups
-                .entry((r.workload.clone(), failure_class(r)))
-                .or_default()
-                .entry(rec.requested.clone())
-                .or_default()
-                .push(r);
+            groups.entry((r.workload, failure_class(r))).or_default().entry(rec.requested).or_default().push(r);
         }
     }
     let mut out = Vec::new();
@@ -235,17 +215,15 @@ pub fn downtime_stats(records: &[ExperimentRecord]) -> Vec<DowntimeStats> {
         let summarize = |rs: &[&ExperimentRecord]| {
             Summary::of(&rs.iter().filter_map(|r| r.downtime_s.filter(|_| recovered(r))).collect::<Vec<_>>())
         };
-        let reference = by_strategy.get(FULL_REBOOT).and_then(|rs| summarize(rs)).map(|s| s.median);
-        let mut strategies: Vec<_> = by_strategy.into_iter().collect();
-        strategies.sort_by(|a, b| order_key(&STRATEGY_ORDER, &a.0).cmp(&order_key(&STRATEGY_ORDER, &b.0)));
-        for (strategy, rs) in strategies {
+        let reference = by_strategy.get(&RecordedStrategy::FullReboot).and_then(|rs| summarize(rs)).map(|s| s.median);
+        for (strategy, rs) in by_strategy {
             let summary = summarize(&rs);
             let reduction = match (summary, reference) {
                 (Some(s), Some(m)) if m > 0.0 => Some(1.0 - s.median / m),
                 _ => None,
             };
             out.push(DowntimeStats {
-                workload: workload.clone(),
+                workload,
                 failure: failure.clone(),
                 experiments: rs.len(),
                 summary,
@@ -271,9 +249,9 @@ pub fn downtime(records: &[ExperimentRecord]) -> Table {
         .map(|d| {
             let s = d.summary;
             vec![
-                Cell::Text(d.workload),
+                Cell::Text(d.workload.to_string()),
                 Cell::Text(d.failure),
-                Cell::Text(d.strategy),
+                Cell::Text(d.strategy.to_string()),
                 Cell::Count(s.map_or(0, |s| s.n as u64)),
                 Cell::Num(s.map(|s| s.mean)),
                 Cell::Num(s.map(|s| s.median)),
@@ -309,26 +287,23 @@ pub fn downtime(records: &[ExperimentRecord]) -> Table {
 }
 
 /// Distribution of a class (the outcome, the propagation scope) per group:
-/// counts and shares of each class.
-fn class_table(
+/// counts and shares of each class, classes in their table order (`Ord`).
+fn class_table<C: Ord + Copy + std::fmt::Display>(
     records: &[ExperimentRecord],
     (title, id, header): (&str, &str, &str),
-    order: &[&str],
     group: impl Fn(&ExperimentRecord) -> Option<String>,
-    class: impl Fn(&ExperimentRecord) -> Option<String>,
+    class: impl Fn(&ExperimentRecord) -> Option<C>,
 ) -> Table {
-    let mut groups: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut groups: BTreeMap<String, BTreeMap<C, u64>> = BTreeMap::new();
     let mut classes = BTreeSet::new();
     for r in records {
         if let (Some(g), Some(c)) = (group(r), class(r)) {
-            *groups.entry(g).or_default().entry(c.clone()).or_default() += 1;
+            *groups.entry(g).or_default().entry(c).or_default() += 1;
             classes.insert(c);
         }
     }
-    let mut classes: Vec<String> = classes.into_iter().collect();
-    classes.sort_by(|a, b| order_key(order, a).cmp(&order_key(order, b)));
     let mut columns = vec![col(id, header), col("n", "n")];
-    columns.extend(classes.iter().map(|o| col(&o.replace('-', "_"), o)));
+    columns.extend(classes.iter().map(|o| col(&o.to_string().replace('-', "_"), &o.to_string())));
     let rows = groups
         .into_iter()
         .map(|(g, counts)| {
@@ -351,7 +326,7 @@ fn outcome_table(
     header: &str,
     group: impl Fn(&ExperimentRecord) -> Option<String>,
 ) -> Table {
-    class_table(records, (title, id, header), &OUTCOME_ORDER, group, |r| Some(r.outcome.to_string()))
+    class_table(records, (title, id, header), group, |r| Some(r.outcome))
 }
 
 /// Outcome distribution per fault model (forced crashes as `crash:<kind>`).
@@ -383,9 +358,8 @@ pub fn scope_by_model(records: &[ExperimentRecord]) -> Table {
     let mut t = class_table(
         records,
         ("Error propagation scope per fault model", "fault_model", "fault model"),
-        &scope::ORDER,
         |r| propagation(r).map(|_| r.injection.label()),
-        |r| propagation(r).map(|p| p.scope.clone()),
+        |r| propagation(r).map(|p| p.scope),
     );
     t.note = SCOPE_NOTE.into();
     t
@@ -396,14 +370,13 @@ pub fn scope_by_subsystem(records: &[ExperimentRecord]) -> Table {
     let mut t = class_table(
         records,
         ("Error propagation scope per subsystem", "subsystem", "subsystem"),
-        &scope::ORDER,
         |r| match (&r.injection, propagation(r)) {
             (Injection::Fault { subsystem, .. }, Some(_)) => {
                 Some(subsystem.clone().unwrap_or_else(|| "(unknown)".into()))
             }
             _ => None,
         },
-        |r| propagation(r).map(|p| p.scope.clone()),
+        |r| propagation(r).map(|p| p.scope),
     );
     t.note = SCOPE_NOTE.into();
     t
@@ -419,8 +392,8 @@ const SCOPE_NOTE: &str = "Traced faults (activated, or overwritten before use). 
 pub struct ScopeSummary {
     /// Traced activated faults.
     pub traced: usize,
-    /// Per scope name.
-    pub counts: BTreeMap<String, usize>,
+    /// Per scope.
+    pub counts: BTreeMap<RecordedScope, usize>,
     /// process-local / (process-local + kernel-global).
     pub local_share: Option<f64>,
     /// Failures with a known surfacing subsystem.
@@ -431,18 +404,18 @@ pub struct ScopeSummary {
 
 /// Summarizes the traced faults.
 pub fn scope_summary(records: &[ExperimentRecord]) -> ScopeSummary {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<RecordedScope, usize> = BTreeMap::new();
     let (mut traced, mut known, mut elsewhere) = (0, 0, 0);
     for p in records.iter().filter_map(propagation) {
         traced += 1;
-        *counts.entry(p.scope.clone()).or_default() += 1;
+        *counts.entry(p.scope).or_default() += 1;
         if let Some(e) = p.surfaced_elsewhere {
             known += 1;
             elsewhere += usize::from(e);
         }
     }
-    let local = counts.get(scope::PROCESS_LOCAL).copied().unwrap_or(0);
-    let global = counts.get(scope::KERNEL_GLOBAL).copied().unwrap_or(0);
+    let local = counts.get(&RecordedScope::ProcessLocal).copied().unwrap_or(0);
+    let global = counts.get(&RecordedScope::KernelGlobal).copied().unwrap_or(0);
     ScopeSummary {
         traced,
         counts,
@@ -462,14 +435,15 @@ pub fn activation(records: &[ExperimentRecord]) -> Table {
         manifested: u64,
         latency: Vec<f64>,
     }
-    let mut by_model: BTreeMap<String, Acc> = BTreeMap::new();
+    // By name, as every per-model table orders its rows.
+    let mut by_model: BTreeMap<&str, Acc> = BTreeMap::new();
     for r in records {
         if let Injection::Fault { model, activated, activation_s, .. } = &r.injection {
-            let a = by_model.entry(model.clone()).or_default();
+            let a = by_model.entry(model.name()).or_default();
             a.n += 1;
             if *activated {
                 a.activated += 1;
-                a.manifested += u64::from(MANIFESTED.contains(&r.outcome.name()));
+                a.manifested += u64::from(MANIFESTED.contains(&r.outcome));
                 a.latency.extend(activation_s);
             }
         }
@@ -478,7 +452,7 @@ pub fn activation(records: &[ExperimentRecord]) -> Table {
         .into_iter()
         .map(|(model, a)| {
             vec![
-                Cell::Text(model),
+                Cell::Text(model.to_string()),
                 Cell::Count(a.n),
                 Cell::Count(a.activated),
                 Cell::Pct(Some(100.0 * a.activated as f64 / a.n as f64)),
@@ -512,10 +486,10 @@ pub fn recovery_success(records: &[ExperimentRecord]) -> Table {
         lost: u64,
         with_loss: u64,
     }
-    let mut by: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut by: BTreeMap<RecordedStrategy, Acc> = BTreeMap::new();
     for r in records {
         if let Some(x) = &r.recovery {
-            let a = by.entry(x.requested.clone()).or_default();
+            let a = by.entry(x.requested).or_default();
             a.n += 1;
             a.ok += u64::from(x.recovered);
             a.fallbacks += u64::from(x.used != x.requested);
@@ -524,8 +498,6 @@ pub fn recovery_success(records: &[ExperimentRecord]) -> Table {
             a.with_loss += u64::from(lost > 0);
         }
     }
-    let mut rows: Vec<_> = by.into_iter().collect();
-    rows.sort_by(|a, b| order_key(&STRATEGY_ORDER, &a.0).cmp(&order_key(&STRATEGY_ORDER, &b.0)));
     Table {
         title: "Recovery success per strategy".into(),
         columns: vec![
@@ -537,11 +509,11 @@ pub fn recovery_success(records: &[ExperimentRecord]) -> Table {
             col("lost_writes", "lost acknowledged writes"),
             col("experiments_losing_writes", "experiments losing writes"),
         ],
-        rows: rows
+        rows: by
             .into_iter()
             .map(|(s, a)| {
                 vec![
-                    Cell::Text(s),
+                    Cell::Text(s.to_string()),
                     Cell::Count(a.n),
                     Cell::Count(a.ok),
                     Cell::Pct(Some(100.0 * a.ok as f64 / a.n as f64)),
@@ -732,10 +704,10 @@ pub fn provenance(records: &[ExperimentRecord]) -> Table {
         let p = &r.provenance;
         let k = vec![
             r.campaign.clone(),
-            p.accel.clone(),
+            p.accel.to_string(),
             p.qemu_version.clone(),
             p.kernel_version.clone(),
-            p.profile.clone(),
+            p.profile.to_string(),
             p.ram_mb.to_string(),
             p.seed.to_string(),
             p.kfi_version.clone(),

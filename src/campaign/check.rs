@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use analysis::record::ExperimentRecord;
+use analysis::record::{ExperimentRecord, RecordedStrategy};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -73,12 +73,12 @@ pub fn measure(campaign: &str, records: &[ExperimentRecord]) -> Baseline {
     let mut by_strategy: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for r in records {
         if let (Some(rec), Some(d)) = (&r.recovery, r.downtime_s) {
-            by_strategy.entry(rec.requested.clone()).or_default().push(d);
+            by_strategy.entry(rec.requested.to_string()).or_default().push(d);
         }
     }
     let median_downtime_s: BTreeMap<String, f64> =
         by_strategy.into_iter().filter_map(|(s, v)| kfi_stats::median(v).map(|m| (s, m))).collect();
-    let ratio_to_full_reboot = match median_downtime_s.get("full-reboot") {
+    let ratio_to_full_reboot = match median_downtime_s.get(RecordedStrategy::FullReboot.name()) {
         Some(&full) if full > 0.0 => median_downtime_s.iter().map(|(s, &m)| (s.clone(), m / full)).collect(),
         _ => BTreeMap::new(),
     };
@@ -132,22 +132,25 @@ pub fn load_baseline(path: &Path) -> Result<Baseline> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use analysis::record::{Injection, Provenance, RecoveryRecord};
+    use analysis::record::{
+        Injection, Provenance, RecordedAccel, RecordedCause, RecordedCrash, RecordedProfile, RecordedWorkload,
+        RecoveryRecord,
+    };
 
     fn record(i: u64, strategy: &str, downtime: f64, recovered: bool, lost: u64) -> ExperimentRecord {
         ExperimentRecord {
             campaign: "regression".into(),
             experiment: i,
             key: format!("crash=sysrq strategy={strategy} rep={i}"),
-            workload: "apache".into(),
-            injection: Injection::Crash { crash: "sysrq".into() },
+            workload: RecordedWorkload::Apache,
+            injection: Injection::Crash { crash: RecordedCrash::Sysrq },
             outcome: analysis::record::RecordedOutcome::Panic,
             outcome_detail: None,
             recovery: Some(RecoveryRecord {
-                requested: strategy.into(),
-                used: strategy.into(),
+                requested: strategy.parse().unwrap(),
+                used: strategy.parse().unwrap(),
                 fallback_reason: None,
-                cause: "guest-panicked".into(),
+                cause: RecordedCause::GuestPanicked,
                 recovered,
                 detect_s: 0.01,
                 restart_s: 0.1,
@@ -163,10 +166,10 @@ mod tests {
             metrics: Default::default(),
             timeline: Vec::new(),
             provenance: Provenance {
-                accel: "tcg".into(),
+                accel: RecordedAccel::Tcg,
                 qemu_version: "7.2.22".into(),
                 kernel_version: "6.1.0".into(),
-                profile: "tiny".into(),
+                profile: RecordedProfile::Tiny,
                 ram_mb: 256,
                 seed: 1,
                 kfi_version: "0".into(),

@@ -37,8 +37,8 @@ fn rows(r: &ExperimentRecord) -> Vec<(String, Value)> {
         ("injection".to_string(), Value::Label(injection(r))),
         ("activated".into(), Value::Label(activated(r))),
         ("outcome".into(), Value::Label(r.outcome.to_string())),
-        ("detected by".into(), text(rec.map(|x| x.cause.clone()))),
-        ("strategy used".into(), text(rec.map(|x| x.used.clone()))),
+        ("detected by".into(), text(rec.map(|x| x.cause.to_string()))),
+        ("strategy used".into(), text(rec.map(|x| x.used.to_string()))),
         ("fallback".into(), text(rec.and_then(|x| x.fallback_reason.clone()))),
         ("recovered".into(), text(rec.map(|x| x.recovered.to_string()))),
         ("lost writes".into(), text(r.lost_writes.map(|n| n.to_string()))),
@@ -112,10 +112,11 @@ fn clip(s: &str) -> String {
 mod tests {
     use super::*;
     use analysis::fixture;
+    use analysis::record::RecordedStrategy;
 
     #[test]
     fn same_run_is_the_same_experiment() {
-        let r = fixture::crash(3, "service-restore", 0, 0.4);
+        let r = fixture::crash(3, RecordedStrategy::ServiceRestore, 0, 0.4);
         let t = table(&r, &r);
         assert!(t.contains("same experiment"), "{t}");
         assert!(t.contains("downtime (s)") && t.contains("0.400") && t.contains("+0.0%"), "{t}");
@@ -123,8 +124,8 @@ mod tests {
 
     #[test]
     fn a_different_outcome_and_timing_are_named() {
-        let stored = fixture::crash(3, "service-restore", 0, 0.4);
-        let mut replayed = fixture::crash(3, "service-restore", 0, 0.5);
+        let stored = fixture::crash(3, RecordedStrategy::ServiceRestore, 0, 0.4);
+        let mut replayed = fixture::crash(3, RecordedStrategy::ServiceRestore, 0, 0.5);
         replayed.outcome = analysis::record::RecordedOutcome::Hang;
         let t = table(&stored, &replayed);
         assert!(t.contains("differs in: outcome"), "{t}");

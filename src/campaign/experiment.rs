@@ -16,6 +16,7 @@ use workloads::rubis::{self, Ack};
 use workloads::timeline::Timeline;
 use workloads::{seconds_since, DocList, Record};
 
+use super::recorded;
 use super::spec::{Action, Campaign, Crash, Planned, WorkloadKind, WorkloadSpec};
 use crate::load::{ClientLoad, Clients, RunningLoad};
 
@@ -228,7 +229,7 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
     match &planned.action {
         Action::Crash(crash) => {
             crash.trigger(sut.vm())?;
-            let injection = RecordInjection::Crash { crash: crash.to_string() };
+            let injection = RecordInjection::Crash { crash: recorded::crash(*crash) };
             let failure = sut.wait_failure(window, hang).with_context(|| format!("the {crash} crash was not seen"))?;
             let outcome = match failure.cause {
                 FailureCause::HeartbeatLost | FailureCause::Watchdog | FailureCause::ServiceProbe => {
@@ -264,7 +265,7 @@ fn record(
     let mut observed = observed;
     if let Some(watch) = &observed.watch {
         let hang = f.observe.hang_timeout();
-        observed.outcome = Some(recorded(watch.classify(records, origin, hang).outcome));
+        observed.outcome = Some(recorded::outcome(watch.classify(records, origin, hang).outcome));
     }
     // When the service stopped, as the client-side analysis needs it. A
     // panic is reported within milliseconds, so its detection is the
@@ -310,10 +311,10 @@ fn record(
     };
     let recovery = match (&observed.failure, &observed.recovery) {
         (Some(failure), Some(t)) => Some(RecoveryRecord {
-            requested: t.requested.to_string(),
-            used: t.strategy.to_string(),
+            requested: recorded::strategy(t.requested),
+            used: recorded::strategy(t.strategy),
             fallback_reason: t.fallback_reason.clone(),
-            cause: t.cause.name().into(),
+            cause: recorded::cause(t.cause),
             // Clients got correct answers again (measured downtime, or
             // correct answers to requests sent after the failure).
             recovered: downtime_s.is_some()
@@ -323,10 +324,10 @@ fn record(
             service_s: t.service_s,
         }),
         (Some(failure), None) => Some(RecoveryRecord {
-            requested: planned.strategy.to_string(),
-            used: planned.strategy.to_string(),
+            requested: recorded::strategy(planned.strategy),
+            used: recorded::strategy(planned.strategy),
             fallback_reason: observed.not_recovered.clone(),
-            cause: failure.cause.name().into(),
+            cause: recorded::cause(failure.cause),
             recovered: false,
             detect_s: failure.detected_at.saturating_duration_since(observed.injected_at).as_secs_f64(),
             // Never back: no restart or service time to report.
@@ -350,7 +351,7 @@ fn record(
         campaign: f.name.clone(),
         experiment: planned.index,
         key: planned.key(),
-        workload: f.workload.kind.to_string(),
+        workload: recorded::workload(f.workload.kind),
         injection: observed.injection,
         outcome: observed.outcome.context("no outcome was judged for this experiment")?,
         outcome_detail: observed.detail,
@@ -369,17 +370,4 @@ fn record(
         wall_s: times.wall_s,
         window_s: times.load_s,
     })
-}
-
-/// The stored form of the injector's verdict.
-fn recorded(outcome: injector::outcome::Outcome) -> RecordedOutcome {
-    use injector::outcome::Outcome;
-    match outcome {
-        Outcome::Panic => RecordedOutcome::Panic,
-        Outcome::Oops => RecordedOutcome::Oops,
-        Outcome::Hang => RecordedOutcome::Hang,
-        Outcome::ServiceError => RecordedOutcome::ServiceError,
-        Outcome::Benign => RecordedOutcome::Benign,
-        Outcome::NotActivated => RecordedOutcome::NotActivated,
-    }
 }

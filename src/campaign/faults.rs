@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use analysis::record::{scope, Injection as RecordInjection, Propagation};
+use analysis::record::{Injection as RecordInjection, Propagation, RecordedScope};
 use anyhow::{Context, Result};
 use injector::fault::{Generator, ModelKind, TargetSelection};
 use injector::trace::{KernelLayout, TraceConfig, Tracer};
@@ -12,6 +12,7 @@ use injector::{FaultSpec, Persistence};
 use recovery_sut::{Cache, KernelChoice, Sut};
 
 use super::experiment::{FaultObservation, FaultRunner};
+use super::recorded;
 use super::spec::Campaign;
 use crate::fault_watch::{self, Watch, WatchLimits};
 use crate::setup::{self, KernelModel};
@@ -101,7 +102,7 @@ impl FaultRunner for InjectorRunner {
         )?;
         let propagation = self.propagation(&spec, &watch);
         let injection = RecordInjection::Fault {
-            model: spec.model().kind().to_string(),
+            model: recorded::model(spec.model().kind()),
             subsystem: spec.subsystem().map(str::to_string),
             function: spec.function().map(str::to_string),
             description: spec.describe(),
@@ -133,8 +134,8 @@ impl InjectorRunner {
             .and_then(|f| self.model.image.function(f))
             .and_then(|f| f.subsystem().map(str::to_string));
         let surfaced_elsewhere = surfaced_in.as_deref().zip(spec.subsystem()).map(|(a, b)| a != b);
-        let blank = |scope: &str, why: &str| Propagation {
-            scope: scope.into(),
+        let blank = |scope: RecordedScope, why: &str| Propagation {
+            scope,
             why: why.into(),
             activating: None,
             foreign_readers: Vec::new(),
@@ -148,7 +149,7 @@ impl InjectorRunner {
         };
         match &injection.propagation {
             Some(r) => Some(Box::new(Propagation {
-                scope: r.scope.name().into(),
+                scope: recorded::scope(r.scope),
                 why: r.why.clone(),
                 activating: Some(r.activating.to_string()),
                 foreign_readers: r.foreign_readers.clone(),
@@ -164,13 +165,13 @@ impl InjectorRunner {
                 detail: serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
             })),
             None if injection.masked => Some(Box::new(blank(
-                scope::MASKED,
+                RecordedScope::Masked,
                 "the corrupted state was overwritten (or the branch never deviated) before use",
             ))),
             // Activated, but the guest went away before the tracer could
             // look (a fault that crashes at once under the debugger).
             None => Some(Box::new(blank(
-                scope::UNKNOWN,
+                RecordedScope::Unknown,
                 "activated, but not traced: the guest stopped or went away before the tracer could look",
             ))),
         }

@@ -3,8 +3,8 @@
 //! turned into tables, figures and a report by the `analysis` crate.
 //!
 //! Layers, each using only those above it in this list:
-//! `spec` (the file and its expansion; `spec::restore` for the `[restore]`
-//! table), `experiment`
+//! `recorded` (producer enums to stored names), `spec` (the file and its
+//! expansion; `spec::restore` for the `[restore]` table), `experiment`
 //! (one experiment from golden snapshot to record) and `faults` (the
 //! injector's hook into it), `env` (what a run is given and returns),
 //! `restore` (the `[restore]` measurements) and `runner` (golden run,
@@ -18,6 +18,7 @@ pub mod env;
 pub mod experiment;
 pub mod faults;
 pub mod ops;
+pub mod recorded;
 pub mod restore;
 pub mod runner;
 pub mod spec;

@@ -22,8 +22,8 @@ use serde::Serialize;
 use super::check::{self, Baseline};
 use super::env::{store_path, Environment, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
-use super::spec::{AccelName, Campaign, GuestProfile, Planned, WorkloadKind};
-use super::{faults, restore, runner};
+use super::spec::{Campaign, GuestProfile, Planned, WorkloadKind};
+use super::{faults, recorded, restore, runner};
 use crate::setup::{prepare_guest, Prepared};
 
 /// How a long call reports its set-up.
@@ -74,11 +74,7 @@ pub fn results_dir(campaign: &Campaign, given: Option<&Path>) -> PathBuf {
 /// The guest, VM settings and provenance of a campaign.
 fn prepare(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<(Prepared, VmConfig, Provenance)> {
     let g = &campaign.file.guest;
-    let accel = match g.accel {
-        AccelName::Auto => AccelChoice::Auto,
-        AccelName::Tcg => AccelChoice::Tcg,
-        AccelName::Kvm => AccelChoice::Kvm,
-    };
+    let accel = AccelChoice::from(g.accel);
     let prepared = prepare_guest(cache, g.profile.into(), &KernelChoice::Debian, accel, g.memory_mb, step)?;
     let mut config = VmConfig {
         accel: prepared.decision.accel,
@@ -91,10 +87,10 @@ fn prepare(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<(P
         campaign.file.inject.iter().filter_map(|i| i.crash).flat_map(|c| c.kernel_args()).copied().collect();
     config.extra_cmdline.extend(args.into_iter().map(str::to_string));
     let provenance = Provenance {
-        accel: prepared.decision.accel.name().to_string(),
+        accel: recorded::accel(prepared.decision.accel),
         qemu_version: recovery_sut::vm::qemu_version().context("asking QEMU for its version")?,
         kernel_version: prepared.kernel.release.clone(),
-        profile: prepared.profile.name().to_string(),
+        profile: recorded::profile(prepared.profile),
         ram_mb: prepared.memory_mib,
         seed: campaign.file.seed,
         kfi_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -244,7 +244,7 @@ fn record(
         campaign: file.name.clone(),
         experiment: planned.index,
         key: planned.key(),
-        workload: file.workload.kind.to_string(),
+        workload: super::recorded::workload(file.workload.kind),
         injection: RecordInjection::None,
         outcome: analysis::record::RecordedOutcome::Restored,
         outcome_detail: None,

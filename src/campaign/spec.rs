@@ -8,11 +8,10 @@
 //! image, through the injector's generator).
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use recovery_sut::{Profile, Strategy};
+use recovery_sut::{AccelChoice, Profile, Strategy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use workloads::rubis::Mix;
@@ -21,6 +20,7 @@ pub mod restore;
 
 use self::restore::{RestorePoint, RestoreSpec};
 pub use crate::crash::Crash;
+pub use crate::workload_run::WorkloadKind;
 
 /// The most experiments one file may expand to.
 pub const MAX_EXPERIMENTS: u64 = 1_000_000;
@@ -69,13 +69,13 @@ pub enum ExperimentFileError {
     },
 }
 
-/// Guest profile, as experiment files name it.
+/// Guest profile, as experiment files and `--guest` name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum GuestProfile {
-    /// Busybox initramfs with httpd.
+    /// Busybox initramfs with busybox httpd (boots in seconds).
     Tiny,
-    /// Debian bookworm with Apache, PHP and MariaDB.
+    /// Debian bookworm: systemd, Apache, PHP, MariaDB on ext4.
     Debian,
 }
 
@@ -88,17 +88,27 @@ impl From<GuestProfile> for Profile {
     }
 }
 
-/// Accelerator choice, as experiment files name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Accelerator choice, as experiment files and `--accel` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum AccelName {
-    /// KVM when a probe boot proves it works, else TCG.
+    /// KVM when a short probe boot proves it works here, else TCG.
     #[default]
     Auto,
     /// Software emulation.
     Tcg,
-    /// Hardware virtualisation.
+    /// Hardware virtualisation, without probing.
     Kvm,
+}
+
+impl From<AccelName> for AccelChoice {
+    fn from(a: AccelName) -> AccelChoice {
+        match a {
+            AccelName::Auto => AccelChoice::Auto,
+            AccelName::Tcg => AccelChoice::Tcg,
+            AccelName::Kvm => AccelChoice::Kvm,
+        }
+    }
 }
 
 /// `[guest]`.
@@ -116,25 +126,6 @@ pub struct GuestSpec {
     /// needed to count acknowledged writes.
     #[serde(default)]
     pub data_disk: bool,
-}
-
-/// Which workload drives the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WorkloadKind {
-    /// Static files over HTTP (busybox httpd in tiny, Apache in debian).
-    Apache,
-    /// The RUBiS auction site (debian only).
-    Rubis,
-}
-
-impl fmt::Display for WorkloadKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            WorkloadKind::Apache => "apache",
-            WorkloadKind::Rubis => "rubis",
-        })
-    }
 }
 
 fn default_clients() -> usize {

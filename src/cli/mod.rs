@@ -14,37 +14,10 @@ pub use kfi::progress::{say, spinner, stepper, Progress};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
+use kfi::campaign::spec::{AccelName, GuestProfile};
 use kfi::setup::{prepare_guest, Prepared};
-use recovery_sut::{AccelChoice, Cache, KernelChoice, Profile};
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ProfileArg {
-    /// Busybox initramfs with busybox httpd (boots in seconds).
-    Tiny,
-    /// Debian bookworm: systemd, Apache, PHP, MariaDB on ext4.
-    Debian,
-}
-
-impl From<ProfileArg> for Profile {
-    fn from(p: ProfileArg) -> Profile {
-        match p {
-            ProfileArg::Tiny => Profile::Tiny,
-            ProfileArg::Debian => Profile::Debian,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum, Default)]
-pub enum AccelArg {
-    /// KVM when a short probe boot proves it works here, else TCG.
-    #[default]
-    Auto,
-    /// Software emulation.
-    Tcg,
-    /// Hardware virtualisation, without probing.
-    Kvm,
-}
+use recovery_sut::{Cache, KernelChoice};
 
 #[derive(Args, Clone)]
 pub struct KernelArgs {
@@ -77,10 +50,10 @@ impl KernelArgs {
 pub struct GuestArgs {
     /// Guest profile.
     #[arg(long, value_enum, default_value = "tiny")]
-    pub guest: ProfileArg,
+    pub guest: GuestProfile,
     /// Accelerator.
     #[arg(long, value_enum, default_value = "auto")]
-    pub accel: AccelArg,
+    pub accel: AccelName,
     /// Guest RAM in MiB (default: 256 for tiny, 1024 for debian).
     #[arg(long)]
     pub memory: Option<u32>,
@@ -91,12 +64,7 @@ pub struct GuestArgs {
 impl GuestArgs {
     /// The guest these arguments name, ready to start.
     pub fn prepare(&self, cache: &Cache, step: &dyn Fn(&str)) -> Result<Prepared> {
-        let choice = match self.accel {
-            AccelArg::Auto => AccelChoice::Auto,
-            AccelArg::Tcg => AccelChoice::Tcg,
-            AccelArg::Kvm => AccelChoice::Kvm,
-        };
-        prepare_guest(cache, self.guest.into(), &self.kernel.choice(), choice, self.memory, step)
+        prepare_guest(cache, self.guest.into(), &self.kernel.choice(), self.accel.into(), self.memory, step)
     }
 }
 
