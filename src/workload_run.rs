@@ -14,6 +14,8 @@ use serde::Serialize;
 use workloads::rubis::{self, InteractionStats, Mix, VerifyReport};
 use workloads::{DocList, Record, RequestOutcome, Timeline};
 
+use analysis::record::TimelineBin;
+
 use crate::load::{ClientLoad, Clients};
 use crate::setup::Prepared;
 
@@ -114,20 +116,6 @@ pub fn summarize(records: &[Record], seconds: f64) -> LoadSummary {
             max_s: sorted.as_ref().and_then(|s| s.as_slice().last().copied()),
         },
     }
-}
-
-/// One timeline bin in the analysis's shape (`analysis::record::TimelineBin`),
-/// times since the start of the load.
-#[derive(Debug, Clone, Serialize)]
-pub struct TimelineBin {
-    /// Bin start, seconds since the load started.
-    pub t_s: f64,
-    /// Correct answers that ended in the bin.
-    pub correct: u64,
-    /// Other requests that ended in the bin.
-    pub failed: u64,
-    /// Median latency of the answers in the bin, seconds.
-    pub p50_s: Option<f64>,
 }
 
 /// What to run.

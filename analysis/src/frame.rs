@@ -11,7 +11,7 @@ use crate::record::{ExperimentRecord, Injection};
 
 /// Errors of the exports.
 #[derive(Debug, thiserror::Error)]
-pub enum FrameError {
+pub enum DataFrameError {
     /// Building the DataFrame failed.
     #[error("cannot build the {what} DataFrame")]
     Build {
@@ -165,9 +165,9 @@ pub fn timeline_frame(rs: &[ExperimentRecord]) -> PolarsResult<DataFrame> {
 }
 
 /// Writes `df` as CSV with a header.
-pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<(), FrameError> {
+pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<(), DataFrameError> {
     let werr =
-        |source: Box<dyn std::error::Error + Send + Sync>| FrameError::Write { path: path.to_path_buf(), source };
+        |source: Box<dyn std::error::Error + Send + Sync>| DataFrameError::Write { path: path.to_path_buf(), source };
     let mut file = File::create(path).map_err(|e| werr(Box::new(e)))?;
     CsvWriter::new(&mut file).include_header(true).finish(df).map_err(|e| werr(Box::new(e)))?;
     file.sync_all().map_err(|e| werr(Box::new(e)))
@@ -175,9 +175,9 @@ pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<(), FrameError> {
 
 /// Writes `df` as Parquet (uncompressed: the files are small and any
 /// reader opens them).
-pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<(), FrameError> {
+pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<(), DataFrameError> {
     let werr =
-        |source: Box<dyn std::error::Error + Send + Sync>| FrameError::Write { path: path.to_path_buf(), source };
+        |source: Box<dyn std::error::Error + Send + Sync>| DataFrameError::Write { path: path.to_path_buf(), source };
     let mut file = File::create(path).map_err(|e| werr(Box::new(e)))?;
     ParquetWriter::new(&mut file)
         .with_compression(ParquetCompression::Uncompressed)

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::figures::{self, Figure, FigureError};
-use crate::frame::{self, FrameError};
+use crate::frame::{self, DataFrameError};
 use crate::record::{ExperimentRecord, RecordedScope, RecordedStrategy, RecordedWorkload};
 use crate::store::{CampaignMeta, Store, StoreError, STORE_FILE};
 use crate::tables::{self, DowntimeStats, Table, PUBLISHED_REDUCTION};
@@ -49,7 +49,7 @@ pub enum ReportError {
     Store(#[from] StoreError),
     /// Exporting data failed.
     #[error(transparent)]
-    Frame(#[from] FrameError),
+    Frame(#[from] DataFrameError),
     /// Drawing a figure failed.
     #[error(transparent)]
     Figure(#[from] FigureError),
@@ -261,7 +261,7 @@ pub fn write_report_with(
     std::fs::create_dir_all(&data).map_err(io_err(&data))?;
     std::fs::create_dir_all(&figs_dir).map_err(io_err(&figs_dir))?;
 
-    let build = |what| move |source| FrameError::Build { what, source };
+    let build = |what| move |source| DataFrameError::Build { what, source };
     let csv = data.join("experiments.csv");
     let parquet = data.join("experiments.parquet");
     let mut df = frame::records_frame(records).map_err(build("experiments"))?;

@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use polars::prelude::{Column as PlColumn, DataFrame, PolarsResult};
 
 use crate::record::{
-    ExperimentRecord, Injection, Propagation, RecordedOutcome, RecordedScope, RecordedStrategy,
-    RecordedWorkload,
+    ExperimentRecord, Injection, Propagation, RecordedOutcome, RecordedScope, RecordedStrategy, RecordedWorkload,
 };
 use crate::stats::Summary;
 

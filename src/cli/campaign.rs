@@ -19,7 +19,7 @@ use super::Progress;
 #[derive(Subcommand)]
 pub enum CampaignCommand {
     /// Run (or resume) every experiment of an experiment file not yet stored.
-    Run(RunArgs),
+    Run(CampaignRunArgs),
     /// Show how far a campaign got and its outcome counts.
     Status(StatusArgs),
     /// Import the records of other results directories (`--shard` halves) into this one.
@@ -34,7 +34,7 @@ pub enum CampaignCommand {
 
 /// `kfi campaign run`.
 #[derive(Args)]
-pub struct RunArgs {
+pub struct CampaignRunArgs {
     /// Experiment file (TOML), e.g. experiments/downtime.toml.
     pub file: PathBuf,
     /// Results directory (default: results/<campaign name>).
@@ -142,7 +142,7 @@ pub struct ReproduceArgs {
 }
 
 /// Runs (or resumes) a campaign and prints its summary.
-pub fn run(cache: &Cache, args: RunArgs) -> Result<ExitCode> {
+pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
     let campaign = ops::load(&args.file, args.guest)?;
     let opts = RunOptions {
         results: ops::results_dir(&campaign, args.results.as_deref()),

@@ -16,7 +16,7 @@ use super::{spinner, stepper, GuestArgs};
 #[derive(clap::Subcommand)]
 pub enum WorkloadCommand {
     /// Boot a guest, offer load to it for a while, report what the clients saw.
-    Run(RunArgs),
+    Run(WorkloadRunArgs),
 }
 
 /// RUBiS mix on the command line.
@@ -39,7 +39,7 @@ impl From<MixArg> for Mix {
 
 /// Arguments of `kfi workload run`.
 #[derive(clap::Args)]
-pub struct RunArgs {
+pub struct WorkloadRunArgs {
     /// Workload to run.
     #[arg(value_enum)]
     kind: WorkloadKind,

@@ -100,7 +100,7 @@ pub struct RegisterDesc {
 
 /// What one XML document says, in document order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Item {
+pub enum TargetItem {
     /// `<architecture>` text.
     Architecture(String),
     /// `<feature name=...>` begins.
@@ -128,14 +128,14 @@ pub struct Document {
     /// Its name (`target.xml`, `i386-64bit.xml`).
     pub name: String,
     /// Its items in order.
-    pub items: Vec<Item>,
+    pub items: Vec<TargetItem>,
 }
 
 impl Document {
     /// The documents it includes, in order.
     pub fn includes(&self) -> impl Iterator<Item = &str> {
         self.items.iter().filter_map(|i| match i {
-            Item::Include(href) => Some(href.as_str()),
+            TargetItem::Include(href) => Some(href.as_str()),
             _ => None,
         })
     }
@@ -215,9 +215,9 @@ fn expand(
     let mut feature = feature;
     for item in &doc.items {
         match item {
-            Item::Architecture(a) => out.architecture = Some(a.clone()),
-            Item::Feature(f) => feature = Some(f.clone()),
-            Item::Reg { name, regnum, bitsize, kind, group } => {
+            TargetItem::Architecture(a) => out.architecture = Some(a.clone()),
+            TargetItem::Feature(f) => feature = Some(f.clone()),
+            TargetItem::Reg { name, regnum, bitsize, kind, group } => {
                 let n = regnum.unwrap_or(*next);
                 *next = n.saturating_add(1);
                 out.registers.push(RegisterDesc {
@@ -229,7 +229,7 @@ fn expand(
                     feature: feature.clone(),
                 });
             }
-            Item::Include(href) => {
+            TargetItem::Include(href) => {
                 if !docs.contains_key(href) {
                     return Err(XmlError::MissingInclude { document: doc.name.clone(), href: href.clone() });
                 }
@@ -292,12 +292,12 @@ pub fn parse_document(name: &str, text: &str) -> Result<Document, XmlError> {
                 "architecture" => {
                     let body = &text[pos..];
                     let end = body.find('<').ok_or_else(|| unterminated("<architecture>", at))?;
-                    items.push(Item::Architecture(unescape(body[..end].trim())));
+                    items.push(TargetItem::Architecture(unescape(body[..end].trim())));
                 }
-                "feature" => items.push(Item::Feature(tag.attr("name").unwrap_or_default().to_string())),
+                "feature" => items.push(TargetItem::Feature(tag.attr("name").unwrap_or_default().to_string())),
                 "xi:include" | "include" => {
                     if let Some(href) = tag.attr("href") {
-                        items.push(Item::Include(href.to_string()));
+                        items.push(TargetItem::Include(href.to_string()));
                     }
                 }
                 "reg" => items.push(reg_item(name, &tag)?),
@@ -308,7 +308,7 @@ pub fn parse_document(name: &str, text: &str) -> Result<Document, XmlError> {
     Ok(Document { name: name.to_string(), items })
 }
 
-fn reg_item(doc: &str, tag: &Tag<'_>) -> Result<Item, XmlError> {
+fn reg_item(doc: &str, tag: &Tag<'_>) -> Result<TargetItem, XmlError> {
     let missing = |attribute| XmlError::MissingAttribute { document: doc.to_string(), attribute, at: tag.at };
     let number = |attribute: &'static str, value: &str| {
         value.trim().parse::<u32>().map_err(|_| XmlError::BadNumber {
@@ -322,7 +322,7 @@ fn reg_item(doc: &str, tag: &Tag<'_>) -> Result<Item, XmlError> {
     let regnum = tag.attr("regnum").map(|v| number("regnum", v)).transpose()?;
     let kind = tag.attr("type").unwrap_or("int").to_string();
     let group = tag.attr("group").map(str::to_string);
-    Ok(Item::Reg { name, regnum, bitsize, kind, group })
+    Ok(TargetItem::Reg { name, regnum, bitsize, kind, group })
 }
 
 fn scan_tag<'a>(doc: &str, text: &'a str, at: usize) -> Result<Tag<'a>, XmlError> {
