@@ -272,3 +272,50 @@ fn check_passes_on_its_baseline_and_fails_when_a_restore_is_made_slower() {
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("FAIL service-restore regressed"), "{stdout}");
 }
+
+/// An experiment whose QEMU fails every time is retried, then stored as
+/// `harness-error`; the campaign completes the rest and says so in its exit
+/// status; `--retry-errors` reruns only that one.
+#[cfg(feature = "test-knobs")]
+#[test]
+fn a_harness_error_is_retried_stored_and_rerun_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = experiment_file(tmp.path(), "harness", 3);
+    let results = tmp.path().join("results");
+    let out = kfi()
+        .args(["campaign", "run"])
+        .arg(&file)
+        .arg("--results")
+        .arg(&results)
+        .args(["--retries", "1"])
+        .env("KFI_TEST_FAIL_EXPERIMENT", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "harness errors remain: exit 3\n{text}");
+    assert!(text.contains("harness-error") && text.contains("--retry-errors"), "{text}");
+    let records = stored(&results, "harness");
+    assert_eq!(records.iter().map(|r| r.experiment).collect::<Vec<_>>(), vec![0, 1, 2], "the rest completed");
+    let failed = &records[1];
+    assert_eq!(failed.outcome.name(), "harness-error");
+    let h = failed.harness_error.as_ref().unwrap();
+    assert_eq!(h.attempts, 2, "the first run and one retry: {h:?}");
+    assert!(h.errors.iter().all(|e| e.contains("QEMU refused to start")), "{h:?}");
+    assert!(failed.recovery.is_none() && failed.downtime_s.is_none());
+    for r in [&records[0], &records[2]] {
+        assert_eq!(r.outcome.name(), "panic", "{r:?}");
+    }
+
+    let status = kfi().args(["campaign", "status"]).arg(&file).arg("--results").arg(&results).output().unwrap();
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert!(listed.contains("harness-error 1: ") && listed.contains("QEMU refused to start"), "{listed}");
+
+    // Without the knob, only experiment 1 runs again and replaces its record.
+    run(&file, &results, &["--retry-errors"]);
+    let after = stored(&results, "harness");
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[1].outcome.name(), "panic", "{:?}", after[1]);
+    assert!(after[1].harness_error.is_none());
+    assert_eq!((&after[0], &after[2]), (&records[0], &records[2]), "the others were not run again");
+}

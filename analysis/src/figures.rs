@@ -160,6 +160,7 @@ fn outcome_color(o: RecordedOutcome) -> RGBColor {
         RecordedOutcome::Benign => RGBColor(44, 160, 44),
         RecordedOutcome::NotActivated => RGBColor(190, 190, 190),
         RecordedOutcome::Restored => RGBColor(23, 190, 207),
+        RecordedOutcome::HarnessError => RGBColor(0, 0, 0),
     }
 }
 

@@ -61,6 +61,7 @@ pub fn blank(experiment: u64, key: &str) -> ExperimentRecord {
         started_at: format!("2026-01-01T00:{:02}:{:02}Z", experiment / 60 % 60, experiment % 60),
         wall_s: 30.0,
         window_s: 20.0,
+        harness_error: None,
     }
 }
 

@@ -80,6 +80,11 @@ recorded_enum! {
         NotActivated = "not-activated",
         /// A restore measurement that brought the service back.
         Restored = "restored",
+        /// The harness failed, not the guest: QEMU refused to start, a
+        /// gdbstub or QMP timeout, a port race. The experiment was retried
+        /// from the golden snapshot and failed every time; nothing about
+        /// the fault is known (see [`ExperimentRecord::harness_error`]).
+        HarnessError = "harness-error",
     }
 }
 
@@ -386,6 +391,19 @@ pub struct ExperimentRecord {
     /// Length of the observation window, seconds (campaign overhead is
     /// `wall_s - window_s`).
     pub window_s: f64,
+    /// Why the harness could not run the experiment, when the outcome is
+    /// `harness-error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harness_error: Option<HarnessFailure>,
+}
+
+/// The attempts of an experiment the harness could not run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HarnessFailure {
+    /// Attempts made (the first run plus the retries).
+    pub attempts: u32,
+    /// Each attempt's error chain, in order.
+    pub errors: Vec<String>,
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::record::{ExperimentRecord, Injection};
+use crate::record::{ExperimentRecord, Injection, RecordedOutcome};
 
 /// Schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -482,6 +482,30 @@ impl Store {
     /// Refuses an index that is already stored ([`StoreError::AlreadyStored`]),
     /// so a runner can never store an experiment twice.
     pub fn insert(&self, record: &ExperimentRecord) -> Result<(), StoreError> {
+        self.insert_with(record, false)
+    }
+
+    /// Like [`Store::insert`], but a `harness-error` record stored for the
+    /// same experiment is replaced in the same transaction (`kfi campaign
+    /// run --retry-errors`): the error stays stored until its rerun's
+    /// result is.
+    pub fn insert_over_harness_error(&self, record: &ExperimentRecord) -> Result<(), StoreError> {
+        self.insert_with(record, true)
+    }
+
+    /// Indices of the campaign's experiments stored as `harness-error`.
+    pub fn harness_errors(&self, campaign: &str) -> Result<BTreeSet<u64>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT experiment FROM experiments WHERE campaign = ?1 AND outcome = ?2")
+            .map_err(self.sql("list harness errors"))?;
+        let rows = stmt
+            .query_map(params![campaign, RecordedOutcome::HarnessError.name()], |r| r.get::<_, i64>(0))
+            .map_err(self.sql("list harness errors"))?;
+        rows.map(|r| r.map(to_u64)).collect::<Result<_, _>>().map_err(self.sql("list harness errors"))
+    }
+
+    fn insert_with(&self, record: &ExperimentRecord, over_harness_error: bool) -> Result<(), StoreError> {
         let json = storable_json(record)?;
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.sql("begin"))?;
@@ -491,6 +515,17 @@ impl Store {
                 return Err(StoreError::UnknownCampaign { path: self.path.clone(), campaign: record.campaign.clone() })
             }
         };
+        if over_harness_error {
+            tx.execute(
+                "DELETE FROM experiments WHERE campaign = ?1 AND experiment = ?2 AND outcome = ?3",
+                params![
+                    record.campaign,
+                    to_i64("experiment index", record.experiment)?,
+                    RecordedOutcome::HarnessError.name()
+                ],
+            )
+            .map_err(self.sql("replace harness error"))?;
+        }
         if self.stored_json(&tx, &record.campaign, record.experiment)?.is_some() {
             return Err(StoreError::AlreadyStored {
                 path: self.path.clone(),

@@ -437,6 +437,10 @@ pub fn activation(records: &[ExperimentRecord]) -> Table {
     // By name, as every per-model table orders its rows.
     let mut by_model: BTreeMap<&str, Acc> = BTreeMap::new();
     for r in records {
+        // A harness error observed nothing: neither activated nor not.
+        if r.outcome == RecordedOutcome::HarnessError {
+            continue;
+        }
         if let Injection::Fault { model, activated, activation_s, .. } = &r.injection {
             let a = by_model.entry(model.name()).or_default();
             a.n += 1;
@@ -471,7 +475,9 @@ pub fn activation(records: &[ExperimentRecord]) -> Table {
             col("median_activation_s", "median time to activation (s)"),
         ],
         rows,
-        note: "Manifested: outcome panic, oops, hang or service-error.".into(),
+        note: "Manifested: outcome panic, oops, hang or service-error. Experiments stored as harness-error \
+               (the harness failed, not the guest) are left out."
+            .into(),
     }
 }
 

@@ -176,6 +176,7 @@ mod tests {
                 host: "h".into(),
             },
             started_at: String::new(),
+            harness_error: None,
             wall_s: 1.0,
             window_s: 1.0,
         }

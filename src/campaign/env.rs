@@ -57,7 +57,23 @@ pub struct RunOptions {
     pub shard: Option<Shard>,
     /// Stop after this many new experiments (for smoke runs and tests).
     pub limit: Option<usize>,
+    /// Runs again from the golden snapshot of an experiment that failed
+    /// through a harness error, before it is stored as `harness-error`.
+    pub retries: u32,
+    /// Run only the experiments stored as `harness-error` (each replaced
+    /// by its new record).
+    pub retry_errors: bool,
 }
+
+impl RunOptions {
+    /// Everything (no shard, no limit), one VM, the default retries.
+    pub fn all(results: PathBuf, jobs: usize) -> RunOptions {
+        RunOptions { results, jobs, shard: None, limit: None, retries: DEFAULT_RETRIES, retry_errors: false }
+    }
+}
+
+/// `--retries` unless told otherwise.
+pub const DEFAULT_RETRIES: u32 = 2;
 
 /// What a run did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -81,6 +97,9 @@ pub struct RunSummary {
     pub store: PathBuf,
     /// Set when Ctrl-C stopped the run early.
     pub interrupted: bool,
+    /// Experiments of this shard stored as `harness-error` once the run
+    /// ended (`kfi campaign run --retry-errors` reruns them).
+    pub harness_errors: Vec<u64>,
 }
 
 impl RunSummary {
@@ -103,11 +122,28 @@ impl RunSummary {
                 self.overhead.map_or("n/a".into(), |o| format!("{:.0}%", o * 100.0))
             );
         }
+        if !self.harness_errors.is_empty() {
+            out += &format!(
+                "  {} experiments stored as harness-error (the harness failed, not the guest): {}; rerun them with \
+                 --retry-errors\n",
+                self.harness_errors.len(),
+                list_indices(&self.harness_errors)
+            );
+        }
         if self.interrupted {
             out += "  interrupted: rerun the same command to resume\n";
         }
         out
     }
+}
+
+/// `0, 3, 7` (at most 20, then `...`).
+pub fn list_indices(indices: &[u64]) -> String {
+    let mut s = indices.iter().take(20).map(u64::to_string).collect::<Vec<_>>().join(", ");
+    if indices.len() > 20 {
+        s += ", ...";
+    }
+    s
 }
 
 /// The store of a campaign's results directory.
@@ -147,8 +183,19 @@ pub fn open_store(campaign: &Campaign, results: &Path) -> Result<Store> {
 
 /// The experiments this run still has to do, and how many of this
 /// shard's were stored before.
-pub fn pending(campaign: &Campaign, store: &Store, shard: Option<Shard>) -> Result<(Vec<Planned>, u64)> {
-    let done = store.done(&campaign.file.name)?;
+/// With `retry_errors`, the pending ones are exactly those stored as
+/// `harness-error`.
+pub fn pending(
+    campaign: &Campaign,
+    store: &Store,
+    shard: Option<Shard>,
+    retry_errors: bool,
+) -> Result<(Vec<Planned>, u64)> {
+    let mut done = store.done(&campaign.file.name)?;
+    if retry_errors {
+        let errors = store.harness_errors(&campaign.file.name)?;
+        done = campaign.expand().iter().map(|p| p.index).filter(|i| !errors.contains(i)).collect();
+    }
     let all = campaign.expand();
     let mine: Vec<Planned> = all.into_iter().filter(|p| shard.is_none_or(|s| s.owns(p.index))).collect();
     let already = mine.iter().filter(|p| done.contains(&p.index)).count() as u64;

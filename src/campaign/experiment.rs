@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use analysis::record::{
-    ExperimentRecord, Injection as RecordInjection, Provenance, RecordedOutcome, RecoveryRecord, TimelineBin,
+    ExperimentRecord, HarnessFailure, Injection as RecordInjection, Provenance, RecordedOutcome, RecoveryRecord,
+    TimelineBin,
 };
 use anyhow::{bail, Context, Result};
 use recovery_sut::recovery::{Failure, FailureCause, RecoveryError, RecoveryTiming};
@@ -41,6 +42,11 @@ pub trait FaultRunner: Sync {
     /// Injects fault `index` of group `group` into the running guest and
     /// watches it for `window`; returns what happened.
     fn inject(&self, sut: &mut Sut, group: usize, index: u64, window: Duration) -> Result<FaultObservation>;
+
+    /// The record's injection part for fault `index` of group `group`
+    /// without running it (for a harness-error record): activation not
+    /// observed, so `activated` is false and no propagation is given.
+    fn planned(&self, group: usize, index: u64) -> Result<RecordInjection>;
 }
 
 /// What a fault experiment observed before recovery.
@@ -64,7 +70,7 @@ pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let f = &shared.campaign.file;
     let window = f.observe.window();
-    let mut sut = Sut::from_golden(shared.golden).context("restoring the golden snapshot")?;
+    let mut sut = restore_golden(shared, planned)?;
     let addr = sut.vm().http_addr();
 
     let origin = Instant::now();
@@ -369,5 +375,67 @@ fn record(
         started_at: times.started_at,
         wall_s: times.wall_s,
         window_s: times.load_s,
+        harness_error: None,
     })
+}
+
+/// The record of an experiment the harness could not run: each attempt's
+/// error chain, the planned injection (a fault's spec regenerated, its
+/// activation not observed) and no measurement.
+pub fn harness_error(
+    shared: &Shared<'_>,
+    planned: &Planned,
+    errors: Vec<String>,
+    started_at: String,
+    wall_s: f64,
+) -> Result<ExperimentRecord> {
+    let f = &shared.campaign.file;
+    let injection = match &planned.action {
+        Action::Crash(crash) => RecordInjection::Crash { crash: recorded::crash(*crash) },
+        Action::Fault { index, group } => {
+            let runner = shared.faults.context("the campaign has fault experiments but no fault runner")?;
+            runner.planned(*group, *index)?
+        }
+        Action::Restore(_) => RecordInjection::None,
+    };
+    let mut params = BTreeMap::new();
+    params.insert("strategy".to_string(), planned.strategy.to_string());
+    params.insert("rep".to_string(), planned.rep.to_string());
+    Ok(ExperimentRecord {
+        campaign: f.name.clone(),
+        experiment: planned.index,
+        key: planned.key(),
+        workload: recorded::workload(f.workload.kind),
+        injection,
+        outcome: RecordedOutcome::HarnessError,
+        outcome_detail: None,
+        recovery: None,
+        downtime_s: None,
+        throughput_back_s: None,
+        requests: 0,
+        correct: 0,
+        acked_writes: None,
+        lost_writes: None,
+        params,
+        metrics: BTreeMap::new(),
+        timeline: Vec::new(),
+        provenance: shared.provenance.clone(),
+        started_at,
+        wall_s,
+        window_s: 0.0,
+        harness_error: Some(HarnessFailure { attempts: errors.len() as u32, errors }),
+    })
+}
+
+/// The golden snapshot restored into a fresh QEMU for one experiment.
+fn restore_golden(shared: &Shared<'_>, planned: &Planned) -> Result<Sut> {
+    // Test builds can make one experiment's QEMU fail, to exercise the
+    // retry and harness-error path (`test-knobs`; never in a default build).
+    #[cfg(feature = "test-knobs")]
+    if std::env::var("KFI_TEST_FAIL_EXPERIMENT").ok().and_then(|v| v.trim().parse::<u64>().ok()) == Some(planned.index)
+    {
+        bail!("QEMU refused to start (KFI_TEST_FAIL_EXPERIMENT={} in a test-knobs build)", planned.index);
+    }
+    let _ = planned;
+    Sut::from_golden(shared.golden).context("restoring the golden snapshot")
 }

@@ -85,10 +85,7 @@ pub fn runner_for(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Re
 
 impl FaultRunner for InjectorRunner {
     fn inject(&self, sut: &mut Sut, group: usize, index: u64, window: Duration) -> Result<FaultObservation> {
-        let g = self.groups.get(group).and_then(Option::as_ref).context("a fault experiment of a crash table")?;
-        let generator = Generator::new(&self.model.image, &self.model.code, &g.selection, &g.models)?;
-        let spec = generator.generate(self.seed, index).with_context(|| format!("generating fault {index}"))?;
-        let spec = if g.transient { spec.with_persistence(Persistence::Transient) } else { spec };
+        let spec = self.spec(group, index)?;
         let vm = sut.vm();
         let console_offset = std::fs::metadata(vm.console_log()).map(|m| m.len()).unwrap_or(0);
         vm.events(); // stale events are not this fault's
@@ -114,9 +111,32 @@ impl FaultRunner for InjectorRunner {
         let detail = watch.console.oopses.first().map(serde_json::to_value).transpose()?;
         Ok(FaultObservation { injection, detail, watch })
     }
+
+    fn planned(&self, group: usize, index: u64) -> Result<RecordInjection> {
+        let spec = self.spec(group, index)?;
+        Ok(RecordInjection::Fault {
+            model: recorded::model(spec.model().kind()),
+            subsystem: spec.subsystem().map(str::to_string),
+            function: spec.function().map(str::to_string),
+            description: spec.describe(),
+            spec: serde_json::to_value(&spec)?,
+            activated: false,
+            activation_s: None,
+            propagation: None,
+        })
+    }
 }
 
 impl InjectorRunner {
+    /// Fault `index` of group `group`: a pure function of the seed, the
+    /// index and the kernel image.
+    fn spec(&self, group: usize, index: u64) -> Result<FaultSpec> {
+        let g = self.groups.get(group).and_then(Option::as_ref).context("a fault experiment of a crash table")?;
+        let generator = Generator::new(&self.model.image, &self.model.code, &g.selection, &g.models)?;
+        let spec = generator.generate(self.seed, index).with_context(|| format!("generating fault {index}"))?;
+        Ok(if g.transient { spec.with_persistence(Persistence::Transient) } else { spec })
+    }
+
     /// The propagation record of a traced fault: the tracer's verdict, a
     /// byte overwritten before it was read (masked), or nothing for a
     /// fault never activated or not traced.

@@ -129,6 +129,9 @@ pub struct Status {
     pub outcomes: BTreeMap<String, u64>,
     /// The next few pending experiments.
     pub next: Vec<u64>,
+    /// Experiments stored as `harness-error`, with the last attempt's
+    /// error (`kfi campaign run --retry-errors` reruns them).
+    pub harness_errors: Vec<(u64, String)>,
     /// The store.
     pub store: PathBuf,
 }
@@ -150,6 +153,10 @@ pub fn status(campaign: &Campaign, results: &Path, file: &Path) -> Result<Status
         *outcomes.entry(r.outcome.to_string()).or_default() += 1;
     }
     let done: BTreeSet<u64> = records.iter().map(|r| r.experiment).collect();
+    let harness_errors = records
+        .iter()
+        .filter_map(|r| r.harness_error.as_ref().map(|h| (r.experiment, h.errors.last().cloned().unwrap_or_default())))
+        .collect();
     let all = campaign.expand();
     let next: Vec<u64> = all.iter().map(|p| p.index).filter(|i| !done.contains(i)).take(5).collect();
     Ok(Status {
@@ -158,6 +165,7 @@ pub fn status(campaign: &Campaign, results: &Path, file: &Path) -> Result<Status
         done: records.len(),
         outcomes,
         next,
+        harness_errors,
         store: path,
     })
 }
@@ -277,7 +285,7 @@ pub fn check(
 ) -> Result<CheckResult> {
     let baseline = if opts.update_baseline { None } else { Some(check::load_baseline(&opts.baseline)?) };
     let scratch = tempfile::Builder::new().prefix("kfi-check-").tempdir()?;
-    let run = RunOptions { results: scratch.path().to_path_buf(), jobs: opts.jobs, shard: None, limit: None };
+    let run = RunOptions::all(scratch.path().to_path_buf(), opts.jobs);
     let summary = run_campaign(cache, campaign, &run, stop, steps)?;
     let records = Store::open(store_path(scratch.path()))?.records(&campaign.file.name)?;
     let measured = check::measure(&campaign.file.name, &records);
@@ -363,7 +371,7 @@ pub fn reproduce(
     }
     let results = opts.results_root.join(&campaign.file.name);
     let measured_anew = measure_anew_if_complete(&campaign, &results)?;
-    let run = RunOptions { results: results.clone(), jobs: opts.jobs, shard: None, limit: None };
+    let run = RunOptions::all(results.clone(), opts.jobs);
     let summary = run_campaign(cache, &campaign, &run, stop, steps)?;
     let report = if summary.interrupted { None } else { Some(report(&results)?) };
     Ok(Reproduced::Ran(Box::new(Reproduction { campaign, results, summary, report, measured_anew })))

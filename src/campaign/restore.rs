@@ -260,6 +260,7 @@ fn record(
         timeline: Vec::new(),
         provenance,
         started_at,
+        harness_error: None,
         wall_s: wall.elapsed().as_secs_f64(),
         window_s: m.restore_s,
     }

@@ -27,7 +27,7 @@ use super::spec::{Campaign, Planned, WorkloadKind};
 pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     let store = open_store(campaign, &opts.results)?;
-    let (mut todo, already_done) = pending(campaign, &store, opts.shard)?;
+    let (mut todo, already_done) = pending(campaign, &store, opts.shard, opts.retry_errors)?;
     if let Some(limit) = opts.limit {
         todo.truncate(limit);
     }
@@ -42,9 +42,11 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
         overhead: None,
         store: store_path(&opts.results),
         interrupted: false,
+        harness_errors: Vec::new(),
     };
     if todo.is_empty() {
         summary.wall_s = started.elapsed().as_secs_f64();
+        summary.harness_errors = harness_errors(campaign, &store, opts)?;
         return Ok(summary);
     }
 
@@ -76,7 +78,7 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
                     break;
                 }
                 let Some(planned) = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None) else { break };
-                let result = experiment::run(shared, &planned);
+                let result = run_with_retries(shared, &planned, opts.retries, stop);
                 if tx.send((planned, result)).is_err() {
                     break;
                 }
@@ -85,7 +87,8 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
         drop(tx);
         for (planned, result) in rx {
             match result.and_then(|record| {
-                store.insert(&record).with_context(|| format!("storing experiment {}", planned.index))?;
+                if opts.retry_errors { store.insert_over_harness_error(&record) } else { store.insert(&record) }
+                    .with_context(|| format!("storing experiment {}", planned.index))?;
                 Ok(record)
             }) {
                 Ok(record) => {
@@ -97,12 +100,13 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
                     bar.inc(1);
                 }
                 Err(e) => {
-                    // The experiment stays pending: a resume runs it again.
+                    // Only an interruption, the store or something every
+                    // experiment shares (the fault list) gets here. The
+                    // experiment stays pending: a resume runs it again.
                     bar.println(format!("kfi: experiment {} ({}) failed: {e:#}", planned.index, planned.key()));
                     if first_error.is_none() {
                         first_error = Some(e.context(format!("experiment {} ({})", planned.index, planned.key())));
                     }
-                    // Infrastructure failures repeat: stop handing out work.
                     env.stop.store(true, Ordering::SeqCst);
                 }
             }
@@ -118,7 +122,47 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
         )));
     }
     summary.interrupted = env.stop.load(Ordering::SeqCst);
+    summary.harness_errors = harness_errors(campaign, &store, opts)?;
     Ok(summary)
+}
+
+/// Runs one experiment; a harness error (the experiment returned an error
+/// instead of a record) is retried from the golden snapshot up to
+/// `retries` times, then becomes a `harness-error` record with every
+/// attempt's error chain. What the fault did to the guest (a reset, QEMU
+/// exiting) is an outcome in a record, never an error, so it is not
+/// retried. An error after Ctrl-C is the interruption's, and stays one
+/// (the experiment stays pending).
+fn run_with_retries(
+    shared: &Shared<'_>,
+    planned: &Planned,
+    retries: u32,
+    stop: &AtomicBool,
+) -> Result<ExperimentRecord> {
+    let started = Instant::now();
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let mut errors = Vec::new();
+    loop {
+        match experiment::run(shared, planned) {
+            Ok(record) => return Ok(record),
+            Err(e) if stop.load(Ordering::SeqCst) => return Err(e),
+            Err(e) => {
+                let chain = format!("{e:#}");
+                tracing::warn!(experiment = planned.index, attempt = errors.len() + 1, "harness error: {chain}");
+                errors.push(chain);
+                if errors.len() > retries as usize {
+                    let wall_s = started.elapsed().as_secs_f64();
+                    return experiment::harness_error(shared, planned, errors, started_at, wall_s);
+                }
+            }
+        }
+    }
+}
+
+/// This shard's experiments stored as `harness-error`.
+fn harness_errors(campaign: &Campaign, store: &analysis::store::Store, opts: &RunOptions) -> Result<Vec<u64>> {
+    let errors = store.harness_errors(&campaign.file.name)?;
+    Ok(errors.into_iter().filter(|i| opts.shard.is_none_or(|s| s.owns(*i))).collect())
 }
 
 /// Boots the guest once, checks that a fault-free run serves only correct

@@ -19,6 +19,9 @@ use super::Progress;
 #[derive(Subcommand)]
 pub enum CampaignCommand {
     /// Run (or resume) every experiment of an experiment file not yet stored.
+    ///
+    /// Exit status: 0 done, 3 some experiments are stored as harness-error
+    /// (rerun them with --retry-errors), 130 interrupted (rerun to resume).
     Run(CampaignRunArgs),
     /// Show how far a campaign got and its outcome counts.
     Status(StatusArgs),
@@ -52,6 +55,14 @@ pub struct CampaignRunArgs {
     /// Run the campaign on this guest instead of the file's (results go to results/<name>-<guest>).
     #[arg(long, value_enum)]
     pub guest: Option<GuestProfile>,
+    /// Runs again of an experiment that failed through a harness error
+    /// (QEMU refused to start, a gdbstub timeout), before it is stored as
+    /// harness-error and the campaign goes on.
+    #[arg(long, default_value_t = kfi::campaign::env::DEFAULT_RETRIES)]
+    pub retries: u32,
+    /// Rerun only the experiments stored as harness-error.
+    #[arg(long)]
+    pub retry_errors: bool,
     /// Print the run summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -149,6 +160,8 @@ pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
         jobs: args.jobs,
         shard: args.shard,
         limit: args.limit,
+        retries: args.retries,
+        retry_errors: args.retry_errors,
     };
     let progress = Progress::new();
     let summary = ops::run_campaign(cache, &campaign, &opts, ops::interrupt_flag()?, &progress)?;
@@ -157,7 +170,13 @@ pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
     } else {
         print_summary(&campaign, &summary);
     }
-    Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else if !summary.harness_errors.is_empty() {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_summary(campaign: &Campaign, s: &RunSummary) {
@@ -177,6 +196,12 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         }
         if !s.next.is_empty() {
             println!("  next: {}", s.next.iter().map(u64::to_string).collect::<Vec<_>>().join(", "));
+        }
+        for (i, error) in &s.harness_errors {
+            println!("  harness-error {i}: {error}");
+        }
+        if !s.harness_errors.is_empty() {
+            println!("  rerun them with `kfi campaign run {} --retry-errors`", args.file.display());
         }
     }
     Ok(ExitCode::SUCCESS)
