@@ -2,6 +2,8 @@
 //! packages, fetched with `apt-get download` into the cache) or a kernel the
 //! user supplies.
 
+pub mod lock;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
