@@ -79,7 +79,8 @@ fn prepare(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<(P
         AccelName::Tcg => AccelChoice::Tcg,
         AccelName::Kvm => AccelChoice::Kvm,
     };
-    let prepared = prepare_guest(cache, g.profile.into(), &KernelChoice::Debian, accel, g.memory_mb, step)?;
+    let kernel = KernelChoice::Locked(crate::setup::locked_kernel(g.kernel.as_deref())?);
+    let prepared = prepare_guest(cache, g.profile.into(), &kernel, accel, g.memory_mb, step)?;
     let mut config = VmConfig {
         accel: prepared.decision.accel,
         memory_mib: prepared.memory_mib,

@@ -48,7 +48,7 @@ pub enum AccelArg {
 
 #[derive(Args, Clone)]
 pub struct KernelArgs {
-    /// Boot this bzImage instead of the current Debian kernel.
+    /// Boot this bzImage instead of the kernel kernel.lock pins.
     #[arg(long, value_name = "BZIMAGE")]
     pub kernel: Option<PathBuf>,
     /// The ELF vmlinux (with DWARF) matching --kernel, for the injector.
@@ -60,14 +60,14 @@ pub struct KernelArgs {
 }
 
 impl KernelArgs {
-    /// The kernel these arguments name.
-    pub fn choice(&self) -> KernelChoice {
-        match &self.kernel {
-            None => KernelChoice::Debian,
+    /// The kernel these arguments name (the locked default without --kernel).
+    pub fn choice(&self) -> Result<KernelChoice> {
+        Ok(match &self.kernel {
+            None => KernelChoice::Locked(kfi::setup::locked_kernel(None)?),
             Some(k) => {
                 KernelChoice::User { kernel: k.clone(), vmlinux: self.vmlinux.clone(), modules: self.modules.clone() }
             }
-        }
+        })
     }
 }
 
@@ -96,7 +96,7 @@ impl GuestArgs {
             AccelArg::Tcg => AccelChoice::Tcg,
             AccelArg::Kvm => AccelChoice::Kvm,
         };
-        prepare_guest(cache, self.guest.into(), &self.kernel.choice(), choice, self.memory, step)
+        prepare_guest(cache, self.guest.into(), &self.kernel.choice()?, choice, self.memory, step)
     }
 }
 
