@@ -12,7 +12,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use cli::{KernelArgs, Progress};
 use kfi::campaign::spec::GuestProfile;
-use recovery_sut::{guest, kernel, Cache, KernelChoice};
+use recovery_sut::{guest, kernel, Cache};
 
 #[derive(Parser)]
 #[command(name = "kfi", version, about = "Kernel fault injection and recovery evaluation lab", long_about = None)]
@@ -64,14 +64,23 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KernelCommand {
-    /// Fetch the current Debian linux-image-amd64 into the cache.
+    /// Fetch the kernel kernel.lock pins (its default) into the cache, checking each .deb's SHA-256.
     Fetch {
         /// Also fetch the -dbg package (debug vmlinux with DWARF, real System.map; about 850 MB).
         #[arg(long)]
         debug: bool,
-        /// Fetch again even if cached.
+        /// Unpack again even if cached (cached .debs are checked, not downloaded again).
         #[arg(long)]
         force: bool,
+        /// Put this local .deb (image or -dbg, with a SHA-256 the lock names) into the cache instead.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["debug", "force"])]
+        from: Option<std::path::PathBuf>,
+    },
+    /// Show kernel.lock ($KFI_KERNEL_LOCK names another).
+    Lock {
+        /// Lock what linux-image-amd64 points at now (downloads both .debs) as the new default.
+        #[arg(long)]
+        update: bool,
     },
 }
 
@@ -117,32 +126,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let cache = Cache::from_env()?;
     match cli.command {
         Command::Doctor { json } => cli::boot::doctor(&cache, json),
-        Command::Kernel(KernelCommand::Fetch { debug, force }) => {
-            if force {
-                kernel::forget_debian(&cache)?;
-            }
+        Command::Kernel(KernelCommand::Fetch { from: Some(file), .. }) => {
+            println!("{}", kfi::setup::import_kernel_deb(&cache, &file)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kernel(KernelCommand::Fetch { debug, force, from: None }) => {
+            let progress = Progress::new();
+            let k = kfi::setup::fetch_kernel(&cache, debug, force, &|m| progress.step(m))?;
+            drop(progress);
+            println!("{}", kfi::setup::describe_kernel(&k));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kernel(KernelCommand::Lock { update }) => {
             let progress = Progress::new();
             let step = |m: &str| progress.step(m);
-            let k = kernel::resolve(&cache, &KernelChoice::Debian, &step)?;
-            let k = if debug { kernel::fetch_debug(&cache, &k, &step)? } else { k };
+            let lock = if update { kfi::setup::update_kernel_lock(&cache, &step)? } else { kfi::setup::kernel_lock()? };
             drop(progress);
-            println!("kernel {}", k.describe());
-            println!("  vmlinuz     {}", k.vmlinuz.display());
-            println!(
-                "  modules     {} ({})",
-                k.modules.len(),
-                k.modules.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(" ")
-            );
-            if let (Some(v), Some(m)) = (&k.vmlinux, &k.system_map) {
-                println!("  vmlinux     {}", v.display());
-                println!("  System.map  {}", m.display());
-            }
+            println!("{}", kfi::setup::describe_lock(&lock));
             Ok(ExitCode::SUCCESS)
         }
         Command::Guest(GuestCommand::Build { profile, force, kernel }) => {
             let progress = Progress::new();
             let step = |m: &str| progress.step(m);
-            let k = kernel::resolve(&cache, &kernel.choice(), &step)?;
+            let k = kernel::resolve(&cache, &kernel.choice()?, &step)?;
             let started = Instant::now();
             let image = guest::build(&cache, &kfi::setup::guest_recipe(profile.into()), &k, force, &step)?;
             drop(progress);
@@ -157,7 +163,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Guest(GuestCommand::Verify { profile, kernel }) => {
-            let k = kernel::resolve(&cache, &kernel.choice(), &cli::say)?;
+            let k = kernel::resolve(&cache, &kernel.choice()?, &cli::say)?;
             let image = guest::open(&cache, &kfi::setup::guest_recipe(profile.into()), &k)?;
             guest::verify_full(&image)?;
             println!("{} guest image {} is intact", image.profile(), image.dir.display());
@@ -203,7 +209,10 @@ mod tests {
         (&["campaign", "run", "x.toml"], "--jobs"),
         (&["check", "x.toml"], "--tolerance"),
         (&["check", "x.toml"], "--slack"),
+        (&["kernel", "fetch"], "--from"),
     ];
+    /// Of those, the ones that take any text (a path): no number is refused.
+    const TEXT_FLAGS: &[&str] = &["--from"];
 
     proptest! {
         // clap's value parsers (kfi's duration parser among them) return
@@ -221,6 +230,7 @@ mod tests {
             value in prop::sample::select(vec!["inf", "-inf", "NaN", "1e30", "-1", "1e400", "18446744073709551616"]),
         ) {
             let (command, name) = VALUE_FLAGS[flag];
+            prop_assume!(!TEXT_FLAGS.contains(&name));
             let argv = std::iter::once("kfi").chain(command.iter().copied()).chain([name, value]);
             prop_assert!(Cli::try_parse_from(argv).is_err(), "{name} {value} was accepted");
         }

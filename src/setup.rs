@@ -2,14 +2,77 @@
 //! or checked, the accelerator chosen; and the kernel model (symbols,
 //! subsystems, code bytes) every fault command needs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use injector::image::{KernelImage, LoadOptions};
 use injector::KernelCode;
+use recovery_sut::kernel::lock::{self, KernelLock, LockedKernel};
 use recovery_sut::{
     accel_probe, guest, kernel, AccelChoice, AccelDecision, Cache, GuestImage, Kernel, KernelChoice, Profile,
 };
+
+/// The kernel lock in use: `$KFI_KERNEL_LOCK`, else this checkout's `kernel.lock`.
+pub fn kernel_lock_path() -> PathBuf {
+    lock::lock_path(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/kernel.lock")))
+}
+
+/// The kernel lock in use, parsed.
+pub fn kernel_lock() -> Result<KernelLock> {
+    Ok(KernelLock::load(&kernel_lock_path())?)
+}
+
+/// The locked kernel `release` names (an experiment file's `[guest]
+/// kernel`), or the lock's default.
+pub fn locked_kernel(release: Option<&str>) -> Result<LockedKernel> {
+    Ok(kernel_lock()?.select(release)?)
+}
+
+/// `kfi kernel fetch`: the default locked kernel in the cache (unpacked
+/// again with `force`; with `debug` its debug vmlinux too).
+pub fn fetch_kernel(cache: &Cache, debug: bool, force: bool, step: &dyn Fn(&str)) -> Result<Kernel> {
+    let locked = locked_kernel(None)?;
+    if force {
+        kernel::forget(cache, &locked)?;
+    }
+    let k = kernel::resolve(cache, &KernelChoice::Locked(locked), step)?;
+    Ok(if debug { kernel::fetch_debug(cache, &k, step)? } else { k })
+}
+
+/// `kfi kernel fetch --from FILE`: a local `.deb` the lock names, put in
+/// the deb cache; says which package it is.
+pub fn import_kernel_deb(cache: &Cache, file: &Path) -> Result<String> {
+    let (k, deb) = kernel::import_deb(cache, &kernel_lock()?, file)?;
+    Ok(format!("{} is {} of kernel {}: cached, `kfi kernel fetch` will use it", file.display(), deb.apt_name(), k))
+}
+
+/// `kfi kernel lock --update`: locks what `linux-image-amd64` points at
+/// now as the new default.
+pub fn update_kernel_lock(cache: &Cache, step: &dyn Fn(&str)) -> Result<KernelLock> {
+    Ok(kernel::lock_current(cache, &kernel_lock_path(), step)?)
+}
+
+/// A kernel lock, as `kfi kernel lock` prints it.
+pub fn describe_lock(lock: &KernelLock) -> String {
+    let mut out = format!("kernel lock {} (default {})", lock.path().display(), lock.default_release());
+    for k in lock.kernels() {
+        for deb in [k.image(), k.debug()] {
+            out += &format!("\n  {:<16} {} sha256 {}", k.release(), deb.apt_name(), deb.sha256());
+        }
+    }
+    out
+}
+
+/// A fetched kernel, as `kfi kernel fetch` prints it.
+pub fn describe_kernel(k: &Kernel) -> String {
+    let names: Vec<&str> = k.modules.iter().map(|m| m.0.as_str()).collect();
+    let mut out = format!("kernel {}\n  vmlinuz     {}", k.describe(), k.vmlinuz.display());
+    out += &format!("\n  modules     {} ({})", names.len(), names.join(" "));
+    if let (Some(v), Some(m)) = (&k.vmlinux, &k.system_map) {
+        out += &format!("\n  vmlinux     {}\n  System.map  {}", v.display(), m.display());
+    }
+    out
+}
 
 /// A guest ready to start: its image, kernel, accelerator and RAM size.
 pub struct Prepared {
@@ -142,4 +205,30 @@ pub fn wait_ready(
     }
     show_phases(on_phase);
     Ok(http)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::campaign::spec::Campaign;
+
+    const FILE: &str = "name = \"k\"\nseed = 1\n\n[guest]\nprofile = \"tiny\"\nkernel = \"6.1.0-56-amd64\"\n\n\
+                        [workload]\nkind = \"apache\"\n\n[[inject]]\ncrash = \"sysrq\"\n\n[recovery]\nstrategies = [\"full-reboot\"]\n";
+
+    #[test]
+    fn an_experiment_file_names_a_locked_kernel() {
+        let c = Campaign::parse(Path::new("exp.toml"), FILE).unwrap();
+        let release = c.file.guest.kernel.as_deref();
+        assert_eq!(locked_kernel(release).unwrap().release(), "6.1.0-56-amd64");
+        let other = FILE.replace("6.1.0-56-amd64", "6.12.0-1-amd64");
+        let c = Campaign::parse(Path::new("exp.toml"), &other).unwrap();
+        let e = locked_kernel(c.file.guest.kernel.as_deref()).unwrap_err().to_string();
+        assert!(e.contains("6.12.0-1-amd64 is not in the kernel lock") && e.contains("locks: 6.1.0-56-amd64"), "{e}");
+        assert!(e.contains("kernel.lock") && e.contains("kfi kernel lock --update"), "{e}");
+    }
+
+    #[test]
+    fn the_default_is_the_lock_default() {
+        assert_eq!(locked_kernel(None).unwrap().release(), kernel_lock().unwrap().default_release());
+    }
 }

@@ -14,7 +14,7 @@ mod support;
 /// The real cache, with the kernel and tiny image present.
 fn real_cache() -> Cache {
     let cache = Cache::from_env().unwrap();
-    let k = kernel::resolve(&cache, &KernelChoice::Debian, &|_| {}).unwrap();
+    let k = kernel::resolve(&cache, &KernelChoice::Locked(kfi::setup::locked_kernel(None).unwrap()), &|_| {}).unwrap();
     guest::ensure(&cache, &guest::Recipe::Tiny, &k, &|_| {}).unwrap();
     cache
 }
@@ -107,6 +107,35 @@ fn missing_user_kernel_is_named() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--kernel /nonexistent/bzImage does not exist"), "{err}");
+}
+
+#[test]
+fn kernel_commands_refuse_what_the_lock_does_not_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = kfi().args(["kernel", "lock"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("(default 6.1.0-56-amd64)"), "{text}");
+    assert!(text.contains("linux-image-6.1.0-56-amd64-dbg=6.1.192-2 sha256 e481662a"), "{text}");
+
+    // --from with a file no lock entry names: refused, nothing cached.
+    let bogus = tmp.path().join("bogus.deb");
+    std::fs::write(&bogus, b"not a locked kernel").unwrap();
+    let out = kfi().args(["kernel", "fetch", "--from"]).arg(&bogus).env("KFI_CACHE", &cache).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bogus.deb has SHA-256"), "{err}");
+    assert!(err.contains("which no kernel") && err.contains("kernel.lock"), "{err}");
+    assert!(!cache.join("debs/bogus.deb").exists());
+
+    // A lock naming a version apt does not know (no download is tried).
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kernel.lock")).unwrap();
+    let old = tmp.path().join("old.lock");
+    std::fs::write(&old, lock.replace("6.1.192-2", "0.0-0")).unwrap();
+    let out = kfi().args(["kernel", "fetch"]).env("KFI_KERNEL_LOCK", &old).env("KFI_CACHE", &cache).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("apt knows no linux-image-6.1.0-56-amd64=0.0-0"), "{err}");
+    assert!(err.contains(&old.display().to_string()) && err.contains("kfi kernel lock --update"), "{err}");
+    assert!(err.contains("kfi kernel fetch --from FILE"), "{err}");
 }
 
 fn image_dir(cache: &Path) -> PathBuf {
@@ -212,7 +241,7 @@ fn recover_json_shows_snapshot_restore_far_faster_than_reboot() {
 #[test]
 fn a_user_supplied_kernel_and_module_tree_boot() {
     let cache = real_cache();
-    let k = kernel::resolve(&cache, &KernelChoice::Debian, &|_| {}).unwrap();
+    let k = kernel::resolve(&cache, &KernelChoice::Locked(kfi::setup::locked_kernel(None).unwrap()), &|_| {}).unwrap();
     let modules = k.modules[0].1.parent().unwrap().to_path_buf();
     let tmp = tempfile::tempdir().unwrap();
     let out = kfi()

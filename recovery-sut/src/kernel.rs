@@ -1,12 +1,16 @@
-//! Guest kernels: the current Debian `linux-image-amd64` (image and debug
-//! packages, fetched with `apt-get download` into the cache) or a kernel the
-//! user supplies.
+//! Guest kernels: a Debian kernel pinned in `kernel.lock` ([`lock`]: image
+//! and `-dbg` packages by version and SHA-256, fetched with `apt-get
+//! download` into the cache and checked against the lock before they are
+//! unpacked) or a kernel the user supplies.
+
+pub mod lock;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use self::lock::{KernelLock, LockError, LockedDeb, LockedKernel, FROM_COMMAND, UPDATE_COMMAND};
 use crate::cache::{Cache, CacheError, Manifest, PartialDir};
 use crate::modinfo::{self, ModuleError};
 use crate::tools::{self, ToolError};
@@ -38,9 +42,46 @@ pub enum KernelError {
     /// A module could not be resolved.
     #[error(transparent)]
     Module(#[from] ModuleError),
+    /// The kernel lock cannot be used.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// apt knows no kernel package.
     #[error("apt knows no `linux-image-amd64` package: run `apt-get update` as root (a fresh Debian has empty package lists), or pass --kernel with a kernel of your own")]
     NoPackage,
+    /// A `.deb` whose SHA-256 is not the one the lock names.
+    #[error("{file} ({apt_name}) has SHA-256 {got}, but the kernel lock {} names {want}: refusing to unpack it. If the cached file is damaged, remove it and fetch again; if Debian rebuilt the package, lock what apt has now with `{UPDATE_COMMAND}`, or put a copy with the locked hash in the cache with `{FROM_COMMAND}`", lock_file.display())]
+    DebMismatch {
+        /// The lock file.
+        lock_file: PathBuf,
+        /// `package=version`.
+        apt_name: String,
+        /// The file that was checked.
+        file: PathBuf,
+        /// The locked SHA-256.
+        want: String,
+        /// The file's SHA-256.
+        got: String,
+    },
+    /// A locked package version that apt cannot download.
+    #[error("apt knows no {apt_name}, which the kernel lock {} names (Debian drops old kernels from its archive; `apt-get update` if the package lists are stale): put a copy of the locked .deb in the cache with `{FROM_COMMAND}`, or lock the current Debian kernel with `{UPDATE_COMMAND}`", lock_file.display())]
+    NotInArchive {
+        /// The lock file.
+        lock_file: PathBuf,
+        /// `package=version`.
+        apt_name: String,
+    },
+    /// A `--from` file that no lock entry names.
+    #[error("{file} has SHA-256 {sha256}, which no kernel (image or -dbg package) in the kernel lock {} names; locked: {locked}", lock_file.display())]
+    NotLocked {
+        /// The file given.
+        file: PathBuf,
+        /// Its SHA-256.
+        sha256: String,
+        /// The lock file.
+        lock_file: PathBuf,
+        /// What the lock names, `package=version sha256` each.
+        locked: String,
+    },
     /// A user-supplied file is missing.
     #[error("{what} {path} does not exist")]
     MissingFile {
@@ -69,12 +110,15 @@ pub enum KernelError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum KernelOrigin {
-    /// A Debian package, by name and version.
+    /// A Debian package, by name, version and the `.deb`'s hash.
     Debian {
         /// e.g. `linux-image-6.1.0-56-amd64`.
         package: String,
         /// e.g. `6.1.192-2`.
         version: String,
+        /// SHA-256 of the `.deb` it was unpacked from (the lock's).
+        #[serde(default)]
+        deb_sha256: String,
     },
     /// Files given on the command line.
     User {
@@ -83,12 +127,21 @@ pub enum KernelOrigin {
     },
 }
 
+impl KernelOrigin {
+    fn locked(deb: &LockedDeb) -> Self {
+        KernelOrigin::Debian {
+            package: deb.package().into(),
+            version: deb.version().into(),
+            deb_sha256: deb.sha256().into(),
+        }
+    }
+}
+
 /// How to choose the kernel.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub enum KernelChoice {
-    /// The current Debian `linux-image-amd64`.
-    #[default]
-    Debian,
+    /// A Debian kernel the lock file names (see [`lock`]).
+    Locked(LockedKernel),
     /// Files of the user's own.
     User {
         /// The bzImage (`vmlinuz`).
@@ -98,6 +151,16 @@ pub enum KernelChoice {
         /// A `lib/modules/<release>` tree; without it every driver must be built in.
         modules: Option<PathBuf>,
     },
+}
+
+impl KernelChoice {
+    /// The locked kernel `release` names (the lock's default when `None`),
+    /// from the lock file `$KFI_KERNEL_LOCK` or else `default_lock` (the
+    /// caller's repository's `kernel.lock`).
+    pub fn locked(default_lock: &Path, release: Option<&str>) -> Result<KernelChoice, LockError> {
+        let lock = KernelLock::load(&lock::lock_path(default_lock))?;
+        Ok(KernelChoice::Locked(lock.select(release)?))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,13 +189,15 @@ pub struct Kernel {
     pub vmlinux: Option<PathBuf>,
     /// The full symbol map, when known.
     pub system_map: Option<PathBuf>,
+    /// The lock entry it was fetched by (`None` for a user's kernel).
+    pub locked: Option<LockedKernel>,
 }
 
 impl Kernel {
     /// A one-line description: release and package or hash.
     pub fn describe(&self) -> String {
         match &self.origin {
-            KernelOrigin::Debian { package, version } => format!("{} (Debian {package} {version})", self.release),
+            KernelOrigin::Debian { package, version, .. } => format!("{} (Debian {package} {version})", self.release),
             KernelOrigin::User { sha256 } => format!("{} (user-supplied, sha256 {})", self.release, &sha256[..12]),
         }
     }
@@ -140,7 +205,7 @@ impl Kernel {
     /// A string that changes whenever the kernel does, for image recipes.
     pub fn identity(&self) -> String {
         match &self.origin {
-            KernelOrigin::Debian { package, version } => format!("debian:{package}={version}"),
+            KernelOrigin::Debian { package, version, .. } => format!("debian:{package}={version}"),
             KernelOrigin::User { sha256 } => format!("user:{sha256}"),
         }
     }
@@ -201,7 +266,7 @@ pub fn bzimage_version(path: &Path) -> Result<String, KernelError> {
 /// Resolves (and fetches, if needed) the kernel for a choice.
 pub fn resolve(cache: &Cache, choice: &KernelChoice, progress: &dyn Fn(&str)) -> Result<Kernel, KernelError> {
     match choice {
-        KernelChoice::Debian => debian_kernel(cache, progress),
+        KernelChoice::Locked(locked) => locked_kernel(cache, locked, progress),
         KernelChoice::User { kernel, vmlinux, modules } => user_kernel(kernel, vmlinux.as_deref(), modules.as_deref()),
     }
 }
@@ -236,6 +301,7 @@ fn user_kernel(kernel: &Path, vmlinux: Option<&Path>, modules: Option<&Path>) ->
         modules: module_list,
         vmlinux: vmlinux.map(Path::to_path_buf),
         system_map: None,
+        locked: None,
     })
 }
 
@@ -254,24 +320,49 @@ pub fn current_debian_package() -> Result<(String, String), KernelError> {
     Ok((package, version))
 }
 
-fn debian_kernel(cache: &Cache, progress: &dyn Fn(&str)) -> Result<Kernel, KernelError> {
-    let (package, version) = current_debian_package()?;
-    let release = package.trim_start_matches("linux-image-").to_string();
-    let dir = cache.subdir("kernels")?.join(&release);
+/// What apt's package lists say of one package version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptRecord {
+    /// The archive path (`Filename:`).
+    pub filename: String,
+    /// The archive's SHA-256 of the `.deb` (`SHA256:`), when listed.
+    pub sha256: Option<String>,
+}
+
+/// What apt knows of `package=version`; `None` where apt does not know
+/// that version.
+pub fn apt_record(package: &str, version: &str) -> Result<Option<AptRecord>, KernelError> {
+    match tools::APT_CACHE.run(["show", "--no-all-versions", &format!("{package}={version}")], None) {
+        // An unknown package fails; a known package's unknown version prints nothing.
+        Err(ToolError::Failed { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+        Ok(show) => {
+            let field = |name: &str| show.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
+            Ok(field("Filename: ").map(|filename| AptRecord { filename, sha256: field("SHA256: ") }))
+        }
+    }
+}
+
+fn locked_kernel(cache: &Cache, locked: &LockedKernel, progress: &dyn Fn(&str)) -> Result<Kernel, KernelError> {
+    let release = locked.release();
+    let origin = KernelOrigin::locked(locked.image());
+    let dir = cache.subdir("kernels")?.join(release);
     let fix = "kfi kernel fetch --force";
     let _lock = crate::cache::BuildLock::acquire(&dir)?;
     let manifest = match Manifest::<KernelMeta>::load(&dir)? {
-        Some(m) if m.meta.origin == (KernelOrigin::Debian { package: package.clone(), version: version.clone() }) => {
+        Some(m) if m.meta.origin == origin => {
             m.verify(&dir, &format!("kernel {release}"), fix)?;
             m
         }
         _ => {
-            progress(&format!("fetching {package} {version}"));
-            fetch_debian(cache, &dir, &package, &version, &release)?
+            let deb = locked_deb(cache, locked, locked.image(), progress)?;
+            progress(&format!("unpacking {}", locked.image().apt_name()));
+            unpack_image(cache, &dir, &deb, origin, release)?
         }
     };
     let dbg = cache.root().join("kernels").join(format!("{release}-dbg"));
-    let has_dbg = Manifest::<KernelMeta>::load(&dbg)?.is_some();
+    let has_dbg =
+        Manifest::<KernelMeta>::load(&dbg)?.is_some_and(|m| m.meta.origin == KernelOrigin::locked(locked.debug()));
     let pvh = dir.join(PVH_ELF);
     Ok(Kernel {
         release: manifest.meta.release.clone(),
@@ -286,13 +377,15 @@ fn debian_kernel(cache: &Cache, progress: &dyn Fn(&str)) -> Result<Kernel, Kerne
             .collect(),
         vmlinux: has_dbg.then(|| dbg.join("vmlinux")),
         system_map: has_dbg.then(|| dbg.join("System.map")),
+        locked: Some(locked.clone()),
     })
 }
 
-/// Drops the cached kernel so the next use fetches it again.
-pub fn forget_debian(cache: &Cache) -> Result<(), KernelError> {
-    let (package, _) = current_debian_package()?;
-    let release = package.trim_start_matches("linux-image-");
+/// Drops the unpacked kernel (and its debug files) so the next use
+/// unpacks it again; the `.deb` files stay in the deb cache (they are
+/// checked against the lock on every use).
+pub fn forget(cache: &Cache, locked: &LockedKernel) -> Result<(), KernelError> {
+    let release = locked.release();
     for name in [release.to_string(), format!("{release}-dbg")] {
         let dir = cache.root().join("kernels").join(name);
         if dir.exists() {
@@ -300,6 +393,118 @@ pub fn forget_debian(cache: &Cache) -> Result<(), KernelError> {
         }
     }
     Ok(())
+}
+
+/// The deb cache, `$KFI_CACHE/debs`.
+fn deb_dir(cache: &Cache) -> Result<PathBuf, KernelError> {
+    Ok(cache.subdir("debs")?)
+}
+
+/// Checks a `.deb` against its lock entry.
+fn check_deb(locked: &LockedKernel, deb: &LockedDeb, file: &Path) -> Result<(), KernelError> {
+    let got = crate::cache::sha256_file(file)?;
+    if got == deb.sha256() {
+        return Ok(());
+    }
+    Err(KernelError::DebMismatch {
+        lock_file: locked.lock_file().into(),
+        apt_name: deb.apt_name(),
+        file: file.into(),
+        want: deb.sha256().into(),
+        got,
+    })
+}
+
+/// The locked `.deb`, from the deb cache or downloaded (exactly
+/// `package=version`) into it; either way its SHA-256 is the lock's.
+pub fn locked_deb(
+    cache: &Cache,
+    locked: &LockedKernel,
+    deb: &LockedDeb,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf, KernelError> {
+    let debs = deb_dir(cache)?;
+    let path = debs.join(deb.cache_name());
+    if path.exists() {
+        check_deb(locked, deb, &path)?;
+        return Ok(path);
+    }
+    if apt_record(deb.package(), deb.version())?.is_none() {
+        return Err(KernelError::NotInArchive { lock_file: locked.lock_file().into(), apt_name: deb.apt_name() });
+    }
+    progress(&format!("downloading {}", deb.apt_name()));
+    let scratch = tempfile::tempdir_in(&debs).map_err(|e| CacheError::io("create scratch in", &debs, e))?;
+    let file = download(deb.package(), deb.version(), scratch.path())?;
+    check_deb(locked, deb, &file)?;
+    fs::rename(&file, &path).map_err(|e| CacheError::io("move", &file, e))?;
+    Ok(path)
+}
+
+/// Puts a local `.deb` into the deb cache if its SHA-256 is one the lock
+/// names (image or `-dbg`); returns the kernel and package it is.
+pub fn import_deb(cache: &Cache, lock: &KernelLock, file: &Path) -> Result<(LockedKernel, LockedDeb), KernelError> {
+    if !file.exists() {
+        return Err(KernelError::MissingFile { what: "--from", path: file.into() });
+    }
+    let sha256 = crate::cache::sha256_file(file)?;
+    let Some((kernel, deb)) = lock.find_deb(&sha256) else {
+        let locked = lock
+            .kernels()
+            .iter()
+            .flat_map(|k| [k.image().clone(), k.debug().clone()])
+            .map(|d| format!("{} {}", d.apt_name(), d.sha256()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(KernelError::NotLocked { file: file.into(), sha256, lock_file: lock.path().into(), locked });
+    };
+    let debs = deb_dir(cache)?;
+    let path = debs.join(deb.cache_name());
+    let tmp = tempfile::NamedTempFile::new_in(&debs).map_err(|e| CacheError::io("create scratch in", &debs, e))?;
+    fs::copy(file, tmp.path()).map_err(|e| CacheError::io("copy", file, e))?;
+    // The copy is what the cache keeps: check it, not the original.
+    check_deb(&kernel, &deb, tmp.path())?;
+    tmp.persist(&path).map_err(|e| CacheError::io("move into place", &path, e.error))?;
+    Ok((kernel, deb))
+}
+
+/// Locks what `linux-image-amd64` points at now: downloads its image and
+/// `-dbg` packages (kept in the deb cache), hashes them and writes them
+/// to the lock at `lock_path` as a new default entry (creating the file if
+/// there is none).
+pub fn lock_current(cache: &Cache, lock_path: &Path, progress: &dyn Fn(&str)) -> Result<KernelLock, KernelError> {
+    let existing = if lock_path.exists() { Some(KernelLock::load(lock_path)?) } else { None };
+    let (package, version) = current_debian_package()?;
+    let release = package.trim_start_matches("linux-image-").to_string();
+    let debs = deb_dir(cache)?;
+    let fetch = |package: String| -> Result<LockedDeb, KernelError> {
+        let apt_name = format!("{package}={version}");
+        let record = apt_record(&package, &version)?
+            .ok_or_else(|| KernelError::NotInArchive { lock_file: lock_path.into(), apt_name: apt_name.clone() })?;
+        let cached = debs.join(record.filename.rsplit('/').next().unwrap_or(&record.filename));
+        // A cached copy counts only if it is the file the archive lists.
+        if cached.exists() && record.sha256.as_deref() == Some(crate::cache::sha256_file(&cached)?.as_str()) {
+            let sha256 = record.sha256.unwrap_or_default();
+            return Ok(LockedDeb::new(&package, &version, &record.filename, &sha256));
+        }
+        progress(&format!("downloading {apt_name}"));
+        let scratch = tempfile::tempdir_in(&debs).map_err(|e| CacheError::io("create scratch in", &debs, e))?;
+        let file = download(&package, &version, scratch.path())?;
+        let deb = LockedDeb::new(&package, &version, &record.filename, &crate::cache::sha256_file(&file)?);
+        fs::rename(&file, debs.join(deb.cache_name())).map_err(|e| CacheError::io("move", &file, e))?;
+        Ok(deb)
+    };
+    let image = fetch(package.clone())?;
+    let debug = fetch(format!("{package}-dbg"))?;
+    let kernel = LockedKernel::new(lock_path, &release, image, debug)?;
+    let lock = match existing {
+        Some(mut lock) => {
+            lock.set_default(kernel);
+            lock
+        }
+        None => KernelLock::new(kernel),
+    };
+    lock.store()?;
+    Ok(lock)
 }
 
 fn download(package: &str, version: &str, into: &Path) -> Result<PathBuf, KernelError> {
@@ -314,16 +519,15 @@ fn download(package: &str, version: &str, into: &Path) -> Result<PathBuf, Kernel
         .ok_or_else(|| KernelError::PackageLayout(format!("downloaded .deb for {package}")))
 }
 
-fn fetch_debian(
+fn unpack_image(
     cache: &Cache,
     dir: &Path,
-    package: &str,
-    version: &str,
+    deb: &Path,
+    origin: KernelOrigin,
     release: &str,
 ) -> Result<Manifest<KernelMeta>, KernelError> {
     let scratch =
         tempfile::tempdir_in(cache.root()).map_err(|e| CacheError::io("create scratch in", cache.root(), e))?;
-    let deb = download(package, version, scratch.path())?;
     let tree = scratch.path().join("x");
     tools::DPKG_DEB.run(["-x".as_ref(), deb.as_os_str(), tree.as_os_str()], None)?;
 
@@ -351,11 +555,8 @@ fn fetch_debian(
         copy(path.clone(), out.join("modules").join(format!("{name}.ko")))?;
         files.push(format!("modules/{name}.ko"));
     }
-    let meta = KernelMeta {
-        release: release.to_string(),
-        origin: KernelOrigin::Debian { package: package.into(), version: version.into() },
-        module_order: order.into_iter().map(|(n, _)| n).collect(),
-    };
+    let meta =
+        KernelMeta { release: release.to_string(), origin, module_order: order.into_iter().map(|(n, _)| n).collect() };
     let names: Vec<&str> = files.iter().map(String::as_str).collect();
     let manifest = Manifest::build(out, meta, &names)?;
     manifest.store(out)?;
@@ -363,28 +564,29 @@ fn fetch_debian(
     Ok(manifest)
 }
 
-/// Fetches the `-dbg` package of a Debian kernel (850 MB) and keeps only
-/// the debug `vmlinux` and the real `System.map`.
+/// Fetches the `-dbg` package of a locked kernel (850 MB, through the same
+/// deb cache and lock check as the image) and keeps only the debug
+/// `vmlinux` and the real `System.map`.
 pub fn fetch_debug(cache: &Cache, kernel: &Kernel, progress: &dyn Fn(&str)) -> Result<Kernel, KernelError> {
-    let KernelOrigin::Debian { package, version } = &kernel.origin else {
+    let Some(locked) = &kernel.locked else {
         return if kernel.vmlinux.is_some() {
             Ok(kernel.clone())
         } else {
             Err(KernelError::NoDebug(kernel.release.clone()))
         };
     };
+    let origin = KernelOrigin::locked(locked.debug());
     let dir = cache.subdir("kernels")?.join(format!("{}-dbg", kernel.release));
     let fix = "kfi kernel fetch --debug --force";
     let _lock = crate::cache::BuildLock::acquire(&dir)?;
     match Manifest::<KernelMeta>::load(&dir)? {
-        Some(m) if m.meta.origin == kernel.origin => {
-            m.verify(&dir, &format!("debug kernel {}", kernel.release), fix)?
-        }
+        Some(m) if m.meta.origin == origin => m.verify(&dir, &format!("debug kernel {}", kernel.release), fix)?,
         _ => {
-            progress(&format!("fetching {package}-dbg {version} (about 850 MB)"));
+            progress(&format!("fetching {} (about 850 MB)", locked.debug().apt_name()));
+            let deb = locked_deb(cache, locked, locked.debug(), progress)?;
+            progress(&format!("unpacking the debug vmlinux of {}", locked.debug().apt_name()));
             let scratch =
                 tempfile::tempdir_in(cache.root()).map_err(|e| CacheError::io("create scratch in", cache.root(), e))?;
-            let deb = download(&format!("{package}-dbg"), version, scratch.path())?;
             let tar = scratch.path().join("fs.tar");
             // Only boot/ is wanted; unpacking the module debug info would
             // cost gigabytes, so go through tar with a member filter.
@@ -416,8 +618,7 @@ pub fn fetch_debug(cache: &Cache, kernel: &Kernel, progress: &dyn Fn(&str)) -> R
                 }
                 fs::rename(&src, partial.path().join(to)).map_err(|e| CacheError::io("move", &src, e))?;
             }
-            let meta =
-                KernelMeta { release: kernel.release.clone(), origin: kernel.origin.clone(), module_order: Vec::new() };
+            let meta = KernelMeta { release: kernel.release.clone(), origin, module_order: Vec::new() };
             Manifest::build(partial.path(), meta, &["vmlinux", "System.map"])?.store(partial.path())?;
             partial.commit()?;
         }
@@ -439,6 +640,109 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         fs::write(file.path(), &image).unwrap();
         assert_eq!(bzimage_version(file.path()).unwrap(), "6.1.0-56-amd64");
+    }
+
+    const RELEASE: &str = "6.1.0-56-amd64";
+
+    /// A lock naming `version` of the 6.1.0-56 packages with these hashes.
+    fn lock(dir: &Path, version: &str, img: &str, dbg: &str) -> KernelLock {
+        KernelLock::parse(&dir.join("kernel.lock"), &lock::sample(RELEASE, version, img, dbg)).unwrap()
+    }
+
+    fn sha(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(bytes))
+    }
+
+    fn refusal_names_the_lock_and_the_fixes(e: &str, lock_file: &Path) {
+        assert!(e.contains(&lock_file.display().to_string()), "{e}");
+        assert!(e.contains("kfi kernel lock --update") && e.contains("kfi kernel fetch --from FILE"), "{e}");
+    }
+
+    #[test]
+    fn a_cached_deb_with_the_wrong_hash_is_refused_before_unpacking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::at(tmp.path().join("cache")).unwrap();
+        let locked = lock(tmp.path(), "6.1.192-2", &"1".repeat(64), &"2".repeat(64)).select(None).unwrap();
+        let debs = cache.subdir("debs").unwrap();
+        fs::write(debs.join(locked.image().cache_name()), b"not the locked package").unwrap();
+        let e = resolve(&cache, &KernelChoice::Locked(locked.clone()), &|_| {}).unwrap_err();
+        assert!(matches!(e, KernelError::DebMismatch { .. }), "{e:?}");
+        let e = e.to_string();
+        refusal_names_the_lock_and_the_fixes(&e, locked.lock_file());
+        assert!(e.contains(&sha(b"not the locked package")) && e.contains(&"1".repeat(64)), "{e}");
+        assert!(!cache.root().join("kernels").join(RELEASE).exists(), "nothing was unpacked");
+    }
+
+    #[test]
+    fn a_cached_deb_with_the_locked_hash_is_used_without_apt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::at(tmp.path().join("cache")).unwrap();
+        // apt knows no version `0.0-0`: finding the file proves apt was not asked.
+        let locked = lock(tmp.path(), "0.0-0", &sha(b"image"), &sha(b"dbg")).select(None).unwrap();
+        let path = cache.subdir("debs").unwrap().join(locked.debug().cache_name());
+        fs::write(&path, b"dbg").unwrap();
+        assert_eq!(locked_deb(&cache, &locked, locked.debug(), &|_| {}).unwrap(), path);
+    }
+
+    #[test]
+    fn a_version_apt_does_not_know_is_refused() {
+        if tools::APT_CACHE.find().is_err() {
+            eprintln!("skipped: no apt-cache on this host");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::at(tmp.path().join("cache")).unwrap();
+        let locked = lock(tmp.path(), "0.0-0", &sha(b"image"), &sha(b"dbg")).select(None).unwrap();
+        let e = resolve(&cache, &KernelChoice::Locked(locked.clone()), &|_| {}).unwrap_err();
+        assert!(matches!(e, KernelError::NotInArchive { .. }), "{e:?}");
+        let e = e.to_string();
+        refusal_names_the_lock_and_the_fixes(&e, locked.lock_file());
+        assert!(e.contains("linux-image-6.1.0-56-amd64=0.0-0"), "{e}");
+    }
+
+    #[test]
+    fn from_accepts_only_a_file_the_lock_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::at(tmp.path().join("cache")).unwrap();
+        let lock = lock(tmp.path(), "0.0-0", &sha(b"image"), &sha(b"dbg"));
+        let other = tmp.path().join("other.deb");
+        fs::write(&other, b"something else").unwrap();
+        let e = import_deb(&cache, &lock, &other).unwrap_err();
+        assert!(matches!(e, KernelError::NotLocked { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains("other.deb") && e.contains(&sha(b"something else")), "{e}");
+        assert!(e.contains(&lock.path().display().to_string()) && e.contains("=0.0-0"), "{e}");
+        let debs = cache.root().join("debs");
+        assert!(!debs.exists() || fs::read_dir(&debs).unwrap().count() == 0, "nothing was cached");
+
+        let dbg = tmp.path().join("dbg.deb");
+        fs::write(&dbg, b"dbg").unwrap();
+        let (kernel, deb) = import_deb(&cache, &lock, &dbg).unwrap();
+        assert_eq!((kernel.release(), deb.package()), (RELEASE, "linux-image-6.1.0-56-amd64-dbg"));
+        assert_eq!(fs::read(cache.root().join("debs").join(deb.cache_name())).unwrap(), b"dbg");
+    }
+
+    #[test]
+    fn an_unpacked_kernel_of_another_lock_entry_is_not_served() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::at(tmp.path().join("cache")).unwrap();
+        let dir = cache.subdir("kernels").unwrap().join(RELEASE);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("vmlinuz"), b"old").unwrap();
+        let old = KernelOrigin::Debian {
+            package: format!("linux-image-{RELEASE}"),
+            version: "6.1.192-1".into(),
+            deb_sha256: sha(b"old"),
+        };
+        let meta = KernelMeta { release: RELEASE.into(), origin: old, module_order: Vec::new() };
+        Manifest::build(&dir, meta, &["vmlinuz"]).unwrap().store(&dir).unwrap();
+        // The lock names another version: the stale directory is not used,
+        // the (wrong) cached .deb is checked instead and refused.
+        let locked = lock(tmp.path(), "6.1.192-2", &sha(b"image"), &sha(b"dbg")).select(None).unwrap();
+        fs::write(cache.subdir("debs").unwrap().join(locked.image().cache_name()), b"stale").unwrap();
+        let e = resolve(&cache, &KernelChoice::Locked(locked), &|_| {}).unwrap_err();
+        assert!(matches!(e, KernelError::DebMismatch { .. }), "{e:?}");
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub fn runner_for(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Re
     if campaign.file.inject.iter().all(|i| i.faults.is_none()) {
         return Ok(None);
     }
-    let model = setup::load_kernel_model(cache, &KernelChoice::Debian, step)?;
+    let kernel = KernelChoice::Locked(setup::locked_kernel(campaign.file.guest.kernel.as_deref())?);
+    let model = setup::load_kernel_model(cache, &kernel, step)?;
     let mut groups = Vec::new();
     for (i, inject) in campaign.file.inject.iter().enumerate() {
         let Some(faults) = &inject.faults else {

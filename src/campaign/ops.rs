@@ -75,7 +75,8 @@ pub fn results_dir(campaign: &Campaign, given: Option<&Path>) -> PathBuf {
 fn prepare(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<(Prepared, VmConfig, Provenance)> {
     let g = &campaign.file.guest;
     let accel = AccelChoice::from(g.accel);
-    let prepared = prepare_guest(cache, g.profile.into(), &KernelChoice::Debian, accel, g.memory_mb, step)?;
+    let kernel = KernelChoice::Locked(crate::setup::locked_kernel(g.kernel.as_deref())?);
+    let prepared = prepare_guest(cache, g.profile.into(), &kernel, accel, g.memory_mb, step)?;
     let mut config = VmConfig {
         accel: prepared.decision.accel,
         memory_mib: prepared.memory_mib,

@@ -126,6 +126,10 @@ pub struct GuestSpec {
     /// needed to count acknowledged writes.
     #[serde(default)]
     pub data_disk: bool,
+    /// The guest kernel: a release `kernel.lock` names (its default when
+    /// absent), e.g. `6.1.0-56-amd64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 fn default_clients() -> usize {

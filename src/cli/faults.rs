@@ -75,7 +75,7 @@ struct Listed<'a> {
 
 /// Prints the fault list.
 pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
-    let model = load_kernel_model(cache, &args.vm.kernel.choice(), &|m| tracing::info!("{m}"))?;
+    let model = load_kernel_model(cache, &args.vm.kernel.choice()?, &|m| tracing::info!("{m}"))?;
     let (selection, models) = args.select.resolve();
     let generator = Generator::new(&model.image, &model.code, &selection, &models)?;
     let specs = (args.start..args.start + args.count)

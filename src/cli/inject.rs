@@ -57,7 +57,7 @@ pub struct InjectArgs {
 /// Boots the guest, runs one fault experiment, prints the result.
 pub fn cmd(cache: &Cache, args: InjectArgs) -> Result<ExitCode> {
     let step = |m: &str| tracing::info!("{m}");
-    let model = load_kernel_model(cache, &args.vm.kernel.choice(), &step)?;
+    let model = load_kernel_model(cache, &args.vm.kernel.choice()?, &step)?;
     let spec: FaultSpec = match (&args.fault, args.seed, args.index) {
         (Some(json), _, _) => serde_json::from_str(json).context("parsing --fault (a FaultSpec as JSON)")?,
         (None, Some(seed), Some(index)) => {

@@ -21,7 +21,7 @@ use recovery_sut::{Cache, KernelChoice};
 
 #[derive(Args, Clone)]
 pub struct KernelArgs {
-    /// Boot this bzImage instead of the current Debian kernel.
+    /// Boot this bzImage instead of the kernel kernel.lock pins.
     #[arg(long, value_name = "BZIMAGE")]
     pub kernel: Option<PathBuf>,
     /// The ELF vmlinux (with DWARF) matching --kernel, for the injector.
@@ -33,14 +33,14 @@ pub struct KernelArgs {
 }
 
 impl KernelArgs {
-    /// The kernel these arguments name.
-    pub fn choice(&self) -> KernelChoice {
-        match &self.kernel {
-            None => KernelChoice::Debian,
+    /// The kernel these arguments name (the locked default without --kernel).
+    pub fn choice(&self) -> Result<KernelChoice> {
+        Ok(match &self.kernel {
+            None => KernelChoice::Locked(kfi::setup::locked_kernel(None)?),
             Some(k) => {
                 KernelChoice::User { kernel: k.clone(), vmlinux: self.vmlinux.clone(), modules: self.modules.clone() }
             }
-        }
+        })
     }
 }
 
@@ -64,7 +64,7 @@ pub struct GuestArgs {
 impl GuestArgs {
     /// The guest these arguments name, ready to start.
     pub fn prepare(&self, cache: &Cache, step: &dyn Fn(&str)) -> Result<Prepared> {
-        prepare_guest(cache, self.guest.into(), &self.kernel.choice(), self.accel.into(), self.memory, step)
+        prepare_guest(cache, self.guest.into(), &self.kernel.choice()?, self.accel.into(), self.memory, step)
     }
 }
 

@@ -65,7 +65,13 @@ fn exercise(addr: SocketAddr) {
 #[test]
 fn rubis_on_the_debian_guest_answers_every_interaction_and_keeps_acknowledged_writes() {
     let cache = Cache::from_env().unwrap();
-    let k = kernel::resolve(&cache, &KernelChoice::Debian, &|_| {}).unwrap();
+    let k = kernel::resolve(
+        &cache,
+        &KernelChoice::locked(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel.lock")), None)
+            .expect("kernel.lock"),
+        &|_| {},
+    )
+    .unwrap();
     let started = Instant::now();
     // As `kfi` builds it (`guest_recipe` in src/main.rs), so the two share
     // one image.

@@ -19,7 +19,13 @@ fn cache() -> Cache {
 }
 
 fn debian_kernel() -> Kernel {
-    kernel::resolve(&cache(), &KernelChoice::Debian, &|m| eprintln!("{m}")).expect("Debian kernel")
+    kernel::resolve(
+        &cache(),
+        &KernelChoice::locked(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel.lock")), None)
+            .expect("kernel.lock"),
+        &|m| eprintln!("{m}"),
+    )
+    .expect("Debian kernel")
 }
 
 /// The debug vmlinux of the guest kernel (`kfi kernel fetch --debug`).

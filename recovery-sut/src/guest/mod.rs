@@ -473,6 +473,7 @@ mod tests {
             modules: vec![("virtio_blk".into(), PathBuf::from("/virtio_blk.ko"))],
             vmlinux: None,
             system_map: None,
+            locked: None,
         }
     }
 

@@ -14,7 +14,13 @@ pub fn cache() -> Cache {
 /// The tiny image, built on first use.
 pub fn tiny_image() -> GuestImage {
     let cache = cache();
-    let kernel = kernel::resolve(&cache, &KernelChoice::Debian, &|m| eprintln!("{m}")).expect("Debian kernel");
+    let kernel = kernel::resolve(
+        &cache,
+        &KernelChoice::locked(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel.lock")), None)
+            .expect("kernel.lock"),
+        &|m| eprintln!("{m}"),
+    )
+    .expect("Debian kernel");
     guest::ensure(&cache, &guest::Recipe::Tiny, &kernel, &|m| eprintln!("{m}")).expect("tiny image")
 }
 
