@@ -63,12 +63,25 @@ pub struct RunOptions {
     /// Run only the experiments stored as `harness-error` (each replaced
     /// by its new record).
     pub retry_errors: bool,
+    /// Keep the golden snapshot in the cache (`$KFI_CACHE/golden/<key>`)
+    /// and start from the kept one when it exists, instead of a golden
+    /// run of this run's own.
+    pub keep_golden: bool,
 }
 
 impl RunOptions {
-    /// Everything (no shard, no limit), one VM, the default retries.
+    /// Everything (no shard, no limit), one VM, the default retries, a
+    /// golden run of its own.
     pub fn all(results: PathBuf, jobs: usize) -> RunOptions {
-        RunOptions { results, jobs, shard: None, limit: None, retries: DEFAULT_RETRIES, retry_errors: false }
+        RunOptions {
+            results,
+            jobs,
+            shard: None,
+            limit: None,
+            retries: DEFAULT_RETRIES,
+            retry_errors: false,
+            keep_golden: false,
+        }
     }
 }
 
@@ -100,6 +113,9 @@ pub struct RunSummary {
     /// Experiments of this shard stored as `harness-error` once the run
     /// ended (`kfi campaign run --retry-errors` reruns them).
     pub harness_errors: Vec<u64>,
+    /// Where the experiments started from (`from the kept golden snapshot
+    /// <key>`, ...), when any ran.
+    pub golden: Option<String>,
 }
 
 impl RunSummary {
@@ -121,6 +137,9 @@ impl RunSummary {
                 self.wall_s,
                 self.overhead.map_or("n/a".into(), |o| format!("{:.0}%", o * 100.0))
             );
+            if let Some(golden) = &self.golden {
+                out += &format!("  experiments ran {golden}\n");
+            }
         }
         if !self.harness_errors.is_empty() {
             out += &format!(

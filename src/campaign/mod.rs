@@ -7,8 +7,9 @@
 //! expansion; `spec::restore` for the `[restore]` table), `experiment`
 //! (one experiment from golden snapshot to record) and `faults` (the
 //! injector's hook into it), `env` (what a run is given and returns),
-//! `restore` (the `[restore]` measurements) and `runner` (golden run,
-//! workers, resume), then `ops` (what the commands do: run, status,
+//! `golden` (the golden run, and golden snapshots kept in the cache by
+//! key), `restore` (the `[restore]` measurements) and `runner` (workers,
+//! resume), then `ops` (what the commands do: run, status,
 //! replay, check, reproduce). `check` and `compare` work on stored records
 //! only.
 
@@ -17,6 +18,7 @@ pub mod compare;
 pub mod env;
 pub mod experiment;
 pub mod faults;
+pub mod golden;
 pub mod ops;
 pub mod recorded;
 pub mod restore;

@@ -22,6 +22,7 @@ use serde::Serialize;
 use super::check::{self, Baseline};
 use super::env::{store_path, Environment, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
+use super::golden::{self, KeptGolden, Source};
 use super::spec::{Campaign, GuestProfile, Planned, WorkloadKind};
 use super::{faults, recorded, restore, runner};
 use crate::setup::{prepare_guest, Prepared};
@@ -113,8 +114,12 @@ pub fn run_campaign(
     let faults = faults::runner_for(cache, campaign, &step)?;
     step(&format!("golden run: booting the {} guest and freezing its service", prepared.profile));
     steps.setup_done();
+    let kept = match opts.keep_golden {
+        true => Some(KeptGolden::new(cache, &prepared.image, &config, campaign)?),
+        false => None,
+    };
     let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop };
-    runner::run(campaign, &env, opts)
+    runner::run(campaign, &env, opts, kept.as_ref())
 }
 
 /// How far a campaign got.
@@ -188,10 +193,15 @@ pub struct Replayed {
     pub stored: Option<ExperimentRecord>,
     /// The store looked in.
     pub store: PathBuf,
+    /// Where it started from (`from the kept golden snapshot <key>`, `from
+    /// a new golden run`; a restore measurement boots its own guest).
+    pub golden: String,
 }
 
 /// Re-runs experiment `id` exactly (same fault spec or restore point, same
-/// seeds, from a fresh golden run); nothing is stored.
+/// seeds), from the campaign's kept golden snapshot when there is one (see
+/// `kfi campaign run --keep-golden`), else from a new golden run; nothing
+/// is stored.
 pub fn replay(
     cache: &Cache,
     campaign: &Campaign,
@@ -217,20 +227,50 @@ pub fn replay(
     };
     let (prepared, config, provenance) = prepare(cache, campaign, step)?;
     let faults = faults::runner_for(cache, campaign, step)?;
+    let kept = KeptGolden::new(cache, &prepared.image, &config, campaign)?;
     let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop };
-    let record = if campaign.file.restore.is_some() {
+    if campaign.file.restore.is_some() {
         step(&format!("experiment {} ({}): preparing its guest", planned.index, planned.key()));
-        restore::replay(campaign, &env, &planned)?
-    } else {
-        step("golden run");
-        let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
+        let record = restore::replay(campaign, &env, &planned)?;
+        return Ok(Replayed { planned, record, stored, store, golden: "from a guest booted for it".into() });
+    }
+    let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
+    let start = GoldenStart::open(&kept, &env, &docs, campaign, step)?;
+    step(&format!("experiment {} ({}) {}", planned.index, planned.key(), start.source));
+    let shared =
+        Shared { campaign, golden: &start.golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
+    let record = experiment::run(&shared, &planned)?;
+    Ok(Replayed { planned, record, stored, store, golden: start.source.to_string() })
+}
+
+/// A replay's golden snapshot: the kept one, or a new golden run's in a
+/// temporary directory (removed with it).
+struct GoldenStart {
+    golden: recovery_sut::Golden,
+    source: Source,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl GoldenStart {
+    fn open(
+        kept: &KeptGolden,
+        env: &Environment<'_>,
+        docs: &workloads::DocList,
+        campaign: &Campaign,
+        step: &dyn Fn(&str),
+    ) -> Result<GoldenStart> {
+        if let Some(golden) = kept.open(env.image, &env.config) {
+            return Ok(GoldenStart {
+                golden,
+                source: Source::Kept { key: kept.key.clone(), reused: true },
+                _dir: None,
+            });
+        }
+        step(&format!("golden run (no kept golden snapshot {})", kept.key));
         let dir = tempfile::Builder::new().prefix("kfi-golden-").tempdir()?;
-        let golden = runner::golden_run(&env, &docs, dir.path(), campaign)?;
-        step(&format!("experiment {} ({})", planned.index, planned.key()));
-        let shared = Shared { campaign, golden: &golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
-        experiment::run(&shared, &planned)?
-    };
-    Ok(Replayed { planned, record, stored, store })
+        let golden = golden::golden_run(env, docs, dir.path(), campaign)?;
+        Ok(GoldenStart { golden, source: Source::New, _dir: Some(dir) })
+    }
 }
 
 /// Regenerates tables, figures and report.md of a results directory.

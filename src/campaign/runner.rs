@@ -9,22 +9,28 @@
 //! second record for an index, so nothing is done twice.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
 
 use analysis::record::ExperimentRecord;
-use anyhow::{bail, Context, Result};
-use recovery_sut::Sut;
+use anyhow::{Context, Result};
 use workloads::DocList;
 
 use super::env::{open_store, pending, store_path, Environment, GoldenDir, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
-use super::spec::{Campaign, Planned, WorkloadKind};
+use super::golden::{golden_run, KeptGolden, Source};
+use super::spec::{Campaign, Planned};
 
-/// Runs the campaign's pending experiments.
-pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Result<RunSummary> {
+/// Runs the campaign's pending experiments, from the golden snapshot kept
+/// in `kept` when given (made there first when there is none), else from
+/// a golden run of their own.
+pub fn run(
+    campaign: &Campaign,
+    env: &Environment<'_>,
+    opts: &RunOptions,
+    kept: Option<&KeptGolden>,
+) -> Result<RunSummary> {
     let started = Instant::now();
     let store = open_store(campaign, &opts.results)?;
     let (mut todo, already_done) = pending(campaign, &store, opts.shard, opts.retry_errors)?;
@@ -43,6 +49,7 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
         store: store_path(&opts.results),
         interrupted: false,
         harness_errors: Vec::new(),
+        golden: None,
     };
     if todo.is_empty() {
         summary.wall_s = started.elapsed().as_secs_f64();
@@ -55,13 +62,23 @@ pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Res
         return super::restore::run(campaign, env, opts, &store, todo, summary, started);
     }
 
-    // In the results directory rather than /tmp: a run killed with -9
-    // leaves its golden snapshot where the next run replaces it.
-    let golden_dir = GoldenDir::create(&opts.results)?;
     let golden_started = Instant::now();
     let docs = DocList::load(&env.image.dir.join("docs.json"))?;
-    let golden = golden_run(env, &docs, &golden_dir.0, campaign)?;
+    let (_golden_dir, golden, source) = match kept {
+        Some(kept) => {
+            let (golden, source) = kept.obtain(env, &docs, campaign)?;
+            (None, golden, source)
+        }
+        None => {
+            // In the results directory rather than /tmp: a run killed with
+            // -9 leaves its golden snapshot where the next run replaces it.
+            let golden_dir = GoldenDir::create(&opts.results)?;
+            let golden = golden_run(env, &docs, &golden_dir.0, campaign)?;
+            (Some(golden_dir), golden, Source::New)
+        }
+    };
     summary.golden_s = golden_started.elapsed().as_secs_f64();
+    summary.golden = Some(source.to_string());
 
     let shared = Shared { campaign, golden: &golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
     let bar = crate::progress::progress_bar(todo.len() as u64);
@@ -163,41 +180,4 @@ fn run_with_retries(
 fn harness_errors(campaign: &Campaign, store: &analysis::store::Store, opts: &RunOptions) -> Result<Vec<u64>> {
     let errors = store.harness_errors(&campaign.file.name)?;
     Ok(errors.into_iter().filter(|i| opts.shard.is_none_or(|s| s.owns(*i))).collect())
-}
-
-/// Boots the guest once, checks that a fault-free run serves only correct
-/// answers, and freezes the running service as every experiment's start.
-pub fn golden_run(
-    env: &Environment<'_>,
-    docs: &DocList,
-    dir: &Path,
-    campaign: &Campaign,
-) -> Result<recovery_sut::Golden> {
-    let mut sut = Sut::boot(env.image, &env.config).context("booting the golden system")?;
-    let origin = Instant::now();
-    let w = &campaign.file.workload;
-    if w.kind == WorkloadKind::Rubis {
-        // The site's pages need MariaDB, which comes up after Apache.
-        sut.vm().wait_phase("services-ready", Duration::from_secs(300))?;
-    }
-    // Lenient with the static workload's first answers, as before any
-    // fault; RUBiS pages get their own timeout.
-    let timeout = match w.kind {
-        WorkloadKind::Apache => w.timeout().max(Duration::from_secs(2)),
-        WorkloadKind::Rubis => w.timeout(),
-    };
-    let load = experiment::client_load(w, docs, w.warmup().max(Duration::from_secs(1)), timeout, campaign.file.seed);
-    let stop = Arc::new(AtomicBool::new(false));
-    let records = crate::load::run(sut.vm().http_addr(), &load, origin, stop)?.records;
-    let bad = records.iter().filter(|r| !r.is_correct()).count();
-    if records.is_empty() || bad > 0 {
-        bail!(
-            "the golden (fault-free) run got {bad} wrong or failed answers out of {}: the service is not healthy \
-             before any fault, so no experiment could be judged; check the guest with `kfi boot --guest {}`",
-            records.len(),
-            env.provenance.profile
-        );
-    }
-    let golden = sut.freeze(dir).context("freezing the golden snapshot")?;
-    Ok(golden)
 }

@@ -63,6 +63,9 @@ pub struct CampaignRunArgs {
     /// Rerun only the experiments stored as harness-error.
     #[arg(long)]
     pub retry_errors: bool,
+    /// Keep the golden snapshot in the cache and start from a kept one of the same key (shards, replays).
+    #[arg(long)]
+    pub keep_golden: bool,
     /// Print the run summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -162,6 +165,7 @@ pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
         limit: args.limit,
         retries: args.retries,
         retry_errors: args.retry_errors,
+        keep_golden: args.keep_golden,
     };
     let progress = Progress::new();
     let summary = ops::run_campaign(cache, &campaign, &opts, ops::interrupt_flag()?, &progress)?;
@@ -227,7 +231,7 @@ pub fn replay(cache: &Cache, args: ReplayArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("experiment {} of {} ({}), replayed:", r.planned.index, campaign.file.name, r.planned.key());
+    println!("experiment {} of {} ({}), replayed {}:", r.planned.index, campaign.file.name, r.planned.key(), r.golden);
     match &r.stored {
         Some(stored) => print!("{}", compare::table(stored, &r.record)),
         None => {

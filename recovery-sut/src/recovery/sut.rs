@@ -12,7 +12,7 @@ use super::error::RecoveryError;
 use super::snapshots::{copy_snapshot, data_writes, quiesce_data_disk, wait_manifest, SnapshotSet, Which};
 use super::standby::StandbySlot;
 use crate::guest::GuestImage;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotError};
 use crate::vm::{save, Vm, VmConfig};
 
 /// How long the service may take to come back before recovery counts as
@@ -37,6 +37,51 @@ impl Golden {
     pub fn image(&self) -> &GuestImage {
         &self.image
     }
+
+    /// Reopens a golden snapshot that [`Sut::freeze`] wrote into `dir` and
+    /// that outlived its run (a kept one), for a guest booted from `image`
+    /// with `config` (as given to [`Sut::boot`]). Every file is checked
+    /// against its snapshot's manifest, and the snapshot's profile, kernel,
+    /// accelerator and RAM against `image` and `config`; whoever keeps
+    /// golden snapshots names them by everything else (QEMU, workload).
+    pub fn open(dir: &Path, image: &GuestImage, config: &VmConfig) -> Result<Golden, RecoveryError> {
+        let service = Snapshot::open(&dir.join(SERVICE))?;
+        let phase_dir = dir.join(PHASE);
+        let phase = if phase_dir.exists() { Some(Snapshot::open(&phase_dir)?) } else { None };
+        let want = (image.profile().to_string(), image.kernel.identity(), config.accel.name().to_string());
+        for snapshot in std::iter::once(&service).chain(phase.as_ref()) {
+            let meta = &snapshot.meta;
+            let have = (meta.profile.clone(), meta.kernel.clone(), meta.accel.clone());
+            if have != want || meta.memory_mib != config.memory_mib {
+                return Err(SnapshotError::Mismatch {
+                    dir: snapshot.dir.clone(),
+                    detail: format!(
+                        "snapshot is {have:?} with {} MiB, the guest is {want:?} with {} MiB",
+                        meta.memory_mib, config.memory_mib
+                    ),
+                }
+                .into());
+            }
+        }
+        let disks = service.disk_files();
+        let has = |name: &str| disks.iter().any(|d| d.file_name().is_some_and(|n| n == name));
+        if config.data_disk && !has("data.qcow2") {
+            return Err(SnapshotError::Missing(dir.join(SERVICE).join("disks/data.qcow2")).into());
+        }
+        Ok(Golden { service, phase, image: image.clone(), config: boot_config(config, None) })
+    }
+}
+
+/// The service snapshot's and the phase snapshot's directories in a golden one.
+const SERVICE: &str = "service";
+const PHASE: &str = "phase";
+
+/// How [`Sut::boot`] starts the guest given `config`: RAM file-backed (so
+/// snapshots are lazy), disks in `disks`, held at the userland boundary.
+fn boot_config(config: &VmConfig, disks: Option<&Path>) -> VmConfig {
+    let mut config = VmConfig { shared_ram: true, disk_dir: disks.map(Path::to_path_buf), ..config.clone() };
+    config.extra_cmdline.push("kfi.hold=userland".into());
+    config
 }
 
 /// A SUT's own disk and snapshot directories, removed with it.
@@ -68,8 +113,7 @@ impl Sut {
         // Both profiles hold at "userland up, data disk not mounted" when
         // asked to (tiny in its init, debian before kfi-data.service): the
         // phase snapshot is taken there on the way up.
-        let mut config = VmConfig { shared_ram: true, disk_dir: Some(disks.path().to_path_buf()), ..config.clone() };
-        config.extra_cmdline.push("kfi.hold=userland".into());
+        let config = boot_config(config, Some(disks.path()));
         let mut vm = Vm::start(image, &config)?;
         vm.wait_phase("held", SERVICE_TIMEOUT)?;
         let snapshots = SnapshotSet::at_boot(snapshots, &mut vm)?;
@@ -100,9 +144,9 @@ impl Sut {
         let vm = self.vm();
         wait_manifest(vm, watched);
         quiesce_data_disk(vm);
-        let service = save::take_with_disks(vm, &dir.join("service"), "services-ready", &disks)?;
+        let service = save::take_with_disks(vm, &dir.join(SERVICE), "services-ready", &disks)?;
         let phase = match self.snapshots.get(Which::Phase) {
-            Some(phase) => Some(copy_snapshot(phase, &dir.join("phase"))?),
+            Some(phase) => Some(copy_snapshot(phase, &dir.join(PHASE))?),
             None => None,
         };
         Ok(Golden { service, phase, image: self.image.clone(), config: self.config.clone() })
