@@ -207,6 +207,8 @@ mod tests {
         (&["workload", "run", "apache"], "--timeout"),
         (&["campaign", "run", "x.toml"], "--shard"),
         (&["campaign", "run", "x.toml"], "--jobs"),
+        (&["replay", "x.toml"], "--sample"),
+        (&["replay", "x.toml", "--sample", "1"], "--seed"),
         (&["check", "x.toml"], "--tolerance"),
         (&["check", "x.toml"], "--slack"),
         (&["kernel", "fetch"], "--from"),

@@ -24,7 +24,7 @@ use super::env::{store_path, Environment, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
 use super::golden::{self, KeptGolden, Source};
 use super::spec::{Campaign, GuestProfile, Planned, WorkloadKind};
-use super::{faults, recorded, restore, runner};
+use super::{compare, faults, recorded, restore, runner};
 use crate::setup::{prepare_guest, Prepared};
 
 /// How a long call reports its set-up.
@@ -241,6 +241,62 @@ pub fn replay(
         Shared { campaign, golden: &start.golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
     let record = experiment::run(&shared, &planned)?;
     Ok(Replayed { planned, record, stored, store, golden: start.source.to_string() })
+}
+
+/// Replays `n` of the stored activated fault experiments of `results`
+/// (drawn by `seed`), one after another from the campaign's kept golden
+/// snapshot when there is one (else from one new golden run), and counts
+/// how many come to the stored outcome and activation. Nothing is stored.
+#[allow(clippy::too_many_arguments)]
+pub fn agreement(
+    cache: &Cache,
+    campaign: &Campaign,
+    results: &Path,
+    n: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    step: &dyn Fn(&str),
+) -> Result<compare::Agreement> {
+    let path = store_path(results);
+    if !path.exists() {
+        bail!("{} holds no campaign.sqlite: give the results directory of a campaign", results.display());
+    }
+    let records = Store::open(&path)?.records(&campaign.file.name)?;
+    let activated = compare::activated_faults(&records);
+    if activated.is_empty() {
+        bail!("{} holds no fault experiment whose fault activated", path.display());
+    }
+    let chosen = compare::sample(&activated.iter().map(|r| r.experiment).collect::<Vec<_>>(), n, seed);
+    let all = campaign.expand();
+    let (prepared, config, provenance) = prepare(cache, campaign, step)?;
+    let faults = faults::runner_for(cache, campaign, step)?;
+    let kept = KeptGolden::new(cache, &prepared.image, &config, campaign)?;
+    let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop };
+    let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
+    let start = GoldenStart::open(&kept, &env, &docs, campaign, step)?;
+    let shared =
+        Shared { campaign, golden: &start.golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
+    let mut pairs = Vec::new();
+    for (done, index) in chosen.iter().enumerate() {
+        if env.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stored = activated.iter().find(|r| r.experiment == *index).map(|r| (*r).clone());
+        let planned = all.iter().find(|p| p.index == *index);
+        let (Some(stored), Some(planned)) = (stored, planned) else {
+            bail!("experiment {index} is stored but not in {}: was the file changed?", campaign.path.display())
+        };
+        step(&format!(
+            "replaying {}/{}: experiment {index} ({}) {}",
+            done + 1,
+            chosen.len(),
+            planned.key(),
+            start.source
+        ));
+        let replayed = experiment::run(&shared, planned).map_err(|e| format!("{e:#}"));
+        pairs.push((stored, replayed));
+    }
+    Ok(compare::Agreement::new(&campaign.file.name, start.source.to_string(), activated.len(), &pairs))
 }
 
 /// A replay's golden snapshot: the kept one, or a new golden run's in a

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use kfi::campaign::compare;
-use kfi::campaign::env::{RunOptions, RunSummary, Shard};
+use kfi::campaign::env::{RunOptions, Shard};
 use kfi::campaign::ops::{self, CheckOptions, ReproduceOptions, Reproduced};
 use kfi::campaign::spec::{Campaign, GuestProfile};
 use recovery_sut::Cache;
@@ -94,14 +94,21 @@ pub struct ReplayArgs {
     /// Experiment file.
     pub file: PathBuf,
     /// Experiment index (see `kfi campaign status`).
-    pub id: u64,
+    #[arg(required_unless_present = "sample")]
+    pub id: Option<u64>,
     /// Results directory holding the stored record to compare with.
     #[arg(long)]
     pub results: Option<PathBuf>,
     /// Run on this guest instead of the file's (as the campaign was run).
     #[arg(long, value_enum)]
     pub guest: Option<GuestProfile>,
-    /// Print both records in full, as JSON.
+    /// Instead of one: replay this many stored activated fault experiments and count those that agree.
+    #[arg(long, conflicts_with = "id")]
+    pub sample: Option<usize>,
+    /// Seed of the --sample draw.
+    #[arg(long, default_value_t = 0, requires = "sample")]
+    pub seed: u64,
+    /// Print both records in full (or the agreement), as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -172,7 +179,7 @@ pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        print_summary(&campaign, &summary);
+        print!("{}", summary.describe(&campaign.file.name));
     }
     Ok(if summary.interrupted {
         ExitCode::from(130)
@@ -181,10 +188,6 @@ pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn print_summary(campaign: &Campaign, s: &RunSummary) {
-    print!("{}", s.describe(&campaign.file.name));
 }
 
 /// Prints how far a campaign got.
@@ -223,8 +226,15 @@ pub fn merge(into: &std::path::Path, from: &[PathBuf]) -> Result<ExitCode> {
 pub fn replay(cache: &Cache, args: ReplayArgs) -> Result<ExitCode> {
     let campaign = ops::load(&args.file, args.guest)?;
     let results = ops::results_dir(&campaign, args.results.as_deref());
-    let progress = Progress::new();
-    let r = ops::replay(cache, &campaign, args.id, &results, ops::interrupt_flag()?, &|m| progress.step(m))?;
+    let (progress, stop) = (Progress::new(), ops::interrupt_flag()?);
+    if let Some(n) = args.sample {
+        let a = ops::agreement(cache, &campaign, &results, n, args.seed, stop, &|m| progress.step(m))?;
+        drop(progress);
+        println!("{}", if args.json { serde_json::to_string_pretty(&a)? } else { a.describe() });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let id = args.id.unwrap_or_default();
+    let r = ops::replay(cache, &campaign, id, &results, stop, &|m| progress.step(m))?;
     drop(progress);
     if args.json {
         let value = serde_json::json!({ "replayed": r.record, "stored": r.stored });
@@ -314,7 +324,7 @@ pub fn reproduce(cache: &Cache, args: ReproduceArgs) -> Result<ExitCode> {
                         campaign.file.name
                     );
                 }
-                print_summary(&campaign, &summary);
+                print!("{}", summary.describe(&campaign.file.name));
                 let Some(report) = report else { return Ok(ExitCode::from(130)) };
                 println!("{}", report.headline);
                 println!("report: {}", results.join("report.md").display());
