@@ -262,7 +262,8 @@ mod tests {
         let base = inputs();
         assert_eq!(base.key(), inputs().key());
         assert_eq!(base.key().len(), 20);
-        let changes: Vec<(&str, fn(&mut KeyInputs))> = vec![
+        type Change = (&'static str, fn(&mut KeyInputs));
+        let changes: Vec<Change> = vec![
             ("format", |k| k.format += 1),
             ("image_dir", |k| k.image_dir.push('x')),
             ("profile", |k| k.profile = "debian".into()),

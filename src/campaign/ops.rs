@@ -247,7 +247,6 @@ pub fn replay(
 /// (drawn by `seed`), one after another from the campaign's kept golden
 /// snapshot when there is one (else from one new golden run), and counts
 /// how many come to the stored outcome and activation. Nothing is stored.
-#[allow(clippy::too_many_arguments)]
 pub fn agreement(
     cache: &Cache,
     campaign: &Campaign,
