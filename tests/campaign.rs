@@ -319,3 +319,74 @@ fn a_harness_error_is_retried_stored_and_rerun_alone() {
     assert!(after[1].harness_error.is_none());
     assert_eq!((&after[0], &after[2]), (&records[0], &records[2]), "the others were not run again");
 }
+
+/// The cache root kfi uses (as `recovery_sut::Cache::from_env`).
+fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KFI_CACHE") {
+        return dir.into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Path::new(&dir).join("kfi");
+    }
+    Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/kfi")
+}
+
+/// `--keep-golden`: the first shard makes and keeps the golden snapshot,
+/// the second shard and `kfi replay` start from it, and a corrupt one is
+/// made anew with a one-line message.
+#[test]
+fn a_kept_golden_snapshot_is_reused_by_shards_and_replays_and_remade_when_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A seed of its own: a key no other run has kept.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let text = experiment_text("kept", 2).replace("seed = 5", &format!("seed = {seed}")).replace("20.0", "6.0");
+    let file = tmp.path().join("kept.toml");
+    std::fs::write(&file, text).unwrap();
+    let run_kept = |results: &Path, extra: &[&str]| {
+        let out = kfi()
+            .args(["campaign", "run"])
+            .arg(&file)
+            .arg("--results")
+            .arg(results)
+            .arg("--keep-golden")
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "kfi campaign run failed:\n{stdout}\n{stderr}");
+        (stdout.into_owned(), stderr.into_owned())
+    };
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let (first, _) = run_kept(&a, &["--shard", "1/2"]);
+    let key = first.split("kept as ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or_else(|| {
+        panic!("no new kept golden snapshot:\n{first}");
+    });
+    let dir = cache_root().join("golden").join(key);
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _remove = Remove(dir.clone());
+    assert!(dir.join("key.json").exists() && dir.join("service/manifest.json").exists());
+    assert!(!a.join(".golden").exists());
+
+    let (second, _) = run_kept(&b, &["--shard", "2/2"]);
+    assert!(second.contains(&format!("from the kept golden snapshot {key}")), "{second}");
+
+    let out = kfi().args(["replay"]).arg(&file).arg("0").arg("--results").arg(&a).output().unwrap();
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{replay}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(replay.contains(&format!("replayed from the kept golden snapshot {key}")), "{replay}");
+
+    // A truncated device state: made anew, not fatal.
+    let state = dir.join("service/state");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&state).unwrap().set_len(len / 2).unwrap();
+    let (third, stderr) = run_kept(&c, &["--limit", "1"]);
+    assert!(stderr.contains(&format!("kept golden snapshot {key} is unusable")), "{stderr}");
+    assert!(third.contains(&format!("kept as {key}")), "{third}");
+    assert_eq!(stored(&c, "kept").len(), 1);
+}
