@@ -367,6 +367,7 @@ fn a_kept_golden_snapshot_is_reused_by_shards_and_replays_and_remade_when_corrup
     impl Drop for Remove {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_file(self.0.with_extension("lock"));
         }
     }
     let _remove = Remove(dir.clone());
