@@ -23,7 +23,7 @@ use super::check::{self, Baseline};
 use super::env::{store_path, Environment, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
 use super::spec::{Campaign, GuestProfile, Planned, WorkloadKind};
-use super::{faults, recorded, restore, runner};
+use super::{faults, restore, runner};
 use crate::setup::{prepare_guest, Prepared};
 
 /// How a long call reports its set-up.
@@ -72,7 +72,15 @@ pub fn results_dir(campaign: &Campaign, given: Option<&Path>) -> PathBuf {
 }
 
 /// The guest, VM settings and provenance of a campaign.
-fn prepare(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<(Prepared, VmConfig, Provenance)> {
+/// The debian image's package list, kept in the store under the hash the
+/// provenance names.
+type Packages = Option<String>;
+
+fn prepare(
+    cache: &Cache,
+    campaign: &Campaign,
+    step: &dyn Fn(&str),
+) -> Result<(Prepared, VmConfig, Provenance, Packages)> {
     let g = &campaign.file.guest;
     let accel = AccelChoice::from(g.accel);
     let kernel = KernelChoice::Locked(crate::setup::locked_kernel(g.kernel.as_deref())?);
@@ -87,17 +95,8 @@ fn prepare(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<(P
     let args: BTreeSet<&str> =
         campaign.file.inject.iter().filter_map(|i| i.crash).flat_map(|c| c.kernel_args()).copied().collect();
     config.extra_cmdline.extend(args.into_iter().map(str::to_string));
-    let provenance = Provenance {
-        accel: recorded::accel(prepared.decision.accel),
-        qemu_version: recovery_sut::vm::qemu_version().context("asking QEMU for its version")?,
-        kernel_version: prepared.kernel.release.clone(),
-        profile: recorded::profile(prepared.profile),
-        ram_mb: prepared.memory_mib,
-        seed: campaign.file.seed,
-        kfi_version: env!("CARGO_PKG_VERSION").to_string(),
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
-    };
-    Ok((prepared, config, provenance))
+    let (provenance, packages) = crate::provenance::of(&prepared, campaign.file.seed)?;
+    Ok((prepared, config, provenance, packages))
 }
 
 /// Runs (or resumes) a campaign into `opts.results`.
@@ -109,11 +108,12 @@ pub fn run_campaign(
     steps: &dyn Steps,
 ) -> Result<RunSummary> {
     let step = |m: &str| steps.step(m);
-    let (prepared, config, provenance) = prepare(cache, campaign, &step)?;
+    let (prepared, config, provenance, image_packages) = prepare(cache, campaign, &step)?;
     let faults = faults::runner_for(cache, campaign, &step)?;
     step(&format!("golden run: booting the {} guest and freezing its service", prepared.profile));
     steps.setup_done();
-    let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop };
+    let env =
+        Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
     runner::run(campaign, &env, opts)
 }
 
@@ -172,10 +172,11 @@ pub fn status(campaign: &Campaign, results: &Path, file: &Path) -> Result<Status
 }
 
 /// Imports shard stores into `into`; per source, what was imported.
-pub fn merge(into: &Path, from: &[PathBuf]) -> Result<Vec<(PathBuf, MergeSummary)>> {
+/// Records of a different environment are refused unless `allow_mixed`.
+pub fn merge(into: &Path, from: &[PathBuf], allow_mixed: bool) -> Result<Vec<(PathBuf, MergeSummary)>> {
     std::fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
     let store = Store::open(store_path(into))?;
-    from.iter().map(|dir| Ok((dir.clone(), store.merge_from(store_path(dir))?))).collect()
+    from.iter().map(|dir| Ok((dir.clone(), store.merge_from(store_path(dir), allow_mixed)?))).collect()
 }
 
 /// One experiment run again, next to its stored record.
@@ -215,9 +216,10 @@ pub fn replay(
     } else {
         None
     };
-    let (prepared, config, provenance) = prepare(cache, campaign, step)?;
+    let (prepared, config, provenance, image_packages) = prepare(cache, campaign, step)?;
     let faults = faults::runner_for(cache, campaign, step)?;
-    let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop };
+    let env =
+        Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
     let record = if campaign.file.restore.is_some() {
         step(&format!("experiment {} ({}): preparing its guest", planned.index, planned.key()));
         restore::replay(campaign, &env, &planned)?

@@ -19,14 +19,14 @@ use anyhow::{bail, Context, Result};
 use recovery_sut::Sut;
 use workloads::DocList;
 
-use super::env::{open_store, pending, store_path, Environment, GoldenDir, RunOptions, RunSummary};
+use super::env::{open_store_for, pending, store_path, Environment, GoldenDir, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
 use super::spec::{Campaign, Planned, WorkloadKind};
 
 /// Runs the campaign's pending experiments.
 pub fn run(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
-    let store = open_store(campaign, &opts.results)?;
+    let store = open_store_for(campaign, env, opts)?;
     let (mut todo, already_done) = pending(campaign, &store, opts.shard, opts.retry_errors)?;
     if let Some(limit) = opts.limit {
         todo.truncate(limit);

@@ -32,6 +32,9 @@ pub enum CampaignCommand {
         /// Results directories to import.
         #[arg(required = true)]
         from: Vec<PathBuf>,
+        /// Merge records of different kernels, images, QEMUs or accelerators.
+        #[arg(long)]
+        allow_mixed: bool,
     },
 }
 
@@ -63,6 +66,9 @@ pub struct CampaignRunArgs {
     /// Rerun only the experiments stored as harness-error.
     #[arg(long)]
     pub retry_errors: bool,
+    /// Resume even where the kernel, image, QEMU or accelerator differ from the stored records'.
+    #[arg(long)]
+    pub allow_mixed: bool,
     /// Print the run summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -162,6 +168,7 @@ pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
         limit: args.limit,
         retries: args.retries,
         retry_errors: args.retry_errors,
+        allow_mixed: args.allow_mixed,
     };
     let progress = Progress::new();
     let summary = ops::run_campaign(cache, &campaign, &opts, ops::interrupt_flag()?, &progress)?;
@@ -208,8 +215,8 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
 }
 
 /// Imports shard stores into one.
-pub fn merge(into: &std::path::Path, from: &[PathBuf]) -> Result<ExitCode> {
-    for (dir, m) in ops::merge(into, from)? {
+pub fn merge(into: &std::path::Path, from: &[PathBuf], allow_mixed: bool) -> Result<ExitCode> {
+    for (dir, m) in ops::merge(into, from, allow_mixed)? {
         println!("{}: {} records imported, {} already present", dir.display(), m.imported, m.already_present);
     }
     Ok(ExitCode::SUCCESS)
