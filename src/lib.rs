@@ -25,6 +25,7 @@ pub mod duration;
 pub mod fault_watch;
 pub mod load;
 pub mod progress;
+pub mod provenance;
 pub mod recover;
 pub mod service;
 pub mod setup;

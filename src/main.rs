@@ -176,7 +176,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inject(args) => cli::inject::cmd(&cache, args),
         Command::Campaign(cli::campaign::CampaignCommand::Run(args)) => cli::campaign::run(&cache, args),
         Command::Campaign(cli::campaign::CampaignCommand::Status(args)) => cli::campaign::status(args),
-        Command::Campaign(cli::campaign::CampaignCommand::Merge { into, from }) => cli::campaign::merge(&into, &from),
+        Command::Campaign(cli::campaign::CampaignCommand::Merge { into, from, allow_mixed }) => {
+            cli::campaign::merge(&into, &from, allow_mixed)
+        }
         Command::Replay(args) => cli::campaign::replay(&cache, args),
         Command::Report(args) => cli::campaign::report(args),
         Command::Reproduce(args) => cli::campaign::reproduce(&cache, args),

@@ -57,3 +57,62 @@ fn a_register_flip_runs_and_is_reproducible_from_its_spec() {
     assert_eq!(again["fault"], result["fault"]);
     assert_eq!(again["injection"]["applied"]["reg"], result["injection"]["applied"]["reg"]);
 }
+
+/// A committed fault campaign's faults are a pure function of (seed,
+/// index, kernel): `kfi faults` with the store's seed and each group's
+/// selection lists exactly the faults stored, on the kernel the store
+/// names (the pinned one).
+#[test]
+fn kfi_faults_lists_exactly_the_faults_of_the_committed_campaigns() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lock = std::fs::read_to_string(root.join("kernel.lock")).unwrap();
+    for campaign in ["faults-sample", "faults"] {
+        let store = analysis::store::Store::open(root.join("results").join(campaign).join("campaign.sqlite")).unwrap();
+        let meta = store.campaign(campaign).unwrap().unwrap();
+        let records = store.records(campaign).unwrap();
+        let kernel = &records[0].provenance.kernel_version;
+        assert!(
+            lock.contains(&format!("default = \"{kernel}\"")),
+            "{campaign} ran on {kernel}, which kernel.lock does not pin as the default"
+        );
+        let stored: std::collections::BTreeMap<u64, &serde_json::Value> = records
+            .iter()
+            .filter_map(|r| match &r.injection {
+                analysis::record::Injection::Fault { spec, .. } => {
+                    let index = r.key.strip_prefix("fault=")?.split(' ').next()?.parse().ok()?;
+                    Some((index, spec))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(!stored.is_empty(), "{campaign} has fault records");
+        let mut first = 0u64;
+        let mut compared = 0;
+        for group in meta.definition["inject"].as_array().unwrap() {
+            let Some(f) = group.get("faults").filter(|f| !f.is_null()) else { continue };
+            let count = f["count"].as_u64().unwrap();
+            assert!(!f["transient"].as_bool().unwrap(), "transient groups change the listed persistence");
+            let join =
+                |k: &str| f[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect::<Vec<_>>().join(",");
+            let (seed, start, n) = (meta.seed.to_string(), first.to_string(), count.to_string());
+            let mut args =
+                vec!["faults", "--guest", "tiny", "--seed", &seed, "--start", &start, "--count", &n, "--json"];
+            let (models, subsystems, functions) = (join("models"), join("subsystems"), join("functions"));
+            for (flag, value) in [("--model", &models), ("--subsystem", &subsystems), ("--function", &functions)] {
+                if !value.is_empty() {
+                    args.extend([flag, value.as_str()]);
+                }
+            }
+            let listed: serde_json::Value = serde_json::from_str(&run(&args)).unwrap();
+            for (k, fault) in listed.as_array().unwrap().iter().enumerate() {
+                let index = first + k as u64;
+                if let Some(spec) = stored.get(&index) {
+                    assert_eq!(&&fault["spec"], spec, "{campaign} fault {index}");
+                    compared += 1;
+                }
+            }
+            first += count;
+        }
+        assert_eq!(compared, stored.len(), "{campaign}: every stored fault was listed");
+    }
+}

@@ -34,6 +34,14 @@ pub fn provenance() -> Provenance {
         seed: 7,
         kfi_version: "0.1.0".into(),
         host: "ci".into(),
+        kfi_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        kfi_dirty: Some(false),
+        kernel_origin: Some("debian:linux-image-6.12.38+deb13-amd64=6.12.38-1".into()),
+        kernel_build_id: Some("3f2a9c0d11e4b5a6978812aa00bb11cc22dd33ee".into()),
+        image_recipe: Some("a1b2c3d4e5f60718".into()),
+        image_packages: None,
+        host_cpu: Some("Fixture CPU @ 2.0GHz".into()),
+        host_cores: Some(2),
     }
 }
 

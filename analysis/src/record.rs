@@ -230,6 +230,95 @@ pub struct Provenance {
     pub kfi_version: String,
     /// Host name of the machine that ran the experiment.
     pub host: String,
+    /// The kfi git commit the experiment ran on (`None`: not built from a
+    /// git checkout, or a record of a build before schema 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kfi_commit: Option<String>,
+    /// Whether that checkout had uncommitted changes to tracked files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kfi_dirty: Option<bool>,
+    /// Where the kernel came from: `debian:<package>=<version>` or
+    /// `user:<sha256 of the bzImage>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_origin: Option<String>,
+    /// The kernel's GNU build id (hex), from its ELF image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_build_id: Option<String>,
+    /// Hash of everything the guest image was built from (its recipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_recipe: Option<String>,
+    /// SHA-256 of the package list debootstrap installed into a debian
+    /// image (`<package> <version>` lines; the list itself is in the
+    /// store's `image_packages` table). Its userland comes from the mirror
+    /// of the day, so it is recorded because it cannot be pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_packages: Option<String>,
+    /// The host CPU (`model name` of /proc/cpuinfo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpu: Option<String>,
+    /// Host CPU cores available to the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cores: Option<u32>,
+}
+
+/// One way two runs' environments differ (see
+/// [`Provenance::environment_differences`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentDifference {
+    /// Which property (`kernel`, `kernel build id`, `image recipe`, `QEMU`,
+    /// `accelerator`, `image packages`).
+    pub what: &'static str,
+    /// Its value in the stored records.
+    pub stored: String,
+    /// Its value now (or in the other store).
+    pub current: String,
+}
+
+impl std::fmt::Display for EnvironmentDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: stored {}, now {}", self.what, self.stored, self.current)
+    }
+}
+
+impl Provenance {
+    /// How the environment that produced `self` (stored) differs from
+    /// `current` in what makes results comparable: kernel, image, QEMU and
+    /// accelerator. A property one side did not record (an older record)
+    /// is not a difference.
+    pub fn environment_differences(&self, current: &Provenance) -> Vec<EnvironmentDifference> {
+        let mut out = Vec::new();
+        let mut cmp = |what: &'static str, a: Option<&str>, b: Option<&str>| {
+            if let (Some(a), Some(b)) = (a, b) {
+                if a != b {
+                    out.push(EnvironmentDifference { what, stored: a.to_string(), current: b.to_string() });
+                }
+            }
+        };
+        cmp("kernel", Some(&self.kernel_version), Some(&current.kernel_version));
+        cmp("kernel package", self.kernel_origin.as_deref(), current.kernel_origin.as_deref());
+        cmp("kernel build id", self.kernel_build_id.as_deref(), current.kernel_build_id.as_deref());
+        cmp("image recipe", self.image_recipe.as_deref(), current.image_recipe.as_deref());
+        cmp("image packages", self.image_packages.as_deref(), current.image_packages.as_deref());
+        cmp("QEMU", Some(&self.qemu_version), Some(&current.qemu_version));
+        cmp("accelerator", Some(self.accel.name()), Some(current.accel.name()));
+        out
+    }
+
+    /// A one-line name of the environment (kernel, image, QEMU,
+    /// accelerator), for reports of mixed campaigns.
+    pub fn environment_label(&self) -> String {
+        format!(
+            "kernel {}{}, image {}, QEMU {}, {}",
+            self.kernel_version,
+            self.kernel_build_id
+                .as_deref()
+                .map(|b| format!(" (build id {})", &b[..b.len().min(12)]))
+                .unwrap_or_default(),
+            self.image_recipe.as_deref().map(|r| &r[..r.len().min(12)]).unwrap_or("unrecorded"),
+            self.qemu_version,
+            self.accel
+        )
+    }
 }
 
 /// What was done to the guest.

@@ -24,10 +24,10 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::record::{ExperimentRecord, Injection, RecordedOutcome};
+use crate::record::{EnvironmentDifference, ExperimentRecord, Injection, Provenance, RecordedOutcome};
 
 /// Schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// File name of the store inside a results directory.
 pub const STORE_FILE: &str = "campaign.sqlite";
@@ -70,6 +70,16 @@ CREATE TABLE experiments (
     UNIQUE (campaign, key)
 );
 CREATE INDEX experiments_outcome ON experiments (campaign, outcome);
+";
+
+/// What schema 2 added to schema 1 (records' provenance grew optional
+/// fields, which need no change to the tables): the package lists of debian
+/// images, which records name by hash.
+const SCHEMA_2: &str = "
+CREATE TABLE image_packages (
+    sha256   TEXT PRIMARY KEY NOT NULL,
+    packages TEXT NOT NULL      -- `<package> <version>` lines
+);
 ";
 
 /// What identifies a campaign: stored by its first [`Store::begin_campaign`]
@@ -297,6 +307,24 @@ pub enum StoreError {
         /// What differs.
         diff: Box<Difference>,
     },
+    /// Merging records of one campaign that ran on different kernels,
+    /// images, QEMUs or accelerators.
+    #[error(
+        "campaign `{campaign}` ran in another environment in {other} than in {path} ({}); results of \
+         different environments are not comparable: rerun the shard on the same kernel, image, QEMU and \
+         accelerator, or pass --allow-mixed to merge them anyway (the report then says they are mixed)",
+        .diffs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    MixedEnvironments {
+        /// This store.
+        path: PathBuf,
+        /// The store merged in.
+        other: PathBuf,
+        /// Campaign name.
+        campaign: String,
+        /// What differs.
+        diffs: Vec<EnvironmentDifference>,
+    },
     /// A number does not fit SQLite's signed 64-bit integers.
     #[error("{what} = {value} does not fit the store's 64-bit signed integers")]
     TooLarge {
@@ -389,13 +417,18 @@ impl Store {
                     return Err(StoreError::NotAStore { path: self.path.clone() });
                 }
                 tx.execute_batch(SCHEMA).map_err(self.sql("create schema"))?;
+                tx.execute_batch(SCHEMA_2).map_err(self.sql("create schema"))?;
                 tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])
                     .map_err(self.sql("write schema version"))?;
             }
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(StoreError::NewerSchema { path: self.path.clone(), found: v, supported: SCHEMA_VERSION })
             }
-            // Older versions would be migrated here; there are none yet.
+            Some(1) => {
+                tx.execute_batch(SCHEMA_2).map_err(self.sql("migrate to schema 2"))?;
+                tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
+                    .map_err(self.sql("write schema version"))?;
+            }
             Some(_) => {}
         }
         tx.commit().map_err(self.sql("commit schema"))
@@ -656,7 +689,11 @@ impl Store {
     /// not here, in one transaction. Campaigns must match (file hash, seed,
     /// size); an experiment stored in both with different content is an
     /// error and nothing is imported.
-    pub fn merge_from(&self, other_path: impl AsRef<Path>) -> Result<MergeSummary, StoreError> {
+    ///
+    /// Records of a campaign whose environment (kernel, image, QEMU,
+    /// accelerator) differs from the records already here are refused
+    /// ([`StoreError::MixedEnvironments`]) unless `allow_mixed`.
+    pub fn merge_from(&self, other_path: impl AsRef<Path>, allow_mixed: bool) -> Result<MergeSummary, StoreError> {
         let other_path = other_path.as_ref().to_path_buf();
         let other = open_read_only(&other_path)?;
         let other_sql = |what: &'static str| {
@@ -700,6 +737,19 @@ impl Store {
                     experiment,
                     source,
                 })?;
+                if !allow_mixed {
+                    if let Some(here) = self.stored_environment(&tx, &meta.name)? {
+                        let diffs = here.environment_differences(&record.provenance);
+                        if !diffs.is_empty() {
+                            return Err(StoreError::MixedEnvironments {
+                                path: self.path.clone(),
+                                other: other_path,
+                                campaign: meta.name.clone(),
+                                diffs,
+                            });
+                        }
+                    }
+                }
                 match self.stored_json(&tx, &meta.name, experiment)? {
                     Some(here) => {
                         let same = serde_json::from_str::<ExperimentRecord>(&here).is_ok_and(|h| h == record);
@@ -721,9 +771,90 @@ impl Store {
                 }
             }
         }
+        if has_image_packages(&other).map_err(other_sql("read image packages"))? {
+            let mut stmt = other
+                .prepare("SELECT sha256, packages FROM image_packages")
+                .map_err(other_sql("read image packages"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(other_sql("read image packages"))?;
+            for row in rows {
+                let (sha, list) = row.map_err(other_sql("read image packages"))?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO image_packages (sha256, packages) VALUES (?1, ?2)",
+                    params![sha, list],
+                )
+                .map_err(self.sql("merge image packages"))?;
+            }
+        }
         tx.commit().map_err(self.sql("commit merge"))?;
         Ok(summary)
     }
+
+    /// The provenance of the campaign's first stored record: the
+    /// environment later records must match.
+    fn stored_environment(&self, tx: &Transaction<'_>, campaign: &str) -> Result<Option<Provenance>, StoreError> {
+        let json: Option<String> = tx
+            .query_row(
+                "SELECT record FROM experiments WHERE campaign = ?1 ORDER BY experiment LIMIT 1",
+                [campaign],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql("read a stored record"))?;
+        json.map(|j| {
+            serde_json::from_str::<ExperimentRecord>(&j).map(|r| r.provenance).map_err(|source| StoreError::Corrupt {
+                path: self.path.clone(),
+                campaign: campaign.to_string(),
+                experiment: 0,
+                source,
+            })
+        })
+        .transpose()
+    }
+
+    /// How the environment a run would store records from differs from
+    /// the one the campaign's stored records came from (empty: the same,
+    /// or nothing stored yet).
+    pub fn environment_differences(
+        &self,
+        campaign: &str,
+        current: &Provenance,
+    ) -> Result<Vec<EnvironmentDifference>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.sql("begin"))?;
+        Ok(self.stored_environment(&tx, campaign)?.map(|p| p.environment_differences(current)).unwrap_or_default())
+    }
+
+    /// Keeps a debian image's package list under its hash (once).
+    pub fn record_image_packages(&self, sha256: &str, packages: &str) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT OR IGNORE INTO image_packages (sha256, packages) VALUES (?1, ?2)",
+            params![sha256, packages],
+        )
+        .map_err(self.sql("store image packages"))?;
+        Ok(())
+    }
+
+    /// The package list stored under `sha256`.
+    pub fn image_packages(&self, sha256: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.lock();
+        conn.query_row("SELECT packages FROM image_packages WHERE sha256 = ?1", [sha256], |r| r.get(0))
+            .optional()
+            .map_err(self.sql("read image packages"))
+    }
+}
+
+/// Whether a store has the schema-2 package table (a version-1 store
+/// merged in read-only has none).
+fn has_image_packages(conn: &Connection) -> rusqlite::Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'image_packages'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
 }
 
 /// Serialises a record, checking it reads back identically.
@@ -831,6 +962,50 @@ mod tests {
     use super::*;
     use crate::fixture;
 
+    #[test]
+    fn stores_of_two_kernels_do_not_merge_unless_mixing_is_allowed() {
+        let dir = crate::testdir::TestDir::new();
+        let records = fixture::records();
+        let here = open_fixture(&dir.path().join("here"));
+        here.insert(&records[0]).unwrap();
+        let there = open_fixture(&dir.path().join("there"));
+        let mut other = records[1].clone();
+        other.provenance.kernel_version = "6.1.0-57-amd64".into();
+        other.provenance.kernel_build_id = Some("ffff".into());
+        there.insert(&other).unwrap();
+        there.record_image_packages("abc", "bash 5.2.15-2+b7\n").unwrap();
+        let err = here.merge_from(there.path(), false).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::MixedEnvironments { .. }), "{err}");
+        assert!(
+            text.contains("kernel: stored 6.12.38+deb13-amd64, now 6.1.0-57-amd64") && text.contains("--allow-mixed"),
+            "{text}"
+        );
+        assert_eq!(here.done(fixture::CAMPAIGN).unwrap(), BTreeSet::from([0]), "nothing imported");
+        let diffs = here.environment_differences(fixture::CAMPAIGN, &other.provenance).unwrap();
+        assert_eq!(diffs.iter().map(|d| d.what).collect::<Vec<_>>(), ["kernel", "kernel build id"]);
+
+        assert_eq!(here.merge_from(there.path(), true).unwrap().imported, 1);
+        assert_eq!(here.image_packages("abc").unwrap().as_deref(), Some("bash 5.2.15-2+b7\n"));
+    }
+
+    #[test]
+    fn a_schema_1_store_is_migrated_and_reads_the_same() {
+        let dir = crate::testdir::TestDir::new();
+        let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/downtime-debian/campaign.sqlite");
+        let copy = dir.path().join(STORE_FILE);
+        std::fs::copy(&committed, &copy).unwrap();
+        let before = {
+            let conn = Connection::open(&copy).unwrap();
+            assert_eq!(read_version(&conn).unwrap(), Some(1), "the committed store is a schema-1 store");
+            conn.query_row("SELECT count(*) FROM experiments", [], |r| r.get::<_, i64>(0)).unwrap()
+        };
+        let store = Store::open(&copy).unwrap();
+        assert_eq!(store.all_records().unwrap().len() as i64, before);
+        assert_eq!(read_version(&store.lock()).unwrap(), Some(SCHEMA_VERSION));
+        store.record_image_packages("x", "y").unwrap();
+    }
+
     fn open_fixture(dir: &Path) -> Store {
         let store = Store::open(dir.join(STORE_FILE)).unwrap();
         assert_eq!(store.begin_campaign(&fixture::meta()).unwrap(), Begun::Started);
@@ -925,7 +1100,7 @@ mod tests {
         conn.execute("UPDATE schema_version SET version = 99", []).unwrap();
         drop(conn);
         let err = Store::open(&path).unwrap_err();
-        assert!(matches!(err, StoreError::NewerSchema { found: 99, supported: 1, .. }), "{err}");
+        assert!(matches!(err, StoreError::NewerSchema { found: 99, supported: SCHEMA_VERSION, .. }), "{err}");
         assert!(err.to_string().contains("newer"), "{err}");
 
         let other = dir.path().join("other.sqlite");
@@ -947,14 +1122,14 @@ mod tests {
         // Overlap: b also holds experiment 0, identical.
         b.insert(&records[0]).unwrap();
         let merged = Store::open(dir.path().join("merged").join(STORE_FILE)).unwrap();
-        let s1 = merged.merge_from(a.path()).unwrap();
+        let s1 = merged.merge_from(a.path(), false).unwrap();
         assert_eq!(s1, MergeSummary { campaigns_added: 1, imported: 16, already_present: 0 });
-        let s2 = merged.merge_from(b.path()).unwrap();
+        let s2 = merged.merge_from(b.path(), false).unwrap();
         assert_eq!(s2, MergeSummary { campaigns_added: 0, imported: 15, already_present: 1 });
         assert_eq!(merged.records(fixture::CAMPAIGN).unwrap(), one.records(fixture::CAMPAIGN).unwrap());
         assert_eq!(merged.campaigns().unwrap(), one.campaigns().unwrap());
         // Merging again changes nothing.
-        assert_eq!(merged.merge_from(a.path()).unwrap().imported, 0);
+        assert_eq!(merged.merge_from(a.path(), false).unwrap().imported, 0);
 
         // A conflicting duplicate aborts the whole merge.
         let c = open_fixture(&dir.path().join("c"));
@@ -964,7 +1139,7 @@ mod tests {
         c.insert(&changed).unwrap();
         let fresh = open_fixture(&dir.path().join("fresh"));
         fresh.insert(&records[5]).unwrap();
-        let err = fresh.merge_from(c.path()).unwrap_err();
+        let err = fresh.merge_from(c.path(), false).unwrap_err();
         assert!(matches!(err, StoreError::MergeConflict { experiment: 5, .. }), "{err}");
         assert_eq!(fresh.done(fixture::CAMPAIGN).unwrap(), BTreeSet::from([5]), "nothing imported");
 
@@ -973,7 +1148,7 @@ mod tests {
         let mut meta = fixture::meta();
         meta.seed = 8;
         d.begin_campaign(&meta).unwrap();
-        let err = merged.merge_from(d.path()).unwrap_err();
+        let err = merged.merge_from(d.path(), false).unwrap_err();
         assert!(matches!(&err, StoreError::MergeMismatch { diff, .. } if diff.what == "seed"), "{err}");
     }
 

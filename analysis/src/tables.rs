@@ -702,28 +702,81 @@ pub fn overhead(records: &[ExperimentRecord]) -> Table {
     }
 }
 
-/// Where the numbers come from: distinct provenance with its experiments.
+/// Where the numbers come from: distinct provenance with its experiments;
+/// a campaign whose records come from more than one environment (kernel,
+/// image, QEMU, accelerator) is named in the note.
 pub fn provenance(records: &[ExperimentRecord]) -> Table {
+    let short = |v: Option<&str>| v.map_or("unrecorded".to_string(), |v| v[..v.len().min(12)].to_string());
     let mut by: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+    let mut environments: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for r in records {
         let p = &r.provenance;
+        environments.entry(&r.campaign).or_default().insert(p.environment_label());
+        let kfi = match (&p.kfi_commit, p.kfi_dirty) {
+            (Some(c), dirty) => format!(
+                "{} {}{}",
+                p.kfi_version,
+                &c[..c.len().min(12)],
+                if dirty == Some(true) { "+dirty" } else { "" }
+            ),
+            (None, _) => p.kfi_version.clone(),
+        };
+        let host = match (&p.host_cpu, p.host_cores) {
+            (Some(cpu), Some(n)) => format!("{} ({cpu}, {n} cores)", p.host),
+            _ => p.host.clone(),
+        };
         let k = vec![
             r.campaign.clone(),
             p.accel.to_string(),
             p.qemu_version.clone(),
             p.kernel_version.clone(),
+            p.kernel_origin.clone().unwrap_or_else(|| "unrecorded".into()),
+            short(p.kernel_build_id.as_deref()),
+            short(p.image_recipe.as_deref()),
+            short(p.image_packages.as_deref()),
             p.profile.to_string(),
             p.ram_mb.to_string(),
             p.seed.to_string(),
-            p.kfi_version.clone(),
-            p.host.clone(),
+            kfi,
+            host,
         ];
         *by.entry(k).or_default() += 1;
     }
-    let ids = ["campaign", "accel", "qemu", "kernel", "profile", "ram_mb", "seed", "kfi", "host"];
-    let mut columns: Vec<Col> = ids.iter().map(|i| col(i, i)).collect();
-    columns[5].header = "guest RAM (MiB)".into();
+    let ids = [
+        ("campaign", "campaign"),
+        ("accel", "accel"),
+        ("qemu", "qemu"),
+        ("kernel", "kernel"),
+        ("kernel_package", "kernel package"),
+        ("kernel_build_id", "kernel build id"),
+        ("image_recipe", "image recipe"),
+        ("image_packages", "image packages"),
+        ("profile", "profile"),
+        ("ram_mb", "guest RAM (MiB)"),
+        ("seed", "seed"),
+        ("kfi", "kfi (commit)"),
+        ("host", "host"),
+    ];
+    let mut columns: Vec<Col> = ids.iter().map(|(i, h)| col(i, h)).collect();
     columns.push(col("n", "experiments"));
+    let mixed: Vec<String> = environments
+        .iter()
+        .filter(|(_, e)| e.len() > 1)
+        .map(|(c, e)| {
+            format!(
+                "campaign `{c}` mixes {} environments ({})",
+                e.len(),
+                e.iter().cloned().collect::<Vec<_>>().join("; ")
+            )
+        })
+        .collect();
+    let mut note = "Hashes and build ids are shortened to 12 digits (the records hold them whole); image packages: \
+                    hash of the debian image's installed package list, kept in the store; unrecorded: a record of \
+                    a kfi that did not record it."
+        .to_string();
+    if !mixed.is_empty() {
+        note = format!("Mixed results (run with --allow-mixed): {}. {note}", mixed.join("; "));
+    }
     Table {
         title: "Provenance".into(),
         columns,
@@ -735,6 +788,22 @@ pub fn provenance(records: &[ExperimentRecord]) -> Table {
                 row
             })
             .collect(),
-        note: String::new(),
+        note,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture;
+
+    #[test]
+    fn the_provenance_table_says_when_a_campaign_is_mixed() {
+        let mut records = fixture::records();
+        assert!(!provenance(&records).note.contains("Mixed"));
+        records[3].provenance.kernel_version = "6.1.0-57-amd64".into();
+        let note = provenance(&records).note;
+        assert!(note.contains("campaign `fixture` mixes 2 environments"), "{note}");
+        assert!(note.contains("kernel 6.1.0-57-amd64"), "{note}");
     }
 }

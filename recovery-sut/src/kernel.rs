@@ -248,6 +248,25 @@ pub fn pvh_elf(bzimage: &[u8]) -> Result<Option<Vec<u8>>, KernelError> {
     Ok(has_pvh.then_some(elf))
 }
 
+/// ELF note type of the GNU build id.
+const NT_GNU_BUILD_ID: u32 = 3;
+
+/// The kernel's GNU build id (hex): from the uncompressed boot image when
+/// it is an ELF, else from the debug `vmlinux`; `None` when neither has one.
+pub fn build_id(kernel: &Kernel) -> Option<String> {
+    [Some(&kernel.boot_image), kernel.vmlinux.as_ref()].into_iter().flatten().find_map(|path| {
+        let bytes = fs::read(path).ok()?;
+        let elf = goblin::elf::Elf::parse(&bytes).ok()?;
+        let note = elf
+            .iter_note_headers(&bytes)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|n| n.name == "GNU" && n.n_type == NT_GNU_BUILD_ID)?;
+        Some(note.desc.iter().map(|b| format!("{b:02x}")).collect())
+    })
+}
+
 /// Reads the version string a bzImage carries in its setup header.
 pub fn bzimage_version(path: &Path) -> Result<String, KernelError> {
     let bad = |detail: &str| KernelError::NotBzImage { path: path.into(), detail: detail.into() };

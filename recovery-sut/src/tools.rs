@@ -35,10 +35,13 @@ pub const APT_CACHE: Tool =
 /// Unpacks kernel packages.
 pub const DPKG_DEB: Tool = Tool { program: "dpkg-deb", package: "dpkg", purpose: "unpacks kernel packages" };
 /// Unpacks the debug kernel selectively.
+pub const DPKG_QUERY: Tool =
+    Tool { program: "dpkg-query", package: "dpkg", purpose: "lists the debian guest's packages" };
+/// `tar`.
 pub const TAR: Tool = Tool { program: "tar", package: "tar", purpose: "unpacks the debug kernel" };
 
 /// Every tool, in the order `kfi doctor` lists them.
-pub const ALL: &[Tool] = &[QEMU, QEMU_IMG, BUSYBOX, MKE2FS, DEBOOTSTRAP, APT_GET, APT_CACHE, DPKG_DEB, TAR];
+pub const ALL: &[Tool] = &[QEMU, QEMU_IMG, BUSYBOX, MKE2FS, DEBOOTSTRAP, APT_GET, APT_CACHE, DPKG_DEB, DPKG_QUERY, TAR];
 
 /// Errors from running host programs.
 #[derive(Debug, thiserror::Error)]

@@ -67,6 +67,9 @@ pub struct RunOptions {
     /// and start from the kept one when it exists, instead of a golden
     /// run of this run's own.
     pub keep_golden: bool,
+    /// Store records of another environment (kernel, image, QEMU,
+    /// accelerator) beside the stored ones instead of refusing to resume.
+    pub allow_mixed: bool,
 }
 
 impl RunOptions {
@@ -81,6 +84,7 @@ impl RunOptions {
             retries: DEFAULT_RETRIES,
             retry_errors: false,
             keep_golden: false,
+            allow_mixed: false,
         }
     }
 }
@@ -178,10 +182,44 @@ pub struct Environment<'a> {
     pub config: VmConfig,
     /// Provenance stamped on every record.
     pub provenance: Provenance,
+    /// The debian image's package list (`provenance.image_packages` is its
+    /// hash), kept in the store.
+    pub image_packages: Option<String>,
     /// Runs fault experiments, if the campaign has any.
     pub faults: Option<&'a dyn FaultRunner>,
     /// Set to stop after the running experiments.
     pub stop: Arc<AtomicBool>,
+}
+
+/// Opens the store for a run in `env`: records (or checks) the campaign,
+/// refuses to resume it in another environment than its stored records'
+/// unless `allow_mixed`, and keeps the image's package list.
+pub fn open_store_for(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Result<Store> {
+    let store = open_store(campaign, &opts.results)?;
+    check_environment(&store, &campaign.file.name, &env.provenance, opts.allow_mixed)?;
+    if let (Some(sha), Some(list)) = (&env.provenance.image_packages, &env.image_packages) {
+        store.record_image_packages(sha, list)?;
+    }
+    Ok(store)
+}
+
+/// Refuses records of `current` beside stored records of campaign `name`
+/// from another environment, unless `allow_mixed`.
+pub fn check_environment(store: &Store, name: &str, current: &Provenance, allow_mixed: bool) -> Result<()> {
+    let diffs = store.environment_differences(name, current)?;
+    if !diffs.is_empty() && !allow_mixed {
+        let list: Vec<String> = diffs.iter().map(ToString::to_string).collect();
+        anyhow::bail!(
+            "campaign `{}` in {} was run in another environment ({}); results of different environments are not \
+             comparable: resume it where it ran (the kernel is pinned in kernel.lock; an experiment file may name \
+             its own `[guest] kernel`), run it into a new results directory, or pass --allow-mixed to store the \
+             new records beside the old (the report then says the campaign is mixed)",
+            name,
+            store.path().display(),
+            list.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// Opens the store and records (or checks) the campaign in it.
@@ -245,6 +283,27 @@ impl Drop for GoldenDir {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_campaign_does_not_resume_on_another_kernel_unless_mixing_is_allowed() {
+        use analysis::fixture;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("campaign.sqlite")).unwrap();
+        store.begin_campaign(&fixture::meta()).unwrap();
+        store.insert(&fixture::records().remove(0)).unwrap();
+        let same = fixture::provenance();
+        check_environment(&store, fixture::CAMPAIGN, &same, false).unwrap();
+        let mut other = fixture::provenance();
+        other.kernel_version = "6.1.0-57-amd64".into();
+        other.kernel_origin = Some("debian:linux-image-6.1.0-57-amd64=6.1.192-3".into());
+        let err = check_environment(&store, fixture::CAMPAIGN, &other, false).unwrap_err().to_string();
+        assert!(err.contains("kernel: stored 6.12.38+deb13-amd64, now 6.1.0-57-amd64"), "{err}");
+        assert!(err.contains("kernel package: stored debian:linux-image-6.12.38"), "{err}");
+        assert!(err.contains("--allow-mixed") && err.contains("kernel.lock"), "{err}");
+        check_environment(&store, fixture::CAMPAIGN, &other, true).unwrap();
+        // A campaign with nothing stored yet resumes anywhere.
+        check_environment(&store, "another", &other, false).unwrap();
+    }
 
     #[test]
     fn shards_partition_the_experiments() {

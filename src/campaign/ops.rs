@@ -24,7 +24,7 @@ use super::env::{store_path, Environment, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
 use super::golden::{self, KeptGolden, Source};
 use super::spec::{Campaign, GuestProfile, Planned, WorkloadKind};
-use super::{compare, faults, recorded, restore, runner};
+use super::{compare, faults, restore, runner};
 use crate::setup::{prepare_guest, Prepared};
 
 /// How a long call reports its set-up.
@@ -73,7 +73,15 @@ pub fn results_dir(campaign: &Campaign, given: Option<&Path>) -> PathBuf {
 }
 
 /// The guest, VM settings and provenance of a campaign.
-fn prepare(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<(Prepared, VmConfig, Provenance)> {
+/// The debian image's package list, kept in the store under the hash the
+/// provenance names.
+type Packages = Option<String>;
+
+fn prepare(
+    cache: &Cache,
+    campaign: &Campaign,
+    step: &dyn Fn(&str),
+) -> Result<(Prepared, VmConfig, Provenance, Packages)> {
     let g = &campaign.file.guest;
     let accel = AccelChoice::from(g.accel);
     let kernel = KernelChoice::Locked(crate::setup::locked_kernel(g.kernel.as_deref())?);
@@ -88,17 +96,8 @@ fn prepare(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<(P
     let args: BTreeSet<&str> =
         campaign.file.inject.iter().filter_map(|i| i.crash).flat_map(|c| c.kernel_args()).copied().collect();
     config.extra_cmdline.extend(args.into_iter().map(str::to_string));
-    let provenance = Provenance {
-        accel: recorded::accel(prepared.decision.accel),
-        qemu_version: recovery_sut::vm::qemu_version().context("asking QEMU for its version")?,
-        kernel_version: prepared.kernel.release.clone(),
-        profile: recorded::profile(prepared.profile),
-        ram_mb: prepared.memory_mib,
-        seed: campaign.file.seed,
-        kfi_version: env!("CARGO_PKG_VERSION").to_string(),
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
-    };
-    Ok((prepared, config, provenance))
+    let (provenance, packages) = crate::provenance::of(&prepared, campaign.file.seed)?;
+    Ok((prepared, config, provenance, packages))
 }
 
 /// Runs (or resumes) a campaign into `opts.results`.
@@ -110,7 +109,7 @@ pub fn run_campaign(
     steps: &dyn Steps,
 ) -> Result<RunSummary> {
     let step = |m: &str| steps.step(m);
-    let (prepared, config, provenance) = prepare(cache, campaign, &step)?;
+    let (prepared, config, provenance, image_packages) = prepare(cache, campaign, &step)?;
     let faults = faults::runner_for(cache, campaign, &step)?;
     step(&format!("golden run: booting the {} guest and freezing its service", prepared.profile));
     steps.setup_done();
@@ -118,7 +117,8 @@ pub fn run_campaign(
         true => Some(KeptGolden::new(cache, &prepared.image, &config, campaign)?),
         false => None,
     };
-    let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop };
+    let env =
+        Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
     runner::run(campaign, &env, opts, kept.as_ref())
 }
 
@@ -177,10 +177,11 @@ pub fn status(campaign: &Campaign, results: &Path, file: &Path) -> Result<Status
 }
 
 /// Imports shard stores into `into`; per source, what was imported.
-pub fn merge(into: &Path, from: &[PathBuf]) -> Result<Vec<(PathBuf, MergeSummary)>> {
+/// Records of a different environment are refused unless `allow_mixed`.
+pub fn merge(into: &Path, from: &[PathBuf], allow_mixed: bool) -> Result<Vec<(PathBuf, MergeSummary)>> {
     std::fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
     let store = Store::open(store_path(into))?;
-    from.iter().map(|dir| Ok((dir.clone(), store.merge_from(store_path(dir))?))).collect()
+    from.iter().map(|dir| Ok((dir.clone(), store.merge_from(store_path(dir), allow_mixed)?))).collect()
 }
 
 /// One experiment run again, next to its stored record.
@@ -196,6 +197,45 @@ pub struct Replayed {
     /// Where it started from (`from the kept golden snapshot <key>`, `from
     /// a new golden run`; a restore measurement boots its own guest).
     pub golden: String,
+}
+
+/// What `kfi replay` prints: text, or JSON with `--json`.
+pub trait Printed {
+    /// The JSON.
+    fn json(&self) -> serde_json::Value;
+    /// The text.
+    fn describe(&self) -> String;
+}
+
+impl Printed for compare::Agreement {
+    fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    fn describe(&self) -> String {
+        compare::Agreement::describe(self)
+    }
+}
+
+impl Printed for Replayed {
+    /// Both records and where the replay started from.
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "replayed": self.record, "stored": self.stored, "golden": self.golden })
+    }
+
+    /// The replay next to the stored record.
+    fn describe(&self) -> String {
+        let (p, name) = (&self.planned, &self.record.campaign);
+        let mut out = format!("experiment {} of {name} ({}), replayed {}:\n", p.index, p.key(), self.golden);
+        match &self.stored {
+            Some(stored) => out += &compare::table(stored, &self.record),
+            None => {
+                out += &format!("(no stored record in {}: the replay alone)\n", self.store.display());
+                out += &compare::table(&self.record, &self.record);
+            }
+        }
+        out
+    }
 }
 
 /// Re-runs experiment `id` exactly (same fault spec or restore point, same
@@ -225,10 +265,11 @@ pub fn replay(
     } else {
         None
     };
-    let (prepared, config, provenance) = prepare(cache, campaign, step)?;
+    let (prepared, config, provenance, image_packages) = prepare(cache, campaign, step)?;
     let faults = faults::runner_for(cache, campaign, step)?;
     let kept = KeptGolden::new(cache, &prepared.image, &config, campaign)?;
-    let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop };
+    let env =
+        Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
     if campaign.file.restore.is_some() {
         step(&format!("experiment {} ({}): preparing its guest", planned.index, planned.key()));
         let record = restore::replay(campaign, &env, &planned)?;
@@ -267,10 +308,11 @@ pub fn agreement(
     }
     let chosen = compare::sample(&activated.iter().map(|r| r.experiment).collect::<Vec<_>>(), n, seed);
     let all = campaign.expand();
-    let (prepared, config, provenance) = prepare(cache, campaign, step)?;
+    let (prepared, config, provenance, image_packages) = prepare(cache, campaign, step)?;
     let faults = faults::runner_for(cache, campaign, step)?;
     let kept = KeptGolden::new(cache, &prepared.image, &config, campaign)?;
-    let env = Environment { image: &prepared.image, config, provenance, faults: faults.as_deref(), stop };
+    let env =
+        Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
     let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
     let start = GoldenStart::open(&kept, &env, &docs, campaign, step)?;
     let shared =

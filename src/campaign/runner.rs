@@ -17,7 +17,7 @@ use analysis::record::ExperimentRecord;
 use anyhow::{Context, Result};
 use workloads::DocList;
 
-use super::env::{open_store, pending, store_path, Environment, GoldenDir, RunOptions, RunSummary};
+use super::env::{open_store_for, pending, store_path, Environment, GoldenDir, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
 use super::golden::{golden_run, KeptGolden, Source};
 use super::spec::{Campaign, Planned};
@@ -32,7 +32,7 @@ pub fn run(
     kept: Option<&KeptGolden>,
 ) -> Result<RunSummary> {
     let started = Instant::now();
-    let store = open_store(campaign, &opts.results)?;
+    let store = open_store_for(campaign, env, opts)?;
     let (mut todo, already_done) = pending(campaign, &store, opts.shard, opts.retry_errors)?;
     if let Some(limit) = opts.limit {
         todo.truncate(limit);

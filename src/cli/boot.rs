@@ -67,9 +67,13 @@ pub fn doctor(cache: &Cache, json: bool) -> Result<ExitCode> {
             report.cache_bytes as f64 / 1e6,
             report.free_bytes as f64 / 1e9
         );
+        match kfi::setup::locked_kernel(None) {
+            Ok(k) => println!("kernel        {} (pinned in {})", k.release(), kfi::setup::kernel_lock_path().display()),
+            Err(e) => println!("kernel        {e:#}"),
+        }
         match &report.debian_kernel {
-            Ok(k) => println!("kernel        {k}"),
-            Err(e) => println!("kernel        unknown: {e}"),
+            Ok(k) => println!("              Debian's current: {k} (`kfi kernel lock --update` pins it)"),
+            Err(e) => println!("              Debian's current: unknown: {e}"),
         }
         for t in &report.tools {
             match &t.path {

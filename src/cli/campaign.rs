@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use kfi::campaign::compare;
 use kfi::campaign::env::{RunOptions, Shard};
 use kfi::campaign::ops::{self, CheckOptions, ReproduceOptions, Reproduced};
 use kfi::campaign::spec::{Campaign, GuestProfile};
@@ -32,6 +31,9 @@ pub enum CampaignCommand {
         /// Results directories to import.
         #[arg(required = true)]
         from: Vec<PathBuf>,
+        /// Merge records of different kernels, images, QEMUs or accelerators.
+        #[arg(long)]
+        allow_mixed: bool,
     },
 }
 
@@ -66,6 +68,9 @@ pub struct CampaignRunArgs {
     /// Keep the golden snapshot in the cache and start from a kept one of the same key (shards, replays).
     #[arg(long)]
     pub keep_golden: bool,
+    /// Resume even where the kernel, image, QEMU or accelerator differ from the stored records'.
+    #[arg(long)]
+    pub allow_mixed: bool,
     /// Print the run summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -173,6 +178,7 @@ pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
         retries: args.retries,
         retry_errors: args.retry_errors,
         keep_golden: args.keep_golden,
+        allow_mixed: args.allow_mixed,
     };
     let progress = Progress::new();
     let summary = ops::run_campaign(cache, &campaign, &opts, ops::interrupt_flag()?, &progress)?;
@@ -215,8 +221,8 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
 }
 
 /// Imports shard stores into one.
-pub fn merge(into: &std::path::Path, from: &[PathBuf]) -> Result<ExitCode> {
-    for (dir, m) in ops::merge(into, from)? {
+pub fn merge(into: &std::path::Path, from: &[PathBuf], allow_mixed: bool) -> Result<ExitCode> {
+    for (dir, m) in ops::merge(into, from, allow_mixed)? {
         println!("{}: {} records imported, {} already present", dir.display(), m.imported, m.already_present);
     }
     Ok(ExitCode::SUCCESS)
@@ -227,28 +233,14 @@ pub fn replay(cache: &Cache, args: ReplayArgs) -> Result<ExitCode> {
     let campaign = ops::load(&args.file, args.guest)?;
     let results = ops::results_dir(&campaign, args.results.as_deref());
     let (progress, stop) = (Progress::new(), ops::interrupt_flag()?);
-    if let Some(n) = args.sample {
-        let a = ops::agreement(cache, &campaign, &results, n, args.seed, stop, &|m| progress.step(m))?;
-        drop(progress);
-        println!("{}", if args.json { serde_json::to_string_pretty(&a)? } else { a.describe() });
-        return Ok(ExitCode::SUCCESS);
-    }
-    let id = args.id.unwrap_or_default();
-    let r = ops::replay(cache, &campaign, id, &results, stop, &|m| progress.step(m))?;
+    let step = |m: &str| progress.step(m);
+    let shown: Box<dyn ops::Printed> = match args.sample {
+        Some(n) => Box::new(ops::agreement(cache, &campaign, &results, n, args.seed, stop, &step)?),
+        None => Box::new(ops::replay(cache, &campaign, args.id.unwrap_or_default(), &results, stop, &step)?),
+    };
     drop(progress);
-    if args.json {
-        let value = serde_json::json!({ "replayed": r.record, "stored": r.stored });
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("experiment {} of {} ({}), replayed {}:", r.planned.index, campaign.file.name, r.planned.key(), r.golden);
-    match &r.stored {
-        Some(stored) => print!("{}", compare::table(stored, &r.record)),
-        None => {
-            println!("(no stored record in {}: the replay alone)", r.store.display());
-            print!("{}", compare::table(&r.record, &r.record));
-        }
-    }
+    let out = if args.json { serde_json::to_string_pretty(&shown.json())? + "\n" } else { shown.describe() };
+    print!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -453,6 +453,15 @@ pub(crate) fn build(
         ],
         None,
     )?;
+    // The userland comes from the mirror of the day and cannot be pinned:
+    // what was installed is kept with the image, for every record's
+    // provenance.
+    let admindir = root.join("var/lib/dpkg");
+    let packages = tools::DPKG_QUERY.run(
+        ["--admindir".as_ref(), admindir.as_os_str(), "-W".as_ref(), "-f=${Package} ${Version}\n".as_ref()],
+        None,
+    )?;
+    fs::write(out.join(super::PACKAGES_FILE), packages).map_err(|e| CacheError::io("write", out, e))?;
     progress("configuring the root filesystem");
     configure(&root, docs, site)?;
     let data = scratch.path().join("data");
@@ -484,7 +493,7 @@ pub(crate) fn build(
         cmdline: "net.ifnames=0".into(),
         rootfs: Some("rootfs.img".into()),
         min_memory_mib: MIN_MEMORY_MIB,
-        extra_files: Vec::new(),
+        extra_files: vec![super::PACKAGES_FILE.to_string()],
     })
 }
 

@@ -224,6 +224,9 @@ pub struct ImageMeta {
     pub min_memory_mib: u32,
 }
 
+/// The `<package> <version>` list of a debian image, in its directory.
+pub const PACKAGES_FILE: &str = "packages.txt";
+
 /// A built, checked guest image and the kernel it boots.
 #[derive(Debug, Clone)]
 pub struct GuestImage {
@@ -238,6 +241,12 @@ pub struct GuestImage {
 }
 
 impl GuestImage {
+    /// The packages debootstrap installed (`<package> <version>` lines),
+    /// for debian images built since kfi records them.
+    pub fn packages(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(PACKAGES_FILE)).ok()
+    }
+
     /// Profile.
     pub fn profile(&self) -> Profile {
         self.meta.profile
