@@ -41,15 +41,16 @@ pub fn of(prepared: &Prepared, seed: u64) -> Result<(Provenance, Option<String>)
     Ok((provenance, packages))
 }
 
-/// The checkout's HEAD commit and whether tracked files differ from it;
-/// `None` outside a git checkout (or without git).
+/// The checkout's HEAD commit and whether tracked files outside
+/// `results/` differ from it (generated output being rewritten is not a
+/// change to what ran); `None` outside a git checkout (or without git).
 pub fn git_state(repo: &Path) -> Option<(String, bool)> {
     let git = |args: &[&str]| {
         let out = std::process::Command::new("git").arg("-C").arg(repo).args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     let commit = git(&["rev-parse", "HEAD"])?;
-    let status = git(&["status", "--porcelain", "--untracked-files=no"])?;
+    let status = git(&["status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"])?;
     Some((commit, !status.is_empty()))
 }
 
