@@ -66,8 +66,13 @@ fn a_register_flip_runs_and_is_reproducible_from_its_spec() {
 fn kfi_faults_lists_exactly_the_faults_of_the_committed_campaigns() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let lock = std::fs::read_to_string(root.join("kernel.lock")).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
     for campaign in ["faults-sample", "faults"] {
-        let store = analysis::store::Store::open(root.join("results").join(campaign).join("campaign.sqlite")).unwrap();
+        // A copy: opening a store may migrate it, and the committed one
+        // must stay as it was written.
+        let copy = scratch.path().join(format!("{campaign}.sqlite"));
+        std::fs::copy(root.join("results").join(campaign).join("campaign.sqlite"), &copy).unwrap();
+        let store = analysis::store::Store::open(&copy).unwrap();
         let meta = store.campaign(campaign).unwrap().unwrap();
         let records = store.records(campaign).unwrap();
         let kernel = &records[0].provenance.kernel_version;
