@@ -49,7 +49,7 @@ enum Command {
     /// Run, resume, inspect or merge campaigns of experiments described in TOML (see experiments/).
     #[command(subcommand)]
     Campaign(cli::campaign::CampaignCommand),
-    /// Re-run exactly one experiment of a campaign and compare it with the stored record.
+    /// Re-run one experiment of a campaign (or, with --sample, N activated faults) and compare with the stored records.
     Replay(cli::campaign::ReplayArgs),
     /// Regenerate tables, figures and report.md of a results directory from its stored data alone.
     Report(cli::campaign::ReportArgs),
