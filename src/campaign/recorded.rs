@@ -134,14 +134,7 @@ mod tests {
         for s in Strategy::ALL {
             assert_eq!(strategy(s).name(), s.name());
         }
-        for c in [
-            FailureCause::GuestPanicked,
-            FailureCause::GuestCrashLoaded,
-            FailureCause::HeartbeatLost,
-            FailureCause::QemuExited,
-            FailureCause::Watchdog,
-            FailureCause::ServiceProbe,
-        ] {
+        for c in FailureCause::ALL {
             assert_eq!(cause(c).name(), c.name());
         }
         for a in [Accel::Kvm, Accel::Tcg] {

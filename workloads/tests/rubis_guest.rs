@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use recovery_sut::{guest, kernel, Accel, Cache, KernelChoice, Vm, VmConfig};
+mod common;
+
+use recovery_sut::{guest, Accel, Cache, Vm, VmConfig};
 use workloads::rubis::{self, DataSpec, Interaction, Mix, RubisSpec};
 use workloads::RequestOutcome;
 
@@ -65,13 +67,7 @@ fn exercise(addr: SocketAddr) {
 #[test]
 fn rubis_on_the_debian_guest_answers_every_interaction_and_keeps_acknowledged_writes() {
     let cache = Cache::from_env().unwrap();
-    let k = kernel::resolve(
-        &cache,
-        &KernelChoice::locked(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel.lock")), None)
-            .expect("kernel.lock"),
-        &|_| {},
-    )
-    .unwrap();
+    let k = common::pinned_kernel(&cache);
     let started = Instant::now();
     // As `kfi` builds it (`guest_recipe` in src/main.rs), so the two share
     // one image.

@@ -4,19 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use recovery_sut::{guest, kernel, Accel, Cache, KernelChoice, Vm, VmConfig};
+mod common;
+
+use recovery_sut::{guest, Accel, Cache, Vm, VmConfig};
 use workloads::{ClosedLoop, DocList, LoadSpec, Mode, OpenLoop, RequestOutcome};
 
 #[test]
 fn static_load_against_the_tiny_guest_has_no_errors_and_correct_digests() {
     let cache = Cache::from_env().unwrap();
-    let k = kernel::resolve(
-        &cache,
-        &KernelChoice::locked(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel.lock")), None)
-            .expect("kernel.lock"),
-        &|_| {},
-    )
-    .unwrap();
+    let k = common::pinned_kernel(&cache);
     let image = guest::ensure(&cache, &guest::Recipe::Tiny, &k, &|_| {}).unwrap();
     let vm = Vm::start(&image, &VmConfig { accel: Accel::Tcg, ..VmConfig::default() }).unwrap();
     vm.wait_http(Duration::from_secs(90)).unwrap();

@@ -31,6 +31,16 @@ pub enum FailureCause {
 }
 
 impl FailureCause {
+    /// Every cause.
+    pub const ALL: [FailureCause; 6] = [
+        FailureCause::GuestPanicked,
+        FailureCause::GuestCrashLoaded,
+        FailureCause::HeartbeatLost,
+        FailureCause::QemuExited,
+        FailureCause::Watchdog,
+        FailureCause::ServiceProbe,
+    ];
+
     /// Its name in results.
     pub fn name(self) -> &'static str {
         match self {
@@ -187,14 +197,7 @@ mod tests {
 
     #[test]
     fn cause_names_match_their_serialized_form() {
-        for cause in [
-            FailureCause::GuestPanicked,
-            FailureCause::GuestCrashLoaded,
-            FailureCause::HeartbeatLost,
-            FailureCause::QemuExited,
-            FailureCause::Watchdog,
-            FailureCause::ServiceProbe,
-        ] {
+        for cause in FailureCause::ALL {
             assert_eq!(serde_json::to_value(cause).unwrap(), cause.name());
         }
     }

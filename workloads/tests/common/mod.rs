@@ -1,6 +1,7 @@
-//! Test servers on 127.0.0.1 for the load generator's tests: a small hyper
-//! server with per-path behaviour and counters, and the document set it
-//! serves.
+//! What the workloads' tests share: test servers on 127.0.0.1 for the load
+//! generator (a small hyper server with per-path behaviour and counters,
+//! and the document set it serves), and the pinned kernel for the tests
+//! that boot a real guest.
 
 #![allow(dead_code)] // Each test file uses a different part of this module.
 
@@ -18,6 +19,14 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use workloads::{Doc, DocList};
+
+/// The guest kernel `kernel.lock` pins, resolved (and fetched) into the
+/// cache, for the tests that boot a real guest.
+pub fn pinned_kernel(cache: &recovery_sut::Cache) -> recovery_sut::Kernel {
+    let lock = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel.lock"));
+    let choice = recovery_sut::KernelChoice::locked(lock, None).expect("kernel.lock");
+    recovery_sut::kernel::resolve(cache, &choice, &|_| {}).expect("resolving the pinned kernel")
+}
 
 /// The documents every test serves: a small page, a text file, and a body
 /// large enough to arrive in many frames.
