@@ -12,11 +12,10 @@
 //! process-local, 2 kernel-global, 1 masked; fs 3 process-local, 1
 //! unknown): 4 of the 6 settled non-masked errors stayed process-local.
 
-use std::collections::BTreeMap;
-
 use crate::record::{
-    ExperimentRecord, Injection, Propagation, Provenance, RecordedAccel, RecordedCause, RecordedCrash, RecordedModel,
-    RecordedOutcome, RecordedProfile, RecordedScope, RecordedStrategy, RecordedWorkload, RecoveryRecord, TimelineBin,
+    ExperimentRecord, Injection, Propagation, Provenance, RecordIdentity, RecordedAccel, RecordedCause, RecordedCrash,
+    RecordedModel, RecordedOutcome, RecordedProfile, RecordedScope, RecordedStrategy, RecordedWorkload, RecoveryRecord,
+    TimelineBin,
 };
 use crate::store::CampaignMeta;
 
@@ -48,28 +47,18 @@ pub fn provenance() -> Provenance {
 /// A record with everything but identity and results left neutral.
 pub fn blank(experiment: u64, key: &str) -> ExperimentRecord {
     ExperimentRecord {
-        campaign: CAMPAIGN.into(),
-        experiment,
-        key: key.into(),
-        workload: RecordedWorkload::Apache,
-        injection: Injection::None,
-        outcome: RecordedOutcome::Benign,
-        outcome_detail: None,
-        recovery: None,
-        downtime_s: None,
-        throughput_back_s: None,
-        requests: 0,
-        correct: 0,
-        acked_writes: None,
-        lost_writes: None,
-        params: BTreeMap::new(),
-        metrics: BTreeMap::new(),
-        timeline: Vec::new(),
-        provenance: provenance(),
-        started_at: format!("2026-01-01T00:{:02}:{:02}Z", experiment / 60 % 60, experiment % 60),
         wall_s: 30.0,
         window_s: 20.0,
-        harness_error: None,
+        ..ExperimentRecord::unmeasured(RecordIdentity {
+            campaign: CAMPAIGN.into(),
+            experiment,
+            key: key.into(),
+            workload: RecordedWorkload::Apache,
+            injection: Injection::None,
+            outcome: RecordedOutcome::Benign,
+            provenance: provenance(),
+            started_at: format!("2026-01-01T00:{:02}:{:02}Z", experiment / 60 % 60, experiment % 60),
+        })
     }
 }
 

@@ -486,6 +486,60 @@ pub struct ExperimentRecord {
     pub harness_error: Option<HarnessFailure>,
 }
 
+/// What a record says before anything is measured: which experiment, what
+/// was done, what it came to and how it was obtained.
+#[derive(Debug, Clone)]
+pub struct RecordIdentity {
+    /// See [`ExperimentRecord::campaign`].
+    pub campaign: String,
+    /// See [`ExperimentRecord::experiment`].
+    pub experiment: u64,
+    /// See [`ExperimentRecord::key`].
+    pub key: String,
+    /// See [`ExperimentRecord::workload`].
+    pub workload: RecordedWorkload,
+    /// See [`ExperimentRecord::injection`].
+    pub injection: Injection,
+    /// See [`ExperimentRecord::outcome`].
+    pub outcome: RecordedOutcome,
+    /// See [`ExperimentRecord::provenance`].
+    pub provenance: Provenance,
+    /// See [`ExperimentRecord::started_at`].
+    pub started_at: String,
+}
+
+impl ExperimentRecord {
+    /// A record of `id` with nothing measured (no recovery, downtime,
+    /// requests, writes, parameters, metrics or timeline; zero times), for
+    /// records that fill in only what they measured.
+    pub fn unmeasured(id: RecordIdentity) -> ExperimentRecord {
+        ExperimentRecord {
+            campaign: id.campaign,
+            experiment: id.experiment,
+            key: id.key,
+            workload: id.workload,
+            injection: id.injection,
+            outcome: id.outcome,
+            outcome_detail: None,
+            recovery: None,
+            downtime_s: None,
+            throughput_back_s: None,
+            requests: 0,
+            correct: 0,
+            acked_writes: None,
+            lost_writes: None,
+            params: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+            timeline: Vec::new(),
+            provenance: id.provenance,
+            started_at: id.started_at,
+            wall_s: 0.0,
+            window_s: 0.0,
+            harness_error: None,
+        }
+    }
+}
+
 /// The attempts of an experiment the harness could not run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HarnessFailure {

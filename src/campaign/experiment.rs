@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use analysis::record::{
-    ExperimentRecord, HarnessFailure, Injection as RecordInjection, Provenance, RecordedOutcome, RecoveryRecord,
-    TimelineBin,
+    ExperimentRecord, HarnessFailure, Injection as RecordInjection, Provenance, RecordIdentity, RecordedOutcome,
+    RecoveryRecord, TimelineBin,
 };
 use anyhow::{bail, Context, Result};
 use recovery_sut::recovery::{Failure, FailureCause, RecoveryError, RecoveryTiming};
@@ -342,9 +342,7 @@ fn record(
         }),
         _ => None,
     };
-    let mut params = BTreeMap::new();
-    params.insert("strategy".to_string(), planned.strategy.to_string());
-    params.insert("rep".to_string(), planned.rep.to_string());
+    let mut params = planned_params(planned);
     if let Some(e) = downtime_error {
         params.insert("downtime_error".to_string(), e);
     }
@@ -398,33 +396,29 @@ pub fn harness_error(
         }
         Action::Restore(_) => RecordInjection::None,
     };
-    let mut params = BTreeMap::new();
-    params.insert("strategy".to_string(), planned.strategy.to_string());
-    params.insert("rep".to_string(), planned.rep.to_string());
     Ok(ExperimentRecord {
-        campaign: f.name.clone(),
-        experiment: planned.index,
-        key: planned.key(),
-        workload: recorded::workload(f.workload.kind),
-        injection,
-        outcome: RecordedOutcome::HarnessError,
-        outcome_detail: None,
-        recovery: None,
-        downtime_s: None,
-        throughput_back_s: None,
-        requests: 0,
-        correct: 0,
-        acked_writes: None,
-        lost_writes: None,
-        params,
-        metrics: BTreeMap::new(),
-        timeline: Vec::new(),
-        provenance: shared.provenance.clone(),
-        started_at,
+        params: planned_params(planned),
         wall_s,
-        window_s: 0.0,
         harness_error: Some(HarnessFailure { attempts: errors.len() as u32, errors }),
+        ..ExperimentRecord::unmeasured(RecordIdentity {
+            campaign: f.name.clone(),
+            experiment: planned.index,
+            key: planned.key(),
+            workload: recorded::workload(f.workload.kind),
+            injection,
+            outcome: RecordedOutcome::HarnessError,
+            provenance: shared.provenance.clone(),
+            started_at,
+        })
     })
+}
+
+/// The parameters every crash or fault experiment's record names.
+fn planned_params(planned: &Planned) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("strategy".to_string(), planned.strategy.to_string()),
+        ("rep".to_string(), planned.rep.to_string()),
+    ])
 }
 
 /// The golden snapshot restored into a fresh QEMU for one experiment.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use analysis::record::{ExperimentRecord, Injection as RecordInjection};
+use analysis::record::{ExperimentRecord, Injection as RecordInjection, RecordIdentity};
 use analysis::store::Store;
 use anyhow::{bail, Context, Result};
 use recovery_sut::snapshot::{self, Snapshot};
@@ -241,28 +241,20 @@ fn record(
     let mut provenance = env.provenance.clone();
     provenance.ram_mb = point.ram_mb;
     ExperimentRecord {
-        campaign: file.name.clone(),
-        experiment: planned.index,
-        key: planned.key(),
-        workload: super::recorded::workload(file.workload.kind),
-        injection: RecordInjection::None,
-        outcome: analysis::record::RecordedOutcome::Restored,
-        outcome_detail: None,
-        recovery: None,
-        downtime_s: None,
-        throughput_back_s: None,
-        requests: 0,
-        correct: 0,
-        acked_writes: None,
-        lost_writes: None,
         params,
         metrics,
-        timeline: Vec::new(),
-        provenance,
-        started_at,
-        harness_error: None,
         wall_s: wall.elapsed().as_secs_f64(),
         window_s: m.restore_s,
+        ..ExperimentRecord::unmeasured(RecordIdentity {
+            campaign: file.name.clone(),
+            experiment: planned.index,
+            key: planned.key(),
+            workload: super::recorded::workload(file.workload.kind),
+            injection: RecordInjection::None,
+            outcome: analysis::record::RecordedOutcome::Restored,
+            provenance,
+            started_at,
+        })
     }
 }
 
