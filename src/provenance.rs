@@ -72,4 +72,24 @@ mod tests {
         assert!(git_state(&std::env::temp_dir().join("kfi-no-such-dir")).is_none());
         assert!(host_cpu().is_some_and(|c| !c.is_empty()));
     }
+
+    #[test]
+    fn rewritten_results_do_not_make_a_checkout_dirty_but_code_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git").arg("-C").arg(dir.path()).args(args).status().unwrap();
+            assert!(ok.success(), "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        std::fs::create_dir_all(dir.path().join("results")).unwrap();
+        std::fs::write(dir.path().join("results/report.md"), "old").unwrap();
+        std::fs::write(dir.path().join("main.rs"), "fn main() {}").unwrap();
+        git(&["add", "."]);
+        git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]);
+        assert_eq!(git_state(dir.path()).map(|s| s.1), Some(false));
+        std::fs::remove_file(dir.path().join("results/report.md")).unwrap();
+        assert_eq!(git_state(dir.path()).map(|s| s.1), Some(false), "results/ is generated output");
+        std::fs::write(dir.path().join("main.rs"), "fn main() { changed() }").unwrap();
+        assert_eq!(git_state(dir.path()).map(|s| s.1), Some(true));
+    }
 }
