@@ -270,13 +270,15 @@ pub(super) fn quiesce_data_disk(vm: &mut Vm) {
     }
 }
 
-/// Copies a snapshot's files into `dir` and opens the copy there.
+/// Copies a snapshot's files into `dir` and opens the copy there. The
+/// copy keeps the RAM image's holes: a plain copy writes every untouched
+/// guest page as zeros, and a campaign keeps one such copy per golden run.
 pub(super) fn copy_snapshot(snap: &Snapshot, dir: &Path) -> Result<Snapshot, RecoveryError> {
     std::fs::create_dir_all(dir).map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })?;
     for entry in std::fs::read_dir(&snap.dir).map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })? {
         let entry = entry.map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })?;
         if entry.path().is_file() {
-            std::fs::copy(entry.path(), dir.join(entry.file_name()))
+            crate::snapshot::copy_sparse(&entry.path(), &dir.join(entry.file_name()))
                 .map_err(|source| RecoveryError::Io { what: "a snapshot copy", source })?;
         }
     }
