@@ -275,12 +275,91 @@ fn check_passes_on_its_baseline_and_fails_when_a_restore_is_made_slower() {
 
 /// An experiment whose QEMU fails every time is retried, then stored as
 /// `harness-error`; the campaign completes the rest and says so in its exit
-/// status; `--retry-errors` reruns only that one.
+/// status; `--retry-errors` reruns only that one. A golden snapshot that
+/// breaks mid-campaign (its device state truncated before experiment 2) is
+/// made anew, and experiment 2 runs from the new one.
 #[cfg(feature = "test-knobs")]
 #[test]
-fn a_harness_error_is_retried_stored_and_rerun_alone() {
+fn a_harness_error_is_retried_stored_and_rerun_alone_and_a_broken_golden_is_made_anew() {
     let tmp = tempfile::tempdir().unwrap();
     let file = experiment_file(tmp.path(), "harness", 3);
+    let results = tmp.path().join("results");
+    let out = kfi()
+        .args(["campaign", "run"])
+        .arg(&file)
+        .arg("--results")
+        .arg(&results)
+        .args(["--retries", "1"])
+        .env("KFI_TEST_FAIL_EXPERIMENT", "1")
+        .env("KFI_TEST_CORRUPT_GOLDEN", "2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "harness errors remain: exit 3\n{text}");
+    assert!(text.contains("harness-error") && text.contains("--retry-errors"), "{text}");
+    assert!(text.contains("experiment 2: the golden snapshot stopped verifying"), "{text}");
+    assert!(text.contains("made anew 1 times"), "{text}");
+    let records = stored(&results, "harness");
+    assert_eq!(records.iter().map(|r| r.experiment).collect::<Vec<_>>(), vec![0, 1, 2], "the rest completed");
+    let failed = &records[1];
+    assert_eq!(failed.outcome.name(), "harness-error");
+    let h = failed.harness_error.as_ref().unwrap();
+    assert_eq!(h.attempts, 2, "the first run and one retry: {h:?}");
+    assert!(h.errors.iter().all(|e| e.contains("QEMU refused to start")), "{h:?}");
+    assert!(failed.recovery.is_none() && failed.downtime_s.is_none());
+    for r in [&records[0], &records[2]] {
+        assert_eq!(r.outcome.name(), "panic", "{r:?}");
+        assert!(r.harness_error.is_none(), "{r:?}");
+    }
+
+    let status = kfi().args(["campaign", "status"]).arg(&file).arg("--results").arg(&results).output().unwrap();
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert!(listed.contains("harness-error 1: ") && listed.contains("QEMU refused to start"), "{listed}");
+
+    // Without the knob, only experiment 1 runs again and replaces its record.
+    run(&file, &results, &["--retry-errors"]);
+    let after = stored(&results, "harness");
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[1].outcome.name(), "panic", "{:?}", after[1]);
+    assert!(after[1].harness_error.is_none());
+    assert_eq!((&after[0], &after[2]), (&records[0], &records[2]), "the others were not run again");
+}
+
+/// A `[restore]` campaign (one small guest, lazy restores from the host's
+/// page cache) measures every restore it names; an experiment whose every
+/// attempt fails is stored as `harness-error` with its parameters and the
+/// others are measured; `--retry-errors` measures only it.
+#[cfg(feature = "test-knobs")]
+#[test]
+fn a_restore_campaign_measures_each_restore_and_stores_a_failing_one_as_a_harness_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("restore.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "restore"
+seed = 1
+repetitions = 3
+
+[guest]
+profile = "tiny"
+accel = "tcg"
+data_disk = true
+
+[workload]
+kind = "apache"
+
+[restore]
+ram_mb = [256]
+reduction = ["off"]
+restore_path = ["lazy"]
+storage = ["page-cache"]
+cache = ["warm"]
+page_cache_fill = 0.0
+"#,
+    )
+    .unwrap();
     let results = tmp.path().join("results");
     let out = kfi()
         .args(["campaign", "run"])
@@ -294,29 +373,23 @@ fn a_harness_error_is_retried_stored_and_rerun_alone() {
         .unwrap();
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(3), "harness errors remain: exit 3\n{text}");
-    assert!(text.contains("harness-error") && text.contains("--retry-errors"), "{text}");
-    let records = stored(&results, "harness");
-    assert_eq!(records.iter().map(|r| r.experiment).collect::<Vec<_>>(), vec![0, 1, 2], "the rest completed");
+    let records = stored(&results, "restore");
+    assert_eq!(records.iter().map(|r| r.experiment).collect::<Vec<_>>(), vec![0, 1, 2], "{text}");
     let failed = &records[1];
     assert_eq!(failed.outcome.name(), "harness-error");
-    let h = failed.harness_error.as_ref().unwrap();
-    assert_eq!(h.attempts, 2, "the first run and one retry: {h:?}");
-    assert!(h.errors.iter().all(|e| e.contains("QEMU refused to start")), "{h:?}");
-    assert!(failed.recovery.is_none() && failed.downtime_s.is_none());
+    assert_eq!(failed.harness_error.as_ref().map(|h| h.attempts), Some(2), "{failed:?}");
+    assert_eq!(failed.params.get("ram_mb").map(String::as_str), Some("256"), "{failed:?}");
+    assert!(!failed.metrics.contains_key("restore_s"), "{failed:?}");
     for r in [&records[0], &records[2]] {
-        assert_eq!(r.outcome.name(), "panic", "{r:?}");
+        assert_eq!(r.outcome.name(), "restored", "{r:?}");
+        let restore_s = r.metrics["restore_s"];
+        assert!(restore_s > 0.0 && restore_s < 60.0, "{r:?}");
+        assert!(r.metrics["load_s"] <= restore_s, "{r:?}");
+        assert!(r.metrics["lazy_snapshot_bytes"] > 0.0, "{r:?}");
     }
-
-    let status = kfi().args(["campaign", "status"]).arg(&file).arg("--results").arg(&results).output().unwrap();
-    let listed = String::from_utf8_lossy(&status.stdout);
-    assert!(listed.contains("harness-error 1: ") && listed.contains("QEMU refused to start"), "{listed}");
-
-    // Without the knob, only experiment 1 runs again and replaces its record.
     run(&file, &results, &["--retry-errors"]);
-    let after = stored(&results, "harness");
-    assert_eq!(after.len(), 3);
-    assert_eq!(after[1].outcome.name(), "panic", "{:?}", after[1]);
-    assert!(after[1].harness_error.is_none());
+    let after = stored(&results, "restore");
+    assert_eq!(after[1].outcome.name(), "restored", "{:?}", after[1]);
     assert_eq!((&after[0], &after[2]), (&records[0], &records[2]), "the others were not run again");
 }
 

@@ -86,7 +86,12 @@ pub fn measure(campaign: &str, records: &[ExperimentRecord]) -> Baseline {
         .first()
         .map(|r| {
             let p = &r.provenance;
-            format!("{} guest, {}, QEMU {}, kernel {}", p.profile, p.accel, p.qemu_version, p.kernel_version)
+            let commit = match (&p.kfi_commit, p.kfi_dirty) {
+                (Some(c), Some(true)) => format!(", kfi {} (dirty)", &c[..c.len().min(12)]),
+                (Some(c), _) => format!(", kfi {}", &c[..c.len().min(12)]),
+                (None, _) => String::new(),
+            };
+            format!("{} guest, {}{commit}", p.profile, p.environment_label())
         })
         .unwrap_or_default();
     Baseline { campaign: campaign.to_string(), provenance, median_downtime_s, ratio_to_full_reboot }
@@ -211,6 +216,17 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         let text = found[0].to_string();
         assert!(text.starts_with("service-restore regressed") && text.contains("baseline 8.2%"), "{text}");
+    }
+
+    #[test]
+    fn the_baseline_names_the_commit_and_environment_it_was_measured_on() {
+        let mut records = run(0.5);
+        records[0].provenance.kfi_commit = Some("d626ed1a2b3c4d5e6f".into());
+        records[0].provenance.kfi_dirty = Some(true);
+        records[0].provenance.image_recipe = Some("79ff26979d5e0123".into());
+        let text = measure("regression", &records).provenance;
+        assert!(text.starts_with("tiny guest, kernel 6.1.0, image 79ff26979d5e, QEMU 7.2.22, tcg"), "{text}");
+        assert!(text.ends_with("kfi d626ed1a2b3c (dirty)"), "{text}");
     }
 
     #[test]

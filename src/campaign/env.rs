@@ -120,6 +120,9 @@ pub struct RunSummary {
     /// Where the experiments started from (`from the kept golden snapshot
     /// <key>`, ...), when any ran.
     pub golden: Option<String>,
+    /// Golden snapshots made anew during the run because the one in use
+    /// stopped verifying.
+    pub golden_remade: u32,
 }
 
 impl RunSummary {
@@ -143,6 +146,12 @@ impl RunSummary {
             );
             if let Some(golden) = &self.golden {
                 out += &format!("  experiments ran {golden}\n");
+            }
+            if self.golden_remade > 0 {
+                out += &format!(
+                    "  the golden snapshot stopped verifying and was made anew {} times\n",
+                    self.golden_remade
+                );
             }
         }
         if !self.harness_errors.is_empty() {

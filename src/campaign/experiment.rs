@@ -25,8 +25,6 @@ use crate::load::{ClientLoad, Clients, RunningLoad};
 pub struct Shared<'a> {
     /// The campaign.
     pub campaign: &'a Campaign,
-    /// Its starting point.
-    pub golden: &'a Golden,
     /// The document set the load requests and checks.
     pub docs: &'a DocList,
     /// How results are obtained.
@@ -64,13 +62,13 @@ pub struct FaultObservation {
 /// The guest agent's heartbeat period (`VmConfig::heartbeat_s` default).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs one planned experiment to its record.
-pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
+/// Runs one planned experiment from `golden` to its record.
+pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<ExperimentRecord> {
     let wall = Instant::now();
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let f = &shared.campaign.file;
     let window = f.observe.window();
-    let mut sut = restore_golden(shared, planned)?;
+    let mut sut = restore_golden(golden, planned)?;
     let addr = sut.vm().http_addr();
 
     let origin = Instant::now();
@@ -115,7 +113,7 @@ pub fn run(shared: &Shared<'_>, planned: &Planned) -> Result<ExperimentRecord> {
     drop(sut);
     let records = clients.records;
     let times = Times { started_at, wall_s: wall.elapsed().as_secs_f64(), load_s };
-    record(shared, planned, observed, &records, origin, times)
+    record(shared, golden, planned, observed, &records, origin, times)
 }
 
 /// What happened between injection and the end of recovery.
@@ -261,6 +259,7 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
 
 fn record(
     shared: &Shared<'_>,
+    golden: &Golden,
     planned: &Planned,
     observed: Observed,
     records: &[Record],
@@ -347,10 +346,10 @@ fn record(
         params.insert("downtime_error".to_string(), e);
     }
     let mut metrics = BTreeMap::new();
-    if let Some(snap) = &shared.golden.phase {
+    if let Some(snap) = &golden.phase {
         metrics.insert("phase_snapshot_pause_s".to_string(), snap.meta.pause_s);
     }
-    metrics.insert("service_snapshot_pause_s".to_string(), shared.golden.service.meta.pause_s);
+    metrics.insert("service_snapshot_pause_s".to_string(), golden.service.meta.pause_s);
     Ok(ExperimentRecord {
         campaign: f.name.clone(),
         experiment: planned.index,
@@ -422,14 +421,36 @@ fn planned_params(planned: &Planned) -> BTreeMap<String, String> {
 }
 
 /// The golden snapshot restored into a fresh QEMU for one experiment.
-fn restore_golden(shared: &Shared<'_>, planned: &Planned) -> Result<Sut> {
-    // Test builds can make one experiment's QEMU fail, to exercise the
-    // retry and harness-error path (`test-knobs`; never in a default build).
+fn restore_golden(golden: &Golden, planned: &Planned) -> Result<Sut> {
     #[cfg(feature = "test-knobs")]
-    if std::env::var("KFI_TEST_FAIL_EXPERIMENT").ok().and_then(|v| v.trim().parse::<u64>().ok()) == Some(planned.index)
-    {
-        bail!("QEMU refused to start (KFI_TEST_FAIL_EXPERIMENT={} in a test-knobs build)", planned.index);
-    }
+    fail_if_asked(planned.index)?;
+    #[cfg(feature = "test-knobs")]
+    corrupt_golden_once(golden, planned)?;
     let _ = planned;
-    Sut::from_golden(shared.golden).context("restoring the golden snapshot")
+    Sut::from_golden(golden).context("restoring the golden snapshot")
+}
+
+/// Test builds can make one experiment's QEMU fail, to exercise the retry
+/// and harness-error path (`test-knobs`; never in a default build).
+#[cfg(feature = "test-knobs")]
+pub(super) fn fail_if_asked(index: u64) -> Result<()> {
+    if std::env::var("KFI_TEST_FAIL_EXPERIMENT").ok().and_then(|v| v.trim().parse::<u64>().ok()) == Some(index) {
+        bail!("QEMU refused to start (KFI_TEST_FAIL_EXPERIMENT={index} in a test-knobs build)");
+    }
+    Ok(())
+}
+
+/// Test builds can truncate the golden snapshot's device state once, just
+/// before experiment `KFI_TEST_CORRUPT_GOLDEN` restores it, to exercise
+/// making it anew mid-campaign (`test-knobs`; never in a default build).
+#[cfg(feature = "test-knobs")]
+fn corrupt_golden_once(golden: &Golden, planned: &Planned) -> Result<()> {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let wanted = std::env::var("KFI_TEST_CORRUPT_GOLDEN").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    if wanted == Some(planned.index) && !DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let state = golden.service.state_file();
+        let len = std::fs::metadata(&state)?.len();
+        std::fs::OpenOptions::new().write(true).open(&state)?.set_len(len / 2)?;
+    }
+    Ok(())
 }

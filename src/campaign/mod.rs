@@ -8,7 +8,8 @@
 //! (one experiment from golden snapshot to record) and `faults` (the
 //! injector's hook into it), `env` (what a run is given and returns),
 //! `golden` (the golden run, and golden snapshots kept in the cache by
-//! key), `restore` (the `[restore]` measurements) and `runner` (workers,
+//! key), `golden_slot` (a running campaign's golden snapshot, made anew
+//! when it breaks), `restore` (the `[restore]` measurements) and `runner` (workers,
 //! resume), then `ops` (what the commands do: run, status,
 //! replay, check, reproduce). `check` and `compare` work on stored records
 //! only.
@@ -19,6 +20,7 @@ pub mod env;
 pub mod experiment;
 pub mod faults;
 pub mod golden;
+pub mod golden_slot;
 pub mod ops;
 pub mod recorded;
 pub mod restore;

@@ -278,9 +278,8 @@ pub fn replay(
     let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
     let start = GoldenStart::open(&kept, &env, &docs, campaign, step)?;
     step(&format!("experiment {} ({}) {}", planned.index, planned.key(), start.source));
-    let shared =
-        Shared { campaign, golden: &start.golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
-    let record = experiment::run(&shared, &planned)?;
+    let shared = Shared { campaign, docs: &docs, provenance: &env.provenance, faults: env.faults };
+    let record = experiment::run(&shared, &start.golden, &planned)?;
     Ok(Replayed { planned, record, stored, store, golden: start.source.to_string() })
 }
 
@@ -315,8 +314,7 @@ pub fn agreement(
         Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
     let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
     let start = GoldenStart::open(&kept, &env, &docs, campaign, step)?;
-    let shared =
-        Shared { campaign, golden: &start.golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
+    let shared = Shared { campaign, docs: &docs, provenance: &env.provenance, faults: env.faults };
     let mut pairs = Vec::new();
     for (done, index) in chosen.iter().enumerate() {
         if env.stop.load(Ordering::SeqCst) {
@@ -334,7 +332,7 @@ pub fn agreement(
             planned.key(),
             start.source
         ));
-        let replayed = experiment::run(&shared, planned).map_err(|e| format!("{e:#}"));
+        let replayed = experiment::run(&shared, &start.golden, planned).map_err(|e| format!("{e:#}"));
         pairs.push((stored, replayed));
     }
     Ok(compare::Agreement::new(&campaign.file.name, start.source.to_string(), activated.len(), &pairs))

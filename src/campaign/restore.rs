@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use analysis::record::{ExperimentRecord, Injection as RecordInjection, RecordIdentity};
+use analysis::record::{
+    ExperimentRecord, HarnessFailure, Injection as RecordInjection, RecordIdentity, RecordedOutcome,
+};
 use analysis::store::Store;
 use anyhow::{bail, Context, Result};
 use recovery_sut::snapshot::{self, Snapshot};
@@ -217,16 +219,7 @@ fn record(
     m: Measured,
     (started_at, wall): (String, Instant),
 ) -> ExperimentRecord {
-    let mut params = BTreeMap::new();
-    params.insert("ram_mb".to_string(), point.ram_mb.to_string());
-    params.insert("reduction".to_string(), point.reduction.to_string());
-    params.insert("restore_path".to_string(), point.path.to_string());
-    params.insert("storage".to_string(), point.storage.to_string());
-    params.insert("cache".to_string(), point.cache.to_string());
-    params.insert("rep".to_string(), planned.rep.to_string());
-    if let Some(rate) = point.storage.bytes_per_s() {
-        params.insert("storage_mb_per_s".to_string(), (rate / 1_000_000).to_string());
-    }
+    let params = restore_params(planned, point);
     let mut metrics = prep.metrics.clone();
     metrics.extend(m.metrics);
     let bytes = match point.path {
@@ -238,23 +231,68 @@ fn record(
     }
     metrics.insert("restore_s".to_string(), m.restore_s);
     metrics.insert("load_s".to_string(), m.load_s);
-    let mut provenance = env.provenance.clone();
-    provenance.ram_mb = point.ram_mb;
     ExperimentRecord {
         params,
         metrics,
         wall_s: wall.elapsed().as_secs_f64(),
         window_s: m.restore_s,
-        ..ExperimentRecord::unmeasured(RecordIdentity {
-            campaign: file.name.clone(),
-            experiment: planned.index,
-            key: planned.key(),
-            workload: super::recorded::workload(file.workload.kind),
-            injection: RecordInjection::None,
-            outcome: analysis::record::RecordedOutcome::Restored,
-            provenance,
-            started_at,
-        })
+        ..ExperimentRecord::unmeasured(identity(env, file, planned, point, RecordedOutcome::Restored, started_at))
+    }
+}
+
+/// The parameters a restore experiment's record names.
+fn restore_params(planned: &Planned, point: &RestorePoint) -> BTreeMap<String, String> {
+    let mut params = BTreeMap::new();
+    params.insert("ram_mb".to_string(), point.ram_mb.to_string());
+    params.insert("reduction".to_string(), point.reduction.to_string());
+    params.insert("restore_path".to_string(), point.path.to_string());
+    params.insert("storage".to_string(), point.storage.to_string());
+    params.insert("cache".to_string(), point.cache.to_string());
+    params.insert("rep".to_string(), planned.rep.to_string());
+    if let Some(rate) = point.storage.bytes_per_s() {
+        params.insert("storage_mb_per_s".to_string(), (rate / 1_000_000).to_string());
+    }
+    params
+}
+
+fn identity(
+    env: &Environment<'_>,
+    file: &ExperimentFile,
+    planned: &Planned,
+    point: &RestorePoint,
+    outcome: RecordedOutcome,
+    started_at: String,
+) -> RecordIdentity {
+    let mut provenance = env.provenance.clone();
+    provenance.ram_mb = point.ram_mb;
+    RecordIdentity {
+        campaign: file.name.clone(),
+        experiment: planned.index,
+        key: planned.key(),
+        workload: super::recorded::workload(file.workload.kind),
+        injection: RecordInjection::None,
+        outcome,
+        provenance,
+        started_at,
+    }
+}
+
+/// A restore experiment whose every attempt failed through the harness
+/// (the guest did not boot, QEMU refused the snapshot): its parameters
+/// and error chains, no measurement.
+fn harness_error(
+    env: &Environment<'_>,
+    file: &ExperimentFile,
+    planned: &Planned,
+    point: &RestorePoint,
+    errors: Vec<String>,
+    (started_at, wall): (String, Instant),
+) -> ExperimentRecord {
+    ExperimentRecord {
+        params: restore_params(planned, point),
+        wall_s: wall.elapsed().as_secs_f64(),
+        harness_error: Some(HarnessFailure { attempts: errors.len() as u32, errors }),
+        ..ExperimentRecord::unmeasured(identity(env, file, planned, point, RecordedOutcome::HarnessError, started_at))
     }
 }
 
@@ -299,21 +337,44 @@ pub fn run(
         };
         let wall = Instant::now();
         let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let result = (|| -> Result<ExperimentRecord> {
-            if prep.as_ref().is_none_or(|p| p.key != (point.ram_mb, point.reduction)) {
-                // One prepared guest at a time: a 2 GB one is gigabytes.
-                prep = None;
-                let t = Instant::now();
-                bar.set_message(format!("preparing a {} MiB guest, reduction {}", point.ram_mb, point.reduction));
-                prep = Some(prepare(env, &golden.0, spec, &point)?);
-                summary.golden_s += t.elapsed().as_secs_f64();
+        // A failed attempt (preparing the guest or restoring it) is tried
+        // again from a freshly prepared guest, up to `--retries` times,
+        // then stored as a harness error; after Ctrl-C it stays pending.
+        let mut errors = Vec::new();
+        let result = loop {
+            let attempt = (|| -> Result<ExperimentRecord> {
+                if prep.as_ref().is_none_or(|p| p.key != (point.ram_mb, point.reduction)) {
+                    // One prepared guest at a time: a 2 GB one is gigabytes.
+                    prep = None;
+                    let t = Instant::now();
+                    bar.set_message(format!("preparing a {} MiB guest, reduction {}", point.ram_mb, point.reduction));
+                    prep = Some(prepare(env, &golden.0, spec, &point)?);
+                    summary.golden_s += t.elapsed().as_secs_f64();
+                }
+                let p = prep.as_ref().context("no prepared guest")?;
+                #[cfg(feature = "test-knobs")]
+                super::experiment::fail_if_asked(planned.index)?;
+                let m = restore_once(env, p, &point)?;
+                Ok(record(env, &campaign.file, &planned, &point, p, m, (started_at.clone(), wall)))
+            })();
+            match attempt {
+                Ok(r) => break Ok(r),
+                Err(e) if env.stop.load(Ordering::SeqCst) => break Err(e),
+                Err(e) => {
+                    let chain = format!("{e:#}");
+                    tracing::warn!(experiment = planned.index, attempt = errors.len() + 1, "harness error: {chain}");
+                    errors.push(chain);
+                    prep = None;
+                    if errors.len() > opts.retries as usize {
+                        let timing = (started_at.clone(), wall);
+                        break Ok(harness_error(env, &campaign.file, &planned, &point, errors, timing));
+                    }
+                }
             }
-            let p = prep.as_ref().context("no prepared guest")?;
-            let m = restore_once(env, p, &point)?;
-            Ok(record(env, &campaign.file, &planned, &point, p, m, (started_at, wall)))
-        })();
+        };
         match result.and_then(|r| {
-            store.insert(&r).with_context(|| format!("storing experiment {}", planned.index))?;
+            if opts.retry_errors { store.insert_over_harness_error(&r) } else { store.insert(&r) }
+                .with_context(|| format!("storing experiment {}", planned.index))?;
             Ok(r)
         }) {
             Ok(r) => {
@@ -341,5 +402,6 @@ pub fn run(
     summary.wall_s = started.elapsed().as_secs_f64();
     summary.overhead = (overhead.1 > 0.0).then(|| overhead.0 / overhead.1);
     summary.interrupted = env.stop.load(Ordering::SeqCst);
+    summary.harness_errors = super::runner::harness_errors(campaign, store, opts)?;
     Ok(summary)
 }

@@ -20,6 +20,7 @@ use workloads::DocList;
 use super::env::{open_store_for, pending, store_path, Environment, GoldenDir, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
 use super::golden::{golden_run, KeptGolden, Source};
+use super::golden_slot::GoldenSlot;
 use super::spec::{Campaign, Planned};
 
 /// Runs the campaign's pending experiments, from the golden snapshot kept
@@ -50,6 +51,7 @@ pub fn run(
         interrupted: false,
         harness_errors: Vec::new(),
         golden: None,
+        golden_remade: 0,
     };
     if todo.is_empty() {
         summary.wall_s = started.elapsed().as_secs_f64();
@@ -64,23 +66,24 @@ pub fn run(
 
     let golden_started = Instant::now();
     let docs = DocList::load(&env.image.dir.join("docs.json"))?;
-    let (_golden_dir, golden, source) = match kept {
-        Some(kept) => {
-            let (golden, source) = kept.obtain(env, &docs, campaign)?;
-            (None, golden, source)
-        }
-        None => {
-            // In the results directory rather than /tmp: a run killed with
-            // -9 leaves its golden snapshot where the next run replaces it.
-            let golden_dir = GoldenDir::create(&opts.results)?;
-            let golden = golden_run(env, &docs, &golden_dir.0, campaign)?;
-            (Some(golden_dir), golden, Source::New)
-        }
+    // In the results directory rather than /tmp: a run killed with -9
+    // leaves its golden snapshot where the next run replaces it. A kept
+    // snapshot is made anew in its own place.
+    let golden_dir = if kept.is_none() { Some(GoldenDir::create(&opts.results)?) } else { None };
+    let (golden, source) = match (kept, &golden_dir) {
+        (Some(kept), _) => kept.obtain(env, &docs, campaign)?,
+        (None, Some(dir)) => (golden_run(env, &docs, &dir.0, campaign)?, Source::New),
+        (None, None) => unreachable!("a golden directory is made whenever none is kept"),
     };
     summary.golden_s = golden_started.elapsed().as_secs_f64();
     summary.golden = Some(source.to_string());
+    let slot = GoldenSlot::new(golden, |made| match (kept, &golden_dir) {
+        (Some(kept), _) => Ok(kept.obtain(env, &docs, campaign)?.0),
+        (None, Some(dir)) => golden_run(env, &docs, &dir.0.join(format!("remade-{made}")), campaign),
+        (None, None) => unreachable!("a golden directory is made whenever none is kept"),
+    });
 
-    let shared = Shared { campaign, golden: &golden, docs: &docs, provenance: &env.provenance, faults: env.faults };
+    let shared = Shared { campaign, docs: &docs, provenance: &env.provenance, faults: env.faults };
     let bar = crate::progress::progress_bar(todo.len() as u64);
     let queue = Mutex::new(todo.into_iter().collect::<VecDeque<_>>());
     let (tx, rx) = mpsc::channel::<(Planned, Result<ExperimentRecord>)>();
@@ -89,13 +92,13 @@ pub fn run(
     std::thread::scope(|scope| {
         for _ in 0..opts.jobs.max(1) {
             let tx = tx.clone();
-            let (queue, shared, stop) = (&queue, &shared, &env.stop);
+            let (queue, shared, slot, stop) = (&queue, &shared, &slot, &env.stop);
             scope.spawn(move || loop {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
                 let Some(planned) = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None) else { break };
-                let result = run_with_retries(shared, &planned, opts.retries, stop);
+                let result = run_with_retries(shared, slot, &planned, opts.retries, stop);
                 if tx.send((planned, result)).is_err() {
                     break;
                 }
@@ -138,6 +141,7 @@ pub fn run(
             summary.already_done + summary.ran
         )));
     }
+    summary.golden_remade = slot.remade();
     summary.interrupted = env.stop.load(Ordering::SeqCst);
     summary.harness_errors = harness_errors(campaign, &store, opts)?;
     Ok(summary)
@@ -146,12 +150,14 @@ pub fn run(
 /// Runs one experiment; a harness error (the experiment returned an error
 /// instead of a record) is retried from the golden snapshot up to
 /// `retries` times, then becomes a `harness-error` record with every
-/// attempt's error chain. What the fault did to the guest (a reset, QEMU
+/// attempt's error chain. Before a retry the golden snapshot is checked,
+/// and made anew when it no longer verifies (see [`GoldenSlot`]). What the fault did to the guest (a reset, QEMU
 /// exiting) is an outcome in a record, never an error, so it is not
 /// retried. An error after Ctrl-C is the interruption's, and stays one
 /// (the experiment stays pending).
 fn run_with_retries(
     shared: &Shared<'_>,
+    slot: &GoldenSlot<'_>,
     planned: &Planned,
     retries: u32,
     stop: &AtomicBool,
@@ -159,11 +165,21 @@ fn run_with_retries(
     let started = Instant::now();
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut errors = Vec::new();
+    let mut renewed = false;
     loop {
-        match experiment::run(shared, planned) {
+        let golden = slot.current();
+        match experiment::run(shared, &golden, planned) {
             Ok(record) => return Ok(record),
             Err(e) if stop.load(Ordering::SeqCst) => return Err(e),
             Err(e) => {
+                if let Some(remade) = if renewed { None } else { slot.renew_if_broken(&golden)? } {
+                    renewed = true;
+                    tracing::warn!(experiment = planned.index, "{remade}");
+                    eprintln!("kfi: experiment {}: {remade}", planned.index);
+                    // The attempt failed on the broken snapshot, not on
+                    // anything of the experiment's own: it does not count.
+                    continue;
+                }
                 let chain = format!("{e:#}");
                 tracing::warn!(experiment = planned.index, attempt = errors.len() + 1, "harness error: {chain}");
                 errors.push(chain);
@@ -177,7 +193,11 @@ fn run_with_retries(
 }
 
 /// This shard's experiments stored as `harness-error`.
-fn harness_errors(campaign: &Campaign, store: &analysis::store::Store, opts: &RunOptions) -> Result<Vec<u64>> {
+pub(super) fn harness_errors(
+    campaign: &Campaign,
+    store: &analysis::store::Store,
+    opts: &RunOptions,
+) -> Result<Vec<u64>> {
     let errors = store.harness_errors(&campaign.file.name)?;
     Ok(errors.into_iter().filter(|i| opts.shard.is_none_or(|s| s.owns(*i))).collect())
 }

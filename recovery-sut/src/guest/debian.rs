@@ -286,13 +286,26 @@ fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<(), GuestError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| CacheError::io("chown", path, e).into())
 }
 
+/// `chroot root` with an environment of its own: the host's (a `TMPDIR`
+/// naming a host directory, say, which MariaDB then cannot create files
+/// in) means nothing inside the image being built.
+fn chroot_command(root: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("chroot");
+    cmd.arg(root)
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
 /// Runs `args` inside the chroot at `root`, feeding it `stdin`; fails with
 /// its output when it fails.
 fn in_chroot(root: &Path, step: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), GuestError> {
     use std::io::Write as _;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("chroot")
-        .arg(root)
+    use std::process::Stdio;
+    let mut child = chroot_command(root)
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -361,8 +374,7 @@ fn load_database(root: &Path, data: &Path, database_sql: &str) -> Result<(), Gue
         None,
     )?;
     let log = root.join("run/mysqld/kfi-build.log");
-    let server = std::process::Command::new("chroot")
-        .arg(root)
+    let server = chroot_command(root)
         .args([
             "mariadbd",
             "--user=mysql",

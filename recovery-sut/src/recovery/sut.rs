@@ -72,6 +72,19 @@ impl Golden {
     }
 }
 
+impl Golden {
+    /// Checks the golden snapshot's files against their manifests again
+    /// (see [`Snapshot::open`]): a campaign asks this after an experiment
+    /// failed to start from it.
+    pub fn verify(&self) -> Result<(), RecoveryError> {
+        Snapshot::open(&self.service.dir)?;
+        if let Some(phase) = &self.phase {
+            Snapshot::open(&phase.dir)?;
+        }
+        Ok(())
+    }
+}
+
 /// The service snapshot's and the phase snapshot's directories in a golden one.
 const SERVICE: &str = "service";
 const PHASE: &str = "phase";
