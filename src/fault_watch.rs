@@ -166,7 +166,7 @@ pub fn watch_fault(
 ) -> Result<Watch> {
     let WatchLimits { window, hang_timeout, oops_grace } = *limits;
     let t0 = Instant::now();
-    let mut gdb = GdbClient::connect(vm.gdb_addr(), Duration::from_secs(5)).context("attaching to the gdbstub")?;
+    let mut gdb = GdbClient::connect(vm.gdb_socket(), Duration::from_secs(5)).context("attaching to the gdbstub")?;
     let mut panicked_at: Option<Instant> = None;
     let mut oops_at: Option<Instant> = None;
     let mut hung_at: Option<Instant> = None;

@@ -49,6 +49,7 @@ pub mod kernel;
 pub mod memory;
 pub mod modinfo;
 pub mod ports;
+pub mod private;
 pub mod probe;
 pub mod qmp;
 pub mod recovery;

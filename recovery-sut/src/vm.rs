@@ -53,8 +53,6 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Host port for the guest's port 80; `None` picks a free one.
     pub http_port: Option<u16>,
-    /// Host port for the gdbstub; `None` picks a free one.
-    pub gdb_port: Option<u16>,
     /// Attach a copy-on-write overlay of the image's data disk.
     pub data_disk: bool,
     /// Agent heartbeat interval in seconds.
@@ -98,7 +96,6 @@ impl Default for VmConfig {
             memory_mib: 256,
             cpus: 1,
             http_port: None,
-            gdb_port: None,
             data_disk: false,
             heartbeat_s: 1,
             extra_cmdline: Vec::new(),
@@ -249,7 +246,6 @@ pub struct Vm {
     kept_dir: Option<PathBuf>,
     started: Instant,
     http: SocketAddr,
-    gdb: SocketAddr,
     accel: Accel,
     memory_mib: u32,
     image: GuestImage,
@@ -260,13 +256,12 @@ pub struct Vm {
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm").field("pid", &self.pid()).field("http", &self.http).field("gdb", &self.gdb).finish()
+        f.debug_struct("Vm").field("pid", &self.pid()).field("http", &self.http).finish()
     }
 }
 
 struct Ports {
     http: u16,
-    gdb: u16,
     chosen: bool,
 }
 
@@ -285,11 +280,15 @@ fn pick_ports(config: &VmConfig, check: bool) -> Result<Ports, VmError> {
             None => ports::free_port().map_err(io_err("bind a free port on", Path::new("127.0.0.1"))),
         }
     };
-    Ok(Ports {
-        http: pick(config.http_port, "HTTP forward")?,
-        gdb: pick(config.gdb_port, "gdbstub")?,
-        chosen: config.http_port.is_none() && config.gdb_port.is_none(),
-    })
+    Ok(Ports { http: pick(config.http_port, "HTTP forward")?, chosen: config.http_port.is_none() })
+}
+
+/// The gdbstub's socket in a run directory.
+const GDB_SOCKET: &str = "gdb.sock";
+
+/// The chardev the gdbstub listens on, for `-gdb` and HMP `gdbserver`.
+fn gdb_chardev(run_dir: &Path) -> String {
+    format!("unix:{},server=on,wait=off", run_dir.join(GDB_SOCKET).display())
 }
 
 fn hostfwd(port: u16) -> String {
@@ -402,7 +401,7 @@ fn qemu_args(
     if !ram.is_incoming() {
         // A restore starts its gdbstub once the guest is loaded (see
         // `finish_incoming`).
-        args.extend(["-gdb".into(), format!("tcp:127.0.0.1:{}", ports.gdb)]);
+        args.extend(["-gdb".into(), gdb_chardev(dir)]);
     }
     if config.watchdog_s.is_some() {
         args.extend(["-device".into(), "i6300esb".into(), "-action".into(), "watchdog=none".into()]);
@@ -558,10 +557,8 @@ impl Vm {
     }
 
     fn start_once(qemu: &Path, image: &GuestImage, config: &VmConfig, ports: &Ports, ram: &Ram) -> Result<Vm, VmError> {
-        let run_dir = tempfile::Builder::new()
-            .prefix("kfi-vm-")
-            .tempdir()
-            .map_err(io_err("create a run directory in", &std::env::temp_dir()))?;
+        let run_dir =
+            crate::private::tempdir("kfi-vm-").map_err(io_err("create a run directory in", &std::env::temp_dir()))?;
         let dir = run_dir.path().to_path_buf();
         let disk_dir = config.disk_dir.clone().unwrap_or_else(|| dir.clone());
         if let Some(root) = image.rootfs() {
@@ -623,7 +620,6 @@ impl Vm {
             kept_dir,
             started,
             http: SocketAddr::from((Ipv4Addr::LOCALHOST, ports.http)),
-            gdb: SocketAddr::from((Ipv4Addr::LOCALHOST, ports.gdb)),
             accel: config.accel,
             memory_mib: config.memory_mib,
             image: image.clone(),
@@ -652,9 +648,11 @@ impl Vm {
         self.http
     }
 
-    /// Host address of the gdbstub.
-    pub fn gdb_addr(&self) -> SocketAddr {
-        self.gdb
+    /// The gdbstub's unix socket, in the private run directory: a TCP
+    /// stub would let any local process that connects (a port scan is
+    /// enough) halt the guest, a recovery included.
+    pub fn gdb_socket(&self) -> PathBuf {
+        self.run_dir().join(GDB_SOCKET)
     }
 
     /// The accelerator in use.
@@ -664,7 +662,7 @@ impl Vm {
 
     /// The configuration it was started with (ports as actually used).
     pub fn config(&self) -> VmConfig {
-        VmConfig { http_port: Some(self.http.port()), gdb_port: Some(self.gdb.port()), ..self.config.clone() }
+        VmConfig { http_port: Some(self.http.port()), ..self.config.clone() }
     }
 
     /// Whether [`save::take`] can snapshot it: its RAM is a

@@ -39,6 +39,30 @@ fn tiny_guest_boots_to_correct_http_with_phases_in_order() {
     assert_eq!(report.accel, "tcg");
     assert!(report.qemu_version.starts_with(char::is_numeric), "{}", report.qemu_version);
     assert_eq!(report.kernel_version, image.kernel.release);
+
+    // Nothing another local user can reach stops the guest: its directory
+    // is private, and a client on every TCP port QEMU listens on (only the
+    // HTTP forward; the gdbstub is a unix socket in that directory) that
+    // sends the gdb interrupt and a query leaves it serving.
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let mode = std::fs::metadata(vm.run_dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "run directory mode {mode:o}");
+    assert!(std::fs::metadata(vm.gdb_socket()).unwrap().file_type().is_socket());
+    let listeners = support::tcp_listeners(vm.pid());
+    assert_eq!(listeners.iter().map(|a| a.port()).collect::<Vec<_>>(), [vm.http_addr().port()], "{listeners:?}");
+    let held: Vec<std::net::TcpStream> = listeners
+        .iter()
+        .filter_map(|addr| {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(2)).ok()?;
+            s.write_all(b"\x03$?#3f").ok()?;
+            Some(s)
+        })
+        .collect();
+    let seq = vm.agent().last_heartbeat().map_or(0, |h| h.seq);
+    assert!(vm.agent().wait_heartbeat(seq + 2, Duration::from_secs(10)).is_some(), "heartbeats stopped");
+    probe::check_doc(vm.http_addr(), &image.docs.docs[0], Duration::from_secs(10)).expect("still serving");
+    drop(held);
 }
 
 #[test]

@@ -277,7 +277,7 @@ impl GoldenDir {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing the stale {}", dir.display()))?;
         }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        recovery_sut::private::make(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(GoldenDir(dir))
     }
 }

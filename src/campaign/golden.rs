@@ -161,6 +161,9 @@ impl KeptGolden {
             }
         }
         let partial = PartialDir::begin(&self.dir)?;
+        // The snapshot holds the guest's memory: only kfi's user reads it.
+        recovery_sut::private::make(partial.path())
+            .with_context(|| format!("making {} private", partial.path().display()))?;
         golden_run(env, docs, partial.path(), campaign)?;
         let inputs = serde_json::to_string_pretty(&self.inputs)? + "\n";
         std::fs::write(partial.path().join("key.json"), inputs).context("writing the golden snapshot's key.json")?;

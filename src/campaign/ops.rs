@@ -362,7 +362,7 @@ impl GoldenStart {
             });
         }
         step(&format!("golden run (no kept golden snapshot {})", kept.key));
-        let dir = tempfile::Builder::new().prefix("kfi-golden-").tempdir()?;
+        let dir = recovery_sut::private::tempdir("kfi-golden-")?;
         let golden = golden::golden_run(env, docs, dir.path(), campaign)?;
         Ok(GoldenStart { golden, source: Source::New, _dir: Some(dir) })
     }
@@ -420,7 +420,7 @@ pub fn check(
     steps: &dyn Steps,
 ) -> Result<CheckResult> {
     let baseline = if opts.update_baseline { None } else { Some(check::load_baseline(&opts.baseline)?) };
-    let scratch = tempfile::Builder::new().prefix("kfi-check-").tempdir()?;
+    let scratch = recovery_sut::private::tempdir("kfi-check-")?;
     let run = RunOptions::all(scratch.path().to_path_buf(), opts.jobs);
     let summary = run_campaign(cache, campaign, &run, stop, steps)?;
     let records = Store::open(store_path(scratch.path()))?.records(&campaign.file.name)?;

@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use recovery_sut::snapshot::{self, Snapshot};
 use recovery_sut::storage::{self, LoopDevice, ReadThrottle, Storage};
 use recovery_sut::vm::save;
-use recovery_sut::{memory, probe, Vm, VmConfig, VmError};
+use recovery_sut::{memory, private, probe, Vm, VmConfig, VmError};
 
 use super::env::{Environment, GoldenDir, RunOptions, RunSummary};
 use super::spec::restore::{CacheState, Reduction, RestorePath, RestorePoint, RestoreSpec};
@@ -48,9 +48,7 @@ struct Prepared {
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn prepare(env: &Environment<'_>, golden: &Path, spec: &RestoreSpec, point: &RestorePoint) -> Result<Prepared> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("ram-{}-{}-", point.ram_mb, point.reduction))
-        .tempdir_in(golden)
+    let dir = private::tempdir_in(&format!("ram-{}-{}-", point.ram_mb, point.reduction), golden)
         .with_context(|| format!("creating a directory in {}", golden.display()))?;
     let fill_mb = (f64::from(point.ram_mb) * spec.page_cache_fill).round() as u64;
     let mut metrics = BTreeMap::new();
@@ -117,13 +115,12 @@ struct Measured {
 }
 
 fn restore_once(env: &Environment<'_>, prep: &Prepared, point: &RestorePoint) -> Result<Measured> {
-    let disks = tempfile::Builder::new().prefix("kfi-disks-").tempdir().context("creating a disk directory")?;
+    let disks = private::tempdir("kfi-disks-").context("creating a disk directory")?;
     for disk in prep.snapshot.disk_files() {
         let target = disks.path().join(disk.file_name().unwrap_or_default());
         std::fs::copy(&disk, &target).with_context(|| format!("copying {}", disk.display()))?;
     }
-    let config =
-        VmConfig { disk_dir: Some(disks.path().to_path_buf()), http_port: None, gdb_port: None, ..prep.config.clone() };
+    let config = VmConfig { disk_dir: Some(disks.path().to_path_buf()), http_port: None, ..prep.config.clone() };
     let mut metrics = BTreeMap::new();
     let emulated = point.storage.bytes_per_s();
     let cold = point.cache == CacheState::Cold;
@@ -303,7 +300,7 @@ pub fn replay(campaign: &Campaign, env: &Environment<'_>, planned: &Planned) -> 
     let Action::Restore(point) = &planned.action else {
         bail!("experiment {} of a [restore] campaign is not a restore", planned.index)
     };
-    let scratch = tempfile::Builder::new().prefix("kfi-replay-").tempdir().context("creating a scratch directory")?;
+    let scratch = private::tempdir("kfi-replay-").context("creating a scratch directory")?;
     let wall = Instant::now();
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let prepared = prepare(env, scratch.path(), spec, point)?;

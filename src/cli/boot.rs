@@ -30,9 +30,6 @@ pub struct BootArgs {
     /// Host port forwarded to the guest's port 80 (default: a free one).
     #[arg(long)]
     http_port: Option<u16>,
-    /// Host port of the gdbstub (default: a free one).
-    #[arg(long)]
-    gdb_port: Option<u16>,
     /// Attach the data disk to the tiny guest (debian always has it).
     #[arg(long)]
     data_disk: bool,
@@ -101,7 +98,6 @@ pub fn boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
         memory_mib,
         cpus: args.cpus,
         http_port: args.http_port,
-        gdb_port: args.gdb_port,
         data_disk: args.data_disk,
         keep_run_dir: args.keep_run_dir,
         ..VmConfig::default()
@@ -145,7 +141,7 @@ pub fn boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
         let mut value = serde_json::to_value(&report)?;
         value["accel_reason"] = decision.reason.clone().into();
         value["http_addr"] = vm.http_addr().to_string().into();
-        value["gdb_addr"] = vm.gdb_addr().to_string().into();
+        value["gdb_socket"] = vm.gdb_socket().display().to_string().into();
         println!("{value}");
     } else {
         println!("  {:>8.3} s  http-ready (correct answer on http://{}/)", http.as_secs_f64(), vm.http_addr());
@@ -156,7 +152,9 @@ pub fn boot(cache: &Cache, args: BootArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !args.json {
-        println!("guest is up: HTTP http://{}/ , gdbstub {}; Ctrl-C stops it", vm.http_addr(), vm.gdb_addr());
+        let (http, gdb) = (vm.http_addr(), vm.gdb_socket());
+        let gdb = gdb.display();
+        println!("guest is up: HTTP http://{http}/ , gdbstub on the unix socket {gdb} (gdb: target remote {gdb}); Ctrl-C stops it");
     }
     while !stop.load(Ordering::SeqCst) {
         if let Err(e) = vm.check_alive() {

@@ -2,11 +2,10 @@
 //! memory, breakpoints, monitor commands and QEMU's own packets.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::conn::{ConnError, Connection};
+use super::conn::{ConnError, Connection, Endpoint};
 use super::hex::{self, HexError};
 use super::registers::{Reg, RegisterError, RegisterLayout, Registers};
 use super::stop::{self, StopError, StopReason, ThreadId};
@@ -15,11 +14,11 @@ use super::target_xml::{self, TargetDescription, XmlError};
 /// What failed, always naming the packet (shortened) and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum GdbError {
-    /// The TCP connection could not be made.
+    /// The connection could not be made.
     #[error("cannot connect to the gdbstub at {addr}: {source}")]
     Connect {
         /// Where.
-        addr: SocketAddr,
+        addr: Endpoint,
         /// Why.
         source: ConnError,
     },
@@ -255,8 +254,9 @@ impl GdbClient {
     /// Connects, negotiates features, reads the target description and
     /// learns why the target is stopped. `timeout` bounds the connection and
     /// every later request (see [`set_timeout`](Self::set_timeout)).
-    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<GdbClient, GdbError> {
-        let conn = Connection::connect(addr, timeout).map_err(|source| GdbError::Connect { addr, source })?;
+    pub fn connect(endpoint: impl Into<Endpoint>, timeout: Duration) -> Result<GdbClient, GdbError> {
+        let addr = endpoint.into();
+        let conn = Connection::connect(&addr, timeout).map_err(|source| GdbError::Connect { addr, source })?;
         let mut client = GdbClient {
             conn,
             timeout,

@@ -1,10 +1,13 @@
-//! One TCP connection to a gdbstub: sends packets and waits for their
-//! acknowledgement, receives packets and acknowledges them, resends on `-`,
-//! and bounds every wait by a deadline. It knows nothing of what packets mean.
+//! One connection to a gdbstub (a unix socket, or TCP): sends packets and
+//! waits for their acknowledgement, receives packets and acknowledges them,
+//! resends on `-`, and bounds every wait by a deadline. It knows nothing of
+//! what packets mean.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::packet::{self, Frame, FrameError, PacketReader};
@@ -54,10 +57,78 @@ pub enum ConnError {
     },
 }
 
+/// Where a gdbstub listens. Any process that can connect to a stub can
+/// stop the guest, so a guest kfi runs has its stub on a unix socket in its
+/// private run directory; TCP is for stubs elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A unix socket.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "{}", path.display()),
+            Endpoint::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Endpoint {
+        Endpoint::Tcp(addr)
+    }
+}
+
+impl From<PathBuf> for Endpoint {
+    fn from(path: PathBuf) -> Endpoint {
+        Endpoint::Unix(path)
+    }
+}
+
+impl From<&Path> for Endpoint {
+    fn from(path: &Path) -> Endpoint {
+        Endpoint::Unix(path.to_path_buf())
+    }
+}
+
+/// The byte stream under a connection.
+#[derive(Debug)]
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(timeout),
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.write_all(bytes),
+            Stream::Tcp(s) => s.write_all(bytes),
+        }
+    }
+}
+
 /// A connection with the remote protocol's acknowledgement rules.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     reader: PacketReader,
     frames: VecDeque<Frame>,
     /// Packets that arrived while an acknowledgement was awaited.
@@ -67,14 +138,26 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects with Nagle's algorithm off: every request is one small
-    /// segment and waiting 40 ms for more data to coalesce would dominate the
-    /// cost of an injection.
-    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Connection, ConnError> {
+    /// Connects; over TCP with Nagle's algorithm off: every request is one
+    /// small segment and waiting 40 ms for more data to coalesce would
+    /// dominate the cost of an injection.
+    pub fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Connection, ConnError> {
         let io = |action| move |source| ConnError::Io { action, source };
-        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io("connect"))?;
-        stream.set_nodelay(true).map_err(io("set TCP_NODELAY"))?;
-        stream.set_write_timeout(Some(timeout)).map_err(io("set the write timeout"))?;
+        let stream = match endpoint {
+            Endpoint::Unix(path) => {
+                // A unix connect does not block for long: the listener
+                // either is there or is not.
+                let stream = UnixStream::connect(path).map_err(io("connect"))?;
+                stream.set_write_timeout(Some(timeout)).map_err(io("set the write timeout"))?;
+                Stream::Unix(stream)
+            }
+            Endpoint::Tcp(addr) => {
+                let stream = TcpStream::connect_timeout(addr, timeout).map_err(io("connect"))?;
+                stream.set_nodelay(true).map_err(io("set TCP_NODELAY"))?;
+                stream.set_write_timeout(Some(timeout)).map_err(io("set the write timeout"))?;
+                Stream::Tcp(stream)
+            }
+        };
         Ok(Connection {
             stream,
             reader: PacketReader::default(),
@@ -231,7 +314,7 @@ mod tests {
     #[test]
     fn resends_after_nack_and_acks_replies() {
         let (addr, peer) = peer(vec![(b"$?#3f", b"-"), (b"$?#3f", b"+$S05#b8")]);
-        let mut c = Connection::connect(addr, T).unwrap();
+        let mut c = Connection::connect(&addr.into(), T).unwrap();
         c.send(b"?", T).unwrap();
         assert_eq!(c.recv(T, "a reply").unwrap(), b"S05");
         drop(c);
@@ -241,7 +324,7 @@ mod tests {
     #[test]
     fn damaged_reply_is_nacked_then_accepted() {
         let (addr, peer) = peer(vec![(b"$g#67", b"+$00#00"), (b"-", b"$00#60")]);
-        let mut c = Connection::connect(addr, T).unwrap();
+        let mut c = Connection::connect(&addr.into(), T).unwrap();
         c.send(b"g", T).unwrap();
         assert_eq!(c.recv(T, "a reply").unwrap(), b"00");
         drop(c);
@@ -251,16 +334,37 @@ mod tests {
     #[test]
     fn repeated_nacks_and_silence_are_errors() {
         let (addr, _peer) = peer(vec![(b"$?#3f", b"-"); MAX_ATTEMPTS as usize]);
-        let mut c = Connection::connect(addr, T).unwrap();
+        let mut c = Connection::connect(&addr.into(), T).unwrap();
         assert!(matches!(c.send(b"?", T), Err(ConnError::Rejected { attempts: MAX_ATTEMPTS })));
         let err = c.recv(Duration::from_millis(100), "a reply").unwrap_err();
         assert!(matches!(err, ConnError::Timeout { waiting_for: "a reply", .. }), "{err}");
     }
 
     #[test]
+    fn a_unix_socket_carries_the_same_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gdb.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut got = [0; 5];
+            s.read_exact(&mut got).unwrap();
+            s.write_all(b"+$S05#b8").unwrap();
+            let mut ack = [0; 1];
+            s.read_exact(&mut ack).unwrap();
+            assert_eq!(&ack, b"+", "the reply is acknowledged");
+            got
+        });
+        let mut c = Connection::connect(&Endpoint::Unix(path), T).unwrap();
+        c.send(b"?", T).unwrap();
+        assert_eq!(c.recv(T, "a reply").unwrap(), b"S05");
+        assert_eq!(&peer.join().unwrap(), b"$?#3f");
+    }
+
+    #[test]
     fn a_closed_connection_is_named() {
         let (addr, peer) = peer(vec![]);
-        let mut c = Connection::connect(addr, T).unwrap();
+        let mut c = Connection::connect(&addr.into(), T).unwrap();
         peer.join().unwrap();
         let err = c.recv(T, "a reply").unwrap_err();
         assert!(matches!(err, ConnError::Closed { waiting_for: "a reply" }), "{err}");

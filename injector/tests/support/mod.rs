@@ -94,7 +94,7 @@ pub fn boot() -> Guest {
     let image = tiny_image();
     let vm = Vm::start(&image, &VmConfig { accel: Accel::Tcg, ..VmConfig::default() }).expect("start the VM");
     vm.wait_phase("services-ready", BOOT).expect("services-ready");
-    let gdb = GdbClient::connect(vm.gdb_addr(), Duration::from_secs(5)).expect("attach to the gdbstub");
+    let gdb = GdbClient::connect(vm.gdb_socket(), Duration::from_secs(5)).expect("attach to the gdbstub");
     Guest { gdb, vm, lock }
 }
 

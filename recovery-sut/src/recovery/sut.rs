@@ -100,7 +100,7 @@ fn boot_config(config: &VmConfig, disks: Option<&Path>) -> VmConfig {
 /// A SUT's own disk and snapshot directories, removed with it.
 fn sut_dirs() -> Result<(tempfile::TempDir, tempfile::TempDir), RecoveryError> {
     let dir = |prefix: &str, what: &'static str| {
-        tempfile::Builder::new().prefix(prefix).tempdir().map_err(|source| RecoveryError::Io { what, source })
+        crate::private::tempdir(prefix).map_err(|source| RecoveryError::Io { what, source })
     };
     Ok((dir("kfi-disks-", "the disk directory")?, dir("kfi-snapshots-", "the snapshot directory")?))
 }
@@ -175,12 +175,7 @@ impl Sut {
             let target = disks.path().join(disk.file_name().unwrap_or_default());
             std::fs::copy(&disk, &target).map_err(|source| RecoveryError::Io { what: "a golden disk copy", source })?;
         }
-        let config = VmConfig {
-            disk_dir: Some(disks.path().to_path_buf()),
-            http_port: None,
-            gdb_port: None,
-            ..golden.config.clone()
-        };
+        let config = VmConfig { disk_dir: Some(disks.path().to_path_buf()), http_port: None, ..golden.config.clone() };
         let mut vm = Vm::restore(&golden.image, &config, &service)?;
         let data_baseline = data_writes(&mut vm);
         let config = vm.config();

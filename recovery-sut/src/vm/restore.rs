@@ -126,14 +126,14 @@ impl Vm {
                             text.trim()
                         )));
                     }
-                    let gdb = format!("gdbserver tcp:127.0.0.1:{}", self.gdb.port());
+                    let gdb = format!("gdbserver {}", super::gdb_chardev(self.run_dir()));
                     let out =
                         self.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": gdb })))?;
                     let text = out.as_str().unwrap_or_default();
                     if !text.contains("Waiting for gdb connection") {
                         return Err(VmError::Restore(format!(
-                            "cannot start the gdbstub on port {}: {}",
-                            self.gdb.port(),
+                            "cannot start the gdbstub on {}: {}",
+                            self.gdb_socket().display(),
                             text.trim()
                         )));
                     }

@@ -45,3 +45,37 @@ pub fn process_running(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// The TCP addresses process `pid` listens on (from `/proc/net/tcp{,6}`,
+/// matched to the process's socket descriptors), as addresses to connect
+/// to: a wildcard listener is reached on loopback.
+pub fn tcp_listeners(pid: u32) -> Vec<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's descriptors")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (table, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state 0A = LISTEN, inode.
+            if cols.len() < 10 || cols[3] != "0A" || !inodes.contains(cols[9]) {
+                continue;
+            }
+            let Some((_, port)) = cols[1].split_once(':') else { continue };
+            let port = u16::from_str_radix(port, 16).expect("a hex port");
+            out.push(if v6 {
+                SocketAddr::from((Ipv6Addr::LOCALHOST, port))
+            } else {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+            });
+        }
+    }
+    out
+}
