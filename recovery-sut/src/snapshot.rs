@@ -43,8 +43,9 @@ pub struct SnapshotMeta {
     /// How long the guest was paused to take it, in seconds.
     pub pause_s: f64,
     /// The safety monitor's watched files as the agent last reported them
-    /// before the snapshot: the snapshot is valid only while they stay so.
-    /// Empty for snapshots of older kfi versions (nothing to check).
+    /// before the snapshot: the snapshot is valid only while they stay so,
+    /// and not at all when one is missing (the recovery loop's safety
+    /// monitor fails closed).
     #[serde(default)]
     pub watched: BTreeMap<String, FileState>,
 }
@@ -114,10 +115,87 @@ impl Snapshot {
         Ok(Snapshot { dir: dir.to_path_buf(), meta: manifest.meta })
     }
 
+    /// Checks the RAM file against its manifest by full SHA-256, which
+    /// [`Snapshot::open`] does only when the file's size or mtime moved
+    /// (bit rot, or a write that kept the mtime, would pass it). Hashing
+    /// hundreds of megabytes takes a fraction of a second, so it is done
+    /// once per file and process, ahead of a restore (while a standby is
+    /// prepared, off the downtime path): a later call costs a `stat` while
+    /// the file's device, inode, size and mtime are those it had when it
+    /// was hashed (and its ctime, which any write moves), and its manifest
+    /// names the same hash.
+    pub fn verify_ram(&self) -> Result<(), SnapshotError> {
+        let manifest =
+            Manifest::<SnapshotMeta>::load(&self.dir)?.ok_or_else(|| SnapshotError::Missing(self.dir.clone()))?;
+        let want = manifest.files.get(RAM).ok_or_else(|| SnapshotError::Missing(self.ram_file()))?;
+        let path = self.ram_file();
+        let identity = RamIdentity::of(&path, &want.sha256)?;
+        let mut verified = VERIFIED_RAM.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if verified.get(&path) == Some(&identity) {
+            return Ok(());
+        }
+        let got = crate::cache::sha256_file(&path)?;
+        if got != want.sha256 {
+            verified.remove(&path);
+            return Err(CacheError::Corrupt {
+                what: "snapshot".into(),
+                dir: self.dir.clone(),
+                detail: format!("{RAM} has SHA-256 {got}, the manifest says {}", want.sha256),
+                fix: "take a new snapshot".into(),
+            }
+            .into());
+        }
+        // The identity read before hashing: a write during the hash moves
+        // the mtime, and the next call hashes again.
+        verified.insert(path, identity);
+        Ok(())
+    }
+
+    /// Whether [`Snapshot::verify_ram`] has passed for the RAM file as it
+    /// is now (a restore then needs no hashing).
+    pub fn ram_verified(&self) -> bool {
+        let path = self.ram_file();
+        let Ok(Some(manifest)) = Manifest::<SnapshotMeta>::load(&self.dir) else { return false };
+        let Some(want) = manifest.files.get(RAM) else { return false };
+        let Ok(identity) = RamIdentity::of(&path, &want.sha256) else { return false };
+        VERIFIED_RAM.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&path) == Some(&identity)
+    }
+
     /// Bytes the snapshot occupies on disk: the device state plus the RAM
     /// file's allocated blocks (its holes are pages that were zero).
     pub fn stored_bytes(&self) -> std::io::Result<u64> {
         Ok(allocated_bytes(&self.state_file())? + allocated_bytes(&self.ram_file())?)
+    }
+}
+
+/// RAM files whose full hash matched their manifest in this process.
+static VERIFIED_RAM: std::sync::Mutex<BTreeMap<PathBuf, RamIdentity>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// What identifies a RAM file's content without reading it, and the hash
+/// its manifest names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RamIdentity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    /// Moves on every write, also one that sets the mtime back.
+    ctime_ns: i128,
+    sha256: String,
+}
+
+impl RamIdentity {
+    fn of(path: &Path, sha256: &str) -> Result<RamIdentity, CacheError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(|e| CacheError::io("stat", path, e))?;
+        Ok(RamIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            sha256: sha256.to_string(),
+        })
     }
 }
 
@@ -251,4 +329,56 @@ fn seek_data(file: &std::fs::File, pos: u64) -> std::io::Result<Option<u64>> {
 pub fn allocated_bytes(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata(path)?.blocks() * 512)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn snapshot(dir: &Path) -> Snapshot {
+        let new = NewSnapshot::begin(dir).unwrap();
+        std::fs::write(new.state_file(), b"device state").unwrap();
+        // Larger than the manifest's always-hash limit, so `open` checks
+        // it by size and mtime only.
+        std::fs::write(new.ram_file(), vec![7u8; 65 << 20]).unwrap();
+        let meta = SnapshotMeta {
+            profile: "tiny".into(),
+            kernel: "k".into(),
+            qemu_version: "7.2".into(),
+            accel: "tcg".into(),
+            memory_mib: 8,
+            phase: "services-ready".into(),
+            pause_s: 0.0,
+            watched: BTreeMap::new(),
+        };
+        new.commit(meta, &[]).unwrap()
+    }
+
+    #[test]
+    fn a_ram_file_changed_in_place_behind_its_mtime_is_refused_by_the_full_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snap = snapshot(&tmp.path().join("snap"));
+        assert!(!snap.ram_verified());
+        snap.verify_ram().unwrap();
+        assert!(snap.ram_verified(), "a passed check is remembered");
+        snap.verify_ram().unwrap();
+
+        // One byte flipped, the mtime set back: the size-and-mtime check
+        // of `open` cannot see it, the full hash does.
+        let ram = snap.ram_file();
+        let mtime = std::fs::metadata(&ram).unwrap().modified().unwrap();
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&ram).unwrap();
+            f.seek(SeekFrom::Start(4096)).unwrap();
+            f.write_all(&[8]).unwrap();
+            f.set_modified(mtime).unwrap();
+        }
+        let reopened = Snapshot::open(&snap.dir).unwrap();
+        assert!(!reopened.ram_verified(), "the write moved the ctime");
+        let err = reopened.verify_ram().unwrap_err().to_string();
+        assert!(err.contains("ram has SHA-256") && err.contains("the manifest says"), "{err}");
+        assert!(reopened.verify_ram().is_err(), "a failed check is not remembered as passed");
+    }
 }

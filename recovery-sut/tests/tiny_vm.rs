@@ -277,22 +277,34 @@ fn corrupt_snapshots_fall_back_to_the_next_strategy_and_say_why() {
         bytes[100] ^= 0xff;
         std::fs::write(&state, bytes).unwrap();
     };
+    // One byte of guest RAM changed in place with the mtime set back: only
+    // the full hash of the RAM file can see it.
+    let corrupt_ram_behind_its_mtime = |ram: std::path::PathBuf| {
+        use std::io::{Seek, SeekFrom, Write};
+        let mtime = std::fs::metadata(&ram).unwrap().modified().unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&ram).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&[0x5a]).unwrap();
+        f.set_modified(mtime).unwrap();
+    };
     let image = tiny_image();
     let config = VmConfig { extra_cmdline: vec!["unknown_nmi_panic".into()], ..tcg() };
     let mut sut = Sut::boot(&image, &config).expect("boot");
-    corrupt(sut.snapshot_service().expect("snapshot").state_file());
+    corrupt_ram_behind_its_mtime(sut.snapshot_service().expect("snapshot").ram_file());
     let timing = panic_and_recover(&mut sut, Strategy::ServiceRestore);
     assert_eq!(timing.requested, Strategy::ServiceRestore);
     assert_eq!(timing.strategy, Strategy::PhaseRestore);
     let reason = timing.fallback_reason.expect("a reason");
-    assert!(reason.contains("service snapshot") && reason.contains("corrupt") && reason.contains("state"), "{reason}");
+    assert!(reason.contains("service snapshot") && reason.contains("ram has SHA-256"), "{reason}");
 
-    // With the phase snapshot broken too, only a full reboot is left.
+    // With the phase snapshot's device state broken too, only a full
+    // reboot is left.
     corrupt(sut.phase_snapshot().expect("phase snapshot").state_file());
     let timing = panic_and_recover(&mut sut, Strategy::ServiceRestore);
     assert_eq!(timing.strategy, Strategy::FullReboot);
     let reason = timing.fallback_reason.expect("a reason");
     assert!(reason.contains("service snapshot") && reason.contains("phase snapshot"), "{reason}");
+    assert!(reason.contains("corrupt") && reason.contains("state"), "{reason}");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use super::strategy::Strategy;
 use super::sut::{Sut, SERVICE_TIMEOUT};
 use crate::probe;
 use crate::snapshot::Snapshot;
-use crate::vm::{Vm, VmError};
+use crate::vm::{save, Vm, VmError};
 
 /// How one recovery went, in seconds.
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +179,13 @@ impl Sut {
         let name = which.name();
         let snap = self.snapshots.get(which).ok_or_else(|| format!("no {name} snapshot was taken"))?;
         let snap = Snapshot::open(&snap.dir).map_err(|e| format!("the {name} snapshot is unusable: {e}"))?;
+        if let Some(vm) = &self.vm {
+            save::check_matches(&snap, vm).map_err(|e| format!("the {name} snapshot is unusable: {e}"))?;
+        }
+        if !snap.ram_verified() {
+            tracing::info!("the {name} snapshot's RAM was not checked ahead of this restore; checking it now");
+        }
+        snap.verify_ram().map_err(|e| format!("the {name} snapshot is unusable: {e}"))?;
         #[cfg(feature = "test-knobs")]
         test_knobs::restore_delay();
         let standby = self.standby.take_for(&snap);

@@ -62,6 +62,9 @@ pub(super) struct SnapshotSet {
     /// ones, adopted): a change reported later invalidates them.
     service_taken: Instant,
     phase_taken: Instant,
+    /// The files the safety monitor watches on this guest: a snapshot
+    /// whose manifest lacks one cannot be vouched for.
+    watched: &'static [&'static str],
 }
 
 impl SnapshotSet {
@@ -72,6 +75,7 @@ impl SnapshotSet {
         let phase = Some(save::take(vm, &dir.path().join(Which::Phase.name()), "userland")?);
         let taken = Instant::now();
         Ok(SnapshotSet {
+            watched: vm.image().profile().watched_files(),
             dir,
             service: None,
             phase,
@@ -86,15 +90,18 @@ impl SnapshotSet {
 
     /// Adopts a golden service snapshot (and phase snapshot, if any) as
     /// taken now; `data_baseline` is the restored QEMU's data-disk write
-    /// count. New snapshots go to `dir`.
+    /// count; `watched`, the files the safety monitor watches on this
+    /// guest. New snapshots go to `dir`.
     pub(super) fn adopted(
         dir: tempfile::TempDir,
         service: Snapshot,
         phase: Option<Snapshot>,
         data_baseline: Option<u64>,
+        watched: &'static [&'static str],
     ) -> SnapshotSet {
         let now = Instant::now();
         SnapshotSet {
+            watched,
             dir,
             service: Some(service),
             phase,
@@ -187,13 +194,25 @@ impl SnapshotSet {
     }
 
     /// Why the safety monitor forbids restoring a snapshot, if it does:
-    /// a watched file differs from the snapshot's manifest, or changed
-    /// after the snapshot was taken.
+    /// its manifest lacks a watched file (the agent never reported it
+    /// before the snapshot, so nothing can be checked: the monitor fails
+    /// closed), a watched file differs from the manifest, or changed after
+    /// the snapshot was taken.
     pub(super) fn unsafe_reason(&self, which: Which) -> Option<String> {
         let (snap, taken) = match which {
             Which::Service => (self.service.as_ref()?, self.service_taken),
             Which::Phase => (self.phase.as_ref()?, self.phase_taken),
         };
+        let missing: Vec<&str> =
+            self.watched.iter().copied().filter(|path| !snap.meta.watched.contains_key(*path)).collect();
+        if !missing.is_empty() {
+            return Some(format!(
+                "the {} snapshot has no safety-monitor manifest of {} (the agent had not reported them when it was \
+                 taken), so the monitor cannot vouch for it",
+                which.name(),
+                missing.join(", ")
+            ));
+        }
         let mut changed: BTreeMap<&str, String> = BTreeMap::new();
         for (path, was) in &snap.meta.watched {
             match self.files.get(path) {
@@ -232,7 +251,7 @@ pub(super) fn wait_manifest(vm: &mut Vm, watched: &[&str]) {
         tracing::warn!("no agent heartbeat within {MANIFEST_TIMEOUT:?} before the snapshot");
     }
     if !vm.agent().wait_watched(watched, MANIFEST_TIMEOUT) {
-        tracing::warn!("the agent reported no manifest of the watched files within {MANIFEST_TIMEOUT:?}; the snapshot cannot be checked against file changes");
+        tracing::warn!("the agent reported no manifest of the watched files within {MANIFEST_TIMEOUT:?}; the snapshot will not be restored (the safety monitor cannot vouch for it)");
     }
 }
 
@@ -283,4 +302,44 @@ pub(super) fn copy_snapshot(snap: &Snapshot, dir: &Path) -> Result<Snapshot, Rec
         }
     }
     Ok(Snapshot::open(dir)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::snapshot::SnapshotMeta;
+
+    const WATCHED: &[&str] = &["/bin/busybox", "/www"];
+
+    fn snapshot(watched: &[&str]) -> Snapshot {
+        let state = FileState::Present { inode: 1, size: 2, mtime: 3 };
+        Snapshot {
+            dir: "/nonexistent".into(),
+            meta: SnapshotMeta {
+                profile: "tiny".into(),
+                kernel: "k".into(),
+                qemu_version: "7.2".into(),
+                accel: "tcg".into(),
+                memory_mib: 128,
+                phase: "services-ready".into(),
+                pause_s: 0.0,
+                watched: watched.iter().map(|p| (p.to_string(), state)).collect(),
+            },
+        }
+    }
+
+    fn set(service: Snapshot) -> SnapshotSet {
+        SnapshotSet::adopted(tempfile::tempdir().unwrap(), service, None, None, WATCHED)
+    }
+
+    #[test]
+    fn a_snapshot_without_the_full_watched_manifest_is_not_restorable() {
+        assert_eq!(set(snapshot(WATCHED)).unsafe_reason(Which::Service), None);
+        let reason = set(snapshot(&["/bin/busybox"])).unsafe_reason(Which::Service).unwrap();
+        assert!(reason.contains("no safety-monitor manifest of /www"), "{reason}");
+        assert!(reason.contains("cannot vouch"), "{reason}");
+        let reason = set(snapshot(&[])).unsafe_reason(Which::Service).unwrap();
+        assert!(reason.contains("/bin/busybox, /www"), "{reason}");
+    }
 }

@@ -179,7 +179,8 @@ impl Sut {
         let mut vm = Vm::restore(&golden.image, &config, &service)?;
         let data_baseline = data_writes(&mut vm);
         let config = vm.config();
-        let snapshots = SnapshotSet::adopted(snapshots, service, golden.phase.clone(), data_baseline);
+        let watched = golden.image.profile().watched_files();
+        let snapshots = SnapshotSet::adopted(snapshots, service, golden.phase.clone(), data_baseline, watched);
         let mut sut = Sut {
             image: golden.image.clone(),
             config,
@@ -256,6 +257,15 @@ impl Sut {
     /// standby there is.
     pub(super) fn prepare_standby(&mut self) {
         self.standby.prepare(&self.image, &self.config, self.snapshots.get(Which::Service));
+        // Off the downtime path: the next restore of either snapshot then
+        // finds its RAM file checked (see `Snapshot::verify_ram`).
+        for which in [Which::Service, Which::Phase] {
+            if let Some(snap) = self.snapshots.get(which) {
+                if let Err(e) = snap.verify_ram() {
+                    tracing::warn!("the {} snapshot's RAM file is corrupt; it will not be restored: {e}", which.name());
+                }
+            }
+        }
     }
 
     /// Takes the watched-file reports of the current VM's agent into the
