@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use analysis::store::Store;
@@ -61,7 +61,11 @@ fn stored(results: &Path, campaign: &str) -> Vec<analysis::record::ExperimentRec
 }
 
 fn run(file: &Path, results: &Path, extra: &[&str]) {
-    let out = kfi()
+    run_with(kfi(), file, results, extra)
+}
+
+fn run_with(mut kfi: Command, file: &Path, results: &Path, extra: &[&str]) {
+    let out = kfi
         .args(["campaign", "run"])
         .arg(file)
         .arg("--results")
@@ -83,8 +87,12 @@ fn a_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
     let file = experiment_file(tmp.path(), "resume", 4);
     let results = tmp.path().join("results");
+    // A temporary directory of its own, to see what the killed run leaves.
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
     let mut child = Spawned::start(
         kfi()
+            .env("TMPDIR", &scratch)
             .args(["campaign", "run"])
             .arg(&file)
             .arg("--results")
@@ -101,12 +109,25 @@ fn a_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(700));
+    let killed = child.id();
     child.kill().unwrap();
     child.wait().unwrap();
     let before = stored(&results, "resume");
     assert!(!before.is_empty() && before.len() < 4, "killed too late to test a resume: {} stored", before.len());
+    // The killed run's VM directories stay behind (its QEMU died with it),
+    // each naming its dead owner; the next run removes them.
+    let owned_by_killed = |dir: &PathBuf| {
+        std::fs::read_to_string(dir.join(".kfi-owner")).is_ok_and(|o| o.starts_with(&format!("{killed} ")))
+    };
+    let dead: Vec<PathBuf> =
+        std::fs::read_dir(&scratch).unwrap().map(|e| e.unwrap().path()).filter(owned_by_killed).collect();
+    assert!(!dead.is_empty(), "the killed run left no directory naming it in {}", scratch.display());
 
-    run(&file, &results, &[]);
+    let mut resume = kfi();
+    resume.env("TMPDIR", &scratch);
+    run_with(resume, &file, &results, &[]);
+    let still: Vec<&PathBuf> = dead.iter().filter(|d| d.exists()).collect();
+    assert!(still.is_empty(), "the dead run's directories were not removed: {still:?}");
     let after = stored(&results, "resume");
     let indices: Vec<u64> = after.iter().map(|r| r.experiment).collect();
     assert_eq!(indices, vec![0, 1, 2, 3], "every experiment exactly once");

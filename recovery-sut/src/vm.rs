@@ -610,8 +610,13 @@ impl Vm {
         };
         let agent = AgentChannel::connect(&dir.join("agent.sock"), started)
             .map_err(io_err("connect to", &dir.join("agent.sock")))?;
-        let (run_dir, kept_dir) =
-            if config.keep_run_dir { (None, Some(run_dir.keep())) } else { (Some(run_dir), None) };
+        let (run_dir, kept_dir) = if config.keep_run_dir {
+            // Kept on purpose: no owner, so no later sweep removes it.
+            crate::private::disown(run_dir.path());
+            (None, Some(run_dir.keep()))
+        } else {
+            (Some(run_dir), None)
+        };
         Ok(Vm {
             child: guard.0.take().expect("child present"),
             qmp,
