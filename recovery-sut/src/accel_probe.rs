@@ -71,7 +71,10 @@ fn read_record(path: &Path) -> Option<ProbeRecord> {
 }
 
 fn probe_kvm(image: &GuestImage) -> Result<AccelDecision, AccelError> {
-    let config = VmConfig { accel: Accel::Kvm, ..VmConfig::default() };
+    // The default RAM is below what the debian guest needs.
+    let defaults = VmConfig::default();
+    let memory_mib = defaults.memory_mib.max(image.meta.min_memory_mib);
+    let config = VmConfig { accel: Accel::Kvm, memory_mib, ..defaults };
     let vm = match Vm::start(image, &config) {
         Ok(vm) => vm,
         Err(VmError::Exited { stderr, .. }) => {
