@@ -20,6 +20,20 @@ use workloads::{ClosedLoop, DocList, LoadSpec, Mode, Record};
 /// which a client sees the service come back.
 pub const DOWNTIME_FAILURE_PAUSE: Duration = Duration::from_millis(10);
 
+/// The availability probe's period: one request for the index page every
+/// 10 ms, whatever the answers, so that its outage is measured at that
+/// resolution and does not depend on the workload's clients (which
+/// documents they happened to ask for, their think time, their timeouts).
+pub const PROBE_PERIOD: Duration = Duration::from_millis(10);
+
+/// A probe request unanswered this long failed; requests go on being
+/// started meanwhile (open loop), up to [`PROBE_IN_FLIGHT`] at once.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Probe requests in flight at most: a second of requests hanging on a
+/// dead guest, with room to spare.
+pub const PROBE_IN_FLIGHT: usize = 128;
+
 /// What the clients request.
 #[derive(Debug, Clone)]
 pub enum Clients {
@@ -29,6 +43,28 @@ pub enum Clients {
     /// RUBiS sessions walking `mix`; `think` is the mean of a negative
     /// exponential pause.
     Rubis(Mix),
+    /// The availability probe: the first document of the set (the index
+    /// page), started every [`PROBE_PERIOD`] in open loop; `count`, `think`
+    /// and `failure_pause` do not apply.
+    Probe(DocList),
+}
+
+impl ClientLoad {
+    /// The availability probe for the document set `docs` (its first
+    /// document, `/index.html`, is what it asks for), running for
+    /// `duration` unless stopped first.
+    pub fn probe(docs: &DocList, duration: Duration) -> ClientLoad {
+        let index = DocList { seed: docs.seed, docs: docs.docs.iter().take(1).cloned().collect() };
+        ClientLoad {
+            clients: Clients::Probe(index),
+            count: 1,
+            think: Duration::ZERO,
+            failure_pause: Duration::ZERO,
+            timeout: PROBE_TIMEOUT,
+            duration,
+            seed: 0,
+        }
+    }
 }
 
 /// One run of closed-loop clients.
@@ -90,6 +126,20 @@ pub fn run(addr: SocketAddr, load: &ClientLoad, origin: Instant, stop: Arc<Atomi
             };
             let run = rubis::run_blocking_until(addr, &spec, origin, stop).context("running the RUBiS clients")?;
             Ok(ClientRun { records: run.records, acks: run.acks })
+        }
+        Clients::Probe(index) => {
+            let spec = LoadSpec {
+                mode: Mode::Open(workloads::OpenLoop {
+                    rate: 1.0 / PROBE_PERIOD.as_secs_f64(),
+                    max_in_flight: PROBE_IN_FLIGHT,
+                }),
+                duration: load.duration,
+                timeout: load.timeout,
+                seed: load.seed,
+            };
+            let records = workloads::run_blocking_until(addr, index, &spec, origin, stop)
+                .context("running the availability probe")?;
+            Ok(ClientRun { records, acks: Vec::new() })
         }
     }
 }

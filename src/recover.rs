@@ -45,6 +45,9 @@ pub struct Trial {
     pub rep: usize,
     /// Client-seen downtime, seconds (None: not recovered in the window).
     pub downtime_s: Option<f64>,
+    /// The availability probe's outage by the same measure (the index page
+    /// every 10 ms, independent of the clients), seconds.
+    pub probe_outage_s: Option<f64>,
     /// Time until throughput was back to 90% of the baseline, seconds.
     pub throughput_back_s: Option<f64>,
     /// From the crash to its detection, seconds.
@@ -74,6 +77,8 @@ pub struct StrategySummary {
     pub downtime_p95_s: Option<f64>,
     /// Mean downtime, seconds.
     pub downtime_mean_s: Option<f64>,
+    /// Median of the availability probe's outages, seconds.
+    pub probe_outage_median_s: Option<f64>,
     /// Median detection time, seconds.
     pub detect_median_s: Option<f64>,
     /// Median reset/restore time, seconds.
@@ -98,6 +103,7 @@ pub fn summarize(trials: &[Trial], strategies: &[Strategy]) -> Vec<StrategySumma
                 downtime_median_s: sorted.as_ref().map(|s| s.quantile(0.5)),
                 downtime_p95_s: sorted.as_ref().map(|s| s.quantile(0.95)),
                 downtime_mean_s: kfi_stats::mean(downtimes.iter().copied()),
+                probe_outage_median_s: kfi_stats::median(mine.iter().filter_map(|t| t.probe_outage_s)),
                 detect_median_s: kfi_stats::median(mine.iter().map(|t| t.detect_s)),
                 restart_median_s: kfi_stats::median(mine.iter().map(|t| t.timing.restart_s)),
                 reduction_vs_full_reboot: None,
@@ -149,6 +155,7 @@ fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &R
         seed: plan.seed.wrapping_add(rep as u64),
     };
     let origin = Instant::now();
+    let probe = RunningLoad::start(sut.vm().http_addr(), ClientLoad::probe(docs, Duration::from_secs(600)), origin);
     let load = RunningLoad::start(sut.vm().http_addr(), load, origin);
     std::thread::sleep(plan.warmup);
     let crashed_at = Instant::now();
@@ -161,20 +168,27 @@ fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &R
             Ok((failure, timing))
         });
     if outcome.is_ok() {
-        std::thread::sleep(plan.tail);
+        // Probe requests that went out during the outage end only at their
+        // timeout: the tail outlasts it.
+        std::thread::sleep(plan.tail.max(crate::load::PROBE_TIMEOUT + Duration::from_millis(100)));
     }
     let records = load.finish()?.records;
+    let probed = probe.finish()?.records;
     let (failure, timing) = outcome?;
     // The failure instant is when the VMM saw it, not when the crash was
     // asked for: a request answered between the two (the crash takes a few
     // milliseconds to reach the kernel) would otherwise "end" the downtime.
     // A pvpanic report arrives within milliseconds of the panic.
-    let report = analyze(&records, seconds_since(origin, failure.detected_at), &DowntimeConfig::default())
+    let failure_at = seconds_since(origin, failure.detected_at);
+    let report = analyze(&records, failure_at, &DowntimeConfig::default())
         .context("computing the downtime from the client records")?;
+    let probe_outage_s =
+        analyze(&probed, failure_at, &DowntimeConfig::default()).ok().and_then(|r| r.downtime.seconds());
     Ok(Trial {
         strategy,
         rep,
         downtime_s: report.downtime.seconds(),
+        probe_outage_s,
         throughput_back_s: report.throughput.after,
         detect_s: failure.detected_at.saturating_duration_since(crashed_at).as_secs_f64(),
         timing,
@@ -194,6 +208,7 @@ mod tests {
             strategy,
             rep: 0,
             downtime_s: Some(downtime_s),
+            probe_outage_s: None,
             throughput_back_s: None,
             detect_s: 0.01,
             timing: RecoveryTiming {

@@ -141,6 +141,10 @@ fn a_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates() {
         assert!(rec.recovered, "{r:?}");
         assert_eq!(r.lost_writes, Some(0), "acknowledged writes lost: {r:?}");
         assert!(r.downtime_s.unwrap() > 0.0);
+        // The availability probe saw the outage too, by its own requests.
+        let probe = r.probe_outage_s.unwrap_or_else(|| panic!("no probe outage: {r:?}"));
+        assert!(probe > 0.0 && probe < 30.0, "{r:?}");
+        assert_eq!(rec.on_standby, Some(rec.used.name() == "service-restore"), "{r:?}");
         assert_eq!(r.provenance.accel.name(), "tcg");
         assert!(!r.timeline.is_empty());
     }

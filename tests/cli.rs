@@ -233,6 +233,13 @@ fn recover_json_shows_snapshot_restore_far_faster_than_reboot() {
     for t in trials {
         assert_eq!(t["timing"]["cause"], "guest-panicked", "{t}");
         assert!(t["correct"].as_u64().unwrap() > 0);
+        // The availability probe saw each outage by its own requests; a
+        // reboot's outage is seconds by either measure.
+        let probe = t["probe_outage_s"].as_f64().unwrap_or_else(|| panic!("no probe outage: {t}"));
+        assert!(probe > 0.0, "{t}");
+        if t["strategy"] == "full-reboot" {
+            assert!(probe > 1.0, "the probe cannot see a reboot end in {probe} s: {t}");
+        }
     }
 }
 

@@ -414,6 +414,11 @@ pub struct RecoveryRecord {
     pub restart_s: f64,
     /// From running again to the first correct service answer, seconds.
     pub service_s: f64,
+    /// Whether the restore ran on the standby QEMU launched ahead of it
+    /// (false: a QEMU launched during the recovery, or no restore);
+    /// `None` when not recovered, and in records made before it was kept.
+    #[serde(default)]
+    pub on_standby: Option<bool>,
 }
 
 /// One 100 ms (or other width) bin of client-seen service, relative to the
@@ -454,6 +459,14 @@ pub struct ExperimentRecord {
     /// Client-seen downtime, seconds; `None` when there was no failure or
     /// the service never came back in the window.
     pub downtime_s: Option<f64>,
+    /// The availability probe's outage, seconds: the same definition as
+    /// `downtime_s` (last correct answer before the failure to the first
+    /// correct answer to a request sent after it) over the probe's own
+    /// requests, the index page every 10 ms, which are not counted in
+    /// `requests`; `None` as for `downtime_s`, and in records made before
+    /// the probe existed.
+    #[serde(default)]
+    pub probe_outage_s: Option<f64>,
     /// Time until throughput was back to 90% of the pre-failure baseline.
     pub throughput_back_s: Option<f64>,
     /// Requests sent in the experiment.
@@ -523,6 +536,7 @@ impl ExperimentRecord {
             outcome_detail: None,
             recovery: None,
             downtime_s: None,
+            probe_outage_s: None,
             throughput_back_s: None,
             requests: 0,
             correct: 0,

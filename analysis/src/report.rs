@@ -101,6 +101,9 @@ pub struct Headline {
     pub fallbacks: usize,
     /// The strategies that ran instead, `/`-joined.
     pub fell_back_to: String,
+    /// The same reduction by the availability probe's outages, when the
+    /// records have them.
+    pub probe_reduction: Option<f64>,
 }
 
 /// What [`write_report`] wrote.
@@ -177,6 +180,7 @@ pub fn headline(records: &[ExperimentRecord]) -> Option<Headline> {
         .map(|x| x.used)
         .collect();
     Some(Headline {
+        probe_reduction: best.probe_reduction,
         fallbacks: best.fallbacks,
         fell_back_to: fell_back.iter().map(|s| s.name()).collect::<Vec<_>>().join("/"),
         strategy: best.strategy,
@@ -208,9 +212,11 @@ pub fn headline_line(h: Option<&Headline>, experiments: usize) -> String {
     };
     // A strategy that fell back measured another one's downtime: say so.
     let n = if h.fallbacks > 0 { format!("{n}, {} of them fell back to {}", h.fallbacks, h.fell_back_to) } else { n };
+    let probe =
+        h.probe_reduction.map_or(String::new(), |p| format!(", by the availability probe's outage {:.1}%", 100.0 * p));
     format!(
-        "Measured: {} {verb} client-seen downtime by {:.1}% vs full reboot (median, {n}, {} guest, {}, {} workload, \
-         {}); {published}",
+        "Measured: {} {verb} client-seen downtime by {:.1}%{probe} vs full reboot (median, {n}, {} guest, {}, {} \
+         workload, {}); {published}",
         h.strategy,
         100.0 * h.reduction.abs(),
         h.profile,
@@ -437,8 +443,12 @@ pub fn write_report_with(
     md.push_str(
         "\n## Method\n\nMedians are middle values (mean of the two middle ones for even n); p95 interpolates \
          linearly between order statistics (type 7); the 95% confidence interval of the mean uses Student's t \
-         with n−1 degrees of freedom. Downtime is client-seen: from the first failed request to the first \
-         correct answer after recovery. Experiments whose service did not come back are counted as not \
+         with n−1 degrees of freedom. Downtime is client-seen: from the end of the last correct answer that \
+         completed at or before the failure instant (the detection of a panic; a hang's estimated start) to \
+         the end of the first correct answer to a request the workload's clients sent at or after it. The \
+         availability probe, independent of those clients, asks for the index page every 10 ms (open loop, \
+         1 s timeout) through every experiment and the golden run; its outage is the same measure over its \
+         requests, which are not counted as the workload's. Experiments whose service did not come back are counted as not \
          recovered and left out of the downtime statistics.\n",
     );
 

@@ -46,6 +46,7 @@ fn rows(r: &ExperimentRecord) -> Vec<(String, Value)> {
         ("recovered".into(), text(rec.map(|x| x.recovered.to_string()))),
         ("lost writes".into(), text(r.lost_writes.map(|n| n.to_string()))),
         ("downtime (s)".into(), Value::Number(r.downtime_s)),
+        ("probe outage (s)".into(), Value::Number(r.probe_outage_s)),
         ("detect (s)".into(), Value::Number(rec.map(|x| x.detect_s))),
         ("restart (s)".into(), Value::Number(rec.map(|x| x.restart_s))),
         ("service back (s)".into(), Value::Number(rec.map(|x| x.service_s))),

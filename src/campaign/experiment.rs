@@ -73,6 +73,7 @@ pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<Ex
 
     let origin = Instant::now();
     let load = start_load(addr, shared, planned, origin);
+    let probe = RunningLoad::start(addr, ClientLoad::probe(shared.docs, LOAD_LIMIT), origin);
     let run = (|| -> Result<Observed> {
         std::thread::sleep(f.workload.warmup());
         let acked = if f.workload.acked_writes > 0 {
@@ -90,7 +91,11 @@ pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<Ex
             // A client whose request went out during the outage gives up
             // only at its timeout and then retries: the tail must outlast
             // that, or the clients' first correct answer falls outside the run.
-            let tail = f.observe.tail().max(f.workload.timeout() + Duration::from_millis(500));
+            let tail = f
+                .observe
+                .tail()
+                .max(f.workload.timeout() + Duration::from_millis(500))
+                .max(crate::load::PROBE_TIMEOUT + Duration::from_millis(100));
             std::thread::sleep(tail);
         }
         if let Some(seqs) = acked {
@@ -101,6 +106,7 @@ pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<Ex
     })();
     let load_s = origin.elapsed().as_secs_f64();
     let clients = load.finish()?;
+    let probed = probe.finish()?;
     let mut observed = run?;
     if f.workload.kind == WorkloadKind::Rubis {
         // The writes the site acknowledged, before the failure and after
@@ -113,7 +119,7 @@ pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<Ex
     drop(sut);
     let records = clients.records;
     let times = Times { started_at, wall_s: wall.elapsed().as_secs_f64(), load_s };
-    record(shared, golden, planned, observed, &records, origin, times)
+    record(shared, golden, planned, observed, (&records, &probed.records), origin, times)
 }
 
 /// What happened between injection and the end of recovery.
@@ -262,7 +268,7 @@ fn record(
     golden: &Golden,
     planned: &Planned,
     observed: Observed,
-    records: &[Record],
+    (records, probed): (&[Record], &[Record]),
     origin: Instant,
     times: Times,
 ) -> Result<ExperimentRecord> {
@@ -304,6 +310,10 @@ fn record(
         },
         None => (None, None),
     };
+    // The availability probe's outage, by the same definition over its
+    // own requests (the index page every 10 ms).
+    let probe_outage_s =
+        failure_at.and_then(|at| analyze(probed, at, &DowntimeConfig::default()).ok()?.downtime.seconds());
     // Without a failure the timeline is relative to the injection.
     let zero = failure_at.unwrap_or_else(|| seconds_since(origin, observed.injected_at));
     let timeline = match Timeline::build(records, workloads::timeline::DEFAULT_BIN_SECS) {
@@ -327,6 +337,7 @@ fn record(
             detect_s: failure.detected_at.saturating_duration_since(observed.injected_at).as_secs_f64(),
             restart_s: t.restart_s,
             service_s: t.service_s,
+            on_standby: Some(t.standby),
         }),
         (Some(failure), None) => Some(RecoveryRecord {
             requested: recorded::strategy(planned.strategy),
@@ -338,6 +349,7 @@ fn record(
             // Never back: no restart or service time to report.
             restart_s: 0.0,
             service_s: 0.0,
+            on_standby: None,
         }),
         _ => None,
     };
@@ -360,6 +372,7 @@ fn record(
         outcome_detail: observed.detail,
         recovery,
         downtime_s,
+        probe_outage_s,
         throughput_back_s,
         requests: records.len() as u64,
         correct: records.iter().filter(|r| r.is_correct()).count() as u64,

@@ -217,13 +217,21 @@ pub fn golden_run(env: &Environment<'_>, docs: &DocList, dir: &Path, campaign: &
     };
     let load = experiment::client_load(w, docs, w.warmup().max(Duration::from_secs(1)), timeout, campaign.file.seed);
     let stop = Arc::new(AtomicBool::new(false));
+    // The availability probe runs here as in every experiment, so the
+    // golden run sees the load the experiments do.
+    let probe = crate::load::RunningLoad::start(
+        sut.vm().http_addr(),
+        crate::load::ClientLoad::probe(docs, load.duration),
+        origin,
+    );
     let records = crate::load::run(sut.vm().http_addr(), &load, origin, stop)?.records;
-    let bad = records.iter().filter(|r| !r.is_correct()).count();
+    let probed = probe.finish()?.records;
+    let bad = records.iter().chain(&probed).filter(|r| !r.is_correct()).count();
     if records.is_empty() || bad > 0 {
         bail!(
             "the golden (fault-free) run got {bad} wrong or failed answers out of {}: the service is not healthy \
              before any fault, so no experiment could be judged; check the guest with `kfi boot --guest {}`",
-            records.len(),
+            records.len() + probed.len(),
             env.provenance.profile
         );
     }

@@ -132,18 +132,19 @@ pub fn recover(cache: &Cache, args: RecoverArgs) -> Result<ExitCode> {
             k.release
         );
         println!(
-            "{:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>11}",
-            "strategy", "recovered", "fallbacks", "median s", "p95 s", "detect s", "restart s", "vs reboot"
+            "{:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>11}",
+            "strategy", "recovered", "fallbacks", "median s", "p95 s", "probe s", "detect s", "restart s", "vs reboot"
         );
         for s in &summary {
             let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
             println!(
-                "{:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>11}",
+                "{:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>11}",
                 s.strategy.name(),
                 format!("{}/{}", s.recovered, s.trials),
                 s.fallbacks,
                 f(s.downtime_median_s),
                 f(s.downtime_p95_s),
+                f(s.probe_outage_median_s),
                 f(s.detect_median_s),
                 f(s.restart_median_s),
                 if s.strategy == Strategy::FullReboot {
