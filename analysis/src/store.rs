@@ -992,7 +992,7 @@ mod tests {
     #[test]
     fn a_schema_1_store_is_migrated_and_reads_the_same() {
         let dir = crate::testdir::TestDir::new();
-        let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/downtime-debian/campaign.sqlite");
+        let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/faults-sample-debian/campaign.sqlite");
         let copy = dir.path().join(STORE_FILE);
         std::fs::copy(&committed, &copy).unwrap();
         let before = {
