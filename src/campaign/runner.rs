@@ -69,18 +69,19 @@ pub fn run(
     // In the results directory rather than /tmp: a run killed with -9
     // leaves its golden snapshot where the next run replaces it. A kept
     // snapshot is made anew in its own place.
-    let golden_dir = if kept.is_none() { Some(GoldenDir::create(&opts.results)?) } else { None };
-    let (golden, source) = match (kept, &golden_dir) {
-        (Some(kept), _) => kept.obtain(env, &docs, campaign)?,
-        (None, Some(dir)) => (golden_run(env, &docs, &dir.0, campaign)?, Source::New),
-        (None, None) => unreachable!("a golden directory is made whenever none is kept"),
+    let home = match kept {
+        Some(kept) => GoldenHome::Kept(kept),
+        None => GoldenHome::Own(GoldenDir::create(&opts.results)?),
+    };
+    let (golden, source) = match &home {
+        GoldenHome::Kept(kept) => kept.obtain(env, &docs, campaign)?,
+        GoldenHome::Own(dir) => (golden_run(env, &docs, &dir.0, campaign)?, Source::New),
     };
     summary.golden_s = golden_started.elapsed().as_secs_f64();
     summary.golden = Some(source.to_string());
-    let slot = GoldenSlot::new(golden, |made| match (kept, &golden_dir) {
-        (Some(kept), _) => Ok(kept.obtain(env, &docs, campaign)?.0),
-        (None, Some(dir)) => golden_run(env, &docs, &dir.0.join(format!("remade-{made}")), campaign),
-        (None, None) => unreachable!("a golden directory is made whenever none is kept"),
+    let slot = GoldenSlot::new(golden, |made| match &home {
+        GoldenHome::Kept(kept) => Ok(kept.obtain(env, &docs, campaign)?.0),
+        GoldenHome::Own(dir) => golden_run(env, &docs, &dir.0.join(format!("remade-{made}")), campaign),
     });
 
     let shared = Shared { campaign, docs: &docs, provenance: &env.provenance, faults: env.faults };
@@ -145,6 +146,13 @@ pub fn run(
     summary.interrupted = env.stop.load(Ordering::SeqCst);
     summary.harness_errors = harness_errors(campaign, &store, opts)?;
     Ok(summary)
+}
+
+/// Where a run's golden snapshots live: the cache's kept one, or the run's
+/// own directory (removed when the run ends).
+enum GoldenHome<'k> {
+    Kept(&'k KeptGolden),
+    Own(GoldenDir),
 }
 
 /// Runs one experiment; a harness error (the experiment returned an error
