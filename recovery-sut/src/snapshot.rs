@@ -124,23 +124,19 @@ impl Snapshot {
     /// the file's device, inode, size and mtime are those it had when it
     /// was hashed (and its ctime, which any write moves), and its manifest
     /// names the same hash.
-    pub fn verify_ram(&self) -> Result<(), SnapshotError> {
-        let manifest =
-            Manifest::<SnapshotMeta>::load(&self.dir)?.ok_or_else(|| SnapshotError::Missing(self.dir.clone()))?;
-        let want = manifest.files.get(RAM).ok_or_else(|| SnapshotError::Missing(self.ram_file()))?;
-        let path = self.ram_file();
-        let identity = RamIdentity::of(&path, &want.sha256)?;
+    pub fn verify_ram(&self) -> Result<RamCheck, SnapshotError> {
+        let (path, identity) = self.ram_identity()?;
         let mut verified = VERIFIED_RAM.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if verified.get(&path) == Some(&identity) {
-            return Ok(());
+            return Ok(RamCheck::Remembered);
         }
         let got = crate::cache::sha256_file(&path)?;
-        if got != want.sha256 {
+        if got != identity.sha256 {
             verified.remove(&path);
             return Err(CacheError::Corrupt {
                 what: "snapshot".into(),
                 dir: self.dir.clone(),
-                detail: format!("{RAM} has SHA-256 {got}, the manifest says {}", want.sha256),
+                detail: format!("{RAM} has SHA-256 {got}, the manifest says {}", identity.sha256),
                 fix: "take a new snapshot".into(),
             }
             .into());
@@ -148,17 +144,24 @@ impl Snapshot {
         // The identity read before hashing: a write during the hash moves
         // the mtime, and the next call hashes again.
         verified.insert(path, identity);
-        Ok(())
+        Ok(RamCheck::Hashed)
     }
 
     /// Whether [`Snapshot::verify_ram`] has passed for the RAM file as it
     /// is now (a restore then needs no hashing).
     pub fn ram_verified(&self) -> bool {
-        let path = self.ram_file();
-        let Ok(Some(manifest)) = Manifest::<SnapshotMeta>::load(&self.dir) else { return false };
-        let Some(want) = manifest.files.get(RAM) else { return false };
-        let Ok(identity) = RamIdentity::of(&path, &want.sha256) else { return false };
+        let Ok((path, identity)) = self.ram_identity() else { return false };
         VERIFIED_RAM.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&path) == Some(&identity)
+    }
+
+    /// The RAM file and its identity now, with the hash its manifest names.
+    fn ram_identity(&self) -> Result<(PathBuf, RamIdentity), SnapshotError> {
+        let manifest =
+            Manifest::<SnapshotMeta>::load(&self.dir)?.ok_or_else(|| SnapshotError::Missing(self.dir.clone()))?;
+        let want = manifest.files.get(RAM).ok_or_else(|| SnapshotError::Missing(self.ram_file()))?;
+        let path = self.ram_file();
+        let identity = RamIdentity::of(&path, &want.sha256)?;
+        Ok((path, identity))
     }
 
     /// Bytes the snapshot occupies on disk: the device state plus the RAM
@@ -166,6 +169,15 @@ impl Snapshot {
     pub fn stored_bytes(&self) -> std::io::Result<u64> {
         Ok(allocated_bytes(&self.state_file())? + allocated_bytes(&self.ram_file())?)
     }
+}
+
+/// How [`Snapshot::verify_ram`] passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RamCheck {
+    /// The file was hashed by an earlier call and has not changed since.
+    Remembered,
+    /// The file was hashed now.
+    Hashed,
 }
 
 /// RAM files whose full hash matched their manifest in this process.
@@ -360,9 +372,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let snap = snapshot(&tmp.path().join("snap"));
         assert!(!snap.ram_verified());
-        snap.verify_ram().unwrap();
+        assert_eq!(snap.verify_ram().unwrap(), RamCheck::Hashed);
         assert!(snap.ram_verified(), "a passed check is remembered");
-        snap.verify_ram().unwrap();
+        assert_eq!(snap.verify_ram().unwrap(), RamCheck::Remembered);
 
         // One byte flipped, the mtime set back: the size-and-mtime check
         // of `open` cannot see it, the full hash does.

@@ -15,7 +15,7 @@ use super::standby;
 use super::strategy::Strategy;
 use super::sut::{Sut, SERVICE_TIMEOUT};
 use crate::probe;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{RamCheck, Snapshot};
 use crate::vm::{save, Vm, VmError};
 
 /// How one recovery went, in seconds.
@@ -182,10 +182,12 @@ impl Sut {
         if let Some(vm) = &self.vm {
             save::check_matches(&snap, vm).map_err(|e| format!("the {name} snapshot is unusable: {e}"))?;
         }
-        if !snap.ram_verified() {
-            tracing::info!("the {name} snapshot's RAM was not checked ahead of this restore; checking it now");
+        let check = snap.verify_ram().map_err(|e| format!("the {name} snapshot is unusable: {e}"))?;
+        if check == RamCheck::Hashed {
+            tracing::info!(
+                "the {name} snapshot's RAM was not checked ahead of this restore; it was hashed on the restore path"
+            );
         }
-        snap.verify_ram().map_err(|e| format!("the {name} snapshot is unusable: {e}"))?;
         #[cfg(feature = "test-knobs")]
         test_knobs::restore_delay();
         let standby = self.standby.take_for(&snap);
