@@ -34,6 +34,18 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// dead guest, with room to spare.
 pub const PROBE_IN_FLIGHT: usize = 128;
 
+/// The least load after a recovery: a probe request sent during the outage
+/// ends only at its timeout, and must end inside the run.
+pub const PROBE_TAIL: Duration = PROBE_TIMEOUT.saturating_add(Duration::from_millis(100));
+
+/// The availability probe's outage across the failure at `failure_at`
+/// (seconds since the run's origin): the client-seen downtime's definition
+/// over the probe's records; `None` when it cannot be measured or the
+/// service did not come back.
+pub fn probe_outage(probed: &[workloads::Record], failure_at: f64) -> Option<f64> {
+    workloads::analyze(probed, failure_at, &workloads::DowntimeConfig::default()).ok()?.downtime.seconds()
+}
+
 /// What the clients request.
 #[derive(Debug, Clone)]
 pub enum Clients {

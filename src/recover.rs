@@ -170,7 +170,7 @@ fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &R
     if outcome.is_ok() {
         // Probe requests that went out during the outage end only at their
         // timeout: the tail outlasts it.
-        std::thread::sleep(plan.tail.max(crate::load::PROBE_TIMEOUT + Duration::from_millis(100)));
+        std::thread::sleep(plan.tail.max(crate::load::PROBE_TAIL));
     }
     let records = load.finish()?.records;
     let probed = probe.finish()?.records;
@@ -182,8 +182,7 @@ fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &R
     let failure_at = seconds_since(origin, failure.detected_at);
     let report = analyze(&records, failure_at, &DowntimeConfig::default())
         .context("computing the downtime from the client records")?;
-    let probe_outage_s =
-        analyze(&probed, failure_at, &DowntimeConfig::default()).ok().and_then(|r| r.downtime.seconds());
+    let probe_outage_s = crate::load::probe_outage(&probed, failure_at);
     Ok(Trial {
         strategy,
         rep,

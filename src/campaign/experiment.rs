@@ -91,11 +91,8 @@ pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<Ex
             // A client whose request went out during the outage gives up
             // only at its timeout and then retries: the tail must outlast
             // that, or the clients' first correct answer falls outside the run.
-            let tail = f
-                .observe
-                .tail()
-                .max(f.workload.timeout() + Duration::from_millis(500))
-                .max(crate::load::PROBE_TIMEOUT + Duration::from_millis(100));
+            let tail =
+                f.observe.tail().max(f.workload.timeout() + Duration::from_millis(500)).max(crate::load::PROBE_TAIL);
             std::thread::sleep(tail);
         }
         if let Some(seqs) = acked {
@@ -312,8 +309,7 @@ fn record(
     };
     // The availability probe's outage, by the same definition over its
     // own requests (the index page every 10 ms).
-    let probe_outage_s =
-        failure_at.and_then(|at| analyze(probed, at, &DowntimeConfig::default()).ok()?.downtime.seconds());
+    let probe_outage_s = failure_at.and_then(|at| crate::load::probe_outage(probed, at));
     // Without a failure the timeline is relative to the injection.
     let zero = failure_at.unwrap_or_else(|| seconds_since(origin, observed.injected_at));
     let timeline = match Timeline::build(records, workloads::timeline::DEFAULT_BIN_SECS) {
