@@ -61,25 +61,28 @@ fn stored(results: &Path, campaign: &str) -> Vec<analysis::record::ExperimentRec
 }
 
 fn run(file: &Path, results: &Path, extra: &[&str]) {
-    run_with(kfi(), file, results, extra)
+    run_with(kfi(), file, results, extra);
 }
 
-fn run_with(mut kfi: Command, file: &Path, results: &Path, extra: &[&str]) {
-    let out = kfi
-        .args(["campaign", "run"])
+/// `kfi campaign run FILE --results RESULTS EXTRA…` through `kfi` (with
+/// whatever environment it was given), stdin closed.
+fn campaign_run(mut kfi: Command, file: &Path, results: &Path, extra: &[&str]) -> std::process::Output {
+    kfi.args(["campaign", "run"])
         .arg(file)
         .arg("--results")
         .arg(results)
         .args(extra)
         .stdin(Stdio::null())
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kfi campaign run failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap()
+}
+
+/// [`campaign_run`], which must succeed; its stdout and stderr.
+fn run_with(kfi: Command, file: &Path, results: &Path, extra: &[&str]) -> (String, String) {
+    let out = campaign_run(kfi, file, results, extra);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kfi campaign run failed:\n{stdout}\n{stderr}");
+    (stdout.into_owned(), stderr.into_owned())
 }
 
 #[test]
@@ -309,17 +312,9 @@ fn a_harness_error_is_retried_stored_and_rerun_alone_and_a_broken_golden_is_made
     let tmp = tempfile::tempdir().unwrap();
     let file = experiment_file(tmp.path(), "harness", 3);
     let results = tmp.path().join("results");
-    let out = kfi()
-        .args(["campaign", "run"])
-        .arg(&file)
-        .arg("--results")
-        .arg(&results)
-        .args(["--retries", "1"])
-        .env("KFI_TEST_FAIL_EXPERIMENT", "1")
-        .env("KFI_TEST_CORRUPT_GOLDEN", "2")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let mut knobs = kfi();
+    knobs.env("KFI_TEST_FAIL_EXPERIMENT", "1").env("KFI_TEST_CORRUPT_GOLDEN", "2");
+    let out = campaign_run(knobs, &file, &results, &["--retries", "1"]);
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(3), "harness errors remain: exit 3\n{text}");
     assert!(text.contains("harness-error") && text.contains("--retry-errors"), "{text}");
@@ -386,16 +381,9 @@ page_cache_fill = 0.0
     )
     .unwrap();
     let results = tmp.path().join("results");
-    let out = kfi()
-        .args(["campaign", "run"])
-        .arg(&file)
-        .arg("--results")
-        .arg(&results)
-        .args(["--retries", "1"])
-        .env("KFI_TEST_FAIL_EXPERIMENT", "1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let mut knobs = kfi();
+    knobs.env("KFI_TEST_FAIL_EXPERIMENT", "1");
+    let out = campaign_run(knobs, &file, &results, &["--retries", "1"]);
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(3), "harness errors remain: exit 3\n{text}");
     let records = stored(&results, "restore");
@@ -440,21 +428,8 @@ fn a_kept_golden_snapshot_is_reused_by_shards_and_replays_and_remade_when_corrup
     let text = experiment_text("kept", 2).replace("seed = 5", &format!("seed = {seed}")).replace("20.0", "6.0");
     let file = tmp.path().join("kept.toml");
     std::fs::write(&file, text).unwrap();
-    let run_kept = |results: &Path, extra: &[&str]| {
-        let out = kfi()
-            .args(["campaign", "run"])
-            .arg(&file)
-            .arg("--results")
-            .arg(results)
-            .arg("--keep-golden")
-            .args(extra)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "kfi campaign run failed:\n{stdout}\n{stderr}");
-        (stdout.into_owned(), stderr.into_owned())
-    };
+    let run_kept =
+        |results: &Path, extra: &[&str]| run_with(kfi(), &file, results, &[&["--keep-golden"], extra].concat());
     let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
     let (first, _) = run_kept(&a, &["--shard", "1/2"]);
     let key = first.split("kept as ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or_else(|| {
