@@ -226,6 +226,30 @@ pub fn headline_line(h: Option<&Headline>, experiments: usize) -> String {
     )
 }
 
+/// The report's method section: what its statistics are, and how the
+/// downtimes its records hold were measured (the probe's sentence only when
+/// records carry its outage, the downtime's only when any has a recovery).
+fn method(records: &[ExperimentRecord]) -> String {
+    let mut text = "\n## Method\n\nMedians are middle values (mean of the two middle ones for even n); p95 \
+                    interpolates linearly between order statistics (type 7); the 95% confidence interval of the \
+                    mean uses Student's t with n−1 degrees of freedom."
+        .to_string();
+    if records.iter().any(|r| r.recovery.is_some()) {
+        text += " Downtime is client-seen: from the end of the last correct answer that completed at or before the \
+                 failure instant (the detection of a panic; a hang's estimated start) to the end of the first \
+                 correct answer to a request the workload's clients sent at or after it. Experiments whose service \
+                 did not come back are counted as not recovered and left out of the downtime statistics.";
+        text += if records.iter().any(|r| r.probe_outage_s.is_some()) {
+            " The availability probe, independent of those clients, asks for the index page every 10 ms (open \
+             loop, 1 s timeout) through every experiment and the golden run; its outage is the same measure over \
+             its requests, which are not counted as the workload's."
+        } else {
+            " These records were made before the availability probe existed: they have no probe outage."
+        };
+    }
+    text + "\n"
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
     move |source| ReportError::Io { path: path.to_path_buf(), source }
 }
@@ -440,17 +464,7 @@ pub fn write_report_with(
     }
     push_table(&mut md, &overhead);
     push_table(&mut md, &provenance);
-    md.push_str(
-        "\n## Method\n\nMedians are middle values (mean of the two middle ones for even n); p95 interpolates \
-         linearly between order statistics (type 7); the 95% confidence interval of the mean uses Student's t \
-         with n−1 degrees of freedom. Downtime is client-seen: from the end of the last correct answer that \
-         completed at or before the failure instant (the detection of a panic; a hang's estimated start) to \
-         the end of the first correct answer to a request the workload's clients sent at or after it. The \
-         availability probe, independent of those clients, asks for the index page every 10 ms (open loop, \
-         1 s timeout) through every experiment and the golden run; its outage is the same measure over its \
-         requests, which are not counted as the workload's. Experiments whose service did not come back are counted as not \
-         recovered and left out of the downtime statistics.\n",
-    );
+    md.push_str(&method(records));
 
     let report = out_dir.join("report.md");
     std::fs::write(&report, md).map_err(io_err(&report))?;
@@ -745,5 +759,21 @@ mod tests {
         assert!(md.contains("| fs | 4 |"), "{md}");
         let by_model = tables::scope_by_model(&records);
         assert_eq!(by_model.rows.len(), 1);
+    }
+
+    #[test]
+    fn the_method_says_how_the_records_downtimes_were_measured() {
+        let mut records = fixture::records();
+        let text = method(&records);
+        assert!(text.contains("from the end of the last correct answer"), "{text}");
+        assert!(text.contains("made before the availability probe"), "{text}");
+        records[0].probe_outage_s = Some(0.2);
+        let text = method(&records);
+        assert!(text.contains("index page every 10 ms") && !text.contains("made before"), "{text}");
+        for r in &mut records {
+            r.recovery = None;
+        }
+        let text = method(&records);
+        assert!(!text.contains("Downtime") && !text.contains("probe"), "{text}");
     }
 }
