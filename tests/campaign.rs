@@ -281,7 +281,7 @@ fn check_passes_on_its_baseline_and_fails_when_a_restore_is_made_slower() {
     let baseline = tmp.path().join("baseline.json");
     let check = |extra: &[&str], delay_ms: Option<u64>| {
         let mut cmd = kfi();
-        cmd.arg("check").arg(&file).arg("--baseline").arg(&baseline).args(["--slack", "0.05"]).args(extra);
+        cmd.arg("check").arg(&file).arg("--baseline").arg(&baseline).args(["--slack", "0.3"]).args(extra);
         if let Some(ms) = delay_ms {
             cmd.env("KFI_TEST_RESTORE_DELAY_MS", ms.to_string());
         }
@@ -294,8 +294,11 @@ fn check_passes_on_its_baseline_and_fails_when_a_restore_is_made_slower() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("check passed"), "{stdout}");
-    // A restore made 3 s slower on purpose.
-    let out = check(&[], Some(3000));
+    // A restore made 5 s slower on purpose: its ratio to a full reboot
+    // (about 4 s on TCG, 10 s on a loaded machine) rises by far more than
+    // the 0.3 slack, which only has to absorb one unslowed run's noise
+    // (one sample per strategy: a 2-core CI machine once saw 6.0% -> 13.5%).
+    let out = check(&[], Some(5000));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("FAIL service-restore regressed"), "{stdout}");
