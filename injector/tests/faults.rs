@@ -56,7 +56,10 @@ fn every_model_yields_faults_that_fit_the_image() {
     assert!(code.patch_sites() > 20_000, "only {} boot-time patch sites found", code.patch_sites());
     let net = TargetSelection { subsystems: vec!["net".into()], ..TargetSelection::default() };
     for model in ModelKind::ALL {
-        let g = Generator::new(image, code, &net, &[model]).unwrap();
+        // A selection places code faults only; the flips are drawn from
+        // everything (a selection with only them is refused, see below).
+        let selection = if model.needs_instruction() { net.clone() } else { TargetSelection::default() };
+        let g = Generator::new(image, code, &selection, &[model]).unwrap();
         for i in 0..15 {
             let spec = g.generate(9, i).unwrap();
             assert_eq!(spec.model().kind(), model);
@@ -88,9 +91,58 @@ fn every_model_yields_faults_that_fit_the_image() {
     let re = TargetSelection { regex: Some("^tcp_v4_".into()), ..TargetSelection::default() };
     let g = Generator::new(image, code, &re, &[ModelKind::Branch]).unwrap();
     assert!(g.functions().iter().all(|f| f.name.starts_with("tcp_v4_")) && g.functions().len() > 3);
-    let none = TargetSelection { functions: vec!["no_such_function".into()], ..TargetSelection::default() };
-    let err = Generator::new(image, code, &none, &[ModelKind::Nop]).unwrap_err().to_string();
-    assert!(err.contains("no kernel function"), "{err}");
+}
+
+/// A selection that names what the image does not have, matches nothing,
+/// or applies to none of the requested models is refused with the names
+/// and the nearest real ones, instead of silently narrowing or voiding
+/// the campaign.
+#[test]
+fn selections_that_name_nothing_are_refused_with_the_nearest_names() {
+    let image = support::image();
+    let code = code();
+    let refused = |selection: TargetSelection, models: &[ModelKind]| {
+        Generator::new(image, code, &selection, models).unwrap_err().to_string()
+    };
+    // A typo beside a real name is not dropped.
+    let err = refused(
+        TargetSelection { functions: vec!["tcp_sendmsgg".into(), "tcp_v4_rcv".into()], ..TargetSelection::default() },
+        &[ModelKind::Nop],
+    );
+    assert!(err.contains("no function `tcp_sendmsgg`") && err.contains("nearest: tcp_sendmsg"), "{err}");
+    assert!(!err.contains("tcp_v4_rcv"), "only the unknown name is named: {err}");
+    let err = refused(
+        TargetSelection { functions: vec!["qqqq_no_such_function_zzzz".into()], ..TargetSelection::default() },
+        &[ModelKind::Nop],
+    );
+    assert!(err.contains("no function `qqqq_no_such_function_zzzz`") && !err.contains("nearest"), "{err}");
+    // Init code is named as such.
+    let err = refused(
+        TargetSelection { functions: vec!["start_kernel".into()], ..TargetSelection::default() },
+        &[ModelKind::Nop],
+    );
+    assert!(err.contains("`start_kernel` is in .init.text, not .text"), "{err}");
+    let err =
+        refused(TargetSelection { subsystems: vec!["nett".into()], ..TargetSelection::default() }, &[ModelKind::Nop]);
+    assert!(err.contains("no subsystem `nett`") && err.contains("nearest: net"), "{err}");
+    let err = refused(
+        TargetSelection { regex: Some("^no_such_prefix_".into()), ..TargetSelection::default() },
+        &[ModelKind::Branch],
+    );
+    assert!(err.contains("matches no function"), "{err}");
+    // Register, data, stack and heap flips are not placed by a selection.
+    let err = refused(
+        TargetSelection { functions: vec!["tcp_sendmsg".into()], ..TargetSelection::default() },
+        &[ModelKind::RegFlip, ModelKind::DataFlip],
+    );
+    assert!(err.contains("limits only code faults") && err.contains("reg-flip,data-flip"), "{err}");
+    // With a code model among them the selection places that model's faults.
+    let mixed = TargetSelection { functions: vec!["tcp_sendmsg".into()], ..TargetSelection::default() };
+    let g = Generator::new(image, code, &mixed, &[ModelKind::RegFlip, ModelKind::Dst]).unwrap();
+    assert_eq!(g.functions().len(), 1);
+    let note = g.selection_note().expect("the flips are not placed: say so");
+    assert!(note.contains("faults of reg-flip are drawn from the whole kernel"), "{note}");
+    assert_eq!(Generator::new(image, code, &mixed, &[ModelKind::Dst]).unwrap().selection_note(), None);
 }
 
 #[test]

@@ -62,8 +62,11 @@ pub fn runner_for(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Re
         let selection =
             TargetSelection { subsystems: faults.subsystems.clone(), functions: faults.functions.clone(), regex: None };
         // Refuse an empty or unknown selection now, not at experiment i.
-        Generator::new(&model.image, &model.code, &selection, &models)
-            .with_context(|| format!("{}: inject[{i}].faults selects no target", campaign.path.display()))?;
+        let generator = Generator::new(&model.image, &model.code, &selection, &models)
+            .with_context(|| format!("{}: inject[{i}].faults", campaign.path.display()))?;
+        if let Some(note) = generator.selection_note() {
+            tracing::warn!("{}: inject[{i}].faults: {note}", campaign.path.display());
+        }
         groups.push(Some(Group { selection, models, transient: faults.transient }));
     }
     let trace = match &campaign.file.trace {

@@ -78,6 +78,9 @@ pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
     let model = load_kernel_model(cache, &args.vm.kernel.choice()?, &|m| tracing::info!("{m}"))?;
     let (selection, models) = args.select.resolve();
     let generator = Generator::new(&model.image, &model.code, &selection, &models)?;
+    if let Some(note) = generator.selection_note() {
+        eprintln!("kfi: note: {note}");
+    }
     let specs = (args.start..args.start + args.count)
         .map(|i| generator.generate(args.seed, i).map(|s| (i, s)).with_context(|| format!("fault {i}")))
         .collect::<Result<Vec<_>>>()?;

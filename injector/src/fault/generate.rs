@@ -51,6 +51,24 @@ pub enum GenerateError {
         /// The selection, described.
         selection: String,
     },
+    /// The selection names functions or subsystems the image does not
+    /// have (a typo would otherwise silently narrow the campaign).
+    #[error("{0}")]
+    UnknownNames(String),
+    /// The selection's regex matches no function.
+    #[error("function regex `{regex}` matches no function in .text of this kernel image: check the pattern (it is matched against whole names, e.g. `^tcp_v4_`)")]
+    RegexMatchesNothing {
+        /// The regex.
+        regex: String,
+    },
+    /// A selection limits only code faults, and no requested model is one.
+    #[error("the selection ({selection}) limits only code faults, and none of the models {models} is a code model (register, data, stack and heap flips are not placed by function or subsystem): remove the selection or add a code model")]
+    SelectionIgnored {
+        /// The selection, described.
+        selection: String,
+        /// The requested models.
+        models: String,
+    },
     /// No model was given.
     #[error("no fault model selected")]
     NoModels,
@@ -87,6 +105,8 @@ pub struct Generator<'a> {
     functions: Vec<Symbol<'a>>,
     data: Vec<Symbol<'a>>,
     models: Vec<ModelKind>,
+    /// Requested models a (non-empty) selection does not place.
+    unplaced: Vec<ModelKind>,
 }
 
 impl std::fmt::Debug for Generator<'_> {
@@ -114,6 +134,82 @@ fn describe_selection(s: &TargetSelection) -> String {
         "everything".into()
     } else {
         parts.join(" and ")
+    }
+}
+
+impl TargetSelection {
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.subsystems.is_empty() && self.functions.is_empty() && self.regex.is_none()
+    }
+}
+
+/// Refuses a selection that names a function or subsystem `text` (the
+/// image's `.text` functions) does not have, a regex that matches none of
+/// them, and a selection that none of `models` can honour: each would
+/// otherwise narrow or void a campaign without a word.
+fn check_selection(
+    image: &KernelImage,
+    text: &[Symbol<'_>],
+    selection: &TargetSelection,
+    regex: Option<&Regex>,
+    models: &[ModelKind],
+) -> Result<(), GenerateError> {
+    if !selection.is_empty() && !models.iter().any(|m| m.needs_instruction()) {
+        return Err(GenerateError::SelectionIgnored {
+            selection: describe_selection(selection),
+            models: models.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        });
+    }
+    let mut problems = Vec::new();
+    let names: std::collections::BTreeSet<&str> = text.iter().map(|f| f.name).collect();
+    for name in &selection.functions {
+        if names.contains(name.as_str()) {
+            continue;
+        }
+        problems.push(match image.function(name) {
+            Some(f) => format!(
+                "function `{name}` is in {}, not .text (code faults target only .text: init code has run and been freed before a campaign's first fault)",
+                f.section.name
+            ),
+            None => format!("no function `{name}` in this kernel image{}", nearest_hint(name, names.iter().copied())),
+        });
+    }
+    let subsystems: std::collections::BTreeSet<&str> = text.iter().filter_map(|f| f.subsystem()).collect();
+    for name in &selection.subsystems {
+        if !subsystems.contains(name.as_str()) {
+            problems.push(format!(
+                "no subsystem `{name}` (the top source directory of a .text function){}",
+                nearest_hint(name, subsystems.iter().copied())
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(GenerateError::UnknownNames(format!(
+            "{}: correct the names (the kernel's System.map lists every function), or select by subsystem or regex",
+            problems.join("; ")
+        )));
+    }
+    if let (Some(r), Some(source)) = (regex, &selection.regex) {
+        if !text.iter().any(|f| r.is_match(f.name)) {
+            return Err(GenerateError::RegexMatchesNothing { regex: source.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// " (nearest: a, b, c)" for the candidates closest to `name` by edit
+/// distance, if any is close enough to be a plausible typo; "" otherwise.
+fn nearest_hint<'n>(name: &str, candidates: impl Iterator<Item = &'n str>) -> String {
+    let limit = (name.chars().count() / 3).max(2);
+    let mut close: Vec<(usize, &str)> =
+        candidates.map(|c| (strsim::levenshtein(name, c), c)).filter(|&(d, _)| d <= limit).collect();
+    close.sort();
+    close.truncate(3);
+    if close.is_empty() {
+        String::new()
+    } else {
+        format!(" (nearest: {})", close.iter().map(|(_, c)| *c).collect::<Vec<_>>().join(", "))
     }
 }
 
@@ -154,9 +250,10 @@ impl<'a> Generator<'a> {
             None => None,
         };
         let by_name = !selection.functions.is_empty() || regex.is_some();
-        let mut functions: Vec<Symbol<'a>> = image
-            .functions()
-            .filter(|f| f.size > 0 && f.section.name == ".text")
+        let text: Vec<Symbol<'a>> = image.functions().filter(|f| f.size > 0 && f.section.name == ".text").collect();
+        check_selection(image, &text, selection, regex.as_ref(), models)?;
+        let mut functions: Vec<Symbol<'a>> = text
+            .into_iter()
             .filter(|f| {
                 selection.subsystems.is_empty()
                     || f.subsystem().is_some_and(|s| selection.subsystems.iter().any(|w| w == s))
@@ -184,7 +281,24 @@ impl<'a> Generator<'a> {
         if functions.is_empty() && models.iter().any(|m| m.needs_instruction()) {
             return Err(GenerateError::NoFunctions { selection: describe_selection(selection) });
         }
-        Ok(Generator { image, code, functions, data, models })
+        let unplaced = if selection.is_empty() {
+            Vec::new()
+        } else {
+            models.iter().copied().filter(|m| !m.needs_instruction()).collect()
+        };
+        Ok(Generator { image, code, functions, data, models, unplaced })
+    }
+
+    /// What the caller should tell the user when the selection places only
+    /// some of the requested models (the others are drawn from the whole
+    /// kernel); `None` when it places all of them.
+    pub fn selection_note(&self) -> Option<String> {
+        (!self.unplaced.is_empty()).then(|| {
+            format!(
+                "the selection places only the code models; faults of {} are drawn from the whole kernel",
+                self.unplaced.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )
+        })
     }
 
     /// Functions the selection resolved to.
@@ -341,6 +455,16 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nearest_names_are_plausible_typos_only() {
+        let names = ["tcp_sendmsg", "tcp_sendpage", "udp_sendmsg", "do_sys_openat2"];
+        assert_eq!(nearest_hint("tcp_sendmgs", names.iter().copied()), " (nearest: tcp_sendmsg, tcp_sendpage)");
+        assert_eq!(nearest_hint("no_such_fn", names.iter().copied()), "");
+        assert_eq!(nearest_hint("nett", ["net", "mm", "fs"].iter().copied()), " (nearest: net)");
+        assert!(TargetSelection::default().is_empty());
+        assert!(!TargetSelection { regex: Some("x".into()), ..TargetSelection::default() }.is_empty());
+    }
 
     #[test]
     fn streams_are_fixed_by_seed_and_index() {
