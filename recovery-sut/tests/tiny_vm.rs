@@ -481,8 +481,12 @@ fn kexec_reboot_recovers_a_crash_in_the_crash_kernel_and_serves_correct_content(
 
 /// A diagnostic, not a check: how a lazy restore's time splits into QEMU's
 /// launch (which a standby takes ahead of need), loading the state, and the
-/// first answers of the restored guest (under TCG, the first one pays for
-/// translating every code path it runs).
+/// first answers of the restored guest. Under TCG a new QEMU starts with an
+/// empty translation cache, so the guest pays for translating every code
+/// path it runs again: the TB counts (QEMU's `info jit`) after each answer
+/// show how much. Rounds 3 and 4 leave the guest idle for 500 ms first,
+/// which separates what the resume itself costs (timers, the agent) from
+/// what the first request's own path costs.
 /// `cargo test -p recovery-sut --test tiny_vm -- --ignored --nocapture first_answers`
 #[test]
 #[ignore]
@@ -499,24 +503,35 @@ fn first_answers_after_a_restore() {
     let config = vm.config();
     drop(vm);
     let index = image.docs.index();
-    for round in 0..3 {
+    let translated = |vm: &mut Vm| {
+        let out = vm.qmp().execute("human-monitor-command", Some(serde_json::json!({"command-line": "info jit"})));
+        let text = out.ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let count = text.lines().find_map(|l| l.strip_prefix("TB count")).map(str::trim);
+        count.unwrap_or("?").to_string()
+    };
+    for round in 0..5 {
+        let idle = if round >= 3 { Duration::from_millis(500) } else { Duration::ZERO };
         let t = Instant::now();
         let standby = Vm::standby(&image, &config, &snap).expect("standby");
         let launched = t.elapsed();
         let t = Instant::now();
-        let vm = Vm::restore_on(standby).expect("restore");
+        let mut vm = Vm::restore_on(standby).expect("restore");
         let restored = t.elapsed();
+        std::thread::sleep(idle);
+        let before = translated(&mut vm);
         let mut answers = Vec::new();
         for doc in [index, index, &image.docs.docs[7], index, index] {
             let a = Instant::now();
             probe::check_doc(vm.http_addr(), doc, Duration::from_secs(5)).expect("answer");
-            answers.push(format!("{:.1}", a.elapsed().as_secs_f64() * 1000.0));
+            let ms = a.elapsed().as_secs_f64() * 1000.0;
+            answers.push(format!("{ms:.1} ms ({} TBs)", translated(&mut vm)));
         }
         eprintln!(
-            "round {round}: QEMU launch {:.1} ms, state load to running {:.1} ms, answers (ms) {}",
+            "round {round}: QEMU launch {:.1} ms, state load to running {:.1} ms, idle {} ms ({before} TBs), answers: {}",
             launched.as_secs_f64() * 1000.0,
             restored.as_secs_f64() * 1000.0,
-            answers.join(" ")
+            idle.as_millis(),
+            answers.join(", ")
         );
     }
 }
