@@ -1,7 +1,9 @@
 //! `kfi check`: regression mode for the recovery VMM's own CI. A short,
 //! fixed campaign runs; the check fails when any failure was not
-//! recovered, any acknowledged write was lost, or a strategy's downtime
-//! ratio to full reboot grew beyond a tolerance over the stored baseline.
+//! recovered, any acknowledged write was lost, a strategy it lists never
+//! ran as itself (every one of its experiments fell back), or a strategy's
+//! downtime ratio to full reboot grew beyond a tolerance over the stored
+//! baseline.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +42,18 @@ pub enum Problem {
         /// How many.
         lost: u64,
     },
+    /// Every experiment of a strategy fell back to another one: the check
+    /// measured nothing of it.
+    NeverRanAsItself {
+        /// Strategy.
+        strategy: String,
+        /// Its experiments.
+        experiments: usize,
+        /// The strategies that ran instead, `/`-joined.
+        fell_back_to: String,
+        /// The first recorded reason.
+        why: String,
+    },
     /// A strategy's downtime ratio grew beyond the tolerance.
     Regressed {
         /// Strategy.
@@ -56,6 +70,12 @@ impl std::fmt::Display for Problem {
         match self {
             Problem::NotRecovered { key, why } => write!(f, "not recovered: {key}: {why}"),
             Problem::LostWrites { key, lost } => write!(f, "{lost} acknowledged writes lost: {key}"),
+            Problem::NeverRanAsItself { strategy, experiments, fell_back_to, why } => write!(
+                f,
+                "{strategy} never ran as itself: all {experiments} of its experiments fell back to {fell_back_to} \
+                 ({why}), so this check measured nothing of it: change the experiment file so that it can run \
+                 (a service restore falls back whenever acknowledged writes changed the data disk)"
+            ),
             Problem::Regressed { strategy, baseline, measured } => write!(
                 f,
                 "{strategy} regressed: downtime is {:.1}% of full reboot's, baseline {:.1}% (+{:.1} points, {:+.0}%)",
@@ -115,6 +135,7 @@ pub fn problems(records: &[ExperimentRecord], baseline: &Baseline, tolerance: f6
             out.push(Problem::LostWrites { key: r.key.clone(), lost });
         }
     }
+    out.extend(never_ran_as_themselves(records));
     let measured = measure(&baseline.campaign, records);
     for (strategy, &base) in &baseline.ratio_to_full_reboot {
         let Some(&now) = measured.ratio_to_full_reboot.get(strategy) else { continue };
@@ -123,6 +144,27 @@ pub fn problems(records: &[ExperimentRecord], baseline: &Baseline, tolerance: f6
         }
     }
     out
+}
+
+/// The strategies every one of whose experiments fell back to another.
+fn never_ran_as_themselves(records: &[ExperimentRecord]) -> Vec<Problem> {
+    let mut by_strategy: BTreeMap<RecordedStrategy, Vec<&analysis::record::RecoveryRecord>> = BTreeMap::new();
+    for rec in records.iter().filter_map(|r| r.recovery.as_ref()) {
+        by_strategy.entry(rec.requested).or_default().push(rec);
+    }
+    by_strategy
+        .into_iter()
+        .filter(|(_, recs)| recs.iter().all(|r| r.used != r.requested))
+        .map(|(strategy, recs)| {
+            let used: std::collections::BTreeSet<&str> = recs.iter().map(|r| r.used.name()).collect();
+            Problem::NeverRanAsItself {
+                strategy: strategy.to_string(),
+                experiments: recs.len(),
+                fell_back_to: used.into_iter().collect::<Vec<_>>().join("/"),
+                why: recs.iter().find_map(|r| r.fallback_reason.clone()).unwrap_or_else(|| "no reason recorded".into()),
+            }
+        })
+        .collect()
 }
 
 /// Reads a baseline file.
@@ -229,6 +271,29 @@ mod tests {
         let text = measure("regression", &records).provenance;
         assert!(text.starts_with("tiny guest, kernel 6.1.0, image 79ff26979d5e, QEMU 7.2.22, tcg"), "{text}");
         assert!(text.ends_with("kfi d626ed1a2b3c (dirty)"), "{text}");
+    }
+
+    #[test]
+    fn a_strategy_that_only_ever_fell_back_fails_the_check_and_says_so() {
+        let baseline = measure("regression", &run(0.5));
+        let mut records = run(0.5);
+        for r in records.iter_mut().filter(|r| r.key.contains("service-restore")) {
+            let rec = r.recovery.as_mut().unwrap();
+            rec.used = RecordedStrategy::PhaseRestore;
+            rec.fallback_reason = Some("the data disk was written since the service snapshot".into());
+        }
+        let found = problems(&records, &baseline, 0.5, 10.0);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let text = found[0].to_string();
+        assert!(
+            text.starts_with(
+                "service-restore never ran as itself: all 2 of its experiments fell back to phase-restore"
+            ) && text.contains("data disk was written"),
+            "{text}"
+        );
+        // One experiment that ran as itself is enough.
+        records[2].recovery.as_mut().unwrap().used = RecordedStrategy::ServiceRestore;
+        assert!(problems(&records, &baseline, 0.5, 10.0).is_empty());
     }
 
     #[test]
