@@ -252,7 +252,7 @@ pub fn downtime_stats(records: &[ExperimentRecord]) -> Vec<DowntimeStats> {
 }
 
 /// Recovered: the recovery says so and a downtime was measured.
-fn recovered(r: &ExperimentRecord) -> bool {
+pub(crate) fn recovered(r: &ExperimentRecord) -> bool {
     r.recovery.as_ref().is_some_and(|x| x.recovered) && r.downtime_s.is_some()
 }
 
