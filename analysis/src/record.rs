@@ -337,9 +337,11 @@ pub enum Injection {
         /// The fault model.
         model: RecordedModel,
         /// Subsystem of the target (`kernel`, `mm`, `fs`, `net`, ...),
-        /// when the target has a source file.
+        /// when the target has a source file; for a register, stack or
+        /// heap flip, of the kernel function executing where it landed.
         subsystem: Option<String>,
-        /// Target function, when there is one.
+        /// Target function, when there is one; for a register, stack or
+        /// heap flip, the kernel function executing where it landed.
         function: Option<String>,
         /// One-line description of the fault.
         description: String,

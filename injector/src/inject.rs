@@ -17,7 +17,7 @@ use crate::fault::{FaultModel, FaultSpec, FlipReg, Persistence, Target, Trigger}
 use crate::gdb::{
     BreakpointKind, GdbClient, GdbError, Reg, Registers, StopEvent, StopReason, WatchKind, SIGINT, SIGTRAP,
 };
-use crate::image::KernelImage;
+use crate::image::{KernelImage, SymbolKind};
 use crate::trace::taint::condition_holds;
 use crate::trace::tracer::{outputs, previous_instruction};
 use crate::trace::{PropagationReport, Seed, Tracer};
@@ -67,6 +67,13 @@ pub enum InjectError {
 pub struct Applied {
     /// Where RIP was when the fault was applied (`function+0xoff`).
     pub at: Option<String>,
+    /// The kernel function executing there (none in a module).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Its subsystem (the top source directory of its compilation unit):
+    /// where a register, stack or heap flip lands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subsystem: Option<String>,
     /// The memory address changed, for memory and code faults.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<u64>,
@@ -585,7 +592,13 @@ impl FaultInFlight {
             }
             let regs = gdb.read_registers().map_err(gdb_err("reading the registers"))?;
             let kernel = regs.cs & 3 == 0;
-            let mut applied = Applied { at: image.symbolize(regs.rip), ..Applied::default() };
+            let here = image.symbol_at(regs.rip).filter(|s| s.kind == SymbolKind::Function);
+            let mut applied = Applied {
+                at: image.symbolize(regs.rip),
+                function: here.map(|s| s.name.to_string()),
+                subsystem: here.and_then(|s| s.subsystem()).map(str::to_string),
+                ..Applied::default()
+            };
             let ready = match (self.spec.model().clone(), self.spec.target().clone()) {
                 (FaultModel::RegFlip { reg, bit }, _) if kernel => {
                     let (before, after) = flip_register(gdb, reg, bit)?;

@@ -222,3 +222,51 @@ fn injection_latency_and_code_check() {
     drop(gdb);
     assert!(support::guest_runs(&vm));
 }
+
+/// A register flip has no target of its own: the report names the kernel
+/// function the CPU was executing when it landed, and that function's
+/// subsystem (what a campaign records for register, stack and heap flips).
+/// A flip that lands in a module names neither; the flips are repeated
+/// (bit 0 of R11, a scratch register, so pairs cancel) until one lands in
+/// the kernel proper.
+#[test]
+fn a_register_flip_names_the_function_and_subsystem_it_landed_in() {
+    let image = support::image();
+    let spec = FaultSpec::new(
+        FaultModel::RegFlip { reg: FlipReg::R11, bit: 0 },
+        Target::Cpu,
+        Trigger::Delay { ms: 0 },
+        Persistence::Permanent,
+    )
+    .unwrap();
+    let support::Guest { lock: _lock, vm, mut gdb } = support::boot();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(vm.http_addr(), Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut landed = Vec::new();
+    for _ in 0..8 {
+        let report = inject::run(&mut gdb, image, &spec, Duration::from_millis(100), &mut |_| false).unwrap();
+        let applied = report.applied.clone().unwrap_or_else(|| panic!("not applied: {report:?}"));
+        let in_kernel = applied.function.is_some();
+        landed.push(applied);
+        if in_kernel {
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    drop(gdb);
+    load.join().unwrap();
+    eprintln!("landed: {landed:?}");
+    for applied in &landed {
+        let Some(function) = applied.function.as_deref() else {
+            assert_eq!(applied.subsystem, None, "{applied:?}");
+            continue;
+        };
+        assert!(applied.at.as_deref().is_some_and(|at| at.starts_with(&format!("{function}+"))), "{applied:?}");
+        // Static functions may share a name: one of that name has it.
+        let subsystems: Vec<Option<&str>> =
+            image.functions().filter(|f| f.name == function).map(|f| f.subsystem()).collect();
+        assert!(applied.subsystem.is_some() && subsystems.contains(&applied.subsystem.as_deref()), "{applied:?}");
+    }
+    assert!(landed.iter().any(|a| a.function.is_some()), "no flip landed in the kernel proper: {landed:?}");
+}

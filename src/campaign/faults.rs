@@ -102,10 +102,16 @@ impl FaultRunner for InjectorRunner {
             self.trace.map(|(layout, config)| Tracer::new(layout, &self.model.image, config)),
         )?;
         let propagation = self.propagation(&spec, &watch);
+        // A register, stack or heap flip has no target of its own: it
+        // lands in whatever function the CPU was executing.
+        let landed =
+            watch.injection.applied.as_ref().filter(|_| {
+                matches!(spec.model().kind(), ModelKind::RegFlip | ModelKind::StackFlip | ModelKind::HeapFlip)
+            });
         let injection = RecordInjection::Fault {
             model: recorded::model(spec.model().kind()),
-            subsystem: spec.subsystem().map(str::to_string),
-            function: spec.function().map(str::to_string),
+            subsystem: spec.subsystem().map(str::to_string).or_else(|| landed.and_then(|a| a.subsystem.clone())),
+            function: spec.function().map(str::to_string).or_else(|| landed.and_then(|a| a.function.clone())),
             description: spec.describe(),
             spec: serde_json::to_value(&spec)?,
             activated: watch.injection.activated,
