@@ -304,7 +304,7 @@ fn check_passes_on_its_baseline_and_fails_when_a_restore_is_made_slower() {
     let out = check(&[], Some(5000));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
-    assert!(stdout.contains("FAIL service-restore regressed"), "{stdout}");
+    assert!(stdout.contains("FAIL crash:sysrq service-restore regressed"), "{stdout}");
 }
 
 /// An experiment whose QEMU fails every time is retried, then stored as

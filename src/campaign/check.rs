@@ -13,17 +13,29 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// Per-strategy medians of a check run; the baseline is one of these.
+/// Figures are keyed by failure class and strategy (`crash:sysrq
+/// service-restore`): each strategy is compared with the full reboots of
+/// the same failure class, never pooled across classes whose detection
+/// alone differs by seconds (a hang waits for the heartbeat timeout).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
+    /// Layout of the file ([`BASELINE_FORMAT`]; absent in the first one,
+    /// whose keys were strategies pooled over failure classes).
+    #[serde(default)]
+    pub format: u32,
     /// Campaign it was measured on.
     pub campaign: String,
     /// Accelerator, QEMU and kernel it was measured with.
     pub provenance: String,
-    /// Median client-seen downtime per strategy, seconds.
+    /// Median client-seen downtime per failure class and strategy, seconds.
     pub median_downtime_s: BTreeMap<String, f64>,
-    /// Median downtime of each strategy divided by full reboot's.
+    /// Median downtime of each divided by the same failure class's full
+    /// reboot's.
     pub ratio_to_full_reboot: BTreeMap<String, f64>,
 }
+
+/// The baseline layout this build writes and reads.
+pub const BASELINE_FORMAT: u32 = 2;
 
 /// One thing that went wrong.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +66,12 @@ pub enum Problem {
         /// The first recorded reason.
         why: String,
     },
+    /// The baseline has a figure this run did not measure (nothing of it
+    /// recovered, or the experiment file no longer runs it).
+    NotMeasured {
+        /// Failure class and strategy.
+        key: String,
+    },
     /// A strategy's downtime ratio grew beyond the tolerance.
     Regressed {
         /// Strategy.
@@ -76,6 +94,11 @@ impl std::fmt::Display for Problem {
                  ({why}), so this check measured nothing of it: change the experiment file so that it can run \
                  (a service restore falls back whenever acknowledged writes changed the data disk)"
             ),
+            Problem::NotMeasured { key } => write!(
+                f,
+                "{key}: the baseline has a downtime ratio for it, this run measured none (nothing of it recovered, \
+                 or the experiment file no longer runs it)"
+            ),
             Problem::Regressed { strategy, baseline, measured } => write!(
                 f,
                 "{strategy} regressed: downtime is {:.1}% of full reboot's, baseline {:.1}% (+{:.1} points, {:+.0}%)",
@@ -90,18 +113,23 @@ impl std::fmt::Display for Problem {
 
 /// The medians and ratios of a run's records.
 pub fn measure(campaign: &str, records: &[ExperimentRecord]) -> Baseline {
-    let mut by_strategy: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut by_key: BTreeMap<(String, RecordedStrategy), Vec<f64>> = BTreeMap::new();
     for r in records {
         if let (Some(rec), Some(d)) = (&r.recovery, r.downtime_s) {
-            by_strategy.entry(rec.requested.to_string()).or_default().push(d);
+            by_key.entry((analysis::tables::failure_class(r), rec.requested)).or_default().push(d);
         }
     }
-    let median_downtime_s: BTreeMap<String, f64> =
-        by_strategy.into_iter().filter_map(|(s, v)| kfi_stats::median(v).map(|m| (s, m))).collect();
-    let ratio_to_full_reboot = match median_downtime_s.get(RecordedStrategy::FullReboot.name()) {
-        Some(&full) if full > 0.0 => median_downtime_s.iter().map(|(s, &m)| (s.clone(), m / full)).collect(),
-        _ => BTreeMap::new(),
-    };
+    let medians: BTreeMap<(String, RecordedStrategy), f64> =
+        by_key.into_iter().filter_map(|(k, v)| kfi_stats::median(v).map(|m| (k, m))).collect();
+    let name = |(class, strategy): &(String, RecordedStrategy)| format!("{class} {strategy}");
+    let median_downtime_s = medians.iter().map(|(k, &m)| (name(k), m)).collect();
+    let ratio_to_full_reboot = medians
+        .iter()
+        .filter_map(|(k, &m)| {
+            let full = *medians.get(&(k.0.clone(), RecordedStrategy::FullReboot))?;
+            (full > 0.0).then(|| (name(k), m / full))
+        })
+        .collect();
     let provenance = records
         .first()
         .map(|r| {
@@ -114,7 +142,13 @@ pub fn measure(campaign: &str, records: &[ExperimentRecord]) -> Baseline {
             format!("{} guest, {}{commit}", p.profile, p.environment_label())
         })
         .unwrap_or_default();
-    Baseline { campaign: campaign.to_string(), provenance, median_downtime_s, ratio_to_full_reboot }
+    Baseline {
+        format: BASELINE_FORMAT,
+        campaign: campaign.to_string(),
+        provenance,
+        median_downtime_s,
+        ratio_to_full_reboot,
+    }
 }
 
 /// Everything wrong with a run against `baseline`. A ratio regresses when
@@ -138,7 +172,10 @@ pub fn problems(records: &[ExperimentRecord], baseline: &Baseline, tolerance: f6
     out.extend(never_ran_as_themselves(records));
     let measured = measure(&baseline.campaign, records);
     for (strategy, &base) in &baseline.ratio_to_full_reboot {
-        let Some(&now) = measured.ratio_to_full_reboot.get(strategy) else { continue };
+        let Some(&now) = measured.ratio_to_full_reboot.get(strategy) else {
+            out.push(Problem::NotMeasured { key: strategy.clone() });
+            continue;
+        };
         if now > base * (1.0 + tolerance) && now - base > slack {
             out.push(Problem::Regressed { strategy: strategy.clone(), baseline: base, measured: now });
         }
@@ -172,7 +209,15 @@ pub fn load_baseline(path: &Path) -> Result<Baseline> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!("no baseline at {}: record one with `kfi check FILE --update-baseline`", path.display())
     })?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a kfi check baseline", path.display()))
+    let baseline: Baseline =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a kfi check baseline", path.display()))?;
+    anyhow::ensure!(
+        baseline.format >= BASELINE_FORMAT,
+        "{} was recorded by an older kfi check, which pooled the failure classes of each strategy: record a new one \
+         with `kfi check FILE --update-baseline`",
+        path.display()
+    );
+    Ok(baseline)
 }
 
 #[cfg(test)]
@@ -251,15 +296,53 @@ mod tests {
     #[test]
     fn the_baseline_passes_and_a_slower_strategy_fails_with_its_numbers() {
         let baseline = measure("regression", &run(0.5));
-        assert_eq!(baseline.median_downtime_s["full-reboot"], 6.2);
-        assert!((baseline.ratio_to_full_reboot["service-restore"] - 0.51 / 6.2).abs() < 1e-12);
+        assert_eq!(baseline.median_downtime_s["crash:sysrq full-reboot"], 6.2);
+        assert!((baseline.ratio_to_full_reboot["crash:sysrq service-restore"] - 0.51 / 6.2).abs() < 1e-12);
         assert!(problems(&run(0.5), &baseline, 0.5, 0.02).is_empty());
         // Noise inside the tolerance passes.
         assert!(problems(&run(0.6), &baseline, 0.5, 0.02).is_empty());
         let found = problems(&run(2.0), &baseline, 0.5, 0.02);
         assert_eq!(found.len(), 1, "{found:?}");
         let text = found[0].to_string();
-        assert!(text.starts_with("service-restore regressed") && text.contains("baseline 8.2%"), "{text}");
+        assert!(text.starts_with("crash:sysrq service-restore regressed") && text.contains("baseline 8.2%"), "{text}");
+    }
+
+    #[test]
+    fn each_failure_class_is_compared_with_its_own_full_reboots() {
+        let mut records = run(0.5);
+        // Hangs: seconds of detection for every strategy.
+        for (i, (strategy, d)) in [("full-reboot", 9.0), ("service-restore", 3.2)].into_iter().enumerate() {
+            let mut r = record(10 + i as u64, strategy, d, true, 0);
+            r.injection = Injection::Crash { crash: RecordedCrash::Hang };
+            records.push(r);
+        }
+        let baseline = measure("regression", &records);
+        assert!((baseline.ratio_to_full_reboot["crash:hang service-restore"] - 3.2 / 9.0).abs() < 1e-12);
+        assert!((baseline.ratio_to_full_reboot["crash:sysrq service-restore"] - 0.51 / 6.2).abs() < 1e-12);
+        // Twice as slow after a panic is caught, whatever the hangs do.
+        let mut slower = records.clone();
+        for r in slower.iter_mut().filter(|r| r.key.contains("service-restore") && r.experiment < 10) {
+            r.downtime_s = r.downtime_s.map(|d| d * 2.0);
+        }
+        let found = problems(&slower, &baseline, 0.5, 0.02);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].to_string().starts_with("crash:sysrq service-restore regressed"), "{}", found[0]);
+        // A figure the run no longer measures is a problem, not a pass.
+        let found = problems(&records[..4], &baseline, 0.5, 0.02);
+        assert!(found.iter().any(|p| p.to_string().starts_with("crash:hang service-restore: the baseline has")));
+    }
+
+    #[test]
+    fn a_baseline_of_the_pooled_format_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baseline.json");
+        let old = r#"{"campaign":"regression","provenance":"p","median_downtime_s":{"full-reboot":4.0},
+                     "ratio_to_full_reboot":{"full-reboot":1.0}}"#;
+        std::fs::write(&path, old).unwrap();
+        let err = format!("{:#}", load_baseline(&path).unwrap_err());
+        assert!(err.contains("older kfi check") && err.contains("--update-baseline"), "{err}");
+        std::fs::write(&path, serde_json::to_string(&measure("regression", &run(0.5))).unwrap()).unwrap();
+        assert_eq!(load_baseline(&path).unwrap().format, BASELINE_FORMAT);
     }
 
     #[test]

@@ -274,7 +274,7 @@ pub fn check(cache: &Cache, args: CheckArgs) -> Result<ExitCode> {
             .ratio_to_full_reboot
             .get(strategy)
             .map_or(String::new(), |x| format!(", {:.1}% of full reboot", x * 100.0));
-        println!("  {strategy:<16} median downtime {median:.3} s{ratio}");
+        println!("  {strategy:<32} median downtime {median:.3} s{ratio}");
     }
     let Some(baseline) = &r.baseline else {
         println!("baseline written to {}", opts.baseline.display());
