@@ -250,10 +250,12 @@ fn server(profile: RecordedProfile, workload: RecordedWorkload) -> &'static str 
 }
 
 /// Whether the published figure (snapshot-based recovery, "about 90%")
-/// measured the same thing as `strategy`: a restore from a phase or
-/// service snapshot, not a reboot of any kind.
-fn published_compares(strategy: RecordedStrategy) -> bool {
-    matches!(strategy, RecordedStrategy::ServiceRestore | RecordedStrategy::PhaseRestore)
+/// measured the same thing as `strategies` (`/`-joined names): each a
+/// restore from a phase or service snapshot, not a reboot of any kind.
+fn published_compares(strategies: &str) -> bool {
+    strategies.split('/').all(|s| {
+        s.parse().is_ok_and(|s| matches!(s, RecordedStrategy::ServiceRestore | RecordedStrategy::PhaseRestore))
+    })
 }
 
 /// The report's first line: the figure credited to the strategy that ran,
@@ -276,9 +278,8 @@ pub fn headline_line(h: Option<&Headline>, experiments: usize) -> String {
     let probe =
         h.probe_reduction.map_or(String::new(), |p| format!(", by the availability probe's outage {:.1}%", 100.0 * p));
     let setting = format!("{} guest, {}, {}, {}", h.profile, h.accel, h.server, h.failure);
-    let published = |strategy: &str| {
-        let compares = strategy.split('/').all(|s| s.parse().is_ok_and(published_compares));
-        if compares {
+    let published = |strategies: &str| {
+        if published_compares(strategies) {
             format!("; published: about {:.0}%.", PUBLISHED_REDUCTION * 100.0)
         } else {
             ".".to_string()
@@ -410,7 +411,7 @@ pub fn write_report_with(
             "\nHeadline numbers: median downtime {:.3} s with {ran} (n={}) against {:.3} s with full reboot (n={})",
             h.median_s, h.n, h.reference_median_s, h.n_reference,
         );
-        let _ = if ran.split('/').all(|s| s.parse().is_ok_and(published_compares)) {
+        let _ = if published_compares(ran) {
             writeln!(
                 md,
                 "; the paper reports about {:.0}% less downtime for its snapshot restores.",
