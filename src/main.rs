@@ -53,7 +53,7 @@ enum Command {
     Replay(cli::campaign::ReplayArgs),
     /// Regenerate tables, figures and report.md of a results directory from its stored data alone.
     Report(cli::campaign::ReportArgs),
-    /// Regression mode for a recovery VMM's CI: run a fixed crash set and fail on any unrecovered failure, lost write or slower strategy.
+    /// Regression mode for a recovery VMM's CI: run a fixed crash set and fail on any unrecovered failure, lost write, strategy that never ran as itself, or strategy slower against the full reboots of its failure class.
     Check(cli::campaign::CheckArgs),
     /// Reproduce the published downtime result: run experiments/downtime.toml (every experiment file with --all) and write results/<campaign>/.
     Reproduce(cli::campaign::ReproduceArgs),

@@ -133,7 +133,7 @@ pub struct CheckArgs {
     /// Baseline to compare with (default: results/<name>/baseline.json).
     #[arg(long)]
     pub baseline: Option<PathBuf>,
-    /// Allowed relative growth of a strategy's downtime ratio to full reboot.
+    /// Allowed relative growth of a strategy's downtime ratio to the full reboots of its failure class.
     #[arg(long, default_value = "0.5", value_parser = super::non_negative("--tolerance"))]
     pub tolerance: f64,
     /// Growth of the ratio (absolute, e.g. 0.02 = 2 points) always tolerated: tiny ratios are noisy.
