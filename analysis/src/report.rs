@@ -486,6 +486,9 @@ pub fn write_report_with(
     };
     if !downtime.rows.is_empty() {
         push_table(&mut md, &downtime);
+        if let Some(gaps) = tables::downtime_gaps(records) {
+            let _ = writeln!(md, "\n{gaps}");
+        }
         link(&mut md, "downtime-");
         if figures.iter().any(|f| f.name.starts_with("throughput-")) {
             md.push_str("\n## Throughput around the failure\n\nCorrect answers per second, mean over the experiments of each strategy, against time relative to the failure.\n");
@@ -751,6 +754,37 @@ mod tests {
         // Nothing to compare.
         let line = headline_line(headline(&fixture::records()[15..]).as_ref(), 16);
         assert!(line.starts_with("Measured: no downtime comparison") && !line.contains("published"), "{line}");
+    }
+
+    #[test]
+    fn a_gap_between_client_seen_downtime_and_the_probe_is_explained() {
+        let mut records: Vec<ExperimentRecord> =
+            fixture::records().into_iter().filter(|r| r.recovery.is_some()).take(3).collect();
+        for (r, (d, p, pre)) in records.iter_mut().zip([(0.2, 0.19, 9), (1.2, 0.55, 0), (0.6, 0.3, 7)]) {
+            r.downtime_s = Some(d);
+            r.probe_outage_s = Some(p);
+            r.timeline = bins(pre);
+        }
+        let text = tables::downtime_gaps(&records).unwrap();
+        assert!(text.starts_with("Client-seen downtime and the probe's outage agree within 10% in 1 of 3"), "{text}");
+        assert!(text.contains("They differ in 2:") && text.contains("(1.200 s against 0.550 s)"), "{text}");
+        assert!(text.contains(&format!("In 1 of these ({})", records[1].key)), "{text}");
+        assert!(!text.contains(&format!("({})", records[2].key)), "answered before the failure: {text}");
+        // Records without a probe outage say nothing.
+        let mut old = records.clone();
+        old.iter_mut().for_each(|r| r.probe_outage_s = None);
+        assert_eq!(tables::downtime_gaps(&old), None);
+    }
+
+    /// Timeline bins of 0.1 s from -1 s to +1 s with `pre` correct answers
+    /// in each bin wholly before the failure.
+    fn bins(pre: u64) -> Vec<crate::record::TimelineBin> {
+        (-10..10)
+            .map(|i| {
+                let t_s = f64::from(i) * 0.1;
+                crate::record::TimelineBin { t_s, correct: if i < 0 { pre } else { 5 }, failed: 0, p50_s: None }
+            })
+            .collect()
     }
 
     fn png_size(path: &Path) -> (u32, u32) {

@@ -251,6 +251,66 @@ pub fn downtime_stats(records: &[ExperimentRecord]) -> Vec<DowntimeStats> {
     out
 }
 
+/// How far client-seen downtime and the probe's outage may differ, as a
+/// share of the probe's, before a report explains the gap.
+pub const GAP_SHARE: f64 = 0.10;
+/// The span before the failure in which clients without a single correct
+/// answer count as stalled already (whole timeline bins only).
+const STALL_SPAN_S: f64 = 0.5;
+
+/// One paragraph on how client-seen downtime and the availability probe's
+/// outage compare over the recovered experiments that have both, naming the
+/// experiments that differ by more than [`GAP_SHARE`] and how many of them
+/// had their clients stalled before the failure: the client-seen measure
+/// starts at the clients' last correct answer, so a stall before the
+/// failure counts in it, while the probe (a new request every 10 ms) sees
+/// only the outage. `None` without such experiments.
+pub fn downtime_gaps(records: &[ExperimentRecord]) -> Option<String> {
+    let both: Vec<(&ExperimentRecord, f64, f64)> = records
+        .iter()
+        .filter(|r| recovered(r))
+        .filter_map(|r| Some((r, r.downtime_s?, r.probe_outage_s?)))
+        .filter(|&(_, _, p)| p > 0.0)
+        .collect();
+    if both.is_empty() {
+        return None;
+    }
+    let differing: Vec<&(&ExperimentRecord, f64, f64)> =
+        both.iter().filter(|(_, d, p)| (d - p).abs() > GAP_SHARE * p).collect();
+    let mut text = format!(
+        "Client-seen downtime and the probe's outage agree within {:.0}% in {} of {} recovered experiments.",
+        GAP_SHARE * 100.0,
+        both.len() - differing.len(),
+        both.len()
+    );
+    if differing.is_empty() {
+        return Some(text);
+    }
+    let stalled: Vec<&str> =
+        differing.iter().filter(|(r, d, p)| d > p && stalled_before(r)).map(|(r, _, _)| r.key.as_str()).collect();
+    let listed: Vec<String> =
+        differing.iter().map(|(r, d, p)| format!("{} ({d:.3} s against {p:.3} s)", r.key)).collect();
+    text += &format!(" They differ in {}: {}.", differing.len(), listed.join("; "));
+    if !stalled.is_empty() {
+        text += &format!(
+            " In {} of these ({}) the workload's clients had no correct answer in the {STALL_SPAN_S} s before the \
+             failure: they were already waiting on requests the guest had not answered, and the client-seen measure, \
+             which starts at their last correct answer, counts that wait; the probe does not.",
+            stalled.len(),
+            stalled.join("; ")
+        );
+    }
+    Some(text)
+}
+
+/// The clients completed no correct answer in the whole timeline bins of
+/// the [`STALL_SPAN_S`] before the failure.
+fn stalled_before(r: &ExperimentRecord) -> bool {
+    let width = r.timeline.windows(2).map(|w| w[1].t_s - w[0].t_s).next().unwrap_or(0.1);
+    let before: Vec<_> = r.timeline.iter().filter(|b| b.t_s >= -STALL_SPAN_S - 1e-9 && b.t_s + width <= 1e-9).collect();
+    !before.is_empty() && before.iter().all(|b| b.correct == 0)
+}
+
 /// Recovered: the recovery says so and a downtime was measured.
 pub(crate) fn recovered(r: &ExperimentRecord) -> bool {
     r.recovery.as_ref().is_some_and(|x| x.recovered) && r.downtime_s.is_some()
