@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use workloads::rubis::{self, Ack, Mix, RubisSpec};
-use workloads::{ClosedLoop, DocList, LoadSpec, Mode, Record};
+use workloads::{ClosedLoop, DocList, LoadProgress, LoadSpec, Mode, Record};
 
 /// The failure pause of every downtime measurement: the resolution at
 /// which a client sees the service come back.
@@ -33,6 +33,16 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Probe requests in flight at most: a second of requests hanging on a
 /// dead guest, with room to spare.
 pub const PROBE_IN_FLIGHT: usize = 128;
+
+/// A failure is injected only this soon after the static clients' latest
+/// correct answer (see [`RunningLoad::wait_answered`]): a closed-loop
+/// client answered every few milliseconds, so a longer silence is a wait
+/// the clients are already in, which the downtime would otherwise count.
+pub const ANSWERED_WITHIN: Duration = Duration::from_millis(100);
+
+/// How long a failure waits for the clients to be answered before the
+/// experiment gives up as a harness error.
+pub const ANSWER_GATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The least load after a recovery: a probe request sent during the outage
 /// ends only at its timeout, and must end inside the run.
@@ -112,6 +122,18 @@ pub struct ClientRun {
 
 /// Runs `load` against `addr` until its duration ends or `stop` is set.
 pub fn run(addr: SocketAddr, load: &ClientLoad, origin: Instant, stop: Arc<AtomicBool>) -> Result<ClientRun> {
+    run_observed(addr, load, origin, stop, None)
+}
+
+/// [`run`], telling `progress` of each correct answer of the static
+/// clients as it ends (RUBiS sessions and the probe do not).
+fn run_observed(
+    addr: SocketAddr,
+    load: &ClientLoad,
+    origin: Instant,
+    stop: Arc<AtomicBool>,
+    progress: Option<Arc<LoadProgress>>,
+) -> Result<ClientRun> {
     match &load.clients {
         Clients::Static(docs) => {
             let spec = LoadSpec {
@@ -124,7 +146,7 @@ pub fn run(addr: SocketAddr, load: &ClientLoad, origin: Instant, stop: Arc<Atomi
                 timeout: load.timeout,
                 seed: load.seed,
             };
-            let records = workloads::run_blocking_until(addr, docs, &spec, origin, stop)
+            let records = workloads::run_blocking_observed(addr, docs, &spec, origin, stop, progress)
                 .context("running the static-document clients")?;
             Ok(ClientRun { records, acks: Vec::new() })
         }
@@ -162,6 +184,8 @@ pub fn run(addr: SocketAddr, load: &ClientLoad, origin: Instant, stop: Arc<Atomi
 pub struct RunningLoad {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<ClientRun>>>,
+    /// The static clients' live progress (none for RUBiS and the probe).
+    progress: Option<Arc<LoadProgress>>,
 }
 
 impl RunningLoad {
@@ -169,8 +193,37 @@ impl RunningLoad {
     pub fn start(addr: SocketAddr, load: ClientLoad, origin: Instant) -> RunningLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || run(addr, &load, origin, flag));
-        RunningLoad { stop, thread: Some(thread) }
+        let progress = matches!(load.clients, Clients::Static(_)).then(|| Arc::new(LoadProgress::default()));
+        let feed = progress.clone();
+        let thread = std::thread::spawn(move || run_observed(addr, &load, origin, flag, feed));
+        RunningLoad { stop, thread: Some(thread), progress }
+    }
+
+    /// Waits until the static clients' latest correct answer ended at most
+    /// [`ANSWERED_WITHIN`] ago, so that a failure injected now starts its
+    /// downtime at a service that was answering, not during a wait the
+    /// clients were already in; gives up after `timeout`. Returns that
+    /// answer's age (seconds) when the failure may come, `None` for loads
+    /// it cannot watch (RUBiS sessions think for seconds between pages).
+    pub fn wait_answered(&self, origin: Instant, timeout: Duration) -> Result<Option<f64>> {
+        let Some(progress) = &self.progress else { return Ok(None) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = origin.elapsed().as_secs_f64();
+            if let Some(age) = progress.last_correct_end().map(|end| now - end) {
+                if age <= ANSWERED_WITHIN.as_secs_f64() {
+                    return Ok(Some(age.max(0.0)));
+                }
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the clients got no correct answer within {ANSWERED_WITHIN:?} of any moment in {timeout:?} before \
+                     the injection (latest at {:?} s): the service was not answering, so no failure was injected",
+                    progress.last_correct_end()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Stops the clients and returns what they saw.
@@ -184,5 +237,90 @@ impl RunningLoad {
 impl Drop for RunningLoad {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    const BODY: &[u8] = b"<html>kfi</html>";
+
+    fn docs() -> DocList {
+        let doc = workloads::Doc {
+            path: "/index.html".into(),
+            size: BODY.len() as u64,
+            sha256: hex::encode(Sha256::digest(BODY)),
+        };
+        DocList { seed: 0, docs: vec![doc] }
+    }
+
+    /// A real HTTP/1.1 server on loopback answering every request on a
+    /// kept-alive connection with `BODY`.
+    fn serve() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(n) = conn.read(&mut chunk) {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", BODY.len());
+                            if conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(BODY)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn clients(docs: DocList) -> ClientLoad {
+        ClientLoad {
+            clients: Clients::Static(docs),
+            count: 1,
+            think: Duration::from_millis(2),
+            failure_pause: DOWNTIME_FAILURE_PAUSE,
+            timeout: Duration::from_millis(500),
+            duration: Duration::from_secs(30),
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn a_failure_waits_for_a_recent_answer_and_gives_up_on_a_silent_service() {
+        let origin = Instant::now();
+        let load = RunningLoad::start(serve(), clients(docs()), origin);
+        let age = load.wait_answered(origin, Duration::from_secs(5)).unwrap().expect("static clients are watched");
+        assert!((0.0..=ANSWERED_WITHIN.as_secs_f64()).contains(&age), "{age}");
+        let run = load.finish().unwrap();
+        assert!(run.records.iter().any(Record::is_correct));
+
+        // Nothing listens: no answer, and after the timeout an error that
+        // says no failure was injected.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let load = RunningLoad::start(silent, clients(docs()), origin);
+        let err = load.wait_answered(origin, Duration::from_millis(300)).unwrap_err().to_string();
+        assert!(err.contains("no failure was injected"), "{err}");
+        load.finish().unwrap();
+
+        // The probe is not watched: nothing to wait for.
+        let probe = RunningLoad::start(serve(), ClientLoad::probe(&docs(), Duration::from_secs(1)), origin);
+        assert_eq!(probe.wait_answered(origin, Duration::from_millis(10)).unwrap(), None);
+        probe.finish().unwrap();
     }
 }

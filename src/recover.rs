@@ -158,6 +158,7 @@ fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &R
     let probe = RunningLoad::start(sut.vm().http_addr(), ClientLoad::probe(docs, Duration::from_secs(600)), origin);
     let load = RunningLoad::start(sut.vm().http_addr(), load, origin);
     std::thread::sleep(plan.warmup);
+    load.wait_answered(origin, crate::load::ANSWER_GATE_TIMEOUT)?;
     let crashed_at = Instant::now();
     plan.crash.trigger(sut.vm())?;
     let outcome = sut

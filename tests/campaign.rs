@@ -148,6 +148,9 @@ fn a_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates() {
         let probe = r.probe_outage_s.unwrap_or_else(|| panic!("no probe outage: {r:?}"));
         assert!(probe > 0.0 && probe < 30.0, "{r:?}");
         assert_eq!(rec.on_standby, Some(rec.used.name() == "service-restore"), "{r:?}");
+        // The crash came soon after a correct answer to the clients.
+        let answered = r.metrics.get("answered_before_injection_s").copied();
+        assert!(answered.is_some_and(|a| (0.0..=0.1).contains(&a)), "{r:?}");
         assert_eq!(r.provenance.accel.name(), "tcg");
         assert!(!r.timeline.is_empty());
     }

@@ -40,6 +40,9 @@ pub mod names {
     pub const RESTORE_PATH: &str = "restore_path";
     /// Parameter: host page cache before the restore (`cold`/`warm`).
     pub const CACHE: &str = "cache";
+    /// Metric: seconds from the workload clients' latest correct answer to
+    /// the injection (the harness injects only soon after one).
+    pub const ANSWERED_BEFORE_INJECTION_S: &str = "answered_before_injection_s";
     /// The series of the restore figures and tables: those of these
     /// parameters that vary (see `tables::metric_points`).
     pub const RESTORE_SERIES: &str = "restore_path,cache,reduction";

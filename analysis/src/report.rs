@@ -317,6 +317,14 @@ fn method(records: &[ExperimentRecord]) -> String {
                  failure instant (the detection of a panic; a hang's estimated start) to the end of the first \
                  correct answer to a request the workload's clients sent at or after it. Experiments whose service \
                  did not come back are counted as not recovered and left out of the downtime statistics.";
+        let gated = records
+            .iter()
+            .filter(|r| r.recovery.is_some())
+            .all(|r| r.metrics.contains_key(figures::names::ANSWERED_BEFORE_INJECTION_S));
+        if gated {
+            text += " Every failure was injected within 0.1 s of a correct answer to the workload's clients, so a \
+                     wait they were already in before it does not count as its downtime.";
+        }
         text += if records.iter().any(|r| r.probe_outage_s.is_some()) {
             " The availability probe, independent of those clients, asks for the index page every 10 ms (open \
              loop, 1 s timeout) through every experiment and the golden run; its outage is the same measure over \

@@ -81,7 +81,9 @@ pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<Ex
         } else {
             None
         };
+        let answered = load.wait_answered(origin, crate::load::ANSWER_GATE_TIMEOUT)?;
         let mut observed = inject_and_watch(shared, &mut sut, planned, window)?;
+        observed.answered_before_s = answered;
         if let Some(failure) = &observed.failure {
             match sut.recover(planned.strategy, failure) {
                 Ok(timing) => observed.recovery = Some(timing),
@@ -134,6 +136,10 @@ struct Observed {
     injected_at: Instant,
     /// A fault's watch, to judge its outcome with the client records.
     watch: Option<crate::fault_watch::Watch>,
+    /// How long before the injection the static clients' latest correct
+    /// answer ended (the injection waits for one within
+    /// [`crate::load::ANSWERED_WITHIN`]).
+    answered_before_s: Option<f64>,
 }
 
 /// When the experiment ran and for how long.
@@ -232,6 +238,7 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
         acked: None,
         injected_at,
         watch: None,
+        answered_before_s: None,
     };
     match &planned.action {
         Action::Crash(crash) => {
@@ -358,6 +365,9 @@ fn record(
         metrics.insert("phase_snapshot_pause_s".to_string(), snap.meta.pause_s);
     }
     metrics.insert("service_snapshot_pause_s".to_string(), golden.service.meta.pause_s);
+    if let Some(age) = observed.answered_before_s {
+        metrics.insert(analysis::figures::names::ANSWERED_BEFORE_INJECTION_S.to_string(), age);
+    }
     Ok(ExperimentRecord {
         campaign: f.name.clone(),
         experiment: planned.index,

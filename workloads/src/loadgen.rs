@@ -18,7 +18,7 @@ pub(crate) use exchange::stale_connection;
 mod open;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,35 @@ pub(crate) struct Plan {
     timeout: Duration,
     /// Set by the caller to end the run before its duration is over.
     stop: Arc<AtomicBool>,
+    /// Told of every correct answer, for a caller watching the run live.
+    progress: Option<Arc<LoadProgress>>,
+}
+
+/// A running load's live view for its caller: when its latest correct
+/// answer ended. A caller that injects a failure waits for a recent one,
+/// so that a wait the clients were already in (the guest slow to answer
+/// them) is not counted as the failure's downtime.
+#[derive(Debug, Default)]
+pub struct LoadProgress {
+    /// End of the latest correct answer, in microseconds since the run's
+    /// origin, plus one (0: none yet).
+    last_correct_end_us: AtomicU64,
+}
+
+impl LoadProgress {
+    /// End of the latest correct answer so far, seconds since the origin.
+    pub fn last_correct_end(&self) -> Option<f64> {
+        match self.last_correct_end_us.load(Ordering::Acquire) {
+            0 => None,
+            us => Some((us - 1) as f64 / 1e6),
+        }
+    }
+
+    fn note(&self, record: &Record) {
+        if record.is_correct() && record.end.is_finite() && record.end >= 0.0 {
+            self.last_correct_end_us.fetch_max((record.end * 1e6) as u64 + 1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Plan {
@@ -131,6 +160,7 @@ impl Plan {
         spec: &LoadSpec,
         origin: Instant,
         stop: Arc<AtomicBool>,
+        progress: Option<Arc<LoadProgress>>,
     ) -> Result<Self, LoadError> {
         docs.validate().map_err(LoadError::Docs)?;
         match spec.mode {
@@ -166,6 +196,7 @@ impl Plan {
             stop_at: Instant::now() + spec.duration,
             timeout: spec.timeout,
             stop,
+            progress,
         })
     }
 
@@ -199,13 +230,17 @@ impl Plan {
 
     /// The record of a request for document `index`, ending now.
     fn record(&self, index: usize, start: Instant, outcome: RequestOutcome, bytes: u64) -> Record {
-        Record {
+        let record = Record {
             start: seconds_since(self.origin, start),
             end: seconds_since(self.origin, Instant::now()),
             path: self.targets.get(index).map(|t| t.path.clone()).unwrap_or_default(),
             outcome,
             bytes,
+        };
+        if let Some(progress) = &self.progress {
+            progress.note(&record);
         }
+        record
     }
 }
 
@@ -234,7 +269,19 @@ pub async fn run_until(
     origin: Instant,
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<Record>, LoadError> {
-    let plan = Arc::new(Plan::new(target, docs, spec, origin, stop)?);
+    run_observed(target, docs, spec, origin, stop, None).await
+}
+
+/// [`run_until`], telling `progress` of every correct answer as it ends.
+pub async fn run_observed(
+    target: SocketAddr,
+    docs: &DocList,
+    spec: &LoadSpec,
+    origin: Instant,
+    stop: Arc<AtomicBool>,
+    progress: Option<Arc<LoadProgress>>,
+) -> Result<Vec<Record>, LoadError> {
+    let plan = Arc::new(Plan::new(target, docs, spec, origin, stop, progress)?);
     tracing::info!(%target, mode = ?spec.mode, duration = ?spec.duration, timeout = ?spec.timeout, "load starts");
     let mut records = match spec.mode {
         Mode::Closed(closed_loop) => {
@@ -283,6 +330,18 @@ pub fn run_blocking_until(
     origin: Instant,
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<Record>, LoadError> {
+    run_blocking_observed(target, docs, spec, origin, stop, None)
+}
+
+/// [`run_observed`] on a runtime of its own.
+pub fn run_blocking_observed(
+    target: SocketAddr,
+    docs: &DocList,
+    spec: &LoadSpec,
+    origin: Instant,
+    stop: Arc<AtomicBool>,
+    progress: Option<Arc<LoadProgress>>,
+) -> Result<Vec<Record>, LoadError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(LoadError::Runtime)?;
-    runtime.block_on(run_until(target, docs, spec, origin, stop))
+    runtime.block_on(run_observed(target, docs, spec, origin, stop, progress))
 }

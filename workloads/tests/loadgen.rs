@@ -295,3 +295,47 @@ fn a_stop_signal_ends_the_run_before_its_duration() {
         "a request started long after the stop (a loaded machine may lag a little)"
     );
 }
+
+/// A caller watching a run live sees when its latest correct answer ended,
+/// while the run goes on; wrong answers do not count.
+#[test]
+fn the_progress_of_a_run_shows_its_latest_correct_answer_live() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let files = documents();
+    let docs = doc_list(&files);
+    let server = TestServer::start(Behaviour::serving(&files));
+    let progress = Arc::new(workloads::LoadProgress::default());
+    assert_eq!(progress.last_correct_end(), None);
+    let origin = Instant::now();
+    let loader = {
+        let (progress, docs) = (Arc::clone(&progress), docs.clone());
+        std::thread::spawn(move || {
+            let spec = spec(closed(1, 2, 10), 600, 1000);
+            let stop = Arc::new(AtomicBool::new(false));
+            workloads::run_blocking_observed(server.addr, &docs, &spec, origin, stop, Some(progress))
+        })
+    };
+    std::thread::sleep(ms(300));
+    let live = progress.last_correct_end().expect("correct answers by 0.3 s");
+    assert!(live > 0.0 && live <= seconds_since(origin, Instant::now()), "{live}");
+    let records = loader.join().unwrap().expect("load");
+    let last = records.iter().filter(|r| r.is_correct()).map(|r| r.end).fold(f64::MIN, f64::max);
+    let seen = progress.last_correct_end().unwrap();
+    assert!((seen - last).abs() < 1e-5 && seen > live, "{seen} vs {last}");
+
+    // Against a port nothing listens on no answer is correct.
+    let none = Arc::new(workloads::LoadProgress::default());
+    let spec = spec(closed(1, 2, 10), 200, 200);
+    let records = workloads::run_blocking_observed(
+        closed_port(),
+        &docs,
+        &spec,
+        Instant::now(),
+        Arc::new(AtomicBool::new(false)),
+        Some(Arc::clone(&none)),
+    )
+    .unwrap();
+    assert!(!records.is_empty());
+    assert_eq!(none.last_correct_end(), None);
+}
