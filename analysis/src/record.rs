@@ -337,8 +337,9 @@ pub enum Injection {
         /// The fault model.
         model: RecordedModel,
         /// Subsystem of the target (`kernel`, `mm`, `fs`, `net`, ...),
-        /// when the target has a source file; for a register, stack or
-        /// heap flip, of the kernel function executing where it landed.
+        /// when the target has a source file (a data flip: the unit that
+        /// defines the variable); for a register, stack or heap flip, of
+        /// the kernel function executing where it landed.
         subsystem: Option<String>,
         /// Target function, when there is one; for a register, stack or
         /// heap flip, the kernel function executing where it landed.

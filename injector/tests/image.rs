@@ -37,6 +37,18 @@ fn index_is_built_once_then_loaded_fast_with_the_same_answers() {
     let entry = cached.symbol("entry_SYSCALL_64").unwrap();
     assert_eq!((entry.kind, entry.subsystem()), (SymbolKind::Label, Some("arch")));
     assert_eq!(cached.symbol("linux_banner").unwrap().kind, SymbolKind::Object);
+    // Variables carry the file of the unit that defines them: a data flip
+    // has a subsystem.
+    for (name, subsystem) in [("linux_banner", "init"), ("init_uts_ns", "init"), ("jiffies_64", "kernel")] {
+        let v = cached.symbol(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(v.subsystem(), Some(subsystem), "{name} in {:?}", v.source);
+    }
+    let data: Vec<_> = cached
+        .symbols()
+        .filter(|s| s.kind == SymbolKind::Object && s.size > 0 && matches!(s.section.name.as_str(), ".data" | ".bss"))
+        .collect();
+    let known = data.iter().filter(|s| s.subsystem().is_some()).count();
+    eprintln!("{known} of {} .data/.bss variables have a subsystem", data.len());
     assert!(cached.functions().count() > 40_000);
 
     // An index without sources does not serve a load that wants them (and

@@ -110,7 +110,10 @@ impl FaultRunner for InjectorRunner {
             });
         let injection = RecordInjection::Fault {
             model: recorded::model(spec.model().kind()),
-            subsystem: spec.subsystem().map(str::to_string).or_else(|| landed.and_then(|a| a.subsystem.clone())),
+            subsystem: spec
+                .subsystem_in(&self.model.image)
+                .map(str::to_string)
+                .or_else(|| landed.and_then(|a| a.subsystem.clone())),
             function: spec.function().map(str::to_string).or_else(|| landed.and_then(|a| a.function.clone())),
             description: spec.describe(),
             spec: serde_json::to_value(&spec)?,
@@ -126,7 +129,7 @@ impl FaultRunner for InjectorRunner {
         let spec = self.spec(group, index)?;
         Ok(RecordInjection::Fault {
             model: recorded::model(spec.model().kind()),
-            subsystem: spec.subsystem().map(str::to_string),
+            subsystem: spec.subsystem_in(&self.model.image).map(str::to_string),
             function: spec.function().map(str::to_string),
             description: spec.describe(),
             spec: serde_json::to_value(&spec)?,

@@ -90,7 +90,7 @@ pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
             .map(|(i, s)| Listed {
                 index: *i,
                 model: s.model().kind(),
-                subsystem: s.subsystem(),
+                subsystem: s.subsystem_in(&model.image),
                 function: s.function(),
                 description: s.describe(),
                 spec: s,
@@ -111,7 +111,7 @@ pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
                 "{:>6}  {:<10}  {:<8}  {}",
                 i,
                 s.model().kind().to_string(),
-                s.subsystem().unwrap_or("-"),
+                s.subsystem_in(&model.image).unwrap_or("-"),
                 s.describe()
             );
         }

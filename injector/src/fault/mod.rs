@@ -725,6 +725,18 @@ impl FaultSpec {
         }
     }
 
+    /// The subsystem of the target as `image` knows it: a code fault's
+    /// function's, a data flip's variable's (the source file of the unit
+    /// that defines it). Register, stack and heap flips have none before
+    /// they land (see `inject::Applied::subsystem`).
+    pub fn subsystem_in<'i>(&'i self, image: &'i crate::image::KernelImage) -> Option<&'i str> {
+        match &self.target {
+            Target::Instruction { subsystem, .. } => subsystem.as_deref(),
+            Target::Data { address, .. } => image.symbol_at(*address).and_then(|s| s.subsystem()),
+            _ => None,
+        }
+    }
+
     /// One line for a researcher: what, where, when. For example
     /// `text bit 3 of tcp_v4_rcv+0x40: push %rax -> pop %rax`.
     pub fn describe(&self) -> String {

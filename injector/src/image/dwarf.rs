@@ -50,9 +50,19 @@ pub struct UnitSources {
     pub files: Vec<String>,
     /// `(start, end, index into files)`, sorted by start.
     pub ranges: Vec<(u64, u64, u32)>,
+    /// `(address, index into files)` of the variables a unit defines at
+    /// file scope (a `DW_TAG_variable` child of the unit root with a
+    /// `DW_OP_addr` location), sorted by address.
+    pub variables: Vec<(u64, u32)>,
 }
 
 impl UnitSources {
+    /// The file of the unit that defines the variable at `addr`.
+    pub fn variable_file(&self, addr: u64) -> Option<u32> {
+        let i = self.variables.binary_search_by_key(&addr, |v| v.0).ok()?;
+        Some(self.variables[i].1)
+    }
+
     /// The file whose unit covers `addr`.
     pub fn file_at(&self, addr: u64) -> Option<u32> {
         let i = self.ranges.partition_point(|r| r.0 <= addr);
@@ -81,7 +91,9 @@ pub fn unit_sources(bytes: &[u8], sections: &[(&str, u64, u64)]) -> Result<UnitS
     let dwarf = gimli::Dwarf::load(load)?;
     let gimli = |what| move |source| DwarfError::Gimli { what, source };
 
-    let mut raw: Vec<(String, Vec<(u64, u64)>)> = Vec::new();
+    // Per unit: its path, the code ranges it covers, its variables.
+    type RawUnit = (String, Vec<(u64, u64)>, Vec<u64>);
+    let mut raw: Vec<RawUnit> = Vec::new();
     let mut headers = dwarf.units();
     while let Some(header) = headers.next().map_err(gimli("unit header"))? {
         let unit = dwarf.unit(header).map_err(gimli("unit"))?;
@@ -96,27 +108,59 @@ pub fn unit_sources(bytes: &[u8], sections: &[(&str, u64, u64)]) -> Result<UnitS
                 ranges.push((r.begin, r.end));
             }
         }
-        if !ranges.is_empty() {
-            raw.push((normalize(&path), ranges));
+        let variables = file_scope_variables(&unit).map_err(gimli("unit variables"))?;
+        if !ranges.is_empty() || !variables.is_empty() {
+            raw.push((normalize(&path), ranges, variables));
         }
     }
 
     // The tree's root is where init/main.c lives; generated files sit in the
     // build directory instead and fall back to the first top-level directory.
-    let root = raw.iter().find_map(|(p, _)| p.strip_suffix("/init/main.c")).map(|r| format!("{r}/"));
+    let root = raw.iter().find_map(|(p, _, _)| p.strip_suffix("/init/main.c")).map(|r| format!("{r}/"));
     let mut files = Vec::new();
     let mut file_ids: HashMap<String, u32> = HashMap::new();
     let mut ranges = Vec::new();
-    for (path, unit_ranges) in &raw {
+    let mut variables = Vec::new();
+    for (path, unit_ranges, unit_variables) in &raw {
         let rel = relative(path, root.as_deref());
         let id = *file_ids.entry(rel.clone()).or_insert_with(|| {
             files.push(rel);
             (files.len() - 1) as u32
         });
         ranges.extend(unit_ranges.iter().map(|&(s, e)| (s, e, id)));
+        variables.extend(unit_variables.iter().map(|&a| (a, id)));
     }
     ranges.sort_unstable();
-    Ok(UnitSources { files, ranges })
+    // A variable defined in two units (a header's static copy) keeps the
+    // first unit by address order of the pairs: deterministic either way.
+    variables.sort_unstable();
+    variables.dedup_by_key(|v| v.0);
+    Ok(UnitSources { files, ranges, variables })
+}
+
+/// Addresses of the variables `unit` defines at file scope: children of
+/// its root DIE tagged `DW_TAG_variable` whose location is one
+/// `DW_OP_addr`. Only the root's children are read (the entries tree skips
+/// each child's subtree), not the unit's whole DIE tree.
+fn file_scope_variables<R: gimli::Reader>(unit: &gimli::Unit<R>) -> Result<Vec<u64>, gimli::Error> {
+    let mut out = Vec::new();
+    let mut tree = unit.entries_tree(None)?;
+    let root = tree.root()?;
+    let mut children = root.children();
+    while let Some(child) = children.next()? {
+        let entry = child.entry();
+        if entry.tag() != gimli::DW_TAG_variable {
+            continue;
+        }
+        let Some(gimli::AttributeValue::Exprloc(expr)) = entry.attr_value(gimli::DW_AT_location) else { continue };
+        let mut ops = expr.operations(unit.encoding());
+        if let Ok(Some(gimli::Operation::Address { address })) = ops.next() {
+            if address != 0 {
+                out.push(address);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Removes `.` and `..` components.
@@ -172,7 +216,13 @@ mod tests {
 
     #[test]
     fn ranges_map_addresses_to_files() {
-        let s = UnitSources { files: vec!["a".into(), "b".into()], ranges: vec![(10, 20, 0), (30, 40, 1)] };
+        let s = UnitSources {
+            files: vec!["a".into(), "b".into()],
+            ranges: vec![(10, 20, 0), (30, 40, 1)],
+            variables: vec![(50, 1)],
+        };
+        assert_eq!(s.variable_file(50), Some(1));
+        assert_eq!(s.variable_file(51), None);
         assert_eq!(
             [s.file_at(9), s.file_at(10), s.file_at(19), s.file_at(20), s.file_at(35)],
             [None, Some(0), Some(0), None, Some(1)]

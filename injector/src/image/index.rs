@@ -17,8 +17,9 @@ use super::{Entry, KernelImage, Section, SymbolKind};
 
 const MAGIC: &[u8; 8] = b"KFIIDX\0\x01";
 const END: &[u8; 8] = b"KFIEND\0\x01";
-/// Bumped whenever the layout or what goes into it changes.
-const VERSION: u32 = 1;
+/// Bumped whenever the layout or what goes into it changes (2: variables
+/// carry the source file of the unit that defines them).
+const VERSION: u32 = 2;
 const RECORD: usize = 32;
 
 /// Why an index file could not be decoded.
@@ -305,9 +306,10 @@ mod tests {
     fn damage_is_an_error() {
         let bytes = encode(&sample(), &KEY);
         assert_eq!(decode(b"ELF").unwrap_err(), IndexError::BadMagic);
-        let mut v2 = bytes.clone();
-        v2[8] = 2;
-        assert_eq!(decode(&v2).unwrap_err(), IndexError::Version { found: 2 });
+        // An index of another format version (here the next one).
+        let mut other = bytes.clone();
+        other[8] = (VERSION + 1) as u8;
+        assert_eq!(decode(&other).unwrap_err(), IndexError::Version { found: VERSION + 1 });
         for cut in [9, 40, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }

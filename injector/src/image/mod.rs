@@ -323,7 +323,7 @@ impl KernelImage {
             names.push_str(sym.name);
             let file = match sym.kind {
                 SymbolKind::Function | SymbolKind::Label => units.file_at(sym.address).unwrap_or(NO_FILE),
-                SymbolKind::Object => NO_FILE,
+                SymbolKind::Object => units.variable_file(sym.address).unwrap_or(NO_FILE),
             };
             entries.push(Entry {
                 address: sym.address,
@@ -509,7 +509,11 @@ mod tests {
             ],
             debug_sections: Vec::new(),
         };
-        let units = UnitSources { files: vec!["kernel/work.c".into()], ranges: vec![(0x1000, 0x1280, 0)] };
+        let units = UnitSources {
+            files: vec!["kernel/work.c".into()],
+            ranges: vec![(0x1000, 0x1280, 0)],
+            variables: Vec::new(),
+        };
         KernelImage::build(contents, &units)
     }
 
