@@ -24,7 +24,7 @@ use recovery_sut::cache::{BuildLock, PartialDir};
 use recovery_sut::{Cache, Golden, GuestImage, Sut, VmConfig};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use workloads::DocList;
+use workloads::{DocList, Record, RequestOutcome};
 
 use super::env::Environment;
 use super::experiment;
@@ -199,8 +199,39 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// The golden run's verdict on its clients' records: how many requests
+/// failed, or an error when the service is not healthy. A wrong answer is
+/// a broken service. A request that timed out or lost its connection is
+/// not, while such requests stay rare and the service answers at the end:
+/// the guest under emulation, the workload and the probe's 100 connections
+/// a second can make one wait past its timeout on a 2-core host.
+fn health(records: &[Record], profile: &str) -> Result<usize> {
+    let wrong = records
+        .iter()
+        .filter(|r| matches!(r.outcome, RequestOutcome::WrongContent | RequestOutcome::HttpStatus(_)))
+        .count();
+    let failed = records.iter().filter(|r| !r.is_correct()).count() - wrong;
+    let last_correct = records.iter().max_by(|a, b| a.end.total_cmp(&b.end)).is_some_and(|r| r.is_correct());
+    let too_many = failed as f64 > GOLDEN_FAILED_SHARE * records.len() as f64;
+    if records.is_empty() || wrong > 0 || too_many || !last_correct {
+        bail!(
+            "the golden (fault-free) run got {wrong} wrong answers and {failed} failed requests out of {}{}: the \
+             service is not healthy before any fault, so no experiment could be judged; check the guest with \
+             `kfi boot --guest {profile}`",
+            records.len(),
+            if last_correct || records.is_empty() { "" } else { ", the last one not correct" },
+        );
+    }
+    Ok(failed)
+}
+
+/// The share of a golden run's requests that may fail (time out, lose
+/// their connection) without its service counting as unhealthy.
+const GOLDEN_FAILED_SHARE: f64 = 0.1;
+
 /// Boots the guest once, checks that a fault-free run serves only correct
-/// answers, and freezes the running service as every experiment's start.
+/// answers (a rare request that failed aside), and freezes the running
+/// service as every experiment's start.
 pub fn golden_run(env: &Environment<'_>, docs: &DocList, dir: &Path, campaign: &Campaign) -> Result<Golden> {
     let mut sut = Sut::boot(env.image, &env.config).context("booting the golden system")?;
     let origin = Instant::now();
@@ -232,13 +263,11 @@ pub fn golden_run(env: &Environment<'_>, docs: &DocList, dir: &Path, campaign: &
     if probe_failed > 0 {
         tracing::warn!("{probe_failed} of {} availability-probe requests failed in the golden run", probed.len());
     }
-    let bad = records.iter().filter(|r| !r.is_correct()).count();
-    if records.is_empty() || bad > 0 {
-        bail!(
-            "the golden (fault-free) run got {bad} wrong or failed answers out of {}: the service is not healthy \
-             before any fault, so no experiment could be judged; check the guest with `kfi boot --guest {}`",
-            records.len(),
-            env.provenance.profile
+    let failed = health(&records, &env.provenance.profile.to_string())?;
+    if failed > 0 {
+        tracing::warn!(
+            "{failed} of {} requests of the golden run timed out or lost their connection; every answer was right",
+            records.len()
         );
     }
     let golden = sut.freeze(dir).context("freezing the golden snapshot")?;
@@ -272,6 +301,28 @@ mod tests {
             workload: serde_json::json!({"kind": "apache", "clients": 2, "warmup_s": 1.0}),
             seed: 2024,
         }
+    }
+
+    #[test]
+    fn a_golden_run_refuses_wrong_answers_and_tolerates_a_rare_failed_request() {
+        let record =
+            |end: f64, outcome| Record { start: end - 0.01, end, path: "/index.html".into(), outcome, bytes: 0 };
+        let mut records: Vec<Record> = (1..=20).map(|i| record(f64::from(i) * 0.05, RequestOutcome::Ok)).collect();
+        assert_eq!(health(&records, "tiny").unwrap(), 0);
+        records[3].outcome = RequestOutcome::Timeout;
+        assert_eq!(health(&records, "tiny").unwrap(), 1, "one timeout in 20");
+        records[4].outcome = RequestOutcome::IoError;
+        records[5].outcome = RequestOutcome::ConnectError;
+        let err = health(&records, "tiny").unwrap_err().to_string();
+        assert!(err.contains("0 wrong answers and 3 failed requests out of 20"), "{err}");
+        let mut wrong: Vec<Record> = (1..=20).map(|i| record(f64::from(i) * 0.05, RequestOutcome::Ok)).collect();
+        wrong[7].outcome = RequestOutcome::WrongContent;
+        assert!(health(&wrong, "tiny").unwrap_err().to_string().contains("1 wrong answers"));
+        let mut ends_failed: Vec<Record> = (1..=20).map(|i| record(f64::from(i) * 0.05, RequestOutcome::Ok)).collect();
+        ends_failed[19].outcome = RequestOutcome::Timeout;
+        let err = health(&ends_failed, "tiny").unwrap_err().to_string();
+        assert!(err.contains("the last one not correct") && err.contains("kfi boot --guest tiny"), "{err}");
+        assert!(health(&[], "tiny").is_err());
     }
 
     #[test]
