@@ -140,11 +140,11 @@ pub struct ReportSummary {
 /// faults; then the group with most experiments.
 pub fn headline(records: &[ExperimentRecord]) -> Option<Headline> {
     let stats = tables::downtime_stats(records);
-    let reference = |s: &DowntimeStats| {
+    // The full-reboot row of a strategy's (workload, failure class) group.
+    let full_reboot = |s: &DowntimeStats| {
         stats
             .iter()
             .find(|r| r.workload == s.workload && r.failure == s.failure && r.strategy == RecordedStrategy::FullReboot)
-            .and_then(|r| r.summary)
     };
     let rank = |a: &DowntimeStats, b: &DowntimeStats| {
         let key = |s: &DowntimeStats| {
@@ -167,7 +167,7 @@ pub fn headline(records: &[ExperimentRecord]) -> Option<Headline> {
         }
     }
     let best = best?;
-    let reference = reference(best)?;
+    let reference = full_reboot(best).and_then(|r| r.summary)?;
     let summary = best.summary?;
     let in_group: Vec<&ExperimentRecord> = records
         .iter()
@@ -201,12 +201,7 @@ pub fn headline(records: &[ExperimentRecord]) -> Option<Headline> {
     let credited: Vec<&ExperimentRecord> = credited.into_iter().filter(|r| tables::recovered(r)).collect();
     let (summary, probe_reduction) = if ran_as_itself && best.fallbacks > 0 {
         let own = Summary::of(&credited.iter().filter_map(|r| r.downtime_s).collect::<Vec<_>>())?;
-        let probe_reference = stats
-            .iter()
-            .find(|r| {
-                r.workload == best.workload && r.failure == best.failure && r.strategy == RecordedStrategy::FullReboot
-            })
-            .and_then(|r| r.probe);
+        let probe_reference = full_reboot(best).and_then(|r| r.probe);
         let probed = Summary::of(&credited.iter().filter_map(|r| r.probe_outage_s).collect::<Vec<_>>());
         let probe_reduction = match (probed, probe_reference) {
             (Some(p), Some(r)) if r.median > 0.0 => Some(1.0 - p.median / r.median),

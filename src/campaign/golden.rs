@@ -24,7 +24,7 @@ use recovery_sut::cache::{BuildLock, PartialDir};
 use recovery_sut::{Cache, Golden, GuestImage, Sut, VmConfig};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use workloads::{DocList, Record, RequestOutcome};
+use workloads::{DocList, Record};
 
 use super::env::Environment;
 use super::experiment;
@@ -206,10 +206,7 @@ impl std::fmt::Display for Source {
 /// the guest under emulation, the workload and the probe's 100 connections
 /// a second can make one wait past its timeout on a 2-core host.
 fn health(records: &[Record], profile: &str) -> Result<usize> {
-    let wrong = records
-        .iter()
-        .filter(|r| matches!(r.outcome, RequestOutcome::WrongContent | RequestOutcome::HttpStatus(_)))
-        .count();
+    let wrong = records.iter().filter(|r| r.outcome.is_response() && !r.is_correct()).count();
     let failed = records.iter().filter(|r| !r.is_correct()).count() - wrong;
     let last_correct = records.iter().max_by(|a, b| a.end.total_cmp(&b.end)).is_some_and(|r| r.is_correct());
     let too_many = failed as f64 > GOLDEN_FAILED_SHARE * records.len() as f64;
@@ -278,6 +275,7 @@ pub fn golden_run(env: &Environment<'_>, docs: &DocList, dir: &Path, campaign: &
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use workloads::RequestOutcome;
 
     fn inputs() -> KeyInputs {
         KeyInputs {

@@ -29,8 +29,8 @@ pub mod timeline;
 pub use docs::{Doc, DocList, DocsError, RequestPicker};
 pub use downtime::{analyze, Downtime, DowntimeConfig, DowntimeError, DowntimeReport, Recovery, ThroughputRecovery};
 pub use loadgen::{
-    run, run_blocking, run_blocking_observed, run_blocking_until, run_observed, run_until, ClosedLoop, LoadError,
-    LoadProgress, LoadSpec, Mode, OpenLoop,
+    run, run_blocking, run_blocking_observed, run_blocking_until, run_until, ClosedLoop, LoadError, LoadProgress,
+    LoadSpec, Mode, OpenLoop,
 };
 pub use record::{seconds_since, Record, RequestOutcome};
 pub use timeline::{Bin, Timeline, TimelineError};

@@ -256,24 +256,14 @@ pub async fn run(
     spec: &LoadSpec,
     origin: Instant,
 ) -> Result<Vec<Record>, LoadError> {
-    run_until(target, docs, spec, origin, Arc::new(AtomicBool::new(false))).await
+    run_until(target, docs, spec, origin, Arc::new(AtomicBool::new(false)), None).await
 }
 
 /// [`run`], ending early once `stop` is set: no request starts after that,
 /// and those in flight finish (each by its own deadline). The duration
-/// stays an upper bound.
+/// stays an upper bound. `progress`, if given, is told of every correct
+/// answer as it ends.
 pub async fn run_until(
-    target: SocketAddr,
-    docs: &DocList,
-    spec: &LoadSpec,
-    origin: Instant,
-    stop: Arc<AtomicBool>,
-) -> Result<Vec<Record>, LoadError> {
-    run_observed(target, docs, spec, origin, stop, None).await
-}
-
-/// [`run_until`], telling `progress` of every correct answer as it ends.
-pub async fn run_observed(
     target: SocketAddr,
     docs: &DocList,
     spec: &LoadSpec,
@@ -333,7 +323,7 @@ pub fn run_blocking_until(
     run_blocking_observed(target, docs, spec, origin, stop, None)
 }
 
-/// [`run_observed`] on a runtime of its own.
+/// [`run_until`] with `progress` on a runtime of its own.
 pub fn run_blocking_observed(
     target: SocketAddr,
     docs: &DocList,
@@ -343,5 +333,5 @@ pub fn run_blocking_observed(
     progress: Option<Arc<LoadProgress>>,
 ) -> Result<Vec<Record>, LoadError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(LoadError::Runtime)?;
-    runtime.block_on(run_observed(target, docs, spec, origin, stop, progress))
+    runtime.block_on(run_until(target, docs, spec, origin, stop, progress))
 }
