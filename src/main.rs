@@ -176,9 +176,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inject(args) => cli::inject::cmd(&cache, args),
         Command::Campaign(cli::campaign::CampaignCommand::Run(args)) => cli::campaign::run(&cache, args),
         Command::Campaign(cli::campaign::CampaignCommand::Status(args)) => cli::campaign::status(args),
-        Command::Campaign(cli::campaign::CampaignCommand::Merge { into, from, allow_mixed }) => {
-            cli::campaign::merge(&into, &from, allow_mixed)
+        Command::Campaign(cli::campaign::CampaignCommand::Merge { into, from, allow_mixed, scratch }) => {
+            cli::campaign::merge(&into, &from, allow_mixed, scratch.as_deref())
         }
+        Command::Campaign(cli::campaign::CampaignCommand::Slurm(args)) => cli::campaign::slurm(&cache, args),
         Command::Replay(args) => cli::campaign::replay(&cache, args),
         Command::Report(args) => cli::campaign::report(args),
         Command::Reproduce(args) => cli::campaign::reproduce(&cache, args),
@@ -214,9 +215,14 @@ mod tests {
         (&["check", "x.toml"], "--tolerance"),
         (&["check", "x.toml"], "--slack"),
         (&["kernel", "fetch"], "--from"),
+        (&["campaign", "slurm", "x.toml"], "--shards"),
+        (&["campaign", "slurm", "x.toml", "--shards", "2"], "--cpus-per-task"),
+        (&["campaign", "slurm", "x.toml", "--shards", "2"], "--time"),
+        (&["campaign", "slurm", "x.toml", "--shards", "2"], "--partition"),
+        (&["campaign", "run", "x.toml"], "--scratch"),
     ];
-    /// Of those, the ones that take any text (a path): no number is refused.
-    const TEXT_FLAGS: &[&str] = &["--from"];
+    /// Of those, the ones that take any text (a path, Slurm's own notation): no number is refused.
+    const TEXT_FLAGS: &[&str] = &["--from", "--time", "--partition", "--scratch"];
 
     proptest! {
         // clap's value parsers (kfi's duration parser among them) return

@@ -593,7 +593,7 @@ pub fn report_from_store(
     if !file.is_file() {
         return Err(ReportError::NoStore { path: file });
     }
-    let store = Store::open(&file)?;
+    let store = Store::open_read_only(&file)?;
     let metas = store.campaigns()?;
     let (records, metas) = match campaign {
         Some(name) => {

@@ -333,6 +333,22 @@ pub enum StoreError {
         /// Its value.
         value: u64,
     },
+    /// A complete copy of the store could not be written.
+    #[error(
+        "cannot copy campaign store {path} to {dest} ({what}); check that the destination directory exists, is \
+         writable and has room"
+    )]
+    Copy {
+        /// Store file.
+        path: PathBuf,
+        /// Where the copy was going.
+        dest: PathBuf,
+        /// Step that failed.
+        what: &'static str,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Any other SQLite failure.
     #[error("campaign store {path}: {what} failed")]
     Sql {
@@ -388,6 +404,54 @@ impl Store {
         let store = Store { conn: Mutex::new(conn), path };
         store.init_schema()?;
         Ok(store)
+    }
+
+    /// Opens an existing store for reading only: it changes nothing in
+    /// the file (a store copied onto a shared filesystem by
+    /// [`Store::copy_complete_to`] stays in rollback-journal mode).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        Ok(Store { conn: Mutex::new(open_read_only(&path)?), path })
+    }
+
+    /// Writes a consistent copy of the whole store to `dest`, atomically:
+    /// a reader of `dest` sees the previous copy or this one, never a part.
+    /// The copy is one self-contained file in rollback-journal mode (no
+    /// `-wal` or `-shm` beside it), so it can live on a network filesystem
+    /// where WAL's shared memory does not work; opening it with
+    /// [`Store::open`] on a local disk turns WAL back on.
+    pub fn copy_complete_to(&self, dest: &Path) -> Result<(), StoreError> {
+        let err = |what: &'static str| {
+            let (path, dest) = (self.path.clone(), dest.to_path_buf());
+            move |source: std::io::Error| StoreError::Copy { path, dest, what, source }
+        };
+        let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(err("create the directory"))?;
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| STORE_FILE.into());
+        let partial = dir.join(format!(".{name}.partial-{}", std::process::id()));
+        match std::fs::remove_file(&partial) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err("remove a stale partial copy")(e)),
+            _ => {}
+        }
+        let sql = |what: &'static str| {
+            let path = self.path.clone();
+            move |source| StoreError::Sql { path, what, source }
+        };
+        let target = partial.to_str().ok_or_else(|| {
+            err("name the copy")(std::io::Error::new(std::io::ErrorKind::InvalidInput, "path is not UTF-8"))
+        })?;
+        self.lock().execute("VACUUM INTO ?1", [target]).map_err(sql("VACUUM INTO"))?;
+        {
+            let copy = Connection::open(&partial).map_err(sql("open the copy"))?;
+            let mode: String =
+                copy.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0)).map_err(sql("journal_mode=DELETE"))?;
+            debug_assert!(mode.eq_ignore_ascii_case("delete"), "{mode}");
+        }
+        std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(err("sync the copy"))?;
+        std::fs::rename(&partial, dest).map_err(err("rename the copy into place"))?;
+        // The rename itself must reach the disk before the caller relies on it.
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err("sync the directory"))?;
+        Ok(())
     }
 
     /// The store's file.
@@ -1004,6 +1068,39 @@ mod tests {
         assert_eq!(store.all_records().unwrap().len() as i64, before);
         assert_eq!(read_version(&store.lock()).unwrap(), Some(SCHEMA_VERSION));
         store.record_image_packages("x", "y").unwrap();
+    }
+
+    #[test]
+    fn a_complete_copy_holds_every_record_in_one_file_and_replaces_the_previous_copy() {
+        let dir = crate::testdir::TestDir::new();
+        let store = open_fixture(&dir.path().join("local"));
+        let records = fixture::records();
+        store.insert(&records[0]).unwrap();
+        let shared = dir.path().join("shared").join("shard").join(STORE_FILE);
+        store.copy_complete_to(&shared).unwrap();
+        for r in &records[1..4] {
+            store.insert(r).unwrap();
+        }
+        // The writer still has its WAL open; the copy has every committed record.
+        store.copy_complete_to(&shared).unwrap();
+        let names: Vec<String> = std::fs::read_dir(shared.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [STORE_FILE], "no -wal, -shm or partial file beside the copy");
+        let copy = Store::open_read_only(&shared).unwrap();
+        assert_eq!(copy.records(fixture::CAMPAIGN).unwrap(), records[..4]);
+        let mode: String = copy.lock().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "delete");
+        assert!(copy.insert(&records[5]).is_err(), "read-only");
+        drop(copy);
+        assert_eq!(std::fs::read_dir(shared.parent().unwrap()).unwrap().count(), 1, "reading wrote nothing");
+
+        // A copy into an unwritable place names both files and the fix.
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, "").unwrap();
+        let err = store.copy_complete_to(&blocker.join(STORE_FILE)).unwrap_err().to_string();
+        assert!(err.contains("cannot copy campaign store") && err.contains("writable"), "{err}");
     }
 
     fn open_fixture(dir: &Path) -> Store {

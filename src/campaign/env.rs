@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use analysis::record::Provenance;
+use analysis::record::{ExperimentRecord, Provenance};
 use analysis::store::{CampaignMeta, Store};
 use anyhow::{Context, Result};
 use recovery_sut::VmConfig;
@@ -70,6 +70,11 @@ pub struct RunOptions {
     /// Store records of another environment (kernel, image, QEMU,
     /// accelerator) beside the stored ones instead of refusing to resume.
     pub allow_mixed: bool,
+    /// Keep the store and the golden snapshot in this (node-local)
+    /// directory while the run works, and copy the store, complete, into
+    /// `results` after every record and when the run ends: SQLite's WAL
+    /// needs a local filesystem, `results` may be a shared one.
+    pub scratch: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -85,8 +90,97 @@ impl RunOptions {
             retry_errors: false,
             keep_golden: false,
             allow_mixed: false,
+            scratch: None,
         }
     }
+
+    /// Where the run's store and golden snapshot live while it works.
+    pub fn work_dir(&self) -> &Path {
+        self.scratch.as_deref().unwrap_or(&self.results)
+    }
+
+    /// Starts a run in `--scratch` (see [`seed_scratch`]).
+    pub fn seed_scratch(&self) -> Result<()> {
+        self.scratch.as_deref().map_or(Ok(()), |scratch| seed_scratch(scratch, &self.results))
+    }
+
+    /// Copies the scratch store, complete, into the results directory
+    /// (nothing to do without `--scratch`).
+    pub fn publish(&self, store: &Store) -> Result<()> {
+        if self.scratch.is_some() {
+            store.copy_complete_to(&store_path(&self.results))?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts work in `scratch` on the store of `results`: the scratch store
+/// becomes a copy of the one in `results` (the authority: a task
+/// resubmitted after a node failure lands on another node), or none.
+pub fn seed_scratch(scratch: &Path, results: &Path) -> Result<()> {
+    let local = store_path(scratch);
+    // A stale WAL beside a replaced database would be replayed into it.
+    for path in [local.clone(), wal_file(&local, "-wal"), wal_file(&local, "-shm")] {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing the stale scratch store file {}", path.display()))
+            }
+            _ => {}
+        }
+    }
+    let shared = store_path(results);
+    if shared.exists() {
+        Store::open_read_only(&shared)?
+            .copy_complete_to(&local)
+            .with_context(|| format!("starting the scratch store from {}", shared.display()))?;
+    }
+    Ok(())
+}
+
+/// Ends work in `scratch`: the last complete copy of its store into
+/// `results`, then the scratch store goes (and the directory, if empty).
+/// A copy that fails leaves the scratch store in place and says where.
+pub fn finish_scratch(scratch: &Path, results: &Path) -> Result<()> {
+    let local = store_path(scratch);
+    if !local.exists() {
+        return Ok(());
+    }
+    Store::open(&local)
+        .map_err(anyhow::Error::from)
+        .and_then(|store| Ok(store.copy_complete_to(&store_path(results))?))
+        .with_context(|| {
+            format!(
+                "the records are in {} but could not be copied into {}; copy that file there by hand once the \
+                 results directory is reachable",
+                local.display(),
+                results.display()
+            )
+        })?;
+    for path in [wal_file(&local, "-wal"), wal_file(&local, "-shm"), local] {
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_dir(scratch);
+    Ok(())
+}
+
+fn wal_file(store: &Path, suffix: &str) -> PathBuf {
+    let mut name = store.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Stores one experiment's record (over its `harness-error` record with
+/// `--retry-errors`) and, with `--scratch`, copies the store into the
+/// results directory. A failed copy is a warning: the record is safe in
+/// the scratch store and the next one, or the run's end, copies it.
+pub fn store_record(store: &Store, record: &ExperimentRecord, opts: &RunOptions) -> Result<()> {
+    if opts.retry_errors { store.insert_over_harness_error(record) } else { store.insert(record) }
+        .with_context(|| format!("storing experiment {}", record.experiment))?;
+    if let Err(e) = opts.publish(store) {
+        tracing::warn!("{e:#}");
+        eprintln!("kfi: {e:#} (it is copied again after the next experiment)");
+    }
+    Ok(())
 }
 
 /// `--retries` unless told otherwise.
@@ -204,7 +298,7 @@ pub struct Environment<'a> {
 /// refuses to resume it in another environment than its stored records'
 /// unless `allow_mixed`, and keeps the image's package list.
 pub fn open_store_for(campaign: &Campaign, env: &Environment<'_>, opts: &RunOptions) -> Result<Store> {
-    let store = open_store(campaign, &opts.results)?;
+    let store = open_store(campaign, opts.work_dir())?;
     check_environment(&store, &campaign.file.name, &env.provenance, opts.allow_mixed)?;
     if let (Some(sha), Some(list)) = (&env.provenance.image_packages, &env.image_packages) {
         store.record_image_packages(sha, list)?;

@@ -11,7 +11,8 @@
 //! key), `golden_slot` (a running campaign's golden snapshot, made anew
 //! when it breaks), `restore` (the `[restore]` measurements) and `runner` (workers,
 //! resume), then `ops` (what the commands do: run, status,
-//! replay, check, reproduce). `check` and `compare` work on stored records
+//! replay, check, reproduce) and `slurm` (a campaign's shards as a Slurm
+//! job array plus a merge job, and their progress). `check` and `compare` work on stored records
 //! only.
 
 pub mod check;
@@ -25,4 +26,5 @@ pub mod ops;
 pub mod recorded;
 pub mod restore;
 pub mod runner;
+pub mod slurm;
 pub mod spec;

@@ -20,10 +20,11 @@ use recovery_sut::{AccelChoice, Cache, KernelChoice, VmConfig};
 use serde::Serialize;
 
 use super::check::{self, Baseline};
-use super::env::{store_path, Environment, RunOptions, RunSummary};
+use super::env::{self, store_path, Environment, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
 use super::golden::{self, KeptGolden, Source};
-use super::spec::{Campaign, GuestProfile, Planned, WorkloadKind};
+use super::slurm::{self, SlurmOptions};
+use super::spec::{AccelName, Campaign, GuestProfile, Planned, WorkloadKind};
 use super::{compare, faults, restore, runner};
 use crate::setup::{prepare_guest, Prepared};
 
@@ -119,7 +120,13 @@ pub fn run_campaign(
     };
     let env =
         Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
-    runner::run(campaign, &env, opts, kept.as_ref())
+    opts.seed_scratch()?;
+    let ran = runner::run(campaign, &env, opts, kept.as_ref());
+    // Whether it ended, stopped or failed: what it stored reaches the results directory.
+    if let Some(scratch) = &opts.scratch {
+        env::finish_scratch(scratch, &opts.results)?;
+    }
+    ran
 }
 
 /// How far a campaign got.
@@ -129,7 +136,8 @@ pub struct Status {
     pub campaign: String,
     /// Experiments in the campaign.
     pub total: usize,
-    /// Stored.
+    /// Stored (in the results directory's store or, for a campaign run
+    /// through `kfi campaign slurm`, in any shard's).
     pub done: usize,
     /// Stored records by outcome.
     pub outcomes: BTreeMap<String, u64>,
@@ -140,31 +148,98 @@ pub struct Status {
     pub harness_errors: Vec<(u64, String)>,
     /// The store.
     pub store: PathBuf,
+    /// Each shard of a campaign run through `kfi campaign slurm`.
+    pub shards: Vec<slurm::ShardProgress>,
 }
 
-/// Reads how far a campaign got from its store.
+impl Status {
+    /// Whether every experiment is stored.
+    pub fn complete(&self) -> bool {
+        self.done == self.total
+    }
+
+    /// What `kfi campaign status` prints (`file`: the experiment file, for
+    /// the commands it suggests).
+    pub fn describe(&self, file: &Path) -> String {
+        let mut out =
+            format!("{}: {}/{} experiments stored in {}\n", self.campaign, self.done, self.total, self.store.display());
+        for (outcome, n) in &self.outcomes {
+            out += &format!("  {outcome:<14} {n}\n");
+        }
+        if !self.next.is_empty() {
+            out += &format!("  next: {}\n", self.next.iter().map(u64::to_string).collect::<Vec<_>>().join(", "));
+        }
+        for (i, error) in &self.harness_errors {
+            out += &format!("  harness-error {i}: {error}\n");
+        }
+        if !self.harness_errors.is_empty() {
+            out += &format!("  rerun them with `kfi campaign run {} --retry-errors`\n", file.display());
+        }
+        for p in &self.shards {
+            out += &format!(
+                "  shard {}/{}: {} of {} stored, {} pending, {} harness-error{}\n",
+                p.shard,
+                p.of,
+                p.stored,
+                p.total,
+                p.pending(),
+                p.harness_errors,
+                p.job.as_deref().map(|j| format!(", job {j}")).unwrap_or_default()
+            );
+        }
+        let unfinished: Vec<String> =
+            self.shards.iter().filter(|p| p.pending() > 0).map(|p| p.shard.to_string()).collect();
+        if !unfinished.is_empty() && self.shards.iter().all(|p| p.job.is_none()) {
+            out += &format!(
+                "  shards {} have experiments to run: `kfi campaign slurm {} --shards {} --submit` runs only those\n",
+                unfinished.join(", "),
+                file.display(),
+                self.shards.len()
+            );
+        }
+        out
+    }
+}
+
+/// How far a campaign got, from the results directory's store and, for a
+/// campaign run through `kfi campaign slurm`, its shards' stores (read
+/// only: they may sit on a shared filesystem).
 pub fn status(campaign: &Campaign, results: &Path, file: &Path) -> Result<Status> {
+    let shards = slurm::progress(campaign, results)?;
     let path = store_path(results);
-    if !path.exists() {
+    // The merged store first: a record there is the one the report uses.
+    let mut stores = vec![path.clone()];
+    stores.extend(
+        (1..=shards.len() as u64).map(|index| {
+            store_path(&slurm::shard_dir(results, super::env::Shard { index, count: shards.len() as u64 }))
+        }),
+    );
+    stores.retain(|p| p.exists());
+    if stores.is_empty() {
         bail!(
-            "no results for campaign `{}` in {}: start it with `kfi campaign run {}`",
+            "no results for campaign `{}` in {}: start it with `kfi campaign run {}`{}",
             campaign.file.name,
             results.display(),
-            file.display()
+            file.display(),
+            if shards.is_empty() { "" } else { " (or wait: no shard has stored an experiment yet)" }
         );
     }
-    let records = Store::open(&path)?.records(&campaign.file.name)?;
+    let mut records = BTreeMap::new();
+    for store in &stores {
+        for r in Store::open_read_only(store)?.records(&campaign.file.name)? {
+            records.entry(r.experiment).or_insert(r);
+        }
+    }
     let mut outcomes = BTreeMap::<String, u64>::new();
-    for r in &records {
+    for r in records.values() {
         *outcomes.entry(r.outcome.to_string()).or_default() += 1;
     }
-    let done: BTreeSet<u64> = records.iter().map(|r| r.experiment).collect();
     let harness_errors = records
-        .iter()
+        .values()
         .filter_map(|r| r.harness_error.as_ref().map(|h| (r.experiment, h.errors.last().cloned().unwrap_or_default())))
         .collect();
     let all = campaign.expand();
-    let next: Vec<u64> = all.iter().map(|p| p.index).filter(|i| !done.contains(i)).take(5).collect();
+    let next: Vec<u64> = all.iter().map(|p| p.index).filter(|i| !records.contains_key(i)).take(5).collect();
     Ok(Status {
         campaign: campaign.file.name.clone(),
         total: all.len(),
@@ -173,15 +248,76 @@ pub fn status(campaign: &Campaign, results: &Path, file: &Path) -> Result<Status
         next,
         harness_errors,
         store: path,
+        shards,
     })
 }
 
-/// Imports shard stores into `into`; per source, what was imported.
-/// Records of a different environment are refused unless `allow_mixed`.
-pub fn merge(into: &Path, from: &[PathBuf], allow_mixed: bool) -> Result<Vec<(PathBuf, MergeSummary)>> {
+/// Imports the stores of the results directories `from` into the one of
+/// `into`. With `scratch`, the merge works on a store in that (node-local)
+/// directory and copies it, complete, into `into` at the end: `into` may
+/// be on a shared filesystem, where SQLite's WAL does not work.
+pub fn merge(
+    into: &Path,
+    from: &[PathBuf],
+    allow_mixed: bool,
+    scratch: Option<&Path>,
+) -> Result<Vec<(PathBuf, MergeSummary)>> {
     std::fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
-    let store = Store::open(store_path(into))?;
-    from.iter().map(|dir| Ok((dir.clone(), store.merge_from(store_path(dir), allow_mixed)?))).collect()
+    if let Some(scratch) = scratch {
+        env::seed_scratch(scratch, into)?;
+    }
+    let merged = (|| {
+        let store = Store::open(store_path(scratch.unwrap_or(into)))?;
+        from.iter().map(|dir| Ok((dir.clone(), store.merge_from(store_path(dir), allow_mixed)?))).collect()
+    })();
+    if let Some(scratch) = scratch {
+        env::finish_scratch(scratch, into)?;
+    }
+    merged
+}
+
+/// `kfi campaign slurm`: refuses bad input, prepares the guest once in
+/// the cache the tasks share (kernel, image, and for fault campaigns the
+/// symbol index), pins the accelerator, writes the job scripts, and
+/// submits the shards that have experiments to run when asked.
+pub fn slurm(
+    cache: &Cache,
+    campaign: &Campaign,
+    file: &Path,
+    opts: &SlurmOptions,
+    steps: &dyn Steps,
+) -> Result<slurm::Prepared> {
+    slurm::check(campaign, opts)?;
+    let step = |m: &str| steps.step(m);
+    let (prepared, ..) = prepare(cache, campaign, &step)?;
+    faults::runner_for(cache, campaign, &step)?;
+    steps.setup_done();
+    let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
+    let launch = slurm::Launch {
+        kfi: std::env::current_exe().context("finding the kfi binary the tasks run")?,
+        workdir: std::env::current_dir().context("reading the working directory")?,
+        file: absolute(file)?,
+        cache: absolute(cache.root())?,
+        kernel_lock: absolute(&crate::setup::kernel_lock_path())?,
+        accel: match prepared.decision.accel {
+            recovery_sut::Accel::Tcg => AccelName::Tcg,
+            recovery_sut::Accel::Kvm => AccelName::Kvm,
+        },
+    };
+    let opts = SlurmOptions { results: absolute(&opts.results)?, ..opts.clone() };
+    let scripts = slurm::write(campaign, &opts, &launch)?;
+    let pending = slurm::pending_shards(campaign, &opts.results)?;
+    let submission = match opts.submit {
+        true => Some(slurm::submit(&scripts, &pending, &opts.results)?),
+        false => None,
+    };
+    Ok(slurm::Prepared {
+        submit_command: slurm::submit_command(&scripts, &pending)?,
+        scripts,
+        accel: launch.accel,
+        pending_shards: pending,
+        submission,
+    })
 }
 
 /// One experiment run again, next to its stored record.

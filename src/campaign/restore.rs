@@ -28,7 +28,7 @@ use recovery_sut::storage::{self, LoopDevice, ReadThrottle, Storage};
 use recovery_sut::vm::save;
 use recovery_sut::{memory, private, probe, Vm, VmConfig, VmError};
 
-use super::env::{Environment, GoldenDir, RunOptions, RunSummary};
+use super::env::{store_record, Environment, GoldenDir, RunOptions, RunSummary};
 use super::spec::restore::{CacheState, Reduction, RestorePath, RestorePoint, RestoreSpec};
 use super::spec::{Action, Campaign, ExperimentFile, Planned};
 
@@ -321,7 +321,7 @@ pub fn run(
     started: Instant,
 ) -> Result<RunSummary> {
     let Some(spec) = &campaign.file.restore else { bail!("{} has no [restore] table", campaign.path.display()) };
-    let golden = GoldenDir::create(&opts.results)?;
+    let golden = GoldenDir::create(opts.work_dir())?;
     let bar = crate::progress::progress_bar(todo.len() as u64);
     let mut prep: Option<Prepared> = None;
     let mut overhead = (0.0, 0.0);
@@ -369,11 +369,7 @@ pub fn run(
                 }
             }
         };
-        match result.and_then(|r| {
-            if opts.retry_errors { store.insert_over_harness_error(&r) } else { store.insert(&r) }
-                .with_context(|| format!("storing experiment {}", planned.index))?;
-            Ok(r)
-        }) {
+        match result.and_then(|r| store_record(store, &r, opts).map(|()| r)) {
             Ok(r) => {
                 summary.ran += 1;
                 *summary.outcomes.entry(r.outcome.to_string()).or_default() += 1;

@@ -14,10 +14,10 @@ use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 
 use analysis::record::ExperimentRecord;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use workloads::DocList;
 
-use super::env::{open_store_for, pending, store_path, Environment, GoldenDir, RunOptions, RunSummary};
+use super::env::{open_store_for, pending, store_path, store_record, Environment, GoldenDir, RunOptions, RunSummary};
 use super::experiment::{self, Shared};
 use super::golden::{golden_run, KeptGolden, Source};
 use super::golden_slot::GoldenSlot;
@@ -71,7 +71,7 @@ pub fn run(
     // snapshot is made anew in its own place.
     let home = match kept {
         Some(kept) => GoldenHome::Kept(kept),
-        None => GoldenHome::Own(GoldenDir::create(&opts.results)?),
+        None => GoldenHome::Own(GoldenDir::create(opts.work_dir())?),
     };
     let (golden, source) = match &home {
         GoldenHome::Kept(kept) => kept.obtain(env, &docs, campaign)?,
@@ -107,11 +107,7 @@ pub fn run(
         }
         drop(tx);
         for (planned, result) in rx {
-            match result.and_then(|record| {
-                if opts.retry_errors { store.insert_over_harness_error(&record) } else { store.insert(&record) }
-                    .with_context(|| format!("storing experiment {}", planned.index))?;
-                Ok(record)
-            }) {
+            match result.and_then(|record| store_record(&store, &record, opts).map(|()| record)) {
                 Ok(record) => {
                     summary.ran += 1;
                     *summary.outcomes.entry(record.outcome.to_string()).or_default() += 1;

@@ -101,6 +101,27 @@ pub enum AccelName {
     Kvm,
 }
 
+impl GuestProfile {
+    /// The name experiment files and `--guest` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestProfile::Tiny => "tiny",
+            GuestProfile::Debian => "debian",
+        }
+    }
+}
+
+impl AccelName {
+    /// The name experiment files and `--accel` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccelName::Auto => "auto",
+            AccelName::Tcg => "tcg",
+            AccelName::Kvm => "kvm",
+        }
+    }
+}
+
 impl From<AccelName> for AccelChoice {
     fn from(a: AccelName) -> AccelChoice {
         match a {
@@ -458,15 +479,37 @@ impl Campaign {
         if self.file.guest.profile == profile {
             return self;
         }
-        let name = match profile {
-            GuestProfile::Tiny => "tiny",
-            GuestProfile::Debian => "debian",
-        };
+        let name = profile.as_str();
         self.file.guest.profile = profile;
         self.file.guest.memory_mb = None;
         self.file.name = format!("{}-{name}", self.file.name);
         self.sha256 = hex::encode(Sha256::digest(format!("{}:{name}", self.sha256).as_bytes()));
         self
+    }
+
+    /// The campaign on accelerator `accel` (`--accel` of a cluster task):
+    /// it settles a file's `auto`, and refuses to contradict a file that
+    /// names one. The campaign stays the same one (records name their
+    /// accelerator, and a store refuses records of another).
+    pub fn pinned_to(mut self, accel: AccelName) -> Result<Campaign, ExperimentFileError> {
+        match (self.file.guest.accel, accel) {
+            (_, AccelName::Auto) => {}
+            (AccelName::Auto, pinned) => self.file.guest.accel = pinned,
+            (named, pinned) if named == pinned => {}
+            (named, pinned) => {
+                return Err(ExperimentFileError::Invalid {
+                    path: self.path.clone(),
+                    key: "guest.accel".into(),
+                    problem: format!(
+                        "the file runs on {} but --accel {} was given; drop --accel or change the file (every shard \
+                         of a campaign must use one accelerator)",
+                        named.as_str(),
+                        pinned.as_str()
+                    ),
+                });
+            }
+        }
+        Ok(self)
     }
 
     /// The numbered experiments, in a fixed order: inject tables in file
@@ -680,6 +723,20 @@ strategies = ["full-reboot", "service-restore"]
         assert_eq!(planned[0].key(), "crash=sysrq strategy=full-reboot rep=0");
         assert_eq!(planned[15].key(), "fault=2 strategy=service-restore rep=1");
         assert_eq!(c.file.observe, ObserveSpec::default());
+    }
+
+    #[test]
+    fn accel_pins_an_auto_file_and_refuses_to_contradict_a_named_one() {
+        let auto = parse(GOOD).unwrap();
+        assert_eq!(auto.file.guest.accel, AccelName::Auto);
+        let (name, sha) = (auto.file.name.clone(), auto.sha256.clone());
+        let pinned = auto.pinned_to(AccelName::Tcg).unwrap();
+        assert_eq!(pinned.file.guest.accel, AccelName::Tcg);
+        assert_eq!((pinned.file.name.clone(), pinned.sha256.clone()), (name, sha), "the same campaign");
+        assert_eq!(pinned.clone().pinned_to(AccelName::Tcg).unwrap().file.guest.accel, AccelName::Tcg);
+        assert_eq!(pinned.clone().pinned_to(AccelName::Auto).unwrap().file.guest.accel, AccelName::Tcg);
+        let err = pinned.pinned_to(AccelName::Kvm).unwrap_err().to_string();
+        assert!(err.contains("guest.accel") && err.contains("runs on tcg but --accel kvm"), "{err}");
     }
 
     #[test]

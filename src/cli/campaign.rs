@@ -1,7 +1,7 @@
 //! `kfi campaign run|status|merge`, `kfi replay`, `kfi report` and
 //! `kfi reproduce`: argument structs and their wiring.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,7 +9,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use kfi::campaign::env::{RunOptions, Shard};
 use kfi::campaign::ops::{self, CheckOptions, ReproduceOptions, Reproduced};
-use kfi::campaign::spec::{Campaign, GuestProfile};
+use kfi::campaign::slurm::SlurmOptions;
+use kfi::campaign::spec::{AccelName, Campaign, GuestProfile};
 use recovery_sut::Cache;
 
 use super::Progress;
@@ -22,7 +23,8 @@ pub enum CampaignCommand {
     /// Exit status: 0 done, 3 some experiments are stored as harness-error
     /// (rerun them with --retry-errors), 130 interrupted (rerun to resume).
     Run(CampaignRunArgs),
-    /// Show how far a campaign got and its outcome counts.
+    /// Show how far a campaign got and its outcome counts (per shard and
+    /// Slurm job for a campaign run through `kfi campaign slurm`).
     Status(StatusArgs),
     /// Import the records of other results directories (`--shard` halves) into this one.
     Merge {
@@ -34,7 +36,49 @@ pub enum CampaignCommand {
         /// Merge records of different kernels, images, QEMUs or accelerators.
         #[arg(long)]
         allow_mixed: bool,
+        /// Merge in a store in this node-local directory, then copy it complete into INTO (on a shared filesystem).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
     },
+    /// Run a campaign's shards on a Slurm cluster: write a job array (one
+    /// task per shard, each with its store on node-local scratch) and a
+    /// merge job that runs after it and writes the report.
+    ///
+    /// The results directory, the cache and this kfi must be on a
+    /// filesystem every node sees. Submitting again runs only the shards
+    /// that lack experiments.
+    Slurm(SlurmArgs),
+}
+
+/// `kfi campaign slurm`.
+#[derive(Args)]
+pub struct SlurmArgs {
+    /// Experiment file (TOML).
+    pub file: PathBuf,
+    /// Array tasks, one per shard (1 to the number of experiments).
+    #[arg(long)]
+    pub shards: u64,
+    /// Shared results directory (default: results/<campaign name>).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Slurm partition (default: the cluster's).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Time limit of each job, as Slurm writes it (e.g. 4:00:00).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// CPUs per task; each task runs that many VMs at once.
+    #[arg(long, default_value_t = 2)]
+    pub cpus_per_task: u32,
+    /// Run on this guest instead of the file's.
+    #[arg(long, value_enum)]
+    pub guest: Option<GuestProfile>,
+    /// Pin every task to this accelerator (default: the file's, else what this host chooses).
+    #[arg(long, value_enum)]
+    pub accel: Option<AccelName>,
+    /// Submit with sbatch and print the job ids (default: print the command).
+    #[arg(long)]
+    pub submit: bool,
 }
 
 /// `kfi campaign run`.
@@ -71,6 +115,13 @@ pub struct CampaignRunArgs {
     /// Resume even where the kernel, image, QEMU or accelerator differ from the stored records'.
     #[arg(long)]
     pub allow_mixed: bool,
+    /// Pin the accelerator of a file that says `auto` (a cluster task's shards must agree).
+    #[arg(long, value_enum)]
+    pub accel: Option<AccelName>,
+    /// Keep the store and golden snapshot in this node-local directory and copy the store, complete, into
+    /// the results directory after every experiment (for results on a shared filesystem).
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
     /// Print the run summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -88,6 +139,9 @@ pub struct StatusArgs {
     /// `kfi campaign run`).
     #[arg(long, value_enum)]
     pub guest: Option<GuestProfile>,
+    /// Exit with status 1 unless every experiment is stored (the Slurm merge job's check).
+    #[arg(long)]
+    pub complete: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -170,6 +224,10 @@ pub struct ReproduceArgs {
 /// Runs (or resumes) a campaign and prints its summary.
 pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
     let campaign = ops::load(&args.file, args.guest)?;
+    let campaign = match args.accel {
+        Some(accel) => campaign.pinned_to(accel)?,
+        None => campaign,
+    };
     let opts = RunOptions {
         results: ops::results_dir(&campaign, args.results.as_deref()),
         jobs: args.jobs,
@@ -179,6 +237,7 @@ pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
         retry_errors: args.retry_errors,
         keep_golden: args.keep_golden,
         allow_mixed: args.allow_mixed,
+        scratch: args.scratch,
     };
     let progress = Progress::new();
     let summary = ops::run_campaign(cache, &campaign, &opts, ops::interrupt_flag()?, &progress)?;
@@ -203,26 +262,41 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        println!("{}: {}/{} experiments stored in {}", s.campaign, s.done, s.total, s.store.display());
-        for (outcome, n) in &s.outcomes {
-            println!("  {outcome:<14} {n}");
-        }
-        if !s.next.is_empty() {
-            println!("  next: {}", s.next.iter().map(u64::to_string).collect::<Vec<_>>().join(", "));
-        }
-        for (i, error) in &s.harness_errors {
-            println!("  harness-error {i}: {error}");
-        }
-        if !s.harness_errors.is_empty() {
-            println!("  rerun them with `kfi campaign run {} --retry-errors`", args.file.display());
-        }
+        print!("{}", s.describe(&args.file));
+    }
+    if args.complete && !s.complete() {
+        eprintln!("kfi: {} of {} experiments are missing", s.total - s.done, s.total);
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes (and with --submit, submits) a campaign's Slurm jobs.
+pub fn slurm(cache: &Cache, args: SlurmArgs) -> Result<ExitCode> {
+    let campaign = ops::load(&args.file, args.guest)?;
+    let campaign = match args.accel {
+        Some(accel) => campaign.pinned_to(accel)?,
+        None => campaign,
+    };
+    let opts = SlurmOptions {
+        shards: args.shards,
+        results: ops::results_dir(&campaign, args.results.as_deref()),
+        partition: args.partition,
+        time: args.time,
+        cpus_per_task: args.cpus_per_task,
+        guest: args.guest,
+        submit: args.submit,
+    };
+    let progress = Progress::new();
+    let prepared = ops::slurm(cache, &campaign, &args.file, &opts, &progress)?;
+    drop(progress);
+    print!("{}", prepared.describe(&campaign.file.name, &opts.results));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Imports shard stores into one.
-pub fn merge(into: &std::path::Path, from: &[PathBuf], allow_mixed: bool) -> Result<ExitCode> {
-    for (dir, m) in ops::merge(into, from, allow_mixed)? {
+pub fn merge(into: &std::path::Path, from: &[PathBuf], allow_mixed: bool, scratch: Option<&Path>) -> Result<ExitCode> {
+    for (dir, m) in ops::merge(into, from, allow_mixed, scratch)? {
         println!("{}: {} records imported, {} already present", dir.display(), m.imported, m.already_present);
     }
     Ok(ExitCode::SUCCESS)
