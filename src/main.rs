@@ -109,6 +109,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KFI_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        // No colour codes in log files (a Slurm task's output, a redirect).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,

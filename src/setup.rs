@@ -108,7 +108,9 @@ pub fn prepare_guest(
 ) -> Result<Prepared> {
     let kernel = kernel::resolve(cache, kernel_choice, step)?;
     let image = guest::ensure(cache, &guest_recipe(profile), &kernel, step)?;
-    step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
+    if accel_choice == AccelChoice::Auto {
+        step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
+    }
     let decision = accel_probe::decide(accel_choice, cache, &image)?;
     let memory_mib = memory.unwrap_or(default_memory_mib(profile));
     Ok(Prepared { profile, kernel, image, decision, memory_mib })
