@@ -1049,6 +1049,14 @@ mod tests {
         let diffs = here.environment_differences(fixture::CAMPAIGN, &other.provenance).unwrap();
         assert_eq!(diffs.iter().map(|d| d.what).collect::<Vec<_>>(), ["kernel", "kernel build id"]);
 
+        // A shard run on another accelerator, all else equal, is refused too.
+        let kvm = open_fixture(&dir.path().join("kvm"));
+        let mut on_kvm = records[2].clone();
+        on_kvm.provenance.accel = crate::record::RecordedAccel::Kvm;
+        kvm.insert(&on_kvm).unwrap();
+        let err = here.merge_from(kvm.path(), false).unwrap_err().to_string();
+        assert!(err.contains("accelerator: stored tcg, now kvm"), "{err}");
+
         assert_eq!(here.merge_from(there.path(), true).unwrap().imported, 1);
         assert_eq!(here.image_packages("abc").unwrap().as_deref(), Some("bash 5.2.15-2+b7\n"));
     }
