@@ -231,6 +231,13 @@ fn slurm_submit(cluster: &Cluster, file: &Path, results: &Path, scratch: &Path) 
     text
 }
 
+/// `kfi campaign status --complete`: whether it passed, and what it printed.
+fn status(file: &Path, results: &Path) -> (bool, String) {
+    let out = kfi().args(["campaign", "status"]).arg(file).arg("--results").arg(results).arg("--complete").output();
+    let out = out.unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[test]
 fn a_campaign_runs_as_a_slurm_job_array_and_merges_into_the_one_machine_result() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the Slurm test runs its own slurmd, which needs root");
@@ -270,16 +277,8 @@ fn a_campaign_runs_as_a_slurm_job_array_and_merges_into_the_one_machine_result()
     }
     assert!(results.join("report.md").exists(), "the merge job writes the report: {}", dump(&logs));
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "every task and the merge cleared their scratch");
-    let status = kfi()
-        .args(["campaign", "status"])
-        .arg(&file)
-        .arg("--results")
-        .arg(&results)
-        .arg("--complete")
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "{shown}");
+    let (complete, shown) = status(&file, &results);
+    assert!(complete, "{shown}");
     assert!(
         shown.contains("4/4 experiments stored") && shown.contains("shard 2/2: 2 of 2 stored, 0 pending"),
         "{shown}"
@@ -289,16 +288,8 @@ fn a_campaign_runs_as_a_slurm_job_array_and_merges_into_the_one_machine_result()
     let shard_1 = records(&results.join("shards").join("1-of-2"));
     std::fs::remove_dir_all(results.join("shards").join("2-of-2")).unwrap();
     std::fs::remove_file(results.join("campaign.sqlite")).unwrap();
-    let status = kfi()
-        .args(["campaign", "status"])
-        .arg(&file)
-        .arg("--results")
-        .arg(&results)
-        .arg("--complete")
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&status.stdout);
-    assert!(!status.status.success() && shown.contains("shard 2/2: 0 of 2 stored, 2 pending"), "{shown}");
+    let (complete, shown) = status(&file, &results);
+    assert!(!complete && shown.contains("shard 2/2: 0 of 2 stored, 2 pending"), "{shown}");
     let printed = slurm_submit(&cluster, &file, &results, &scratch);
     assert!(printed.contains("submitted shards 2 as job array"), "{printed}");
     cluster.wait_idle(&logs, Duration::from_secs(900));
