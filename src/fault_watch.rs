@@ -261,6 +261,7 @@ impl Watch {
             hung,
             service_errors: errors_after_injection > 0 || (self.hung_at.is_some() && !hung),
             activated: self.injection.activated,
+            activation_unknown: self.injection.activation_unknown.is_some(),
         };
         let outcome = classify(&evidence);
         let failed_at = match outcome {

@@ -162,6 +162,7 @@ fn outcome_color(o: RecordedOutcome) -> RGBColor {
         RecordedOutcome::ServiceError => RGBColor(227, 190, 40),
         RecordedOutcome::Benign => RGBColor(44, 160, 44),
         RecordedOutcome::NotActivated => RGBColor(190, 190, 190),
+        RecordedOutcome::ActivationUnknown => RGBColor(150, 150, 200),
         RecordedOutcome::Restored => RGBColor(23, 190, 207),
         RecordedOutcome::HarnessError => RGBColor(0, 0, 0),
     }

@@ -145,6 +145,7 @@ pub fn records() -> Vec<ExperimentRecord> {
             description: format!("flip bit {i} of rax"),
             spec: serde_json::json!({ "model": "reg-flip", "bit": i }),
             activated,
+            activation_unknown: None,
             activation_s: activated.then_some(0.5 + i as f64 / 10.0),
             propagation: activated.then(|| {
                 let s = [

@@ -76,8 +76,12 @@ recorded_enum! {
         ServiceError = "service-error",
         /// The fault ran and nothing visible happened.
         Benign = "benign",
-        /// The faulty instruction or data was never reached in the window.
+        /// The faulty instruction or data was never reached in the window,
+        /// or the flipped bit was overwritten before anything read it.
         NotActivated = "not-activated",
+        /// Nothing visible happened, and whether the fault was activated
+        /// could not be decided (see the injection's `activation_unknown`).
+        ActivationUnknown = "activation-unknown",
         /// A restore measurement that brought the service back.
         Restored = "restored",
         /// The harness failed, not the guest: QEMU refused to start, a
@@ -348,9 +352,16 @@ pub enum Injection {
         description: String,
         /// The full fault spec as the injector serialized it.
         spec: serde_json::Value,
-        /// Whether the fault was executed (code) or read (data) in the
+        /// Whether the fault was executed (code), or its flipped bit read
+        /// before it was overwritten (data, stack, heap, register), in the
         /// observation window.
         activated: bool,
+        /// Why activation could not be decided, when it could not (a
+        /// flipped register neither read nor overwritten before the CPU went
+        /// idle or left the kernel); `activated` is then false and says
+        /// nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        activation_unknown: Option<String>,
         /// Seconds from injection to the first activation.
         activation_s: Option<f64>,
         /// How far the error went, when the campaign traced it.

@@ -668,8 +668,18 @@ mod tests {
         assert_eq!(sys.rows.len(), 2);
         let act = tables::activation(&records);
         assert_eq!(act.rows[0][2], Cell::Count(8));
-        assert_eq!(act.rows[0][3], Cell::Pct(Some(80.0)));
-        assert_eq!(act.rows[0][4], Cell::Pct(Some(75.0)));
+        assert_eq!(act.rows[0][3], Cell::Count(0));
+        assert_eq!(act.rows[0][4], Cell::Pct(Some(80.0)));
+        assert_eq!(act.rows[0][5], Cell::Pct(Some(75.0)));
+        // A flip whose activation could not be decided leaves the rate's denominator.
+        let mut undecided = records.clone();
+        let r = undecided.iter_mut().find(|r| r.outcome == crate::record::RecordedOutcome::NotActivated).unwrap();
+        r.outcome = crate::record::RecordedOutcome::ActivationUnknown;
+        if let crate::Injection::Fault { activation_unknown, .. } = &mut r.injection {
+            *activation_unknown = Some("the CPU went idle (hlt)".into());
+        }
+        let act = tables::activation(&undecided);
+        assert_eq!((&act.rows[0][3], &act.rows[0][4]), (&Cell::Count(1), &Cell::Pct(Some(800.0 / 9.0))));
         let ok = tables::recovery_success(&records);
         assert_eq!(ok.rows.len(), 3);
         assert!(ok.rows.iter().all(|r| r[3] == Cell::Pct(Some(100.0))));

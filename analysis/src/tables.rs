@@ -514,6 +514,7 @@ pub fn activation(records: &[ExperimentRecord]) -> Table {
     struct Acc {
         n: u64,
         activated: u64,
+        unknown: u64,
         manifested: u64,
         latency: Vec<f64>,
     }
@@ -524,9 +525,10 @@ pub fn activation(records: &[ExperimentRecord]) -> Table {
         if r.outcome == RecordedOutcome::HarnessError {
             continue;
         }
-        if let Injection::Fault { model, activated, activation_s, .. } = &r.injection {
+        if let Injection::Fault { model, activated, activation_unknown, activation_s, .. } = &r.injection {
             let a = by_model.entry(model.name()).or_default();
             a.n += 1;
+            a.unknown += u64::from(activation_unknown.is_some());
             if *activated {
                 a.activated += 1;
                 a.manifested += u64::from(MANIFESTED.contains(&r.outcome));
@@ -537,11 +539,13 @@ pub fn activation(records: &[ExperimentRecord]) -> Table {
     let rows = by_model
         .into_iter()
         .map(|(model, a)| {
+            let decided = a.n - a.unknown;
             vec![
                 Cell::Text(model.to_string()),
                 Cell::Count(a.n),
                 Cell::Count(a.activated),
-                Cell::Pct(Some(100.0 * a.activated as f64 / a.n as f64)),
+                Cell::Count(a.unknown),
+                Cell::Pct((decided > 0).then(|| 100.0 * a.activated as f64 / decided as f64)),
                 Cell::Pct((a.activated > 0).then(|| 100.0 * a.manifested as f64 / a.activated as f64)),
                 Cell::Num(Summary::of(&a.latency).map(|s| s.median)),
             ]
@@ -553,13 +557,20 @@ pub fn activation(records: &[ExperimentRecord]) -> Table {
             col("fault_model", "fault model"),
             col("n", "n"),
             col("activated", "activated"),
+            col("activation_unknown", "activation unknown"),
             col("activation_rate_pct", "activation rate"),
             col("manifested_pct", "manifested when activated"),
             col("median_activation_s", "median time to activation (s)"),
         ],
         rows,
-        note: "Manifested: outcome panic, oops, hang or service-error. Experiments stored as harness-error \
-               (the harness failed, not the guest) are left out."
+        note: "Activated: a code fault's instruction executed; a data, stack or heap flip's byte read (a read \
+               watchpoint) before it was written; a register flip's bit read by an instruction before one \
+               overwrote it (single-stepped from the flip; records made before this rule count a register \
+               flip as activated when it was written). Activation unknown: a register flip neither read nor \
+               overwritten before the CPU went idle, left the kernel or the step budget ran out; the \
+               activation rate is over the experiments whose activation was decided. Manifested: outcome \
+               panic, oops, hang or service-error. Experiments stored as harness-error (the harness failed, \
+               not the guest) are left out."
             .into(),
     }
 }

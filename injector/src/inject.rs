@@ -18,8 +18,9 @@ use crate::gdb::{
     BreakpointKind, GdbClient, GdbError, Reg, Registers, StopEvent, StopReason, WatchKind, SIGINT, SIGTRAP,
 };
 use crate::image::{KernelImage, SymbolKind};
+use crate::reg_use::BitUse;
 use crate::trace::taint::condition_holds;
-use crate::trace::tracer::{outputs, previous_instruction};
+use crate::trace::tracer::{decode_at, outputs, previous_instruction};
 use crate::trace::{PropagationReport, Seed, Tracer};
 
 /// Why a fault could not be applied.
@@ -98,12 +99,21 @@ pub struct InjectionReport {
     pub injected_after_s: Option<f64>,
     /// Halt (or breakpoint stop), apply, resume: milliseconds.
     pub latency_ms: Option<f64>,
-    /// The fault was executed (code), read (data), or applied to live
-    /// state (register flips, which take effect at once).
+    /// The fault was executed (code), or its flipped bit read before it
+    /// was overwritten (memory and register flips; a flipped RIP at once).
     pub activated: bool,
+    /// Why activation could not be decided, when it could not: a flipped
+    /// register neither read nor overwritten before the CPU went idle, left
+    /// the kernel, or the step budget ran out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_unknown: Option<String>,
+    /// Instructions executed from a register flip to the one that read
+    /// (or overwrote) the flipped bit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register_steps: Option<u64>,
     /// Seconds from the application to the first activation.
     pub activation_after_s: Option<f64>,
-    /// A flipped byte was overwritten before anything read it.
+    /// A flipped byte or register bit was overwritten before anything read it.
     pub masked: bool,
     /// Executions of the target instruction seen (breakpoint hits).
     pub hits: u32,
@@ -128,6 +138,10 @@ pub struct InjectionReport {
 /// beyond it the breakpoint round trips would slow the guest more than
 /// the fault does.
 const MAX_CORRUPTIONS: u32 = 64;
+/// Instructions single-stepped after a register flip, at most, to see it
+/// read or overwritten (each step is a gdbstub round trip: about a
+/// millisecond under TCG).
+const REGISTER_STEPS: u64 = 5_000;
 /// Halts tried for one that fits (kernel mode, a heap pointer).
 const MAX_HALTS: u32 = 500;
 /// A stop the injector did not cause: QEMU reports a panic pause as
@@ -264,6 +278,78 @@ impl FaultInFlight {
         if tracer.guest_stopped() {
             self.report.guest_stopped = Some("the guest stopped while the error was traced".into());
         }
+        Ok(())
+    }
+
+    /// After a register flip: single-steps the guest until an instruction
+    /// reads the flipped bit (activated; the tracer, if any, starts there,
+    /// before that instruction runs), overwrites it (masked), or the
+    /// evidence runs out (activation unknown, with the reason). A flipped
+    /// RIP is read by the very next fetch.
+    fn follow_register(
+        &mut self,
+        gdb: &mut GdbClient,
+        image: &KernelImage,
+        reg: FlipReg,
+        bit: u8,
+        flipped: Instant,
+    ) -> Result<(), InjectError> {
+        if reg == FlipReg::Rip {
+            self.activate(flipped);
+            self.report.register_steps = Some(0);
+            return self.begin_trace(gdb, image, &reg_seed(reg));
+        }
+        let held = Instant::now();
+        let mut factory = iced_x86::InstructionInfoFactory::new();
+        let mut code: std::collections::HashMap<u64, iced_x86::Instruction> = std::collections::HashMap::new();
+        let mut steps = 0u64;
+        let verdict = loop {
+            let regs = gdb.read_registers().map_err(gdb_err("reading the registers after a step"))?;
+            if regs.cs & 3 == 3 {
+                break Err("the CPU returned to user mode with the flipped register neither read nor overwritten");
+            }
+            let instr = match code.get(&regs.rip) {
+                Some(i) => *i,
+                None => match decode_at(gdb, regs.rip) {
+                    Some(i) => *code.entry(regs.rip).or_insert(i),
+                    None => break Err("the CPU reached code the injector cannot read or decode"),
+                },
+            };
+            if instr.mnemonic() == iced_x86::Mnemonic::Hlt {
+                // Stepping a halt with interrupts held off would never end.
+                break Err("the CPU went idle (hlt) with the flipped register neither read nor overwritten");
+            }
+            match crate::reg_use::bit_use(&mut factory, &instr, reg, bit) {
+                BitUse::Read => break Ok(true),
+                BitUse::Overwritten => break Ok(false),
+                BitUse::Untouched => {}
+            }
+            if steps >= REGISTER_STEPS {
+                break Err("the flipped register was neither read nor overwritten within the step budget");
+            }
+            let stop = gdb.step().map_err(gdb_err("stepping after a register flip"))?;
+            steps += 1;
+            if is_external(&stop, false) {
+                self.report.guest_stopped = Some(format!("{stop:?}"));
+                break Err("the guest stopped before the flipped register was read or overwritten");
+            }
+        };
+        self.report.register_steps = Some(steps);
+        match verdict {
+            Ok(true) => {
+                self.activate(Instant::now());
+                self.begin_trace(gdb, image, &reg_seed(reg))?;
+            }
+            Ok(false) => self.report.masked = true,
+            Err(why) => {
+                let why =
+                    if why.ends_with("budget") { format!("{why} ({REGISTER_STEPS} instructions)") } else { why.into() };
+                self.report.activation_unknown = Some(why);
+            }
+        }
+        // The clients saw the guest stand still for all of it.
+        self.report.held_from_s = Some(held.saturating_duration_since(self.started).as_secs_f64());
+        self.report.held_s = held.elapsed().as_secs_f64();
         Ok(())
     }
 
@@ -445,9 +531,8 @@ impl FaultInFlight {
                     let (before, after) = flip_register(gdb, reg, bit)?;
                     applied = Applied { reg: Some(reg), before: Some(before), after: Some(after), ..applied };
                     self.mark_injected(at, applied);
-                    self.activate(at);
                     self.disarm_bp(gdb)?;
-                    self.begin_trace(gdb, image, &reg_seed(reg))?;
+                    self.follow_register(gdb, image, reg, bit, at)?;
                     self.phase = Phase::Done;
                     self.finish_latency(at);
                     return gdb.resume().map_err(gdb_err("resuming after the fault"));
@@ -604,9 +689,7 @@ impl FaultInFlight {
                     let (before, after) = flip_register(gdb, reg, bit)?;
                     applied = Applied { reg: Some(reg), before: Some(before), after: Some(after), ..applied };
                     self.mark_injected(halted, applied);
-                    // A register is live state: the flip takes effect now.
-                    self.activate(halted);
-                    self.begin_trace(gdb, image, &reg_seed(reg))?;
+                    self.follow_register(gdb, image, reg, bit, halted)?;
                     self.phase = Phase::Done;
                     true
                 }

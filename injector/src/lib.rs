@@ -18,6 +18,7 @@ pub mod gdb;
 pub mod image;
 pub mod inject;
 pub mod outcome;
+pub mod reg_use;
 pub mod trace;
 
 pub use fault::{FaultModel, FaultSpec, ModelKind, Persistence, Target, TargetSelection, Trigger};

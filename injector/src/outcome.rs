@@ -21,14 +21,26 @@ pub enum Outcome {
     ServiceError,
     /// The fault ran and nothing visible happened.
     Benign,
-    /// The faulty instruction or data was never reached in the window.
+    /// The faulty instruction or data was never reached in the window, or
+    /// the flipped bit was overwritten before anything read it.
     NotActivated,
+    /// Nothing visible happened, and whether the fault was activated
+    /// could not be decided (a flipped register neither read nor
+    /// overwritten before the CPU went idle or left the kernel).
+    ActivationUnknown,
 }
 
 impl Outcome {
     /// Every outcome, most severe first.
-    pub const ALL: [Outcome; 6] =
-        [Outcome::Panic, Outcome::Oops, Outcome::Hang, Outcome::ServiceError, Outcome::Benign, Outcome::NotActivated];
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Panic,
+        Outcome::Oops,
+        Outcome::Hang,
+        Outcome::ServiceError,
+        Outcome::Benign,
+        Outcome::NotActivated,
+        Outcome::ActivationUnknown,
+    ];
 
     /// The stored name.
     pub fn name(self) -> &'static str {
@@ -39,6 +51,7 @@ impl Outcome {
             Outcome::ServiceError => "service-error",
             Outcome::Benign => "benign",
             Outcome::NotActivated => "not-activated",
+            Outcome::ActivationUnknown => "activation-unknown",
         }
     }
 
@@ -56,7 +69,10 @@ impl fmt::Display for Outcome {
 
 /// An unknown outcome name.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown outcome `{0}`: the outcomes are panic, oops, hang, service-error, benign, not-activated")]
+#[error(
+    "unknown outcome `{0}`: the outcomes are panic, oops, hang, service-error, benign, not-activated, \
+                 activation-unknown"
+)]
 pub struct UnknownOutcome(String);
 
 impl std::str::FromStr for Outcome {
@@ -79,10 +95,13 @@ pub struct Evidence {
     pub service_errors: bool,
     /// The fault was executed (code) or read (data).
     pub activated: bool,
+    /// Whether it was activated could not be decided.
+    pub activation_unknown: bool,
 }
 
 /// The outcome: the most severe failure seen; without one, `benign` if the
-/// fault was activated, else `not-activated`. A failure counts even when
+/// fault was activated, `activation-unknown` if that could not be decided,
+/// else `not-activated`. A failure counts even when
 /// activation was not seen (a flipped byte read by a DMA engine, a
 /// watchpoint the access slipped past): the failure is the fact.
 pub fn classify(e: &Evidence) -> Outcome {
@@ -96,6 +115,8 @@ pub fn classify(e: &Evidence) -> Outcome {
         Outcome::ServiceError
     } else if e.activated {
         Outcome::Benign
+    } else if e.activation_unknown {
+        Outcome::ActivationUnknown
     } else {
         Outcome::NotActivated
     }
@@ -459,13 +480,23 @@ mod tests {
         let none = Evidence::default();
         assert_eq!(classify(&none), Outcome::NotActivated);
         assert_eq!(classify(&Evidence { activated: true, ..none }), Outcome::Benign);
+        assert_eq!(classify(&Evidence { activation_unknown: true, ..none }), Outcome::ActivationUnknown);
+        assert_eq!(classify(&Evidence { activation_unknown: true, hung: true, ..none }), Outcome::Hang);
         assert_eq!(classify(&Evidence { service_errors: true, ..none }), Outcome::ServiceError);
         assert_eq!(classify(&Evidence { oops: true, service_errors: true, ..none }), Outcome::Oops);
         assert_eq!(classify(&Evidence { panicked: true, oops: true, hung: true, ..none }), Outcome::Panic);
         let names: Vec<String> = Outcome::ALL.iter().map(|o| serde_json::to_string(o).unwrap()).collect();
         assert_eq!(
             names,
-            ["\"panic\"", "\"oops\"", "\"hang\"", "\"service-error\"", "\"benign\"", "\"not-activated\""]
+            [
+                "\"panic\"",
+                "\"oops\"",
+                "\"hang\"",
+                "\"service-error\"",
+                "\"benign\"",
+                "\"not-activated\"",
+                "\"activation-unknown\""
+            ]
         );
         for o in Outcome::ALL {
             assert_eq!(o.name().parse::<Outcome>().unwrap(), o);

@@ -270,3 +270,64 @@ fn a_register_flip_names_the_function_and_subsystem_it_landed_in() {
     }
     assert!(landed.iter().any(|a| a.function.is_some()), "no flip landed in the kernel proper: {landed:?}");
 }
+
+/// One activation rule for register flips: a flip is activated when an
+/// instruction reads the flipped bit before any overwrites it. Both flips
+/// land at an instruction of `tcp_v4_rcv` (which the HTTP traffic runs):
+/// one in the register that instruction writes without reading it (never
+/// activated: masked at once), one in a register it reads (activated
+/// there, before it runs).
+#[test]
+fn a_register_flip_is_activated_by_a_read_and_masked_by_an_overwrite() {
+    use iced_x86::{InstructionInfoFactory, OpAccess};
+    let code = KernelCode::open(support::vmlinux()).unwrap();
+    let (name, subsystem, base, insns) = instructions(&code, "tcp_v4_rcv");
+    let gpr = |r: iced_x86::Register| {
+        FlipReg::GPRS.iter().copied().find(|f| f.to_string() == format!("{r:?}").to_lowercase())
+    };
+    let mut factory = InstructionInfoFactory::new();
+    let mut pick = |wanted: OpAccess| {
+        insns.iter().take(60).find_map(|d| {
+            let info = factory.info(&d.instr);
+            let used = info.used_registers();
+            let hit = used
+                .iter()
+                .find(|u| u.access() == wanted && u.register().is_gpr64() && u.register() != iced_x86::Register::RSP)?;
+            // A pure write: the instruction does not also read it.
+            let also = used.iter().any(|u| u.register().full_register() == hit.register() && u.access() != wanted);
+            let through_memory =
+                info.used_memory().iter().any(|m| m.base() == hit.register() || m.index() == hit.register());
+            (!also && !through_memory).then(|| (d.clone(), gpr(hit.register()).unwrap()))
+        })
+    };
+    let (written_at, written) =
+        pick(OpAccess::Write).expect("an instruction of tcp_v4_rcv writing a register it does not read");
+    let (read_at, read) = pick(OpAccess::Read).expect("an instruction of tcp_v4_rcv reading a register");
+    let flip = |d: &Decoded, reg: FlipReg| {
+        FaultSpec::new(
+            FaultModel::RegFlip { reg, bit: 3 },
+            target(&name, subsystem.clone(), base, d),
+            Trigger::Hit { count: 1 },
+            Persistence::Transient,
+        )
+        .unwrap()
+    };
+    let support::Guest { lock: _lock, vm, mut gdb } = support::boot();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(vm.http_addr(), Arc::clone(&stop));
+    let mut reports = Vec::new();
+    for spec in [flip(&written_at, written), flip(&read_at, read)] {
+        eprintln!("fault: {}", spec.describe());
+        reports.push(inject::run(&mut gdb, support::image(), &spec, Duration::from_secs(5), &mut |_| false).unwrap());
+    }
+    stop.store(true, Ordering::SeqCst);
+    drop(gdb);
+    load.join().unwrap();
+    eprintln!("{reports:#?}");
+    let (overwritten, consumed) = (&reports[0], &reports[1]);
+    assert!(overwritten.injected && !overwritten.activated && overwritten.masked, "{overwritten:?}");
+    assert_eq!(overwritten.register_steps, Some(0), "the target instruction itself overwrites it");
+    assert!(consumed.injected && consumed.activated && !consumed.masked, "{consumed:?}");
+    assert_eq!(consumed.register_steps, Some(0), "the target instruction itself reads it");
+    assert!(consumed.activation_unknown.is_none() && overwritten.activation_unknown.is_none());
+}

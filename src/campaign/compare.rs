@@ -329,6 +329,7 @@ mod tests {
                 description: format!("fault {i}"),
                 spec: serde_json::json!({"trigger": {"kind": trigger}}),
                 activated,
+                activation_unknown: None,
                 activation_s: activated.then_some(0.5),
                 propagation: None,
             };

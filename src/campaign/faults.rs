@@ -118,6 +118,7 @@ impl FaultRunner for InjectorRunner {
             description: spec.describe(),
             spec: serde_json::to_value(&spec)?,
             activated: watch.injection.activated,
+            activation_unknown: watch.injection.activation_unknown.clone(),
             activation_s: watch.injection.activation_after_s,
             propagation,
         };
@@ -134,6 +135,7 @@ impl FaultRunner for InjectorRunner {
             description: spec.describe(),
             spec: serde_json::to_value(&spec)?,
             activated: false,
+            activation_unknown: None,
             activation_s: None,
             propagation: None,
         })

@@ -27,6 +27,7 @@ pub fn outcome(o: Outcome) -> RecordedOutcome {
         Outcome::ServiceError => RecordedOutcome::ServiceError,
         Outcome::Benign => RecordedOutcome::Benign,
         Outcome::NotActivated => RecordedOutcome::NotActivated,
+        Outcome::ActivationUnknown => RecordedOutcome::ActivationUnknown,
     }
 }
 

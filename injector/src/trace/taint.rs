@@ -335,7 +335,7 @@ fn is_segment(reg: Register) -> bool {
 
 /// `xor r,r`, `sub r,r` and their vector forms produce zero whatever the
 /// register held.
-fn zeroing_idiom(instr: &Instruction) -> bool {
+pub(crate) fn zeroing_idiom(instr: &Instruction) -> bool {
     matches!(
         instr.mnemonic(),
         Mnemonic::Xor | Mnemonic::Sub | Mnemonic::Pxor | Mnemonic::Xorps | Mnemonic::Xorpd | Mnemonic::Vpxor

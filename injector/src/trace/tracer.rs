@@ -382,21 +382,7 @@ impl Tracer {
         if let Some(i) = self.code.get(&rip) {
             return Ok(Some(*i));
         }
-        // An instruction is at most 15 bytes; near the end of a mapping a
-        // shorter read still holds it.
-        let mut bytes = None;
-        for len in [16usize, 8, 4] {
-            if let Ok(b) = gdb.read_memory(rip, len) {
-                bytes = Some(b);
-                break;
-            }
-        }
-        let Some(bytes) = bytes else { return Ok(None) };
-        let mut decoder = Decoder::with_ip(64, &bytes, rip, DecoderOptions::NONE);
-        let instr = decoder.decode();
-        if instr.is_invalid() {
-            return Ok(None);
-        }
+        let Some(instr) = decode_at(gdb, rip) else { return Ok(None) };
         self.code.insert(rip, instr);
         Ok(Some(instr))
     }
@@ -637,6 +623,16 @@ impl Seed {
         self.wrong_path |= other.wrong_path;
         self
     }
+}
+
+/// The instruction at `rip`, read through the gdbstub; `None` where the
+/// code cannot be read or decoded.
+pub fn decode_at(gdb: &mut GdbClient, rip: u64) -> Option<Instruction> {
+    // An instruction is at most 15 bytes; near the end of a mapping a
+    // shorter read still holds it.
+    let bytes = [16usize, 8, 4].iter().find_map(|len| gdb.read_memory(rip, *len).ok())?;
+    let instr = Decoder::with_ip(64, &bytes, rip, DecoderOptions::NONE).decode();
+    (!instr.is_invalid()).then_some(instr)
 }
 
 /// The instruction that ends right before `rip` in the function holding
