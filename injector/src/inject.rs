@@ -849,26 +849,9 @@ fn reg_seed(reg: FlipReg) -> Seed {
 }
 
 fn iced_reg(reg: FlipReg) -> iced_x86::Register {
-    use iced_x86::Register as R;
     match reg {
-        FlipReg::Rax => R::RAX,
-        FlipReg::Rbx => R::RBX,
-        FlipReg::Rcx => R::RCX,
-        FlipReg::Rdx => R::RDX,
-        FlipReg::Rsi => R::RSI,
-        FlipReg::Rdi => R::RDI,
-        FlipReg::Rbp => R::RBP,
-        FlipReg::Rsp => R::RSP,
-        FlipReg::R8 => R::R8,
-        FlipReg::R9 => R::R9,
-        FlipReg::R10 => R::R10,
-        FlipReg::R11 => R::R11,
-        FlipReg::R12 => R::R12,
-        FlipReg::R13 => R::R13,
-        FlipReg::R14 => R::R14,
-        FlipReg::R15 => R::R15,
-        FlipReg::Rip => R::RIP,
-        FlipReg::Rflags => R::None,
+        FlipReg::Rip => iced_x86::Register::RIP,
+        other => crate::reg_use::full_register(other).unwrap_or(iced_x86::Register::None),
     }
 }
 

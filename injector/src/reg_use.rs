@@ -109,7 +109,9 @@ fn flag_of(bit: u8) -> Option<u32> {
     })
 }
 
-fn full_register(reg: FlipReg) -> Option<Register> {
+/// The decoder's name of a general-purpose register (none for RIP and
+/// RFLAGS).
+pub(crate) fn full_register(reg: FlipReg) -> Option<Register> {
     use Register as R;
     Some(match reg {
         FlipReg::Rax => R::RAX,

@@ -228,20 +228,47 @@ fn step_cost_breakdown() {
     gdb.resume().unwrap();
 }
 
-/// The tracer wired into an injection: a register flip at a halt under
-/// HTTP load is traced from the moment it is applied, and the report names
-/// the context that was running.
+/// The tracer wired into an injection: a register flip is traced from
+/// its activation, the first instruction that reads the flipped bit, and
+/// the report names the context that was running. The flip lands on a
+/// register that an instruction of `ksys_write` (which the agent's
+/// heartbeat writes run) reads, at that instruction, so it is activated
+/// there whatever else runs.
 #[test]
 fn an_injected_register_flip_is_traced_from_its_activation() {
-    use injector::fault::{FaultModel, FaultSpec, FlipReg, Persistence, Target, Trigger};
+    use injector::fault::{FaultModel, FaultSpec, FlipReg, HexBytes, Persistence, Target, Trigger};
     let layout = layout();
-    let spec = FaultSpec::new(
-        FaultModel::RegFlip { reg: FlipReg::Rax, bit: 3 },
-        Target::Cpu,
-        Trigger::Delay { ms: 200 },
-        Persistence::Transient,
-    )
-    .unwrap();
+    let f = support::image().function("ksys_write").unwrap();
+    let code = support::file_bytes(f.address, f.size as usize);
+    let mut decoder = Decoder::with_ip(64, &code, f.address, DecoderOptions::NONE);
+    let mut factory = InstructionInfoFactory::new();
+    let (instr, reg) = std::iter::from_fn(|| decoder.can_decode().then(|| decoder.decode()))
+        .take(24)
+        .find_map(|i| {
+            let info = factory.info(&i);
+            let read = info
+                .used_registers()
+                .iter()
+                .find(|u| u.access() == OpAccess::Read && u.register().is_gpr64() && u.register() != Register::RSP)?;
+            let name = format!("{:?}", read.register()).to_lowercase();
+            let reg = FlipReg::GPRS.into_iter().find(|r| r.to_string() == name)?;
+            Some((i, reg))
+        })
+        .expect("an instruction of ksys_write reading a register");
+    let offset = instr.ip() - f.address;
+    let bytes = code[offset as usize..offset as usize + instr.len()].to_vec();
+    let target = Target::Instruction {
+        function: f.name.to_string(),
+        offset,
+        address: instr.ip(),
+        original: HexBytes(bytes),
+        asm: format!("{instr}"),
+        subsystem: f.subsystem().map(str::to_string),
+    };
+    let spec =
+        FaultSpec::new(FaultModel::RegFlip { reg, bit: 3 }, target, Trigger::Hit { count: 1 }, Persistence::Transient)
+            .unwrap();
+    eprintln!("fault: {}", spec.describe());
     let support::Guest { lock: _lock, vm: _vm, mut gdb } = support::boot();
     let tracer = Tracer::new(layout, support::image(), TraceConfig { max_steps: 2000, ..TraceConfig::default() });
     let report = injector::inject::run_traced(
@@ -255,7 +282,8 @@ fn an_injected_register_flip_is_traced_from_its_activation() {
     .unwrap();
     let p = report.propagation.as_ref().expect("an activated, traced fault has a propagation report");
     eprintln!("{}: {} ({:?}, {} steps, held {:.2} s)", p.activating, p.scope, p.short_end, p.steps, report.held_s);
-    assert!(report.activated && report.held_from_s.is_some());
+    assert!(report.activated && report.held_from_s.is_some(), "{report:?}");
+    assert_eq!(report.register_steps, Some(0), "the target instruction reads it");
     assert!(p.activating.pid >= 0 && !p.activating.comm.is_empty(), "{p:?}");
     assert!(!p.why.is_empty());
 }
