@@ -46,7 +46,7 @@ enum Command {
     Faults(cli::faults::FaultsArgs),
     /// Boot a guest, inject one fault under HTTP load, observe it and classify the outcome.
     Inject(cli::inject::InjectArgs),
-    /// Run, resume, inspect or merge campaigns of experiments described in TOML (see experiments/).
+    /// Run, resume, inspect or merge campaigns of experiments described in TOML (see experiments/), on one machine or a Slurm cluster.
     #[command(subcommand)]
     Campaign(cli::campaign::CampaignCommand),
     /// Re-run one experiment of a campaign (or, with --sample, N activated faults) and compare with the stored records.

@@ -1,4 +1,4 @@
-//! What the campaign commands do (`kfi campaign run|status|merge`,
+//! What the campaign commands do (`kfi campaign run|status|merge|slurm`,
 //! `kfi replay`, `kfi report`, `kfi check`, `kfi reproduce`), as calls that
 //! return what the binary prints.
 //!

@@ -1,4 +1,4 @@
-//! `kfi campaign run|status|merge`, `kfi replay`, `kfi report` and
+//! `kfi campaign run|status|merge|slurm`, `kfi replay`, `kfi report` and
 //! `kfi reproduce`: argument structs and their wiring.
 
 use std::path::{Path, PathBuf};
