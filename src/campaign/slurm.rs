@@ -235,9 +235,11 @@ fn check_with_path(campaign: &Campaign, opts: &SlurmOptions, path: Option<std::f
             results.display()
         )
     };
+    let plan = read_plan(results)?;
     let merged = store_path(results);
     if merged.exists() {
-        for meta in Store::open_read_only(&merged)?.campaigns()? {
+        let store = Store::open_read_only(&merged)?;
+        for meta in store.campaigns()? {
             if meta.name != *name {
                 return Err(elsewhere(format!("campaign `{}`", meta.name)));
             }
@@ -245,8 +247,17 @@ fn check_with_path(campaign: &Campaign, opts: &SlurmOptions, path: Option<std::f
                 return Err(elsewhere(format!("`{name}` from another version of its experiment file")));
             }
         }
+        // The shards would run those experiments again, and merging their
+        // records beside the stored ones would conflict.
+        let stored = store.done(name)?.len();
+        if plan.is_none() && stored > 0 {
+            return Err(elsewhere(format!(
+                "{stored} experiments of `{name}` run without Slurm (the shards would run them again); run the \
+                 cluster campaign into its own results directory and `kfi campaign merge` the two afterwards"
+            )));
+        }
     }
-    if let Some(plan) = read_plan(results)? {
+    if let Some(plan) = plan {
         if plan.campaign != *name || plan.file_sha256 != campaign.sha256 {
             return Err(elsewhere(format!(
                 "the Slurm scripts of campaign `{}` (experiment file sha256 {})",
@@ -644,6 +655,18 @@ strategies = ["service-restore"]
         assert!(err.contains("2-shard run") && err.contains("--shards 2"), "{err}");
         // Without any shard stored, every shard is pending.
         assert_eq!(pending_shards(&c, dir.path()).unwrap(), [1, 2]);
+
+        // A results directory of a run on one machine, with records.
+        let local = tempfile::tempdir().unwrap();
+        let store = Store::open(store_path(local.path())).unwrap();
+        let mut meta = analysis::fixture::meta();
+        (meta.name, meta.file_sha256, meta.total) = (c.file.name.clone(), c.sha256.clone(), 3);
+        store.begin_campaign(&meta).unwrap();
+        let mut record = analysis::fixture::records().remove(0);
+        record.campaign = c.file.name.clone();
+        store.insert(&record).unwrap();
+        let err = check(&c, &opts(local.path(), 2)).unwrap_err().to_string();
+        assert!(err.contains("1 experiments of `small` run without Slurm") && err.contains("merge"), "{err}");
     }
 
     #[test]
