@@ -306,46 +306,46 @@ impl FaultInFlight {
         let verdict = loop {
             let regs = gdb.read_registers().map_err(gdb_err("reading the registers after a step"))?;
             if regs.cs & 3 == 3 {
-                break Err("the CPU returned to user mode with the flipped register neither read nor overwritten");
+                break Err(
+                    "the CPU returned to user mode with the flipped register neither read nor overwritten".to_string()
+                );
             }
             let instr = match code.get(&regs.rip) {
                 Some(i) => *i,
                 None => match decode_at(gdb, regs.rip) {
                     Some(i) => *code.entry(regs.rip).or_insert(i),
-                    None => break Err("the CPU reached code the injector cannot read or decode"),
+                    None => break Err("the CPU reached code the injector cannot read or decode".to_string()),
                 },
             };
             if instr.mnemonic() == iced_x86::Mnemonic::Hlt {
                 // Stepping a halt with interrupts held off would never end.
-                break Err("the CPU went idle (hlt) with the flipped register neither read nor overwritten");
+                break Err("the CPU went idle (hlt) with the flipped register neither read nor overwritten".to_string());
             }
             match crate::reg_use::bit_use(&mut factory, &instr, reg, bit) {
-                BitUse::Read => break Ok(true),
-                BitUse::Overwritten => break Ok(false),
                 BitUse::Untouched => {}
+                decided => break Ok(decided),
             }
             if steps >= REGISTER_STEPS {
-                break Err("the flipped register was neither read nor overwritten within the step budget");
+                break Err(format!(
+                    "the flipped register was neither read nor overwritten within the step budget ({REGISTER_STEPS} \
+                     instructions)"
+                ));
             }
             let stop = gdb.step().map_err(gdb_err("stepping after a register flip"))?;
             steps += 1;
             if is_external(&stop, false) {
                 self.report.guest_stopped = Some(format!("{stop:?}"));
-                break Err("the guest stopped before the flipped register was read or overwritten");
+                break Err("the guest stopped before the flipped register was read or overwritten".to_string());
             }
         };
         self.report.register_steps = Some(steps);
         match verdict {
-            Ok(true) => {
+            Ok(BitUse::Read) => {
                 self.activate(Instant::now());
                 self.begin_trace(gdb, image, &reg_seed(reg))?;
             }
-            Ok(false) => self.report.masked = true,
-            Err(why) => {
-                let why =
-                    if why.ends_with("budget") { format!("{why} ({REGISTER_STEPS} instructions)") } else { why.into() };
-                self.report.activation_unknown = Some(why);
-            }
+            Ok(_) => self.report.masked = true,
+            Err(why) => self.report.activation_unknown = Some(why),
         }
         // The clients saw the guest stand still for all of it.
         self.report.held_from_s = Some(held.saturating_duration_since(self.started).as_secs_f64());

@@ -120,7 +120,7 @@ impl RunOptions {
 pub fn seed_scratch(scratch: &Path, results: &Path) -> Result<()> {
     let local = store_path(scratch);
     // A stale WAL beside a replaced database would be replayed into it.
-    for path in [local.clone(), wal_file(&local, "-wal"), wal_file(&local, "-shm")] {
+    for path in store_files(&local) {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing the stale scratch store file {}", path.display()))
@@ -156,17 +156,21 @@ pub fn finish_scratch(scratch: &Path, results: &Path) -> Result<()> {
                 results.display()
             )
         })?;
-    for path in [wal_file(&local, "-wal"), wal_file(&local, "-shm"), local] {
+    for path in store_files(&local) {
         let _ = std::fs::remove_file(path);
     }
     let _ = std::fs::remove_dir(scratch);
     Ok(())
 }
 
-fn wal_file(store: &Path, suffix: &str) -> PathBuf {
-    let mut name = store.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
+/// A store and the `-wal` and `-shm` files SQLite keeps beside it.
+fn store_files(store: &Path) -> [PathBuf; 3] {
+    let beside = |suffix: &str| {
+        let mut name = store.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [store.to_path_buf(), beside("-wal"), beside("-shm")]
 }
 
 /// Stores one experiment's record (over its `harness-error` record with

@@ -162,22 +162,21 @@ fn slurm_dir(results: &Path) -> PathBuf {
 
 /// The plan the scripts in `results` were written for, if any.
 pub fn read_plan(results: &Path) -> Result<Option<Plan>> {
-    let path = slurm_dir(results).join("plan.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{} is not a kfi Slurm plan", path.display()))?))
+    read_json(&slurm_dir(results).join("plan.json"), "kfi Slurm plan")
 }
 
 /// Every submission made for `results`, oldest first.
 pub fn submissions(results: &Path) -> Result<Vec<Submission>> {
-    let path = slurm_dir(results).join("jobs.json");
+    Ok(read_json(&slurm_dir(results).join("jobs.json"), "kfi job list")?.unwrap_or_default())
+}
+
+/// The JSON file at `path` (a `what`), if there is one.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Option<T>> {
     if !path.exists() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a kfi job list", path.display()))
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{} is not a {what}", path.display()))?))
 }
 
 /// The shard counts of the `shards/<i>-of-<N>` directories in `results`.
@@ -464,10 +463,7 @@ pub fn pending_shards(campaign: &Campaign, results: &Path) -> Result<Vec<u64>> {
 pub fn submit(scripts: &Scripts, shards: &[u64], results: &Path) -> Result<Submission> {
     let array_job = match shards {
         [] => None,
-        _ => {
-            let tasks = shards.iter().map(|s| (s - 1).to_string()).collect::<Vec<_>>().join(",");
-            Some(sbatch(&[format!("--array={tasks}")], &scripts.shard)?)
-        }
+        _ => Some(sbatch(&[format!("--array={}", array_tasks(shards))], &scripts.shard)?),
     };
     let after = array_job.iter().map(|j| format!("--dependency=afterany:{j}")).collect::<Vec<_>>();
     let merge_job = sbatch(&after, &scripts.merge)?;
@@ -487,12 +483,17 @@ pub fn submit(scripts: &Scripts, shards: &[u64], results: &Path) -> Result<Submi
 
 /// The command `submit` runs, for a user who submits by hand.
 pub fn submit_command(scripts: &Scripts, shards: &[u64]) -> Result<String> {
-    let tasks = shards.iter().map(|s| (s - 1).to_string()).collect::<Vec<_>>().join(",");
     Ok(format!(
-        "array=$(sbatch --parsable --array={tasks} {}) && sbatch --dependency=afterany:${{array%%;*}} {}",
+        "array=$(sbatch --parsable --array={} {}) && sbatch --dependency=afterany:${{array%%;*}} {}",
+        array_tasks(shards),
         quoted(&scripts.shard)?,
         quoted(&scripts.merge)?
     ))
+}
+
+/// The array task ids (0-based) of shards (1-based), as `--array` takes them.
+fn array_tasks(shards: &[u64]) -> String {
+    shards.iter().map(|s| (s - 1).to_string()).collect::<Vec<_>>().join(",")
 }
 
 fn sbatch(args: &[String], script: &Path) -> Result<String> {
