@@ -66,6 +66,14 @@ pub enum Problem {
         /// The first recorded reason.
         why: String,
     },
+    /// The harness failed to run an experiment (stored as `harness-error`
+    /// after its retries): nothing about it is known.
+    HarnessError {
+        /// The experiment's key.
+        key: String,
+        /// The last attempt's error chain.
+        error: String,
+    },
     /// The baseline has a figure this run did not measure (nothing of it
     /// recovered, or the experiment file no longer runs it).
     NotMeasured {
@@ -93,6 +101,11 @@ impl std::fmt::Display for Problem {
                 "{strategy} never ran as itself: all {experiments} of its experiments fell back to {fell_back_to} \
                  ({why}), so this check measured nothing of it: change the experiment file so that it can run \
                  (a service restore falls back whenever acknowledged writes changed the data disk)"
+            ),
+            Problem::HarnessError { key, error } => write!(
+                f,
+                "harness-error: {key}: the harness failed, not the guest, so this check knows nothing of it; run \
+                 the check again ({error})"
             ),
             Problem::NotMeasured { key } => write!(
                 f,
@@ -167,6 +180,10 @@ pub fn problems(records: &[ExperimentRecord], baseline: &Baseline, tolerance: f6
         }
         if let Some(lost) = r.lost_writes.filter(|&l| l > 0) {
             out.push(Problem::LostWrites { key: r.key.clone(), lost });
+        }
+        if let Some(h) = &r.harness_error {
+            let error = h.errors.last().cloned().unwrap_or_else(|| "no error recorded".into());
+            out.push(Problem::HarnessError { key: r.key.clone(), error });
         }
     }
     out.extend(never_ran_as_themselves(records));
@@ -388,5 +405,22 @@ mod tests {
         let found = problems(&records, &baseline, 0.5, 0.02);
         assert!(found.iter().any(|p| matches!(p, Problem::NotRecovered { .. })), "{found:?}");
         assert!(found.iter().any(|p| matches!(p, Problem::LostWrites { lost: 2, .. })), "{found:?}");
+    }
+
+    #[test]
+    fn a_harness_error_is_named_with_its_error_not_only_as_a_missing_figure() {
+        let baseline = measure("regression", &run(0.5));
+        let mut records = run(0.5);
+        let failed =
+            records.iter_mut().find(|r| r.recovery.as_ref().is_some_and(|x| x.requested.name() == "full-reboot"));
+        let failed = failed.unwrap();
+        failed.outcome = analysis::record::RecordedOutcome::HarnessError;
+        failed.recovery = None;
+        failed.downtime_s = None;
+        failed.harness_error =
+            Some(analysis::record::HarnessFailure { attempts: 3, errors: vec!["a gdbstub timeout".into()] });
+        let found = problems(&records, &baseline, 0.5, 0.02);
+        let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|t| t.starts_with("harness-error: ") && t.contains("a gdbstub timeout")), "{text:?}");
     }
 }
