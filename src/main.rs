@@ -46,6 +46,8 @@ enum Command {
     Faults(cli::faults::FaultsArgs),
     /// Boot a guest, inject one fault under HTTP load, observe it and classify the outcome.
     Inject(cli::inject::InjectArgs),
+    /// Profile the kernel under a campaign's workload (once; kept beside its results) and show the hottest functions, subsystems and coverage.
+    Profile(cli::profile::ProfileArgs),
     /// Run, resume, inspect or merge campaigns of experiments described in TOML (see experiments/), on one machine or a Slurm cluster.
     #[command(subcommand)]
     Campaign(cli::campaign::CampaignCommand),
@@ -176,6 +178,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sut(cli::recover::SutCommand::Run(args)) => cli::recover::sut_run(&cache, args),
         Command::Faults(args) => cli::faults::cmd(&cache, args),
         Command::Inject(args) => cli::inject::cmd(&cache, args),
+        Command::Profile(args) => cli::profile::cmd(&cache, args),
         Command::Campaign(cli::campaign::CampaignCommand::Run(args)) => cli::campaign::run(&cache, args),
         Command::Campaign(cli::campaign::CampaignCommand::Status(args)) => cli::campaign::status(args),
         Command::Campaign(cli::campaign::CampaignCommand::Merge { into, from, allow_mixed, scratch }) => {
@@ -204,6 +207,7 @@ mod tests {
         (&["sut", "run"], "--crash-every"),
         (&["sut", "run"], "--watchdog"),
         (&["boot"], "--timeout"),
+        (&["profile"], "--window"),
         (&["inject", "--seed", "1", "--index", "2"], "--window"),
         (&["inject", "--seed", "1", "--index", "2"], "--warmup"),
         (&["inject", "--seed", "1", "--index", "2"], "--trace-steps"),

@@ -144,6 +144,9 @@ const MAX_CORRUPTIONS: u32 = 64;
 const REGISTER_STEPS: u64 = 5_000;
 /// Halts tried for one that fits (kernel mode, a heap pointer).
 const MAX_HALTS: u32 = 500;
+/// Executions after a reach trigger's count at which a heap flip may still
+/// find its base register holding a heap pointer, before it gives up.
+const MAX_REACH_EXTRA: u32 = 32;
 /// A stop the injector did not cause: QEMU reports a panic pause as
 /// GDB_SIGNAL_UNKNOWN (143), a QMP `stop` as SIGINT. `interrupted`: the
 /// injector sent the interrupt, so SIGINT is its own.
@@ -226,7 +229,7 @@ impl FaultInFlight {
             // Catch a wrong vmlinux or a boot-time patch before any wait.
             inj.verify_code(gdb, d.address())?;
         }
-        if let Trigger::Hit { .. } = spec.trigger() {
+        if let Trigger::Hit { .. } | Trigger::Reach { .. } = spec.trigger() {
             inj.arm_bp(gdb)?;
         }
         gdb.resume().map_err(gdb_err("resuming the guest"))?;
@@ -374,8 +377,13 @@ impl FaultInFlight {
         Ok(())
     }
 
+    /// Where the breakpoint goes: the target instruction, or the point a
+    /// reach trigger names.
     fn address(&self) -> u64 {
-        self.insn.as_ref().map_or(0, Decoded::address)
+        match self.spec.trigger() {
+            Trigger::Reach { address, .. } => address,
+            _ => self.insn.as_ref().map_or(0, Decoded::address),
+        }
     }
 
     fn arm_bp(&mut self, gdb: &mut GdbClient) -> Result<(), InjectError> {
@@ -517,11 +525,14 @@ impl FaultInFlight {
             // A delay trigger arms the breakpoint only once the delay has
             // passed, so any hit is due; a hit trigger waits for its count.
             let due = match self.spec.trigger() {
-                Trigger::Hit { count } => self.report.hits >= count,
+                Trigger::Hit { count } | Trigger::Reach { count, .. } => self.report.hits >= count,
                 Trigger::Delay { .. } => true,
             };
             if !due {
                 return self.step_over(gdb);
+            }
+            if let Trigger::Reach { count, .. } = self.spec.trigger() {
+                return self.on_reach(gdb, image, at, count);
             }
             // Apply now, before this execution runs.
             let rip = self.address();
@@ -630,6 +641,32 @@ impl FaultInFlight {
         }
     }
 
+    /// At the point a reach trigger names, before its instruction runs:
+    /// flips there, so that instruction is the first to see the flip.
+    fn on_reach(
+        &mut self,
+        gdb: &mut GdbClient,
+        image: &KernelImage,
+        at: Instant,
+        count: u32,
+    ) -> Result<(), InjectError> {
+        let regs = gdb.read_registers().map_err(gdb_err("reading the registers at the trigger"))?;
+        let applied = applied_at(image, regs.rip);
+        if !self.apply_flip(gdb, image, &regs, at, applied, true)? {
+            // A heap flip whose base register holds no heap pointer in this
+            // execution: try the next ones, a bounded number of times.
+            if self.report.hits < count + MAX_REACH_EXTRA {
+                return self.step_over(gdb);
+            }
+            self.phase = Phase::Done;
+        }
+        self.disarm_bp(gdb)?;
+        if self.injected_at.is_some() {
+            self.finish_latency(at);
+        }
+        gdb.resume().map_err(gdb_err("resuming after the fault"))
+    }
+
     fn note_corruption(&mut self, reg: FlipReg, before: u64, after: u64) {
         self.report.corruptions += 1;
         if let Some(a) = &mut self.report.applied {
@@ -677,50 +714,15 @@ impl FaultInFlight {
             }
             let regs = gdb.read_registers().map_err(gdb_err("reading the registers"))?;
             let kernel = regs.cs & 3 == 0;
-            let here = image.symbol_at(regs.rip).filter(|s| s.kind == SymbolKind::Function);
-            let mut applied = Applied {
-                at: image.symbolize(regs.rip),
-                function: here.map(|s| s.name.to_string()),
-                subsystem: here.and_then(|s| s.subsystem()).map(str::to_string),
-                ..Applied::default()
-            };
-            let ready = match (self.spec.model().clone(), self.spec.target().clone()) {
-                (FaultModel::RegFlip { reg, bit }, _) if kernel => {
-                    let (before, after) = flip_register(gdb, reg, bit)?;
-                    applied = Applied { reg: Some(reg), before: Some(before), after: Some(after), ..applied };
-                    self.mark_injected(halted, applied);
-                    self.follow_register(gdb, image, reg, bit, halted)?;
-                    self.phase = Phase::Done;
-                    true
-                }
-                (FaultModel::DataFlip { bit }, Target::Data { address, .. }) => {
-                    self.flip_and_watch(gdb, address, bit, halted, applied)?;
-                    true
-                }
-                (FaultModel::StackFlip { bit }, Target::Stack { offset }) if kernel => {
-                    let top = (regs.rsp | (THREAD_SIZE - 1)) + 1;
-                    let room = top.saturating_sub(regs.rsp).max(1);
-                    let address = regs.rsp + offset % room;
-                    self.flip_and_watch(gdb, address, bit, halted, applied)?;
-                    true
-                }
-                (FaultModel::HeapFlip { bit }, Target::Heap { reg, offset }) if kernel => {
-                    match heap_pointer(gdb, &regs, reg, offset)? {
-                        Some((used, address)) => {
-                            applied.reg = Some(used);
-                            self.flip_and_watch(gdb, address, bit, halted, applied)?;
-                            true
-                        }
-                        None => false,
-                    }
-                }
-                (model, Target::Instruction { address, .. }) => {
+            let applied = applied_at(image, regs.rip);
+            let ready = match self.spec.target().clone() {
+                _ if self.apply_flip(gdb, image, &regs, halted, applied.clone(), false)? => true,
+                Target::Instruction { address, .. } => {
                     self.verify_code(gdb, address)?;
-                    if let Some(patch) = model.patch() {
-                        applied.address = Some(address);
-                        gdb.write_memory(address, &patch.bytes.0)
-                            .map_err(gdb_err("writing the mutated instruction"))?;
-                        self.mark_injected(halted, applied);
+                    if let Some(patch) = self.spec.model().patch() {
+                        let patch = patch.bytes.0.clone();
+                        gdb.write_memory(address, &patch).map_err(gdb_err("writing the mutated instruction"))?;
+                        self.mark_injected(halted, Applied { address: Some(address), ..applied });
                         // The next execution activates the patch.
                         self.phase = Phase::Watching;
                     }
@@ -746,6 +748,53 @@ impl FaultInFlight {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Applies a register, data, stack or heap flip with the guest halted
+    /// at `regs`; `false` when it cannot land here (user mode, no heap
+    /// pointer) or the fault is not one of these. `exact`: a heap flip uses
+    /// only its own base register (at a reach trigger, the instruction's).
+    fn apply_flip(
+        &mut self,
+        gdb: &mut GdbClient,
+        image: &KernelImage,
+        regs: &Registers,
+        halted: Instant,
+        applied: Applied,
+        exact: bool,
+    ) -> Result<bool, InjectError> {
+        let kernel = regs.cs & 3 == 0;
+        Ok(match (self.spec.model().clone(), self.spec.target().clone()) {
+            (FaultModel::RegFlip { reg, bit }, _) if kernel => {
+                let (before, after) = flip_register(gdb, reg, bit)?;
+                let applied = Applied { reg: Some(reg), before: Some(before), after: Some(after), ..applied };
+                self.mark_injected(halted, applied);
+                self.follow_register(gdb, image, reg, bit, halted)?;
+                self.phase = Phase::Done;
+                true
+            }
+            (FaultModel::DataFlip { bit }, Target::Data { address, .. }) => {
+                self.flip_and_watch(gdb, address, bit, halted, applied)?;
+                true
+            }
+            (FaultModel::StackFlip { bit }, Target::Stack { offset }) if kernel => {
+                let top = (regs.rsp | (THREAD_SIZE - 1)) + 1;
+                let room = top.saturating_sub(regs.rsp).max(1);
+                let address = regs.rsp + offset % room;
+                self.flip_and_watch(gdb, address, bit, halted, applied)?;
+                true
+            }
+            (FaultModel::HeapFlip { bit }, Target::Heap { reg, offset }) if kernel => {
+                match heap_pointer(gdb, regs, reg, offset, exact)? {
+                    Some((used, address)) => {
+                        self.flip_and_watch(gdb, address, bit, halted, Applied { reg: Some(used), ..applied })?;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        })
     }
 
     fn flip_and_watch(
@@ -835,6 +884,17 @@ impl FaultInFlight {
     }
 }
 
+/// What is known of a halt at `rip` before anything is changed.
+fn applied_at(image: &KernelImage, rip: u64) -> Applied {
+    let here = image.symbol_at(rip).filter(|s| s.kind == SymbolKind::Function);
+    Applied {
+        at: image.symbolize(rip),
+        function: here.map(|s| s.name.to_string()),
+        subsystem: here.and_then(|s| s.subsystem()).map(str::to_string),
+        ..Applied::default()
+    }
+}
+
 fn gdb_err(during: &'static str) -> impl FnOnce(GdbError) -> InjectError {
     move |source| InjectError::Gdb { during, source }
 }
@@ -863,16 +923,19 @@ fn flip_register(gdb: &mut GdbClient, reg: FlipReg, bit: u8) -> Result<(u64, u64
     Ok((before, after))
 }
 
-/// The first register, from `first` on in [`FlipReg::GPRS`] order, that
-/// holds a readable kernel heap pointer; returns it and `pointer + offset`.
+/// The first register, from `first` on in [`FlipReg::GPRS`] order (only
+/// `first` with `only_first`), that holds a readable kernel heap pointer;
+/// returns it and `pointer + offset`.
 fn heap_pointer(
     gdb: &mut GdbClient,
     regs: &Registers,
     first: FlipReg,
     offset: u64,
+    only_first: bool,
 ) -> Result<Option<(FlipReg, u64)>, InjectError> {
     let start = FlipReg::GPRS.iter().position(|r| *r == first).unwrap_or(0);
-    for i in 0..FlipReg::GPRS.len() {
+    let tried = if only_first { 1 } else { FlipReg::GPRS.len() };
+    for i in 0..tried {
         let reg = FlipReg::GPRS[(start + i) % FlipReg::GPRS.len()];
         if reg == FlipReg::Rsp {
             continue;

@@ -18,6 +18,7 @@ pub mod gdb;
 pub mod image;
 pub mod inject;
 pub mod outcome;
+pub mod profile;
 pub mod reg_use;
 pub mod trace;
 

@@ -63,4 +63,4 @@ pub use cache::Cache;
 pub use guest::{GuestImage, Profile};
 pub use kernel::{Kernel, KernelChoice};
 pub use recovery::{Golden, Strategy, Sut};
-pub use vm::{BootReport, Standby, Vm, VmConfig, VmError};
+pub use vm::{BootReport, Plugin, Standby, Vm, VmConfig, VmError};

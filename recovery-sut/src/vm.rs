@@ -87,6 +87,30 @@ pub struct VmConfig {
     /// free pages back and QEMU punches them out of the RAM file, so a
     /// snapshot holds only used pages.
     pub free_page_reporting: bool,
+    /// Load a TCG plugin (`-plugin file=PATH,ARG...`): kfi's profiler for a
+    /// golden-run profile. TCG only; `None` for every other VM.
+    pub plugin: Option<Plugin>,
+}
+
+/// A QEMU TCG plugin and its `name=value` arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugin {
+    /// The shared object.
+    pub path: PathBuf,
+    /// Its arguments, in order (QEMU splits the option at commas, so no
+    /// value may hold one).
+    pub args: Vec<(String, String)>,
+}
+
+impl Plugin {
+    /// The `-plugin` option's value.
+    fn option(&self) -> String {
+        let mut opt = format!("file={}", self.path.display());
+        for (name, value) in &self.args {
+            opt.push_str(&format!(",{name}={value}"));
+        }
+        opt
+    }
 }
 
 impl Default for VmConfig {
@@ -106,6 +130,7 @@ impl Default for VmConfig {
             crash_kernel_mib: None,
             fill_disk: None,
             free_page_reporting: false,
+            plugin: None,
         }
     }
 }
@@ -402,6 +427,9 @@ fn qemu_args(
         // A restore starts its gdbstub once the guest is loaded (see
         // `finish_incoming`).
         args.extend(["-gdb".into(), gdb_chardev(dir)]);
+    }
+    if let Some(plugin) = &config.plugin {
+        args.extend(["-plugin".into(), plugin.option()]);
     }
     if config.watchdog_s.is_some() {
         args.extend(["-device".into(), "i6300esb".into(), "-action".into(), "watchdog=none".into()]);

@@ -23,6 +23,7 @@ pub mod faults;
 pub mod golden;
 pub mod golden_slot;
 pub mod ops;
+pub mod profile;
 pub mod recorded;
 pub mod restore;
 pub mod runner;

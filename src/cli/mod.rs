@@ -6,6 +6,7 @@ pub mod boot;
 pub mod campaign;
 pub mod faults;
 pub mod inject;
+pub mod profile;
 pub mod recover;
 pub mod workload;
 

@@ -16,6 +16,7 @@ use super::mutate::{self, Decoded};
 use super::{FaultModel, FaultSpec, FlipReg, HexBytes, ModelKind, Persistence, Target, Trigger};
 use crate::image::code::KernelCode;
 use crate::image::{KernelImage, Symbol, SymbolKind};
+use crate::profile::Profile;
 
 /// Which kernel code faults may target. Every filter given must pass;
 /// `functions` and `regex` both filter names, and a function passes if
@@ -72,6 +73,20 @@ pub enum GenerateError {
     /// No model was given.
     #[error("no fault model selected")]
     NoModels,
+    /// The profile saw no executed instruction (or, for data flips, no
+    /// read of a kernel variable) in the selection that the model applies
+    /// to.
+    #[error("the profile {profile} saw no executed instruction in {selection} that a {model} fault applies to{hint}: widen the selection, or profile a workload that runs it")]
+    NothingExecuted {
+        /// The model.
+        model: ModelKind,
+        /// The selection, described.
+        selection: String,
+        /// The profile's id.
+        profile: String,
+        /// What the model needs.
+        hint: &'static str,
+    },
     /// The image has no variables in `.data`/`.bss`.
     #[error("the kernel image has no variables in .data or .bss: was it loaded from a stripped vmlinux?")]
     NoData,
@@ -97,6 +112,76 @@ const HEAP_SPAN: u64 = 256;
 /// Hit triggers fire at one of the first this many executions.
 const MAX_HIT: u64 = 3;
 
+/// A profile-guided hit or reach trigger fires at one of the first this
+/// many executions, and at most at half the executions the profile counted
+/// in its window (every stop before it is a breakpoint round trip, and the
+/// experiment's window need not run the instruction as often).
+const MAX_PROFILE_HIT: u64 = 32;
+/// A profile-guided heap flip lands at most this far from its base
+/// register (a larger displacement is a global or a per-CPU offset).
+const MAX_HEAP_DISPLACEMENT: i64 = 4096;
+
+/// How a profile-guided generator weighs what the profile saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weighting {
+    /// By executions (reads, for data flips): each dynamic execution in the
+    /// profile's window is equally likely to be hit.
+    #[default]
+    Executions,
+    /// Every executed instruction (read variable byte) equally likely.
+    Uniform,
+}
+
+/// Draw targets from a golden-run profile instead of the whole image.
+#[derive(Debug, Clone, Copy)]
+pub struct Guide<'p> {
+    /// The profile (of this image: see [`Profile::check_kernel`]).
+    pub profile: &'p Profile,
+    /// How to weigh its counts.
+    pub weighting: Weighting,
+}
+
+/// One place a profile-guided fault can land.
+#[derive(Debug, Clone)]
+enum Candidate {
+    /// An executed instruction of `functions[function]`.
+    Code { function: usize, insn: Decoded, executions: u64 },
+    /// An instruction that read `size` bytes of `data[symbol]` at `address`.
+    Data { symbol: usize, address: u64, size: u64, reader: u64, reads: u64 },
+    /// An executed instruction reading through a base register.
+    Read { address: u64, read: mutate::BaseRead, executions: u64 },
+}
+
+/// Candidates of one model with their cumulative weights.
+#[derive(Debug, Default)]
+struct Weighted {
+    items: Vec<Candidate>,
+    cumulative: Vec<u64>,
+}
+
+impl Weighted {
+    fn push(&mut self, item: Candidate, weight: u64) {
+        let total = self.cumulative.last().copied().unwrap_or(0);
+        self.items.push(item);
+        self.cumulative.push(total + weight.max(1));
+    }
+
+    fn pick(&self, rng: &mut ChaCha8Rng) -> Option<&Candidate> {
+        let total = *self.cumulative.last()?;
+        let x = below(rng, total);
+        let i = self.cumulative.partition_point(|&c| c <= x);
+        self.items.get(i)
+    }
+}
+
+/// The hit count of a profile-guided trigger on an instruction the
+/// profile saw `executions` times.
+fn profile_hit(rng: &mut ChaCha8Rng, executions: u64) -> u32 {
+    let range = (executions / 2).clamp(1, MAX_PROFILE_HIT);
+    1 + below(rng, range) as u32
+}
+
 /// A fault generator over one image and selection: the candidate lists are
 /// built once, then [`generate`](Self::generate) is cheap.
 pub struct Generator<'a> {
@@ -107,6 +192,8 @@ pub struct Generator<'a> {
     models: Vec<ModelKind>,
     /// Requested models a (non-empty) selection does not place.
     unplaced: Vec<ModelKind>,
+    /// Per model, what a profile saw run (profile-guided generation).
+    guided: Option<(Guide<'a>, std::collections::BTreeMap<ModelKind, Weighted>)>,
 }
 
 impl std::fmt::Debug for Generator<'_> {
@@ -154,8 +241,9 @@ fn check_selection(
     selection: &TargetSelection,
     regex: Option<&Regex>,
     models: &[ModelKind],
+    guided: bool,
 ) -> Result<(), GenerateError> {
-    if !selection.is_empty() && !models.iter().any(|m| m.needs_instruction()) {
+    if !guided && !selection.is_empty() && !models.iter().any(|m| m.needs_instruction()) {
         return Err(GenerateError::SelectionIgnored {
             selection: describe_selection(selection),
             models: models.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
@@ -242,6 +330,22 @@ impl<'a> Generator<'a> {
         selection: &TargetSelection,
         models: &[ModelKind],
     ) -> Result<Generator<'a>, GenerateError> {
+        Generator::new_with(image, code, selection, models, None)
+    }
+
+    /// [`new`](Self::new), drawing from what `guide`'s profile saw run when
+    /// given: code faults on executed instructions, triggered at one of
+    /// their executions; register flips on a register an executed
+    /// instruction reads, at that instruction; data, stack and heap flips
+    /// on a byte an executed instruction reads, flipped just before it
+    /// runs. The selection then places every model.
+    pub fn new_with(
+        image: &'a KernelImage,
+        code: &'a KernelCode,
+        selection: &TargetSelection,
+        models: &[ModelKind],
+        guide: Option<Guide<'a>>,
+    ) -> Result<Generator<'a>, GenerateError> {
         if models.is_empty() {
             return Err(GenerateError::NoModels);
         }
@@ -251,7 +355,7 @@ impl<'a> Generator<'a> {
         };
         let by_name = !selection.functions.is_empty() || regex.is_some();
         let text: Vec<Symbol<'a>> = image.functions().filter(|f| f.size > 0 && f.section.name == ".text").collect();
-        check_selection(image, &text, selection, regex.as_ref(), models)?;
+        check_selection(image, &text, selection, regex.as_ref(), models, guide.is_some())?;
         let mut functions: Vec<Symbol<'a>> = text
             .into_iter()
             .filter(|f| {
@@ -278,15 +382,120 @@ impl<'a> Generator<'a> {
         let mut models = models.to_vec();
         models.sort();
         models.dedup();
-        if functions.is_empty() && models.iter().any(|m| m.needs_instruction()) {
+        if functions.is_empty() && (guide.is_some() || models.iter().any(|m| m.needs_instruction())) {
             return Err(GenerateError::NoFunctions { selection: describe_selection(selection) });
         }
-        let unplaced = if selection.is_empty() {
+        let unplaced = if selection.is_empty() || guide.is_some() {
             Vec::new()
         } else {
             models.iter().copied().filter(|m| !m.needs_instruction()).collect()
         };
-        Ok(Generator { image, code, functions, data, models, unplaced })
+        let mut generator = Generator { image, code, functions, data, models, unplaced, guided: None };
+        if let Some(guide) = guide {
+            let candidates = generator.candidates(guide);
+            for model in &generator.models {
+                if candidates.get(model).is_none_or(|c| c.items.is_empty()) {
+                    return Err(GenerateError::NothingExecuted {
+                        model: *model,
+                        selection: describe_selection(selection),
+                        profile: guide.profile.id().to_string(),
+                        hint: match model {
+                            ModelKind::DataFlip => " (a read of a .data/.bss variable)",
+                            ModelKind::StackFlip => " (a read through %rsp)",
+                            ModelKind::HeapFlip => " (a read through a pointer register)",
+                            _ => "",
+                        },
+                    });
+                }
+            }
+            generator.guided = Some((guide, candidates));
+        }
+        Ok(generator)
+    }
+
+    /// The index in `functions` of the function holding `address`.
+    fn function_at(&self, address: u64) -> Option<usize> {
+        let i = self.functions.partition_point(|f| f.address <= address).checked_sub(1)?;
+        self.functions[i].contains(address).then_some(i)
+    }
+
+    /// Per requested model, the places the profile saw run in the
+    /// selection, by address (so the same profile gives the same lists).
+    fn candidates(&self, guide: Guide<'a>) -> std::collections::BTreeMap<ModelKind, Weighted> {
+        let mut out: std::collections::BTreeMap<ModelKind, Weighted> = std::collections::BTreeMap::new();
+        let weight = |n: u64| match guide.weighting {
+            Weighting::Executions => n,
+            Weighting::Uniform => 1,
+        };
+        for (&address, &executions) in guide.profile.executed() {
+            let Some(function) = self.function_at(address) else { continue };
+            let f = &self.functions[function];
+            let len = (f.address + f.size - address).min(15) as usize;
+            let Some(insn) = self.code.bytes(address, len).and_then(|b| mutate::decode_one(address, b)) else {
+                continue;
+            };
+            if self.code.is_patched(address, insn.bytes.len() as u64) || mutate::waits(&insn) {
+                continue;
+            }
+            for &model in &self.models {
+                let candidate = match model {
+                    ModelKind::DataFlip => None,
+                    ModelKind::StackFlip => mutate::base_read(&insn)
+                        .filter(|r| r.base == FlipReg::Rsp && r.displacement >= 0)
+                        .map(|read| Candidate::Read { address, read, executions }),
+                    ModelKind::HeapFlip => mutate::base_read(&insn)
+                        .filter(|r| {
+                            !matches!(r.base, FlipReg::Rsp | FlipReg::Rip)
+                                && (0..MAX_HEAP_DISPLACEMENT).contains(&r.displacement)
+                        })
+                        .map(|read| Candidate::Read { address, read, executions }),
+                    ModelKind::RegFlip => (!mutate::src_regs(&insn).is_empty()).then(|| Candidate::Code {
+                        function,
+                        insn: insn.clone(),
+                        executions,
+                    }),
+                    code => applies(code, &insn).then(|| Candidate::Code { function, insn: insn.clone(), executions }),
+                };
+                if let Some(c) = candidate {
+                    out.entry(model).or_default().push(c, weight(executions));
+                }
+            }
+        }
+        if self.models.contains(&ModelKind::DataFlip) {
+            let list = out.entry(ModelKind::DataFlip).or_default();
+            for a in guide.profile.counts.accesses.iter().filter(|a| a.reads > 0) {
+                if self.function_at(a.instruction).is_none() {
+                    continue;
+                }
+                let i = self.data.partition_point(|s| s.address <= a.address);
+                let Some(symbol) = i.checked_sub(1).filter(|&i| self.data[i].contains(a.address)) else { continue };
+                let size = u64::from(a.size).min(self.data[symbol].address + self.data[symbol].size - a.address);
+                list.push(
+                    Candidate::Data { symbol, address: a.address, size, reader: a.instruction, reads: a.reads },
+                    weight(a.reads),
+                );
+            }
+        }
+        out
+    }
+
+    /// How many dynamic instances the fault's class stands for in the
+    /// profile's window: executions of the instruction it is applied at
+    /// (`None` without a profile). Tables weigh records by it to
+    /// extrapolate from the drawn faults to every executed instruction.
+    pub fn class_weight(&self, spec: &FaultSpec) -> Option<u64> {
+        let (guide, _) = self.guided.as_ref()?;
+        let at = match (spec.trigger(), spec.target()) {
+            (Trigger::Reach { address, .. }, _) => address,
+            (_, Target::Instruction { address, .. }) => *address,
+            _ => return None,
+        };
+        Some(guide.profile.executions(at))
+    }
+
+    /// The profile the faults are drawn from, if any.
+    pub fn profile(&self) -> Option<&'a Profile> {
+        self.guided.as_ref().map(|(g, _)| g.profile)
     }
 
     /// What the caller should tell the user when the selection places only
@@ -310,6 +519,9 @@ impl<'a> Generator<'a> {
     pub fn generate(&self, seed: u64, index: u64) -> Result<FaultSpec, GenerateError> {
         let mut rng = rng_for(seed, index);
         let model = *pick(&mut rng, &self.models);
+        if self.guided.is_some() {
+            return self.guided_fault(&mut rng, model);
+        }
         let delay = Trigger::Delay { ms: DELAY_MS.0 + below(&mut rng, DELAY_MS.1 - DELAY_MS.0) };
         let spec = match model {
             ModelKind::RegFlip => {
@@ -361,56 +573,112 @@ impl<'a> Generator<'a> {
                 continue;
             }
             let d = *pick(rng, &eligible);
-            let (fault, trigger) = match model {
-                ModelKind::TextFlip => {
-                    let bit = below(rng, d.bytes.len() as u64 * 8) as u16;
-                    match mutate::text_flip(d, bit) {
-                        Some(patch) => (FaultModel::TextFlip { bit, patch }, delay),
-                        None => continue,
+            if let Some(spec) = self.code_spec(rng, model, &f, d, delay, None) {
+                return Ok(spec);
+            }
+        }
+        Err(GenerateError::NoInstruction { model, tried: MAX_DRAWS })
+    }
+
+    /// A `model` fault on `d` of `f`: a patch applied at `trigger`, or a
+    /// register corruption at `reg_hit` (drawn here when `None`); `None`
+    /// when the mutation does not apply after all.
+    fn code_spec(
+        &self,
+        rng: &mut ChaCha8Rng,
+        model: ModelKind,
+        f: &Symbol<'_>,
+        d: &Decoded,
+        trigger: Trigger,
+        reg_hit: Option<Trigger>,
+    ) -> Option<FaultSpec> {
+        let (fault, trigger) = match model {
+            ModelKind::TextFlip => {
+                let bit = below(rng, d.bytes.len() as u64 * 8) as u16;
+                (FaultModel::TextFlip { bit, patch: mutate::text_flip(d, bit)? }, trigger)
+            }
+            ModelKind::Nop => (FaultModel::Nop { patch: mutate::nop(d)? }, trigger),
+            ModelKind::Branch => (FaultModel::Branch { patch: mutate::branch(d)? }, trigger),
+            ModelKind::Inverse => (FaultModel::Inverse { patch: mutate::inverse(d)? }, trigger),
+            ModelKind::Init => (FaultModel::Init { patch: mutate::init(d)? }, trigger),
+            ModelKind::RetZero => (FaultModel::RetZero { patch: mutate::ret_zero(d)? }, trigger),
+            ModelKind::OffByOne => {
+                let first: i8 = if below(rng, 2) == 0 { -1 } else { 1 };
+                let (delta, patch) = mutate::off_by_one(d, first)
+                    .map(|p| (first, p))
+                    .or_else(|| mutate::off_by_one(d, -first).map(|p| (-first, p)))?;
+                (FaultModel::OffByOne { delta, patch }, trigger)
+            }
+            ModelKind::Dst | ModelKind::Src | ModelKind::Ptr => {
+                let (reg, width) = match model {
+                    ModelKind::Dst => mutate::dst_reg(d)?,
+                    ModelKind::Src => *pick(rng, &mutate::src_regs(d)),
+                    _ => (mutate::ptr_reg(d)?, 64),
+                };
+                let bit = below(rng, u64::from(width)) as u8;
+                let hit = reg_hit.unwrap_or_else(|| Trigger::Hit { count: 1 + below(rng, MAX_HIT) as u32 });
+                let fault = match model {
+                    ModelKind::Dst => FaultModel::Dst { reg, bit },
+                    ModelKind::Src => FaultModel::Src { reg, bit },
+                    _ => FaultModel::Ptr { reg, bit },
+                };
+                (fault, hit)
+            }
+            other => unreachable!("{other} is not a code model"),
+        };
+        Some(
+            FaultSpec::new(fault, instruction_target(f, d), trigger, Persistence::Permanent)
+                .expect("generated specs are consistent by construction"),
+        )
+    }
+
+    /// A profile-guided fault of `model`.
+    fn guided_fault(&self, rng: &mut ChaCha8Rng, model: ModelKind) -> Result<FaultSpec, GenerateError> {
+        let (_, candidates) = self.guided.as_ref().expect("guided");
+        let list = candidates.get(&model).expect("checked in new_with");
+        for _ in 0..MAX_DRAWS {
+            let candidate = list.pick(rng).expect("checked non-empty in new_with");
+            let spec = match candidate {
+                Candidate::Code { function, insn, executions } => {
+                    let trigger = Trigger::Hit { count: profile_hit(rng, *executions) };
+                    let f = &self.functions[*function];
+                    if model == ModelKind::RegFlip {
+                        let (reg, width) = *pick(rng, &mutate::src_regs(insn));
+                        let bit = below(rng, u64::from(width)) as u8;
+                        FaultSpec::new(
+                            FaultModel::RegFlip { reg, bit },
+                            instruction_target(f, insn),
+                            trigger,
+                            Persistence::Permanent,
+                        )
+                        .ok()
+                    } else {
+                        self.code_spec(rng, model, f, insn, trigger, Some(trigger))
                     }
                 }
-                ModelKind::Nop => (FaultModel::Nop { patch: mutate::nop(d).expect("eligible") }, delay),
-                ModelKind::Branch => (FaultModel::Branch { patch: mutate::branch(d).expect("eligible") }, delay),
-                ModelKind::Inverse => (FaultModel::Inverse { patch: mutate::inverse(d).expect("eligible") }, delay),
-                ModelKind::Init => (FaultModel::Init { patch: mutate::init(d).expect("eligible") }, delay),
-                ModelKind::RetZero => (FaultModel::RetZero { patch: mutate::ret_zero(d).expect("eligible") }, delay),
-                ModelKind::OffByOne => {
-                    let first: i8 = if below(rng, 2) == 0 { -1 } else { 1 };
-                    match mutate::off_by_one(d, first)
-                        .map(|p| (first, p))
-                        .or_else(|| mutate::off_by_one(d, -first).map(|p| (-first, p)))
-                    {
-                        Some((delta, patch)) => (FaultModel::OffByOne { delta, patch }, delay),
-                        None => continue,
-                    }
+                Candidate::Data { symbol, address, size, reader, reads } => {
+                    let sym = &self.data[*symbol];
+                    let byte = address + below(rng, *size);
+                    let bit = below(rng, 8) as u8;
+                    let target =
+                        Target::Data { symbol: sym.name.to_string(), offset: byte - sym.address, address: byte };
+                    let trigger = Trigger::Reach { address: *reader, count: profile_hit(rng, *reads) };
+                    FaultSpec::new(FaultModel::DataFlip { bit }, target, trigger, Persistence::Permanent).ok()
                 }
-                ModelKind::Dst | ModelKind::Src | ModelKind::Ptr => {
-                    let (reg, width) = match model {
-                        ModelKind::Dst => mutate::dst_reg(d).expect("eligible"),
-                        ModelKind::Src => *pick(rng, &mutate::src_regs(d)),
-                        _ => (mutate::ptr_reg(d).expect("eligible"), 64),
+                Candidate::Read { address, read, executions } => {
+                    let offset = read.displacement as u64 + below(rng, read.size);
+                    let bit = below(rng, 8) as u8;
+                    let trigger = Trigger::Reach { address: *address, count: profile_hit(rng, *executions) };
+                    let (fault, target) = match model {
+                        ModelKind::StackFlip => (FaultModel::StackFlip { bit }, Target::Stack { offset }),
+                        _ => (FaultModel::HeapFlip { bit }, Target::Heap { reg: read.base, offset }),
                     };
-                    let bit = below(rng, u64::from(width)) as u8;
-                    let hit = Trigger::Hit { count: 1 + below(rng, MAX_HIT) as u32 };
-                    let fault = match model {
-                        ModelKind::Dst => FaultModel::Dst { reg, bit },
-                        ModelKind::Src => FaultModel::Src { reg, bit },
-                        _ => FaultModel::Ptr { reg, bit },
-                    };
-                    (fault, hit)
+                    FaultSpec::new(fault, target, trigger, Persistence::Permanent).ok()
                 }
-                other => unreachable!("{other} is not a code model"),
             };
-            let target = Target::Instruction {
-                function: f.name.to_string(),
-                offset: d.address() - f.address,
-                address: d.address(),
-                original: HexBytes(d.bytes.clone()),
-                asm: d.asm(),
-                subsystem: f.subsystem().map(str::to_string),
-            };
-            return Ok(FaultSpec::new(fault, target, trigger, Persistence::Permanent)
-                .expect("generated specs are consistent by construction"));
+            if let Some(spec) = spec {
+                return Ok(spec);
+            }
         }
         Err(GenerateError::NoInstruction { model, tried: MAX_DRAWS })
     }
@@ -418,6 +686,18 @@ impl<'a> Generator<'a> {
     /// The image.
     pub fn image(&self) -> &'a KernelImage {
         self.image
+    }
+}
+
+/// The target naming instruction `d` of function `f`.
+fn instruction_target(f: &Symbol<'_>, d: &Decoded) -> Target {
+    Target::Instruction {
+        function: f.name.to_string(),
+        offset: d.address() - f.address,
+        address: d.address(),
+        original: HexBytes(d.bytes.clone()),
+        asm: d.asm(),
+        subsystem: f.subsystem().map(str::to_string),
     }
 }
 

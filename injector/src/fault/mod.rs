@@ -497,6 +497,16 @@ pub enum Trigger {
         /// Which execution.
         count: u32,
     },
+    /// At the `count`-th execution of the instruction at `address`, before
+    /// it runs: a point a golden-run profile names (for a memory flip, an
+    /// instruction that reads the byte; for a heap flip, one whose base
+    /// register points at the object), counted by a breakpoint.
+    Reach {
+        /// The instruction (link-time = run-time: `nokaslr`).
+        address: u64,
+        /// Which execution.
+        count: u32,
+    },
 }
 
 /// Whether a code fault stays.
@@ -533,6 +543,9 @@ pub enum SpecError {
     /// `count` is 0.
     #[error("a hit trigger counts from 1 (the first execution), not 0")]
     ZeroHits,
+    /// A reach trigger on a fault that has an instruction of its own.
+    #[error("a fault on an instruction is triggered by its own executions: use a `hit` trigger, not `reach`")]
+    ReachOnInstruction,
     /// A bit outside its register or byte.
     #[error("bit {bit} is outside {what} (bits 0-{max})")]
     Bit {
@@ -635,9 +648,12 @@ impl FaultSpec {
             return Err(SpecError::Target { model: kind, needs, got: target_name(&target) });
         }
         match trigger {
-            Trigger::Hit { count: 0 } => return Err(SpecError::ZeroHits),
+            Trigger::Hit { count: 0 } | Trigger::Reach { count: 0, .. } => return Err(SpecError::ZeroHits),
             Trigger::Hit { .. } if !matches!(target, Target::Instruction { .. }) => {
                 return Err(SpecError::HitWithoutInstruction)
+            }
+            Trigger::Reach { .. } if matches!(target, Target::Instruction { .. }) => {
+                return Err(SpecError::ReachOnInstruction)
             }
             _ => {}
         }
@@ -774,6 +790,7 @@ impl FaultSpec {
             Trigger::Delay { ms } => format!("after {ms} ms"),
             Trigger::Hit { count: 1 } => "at the first execution".to_string(),
             Trigger::Hit { count } => format!("at execution {count}"),
+            Trigger::Reach { address, count } => format!("at execution {count} of {address:#x}"),
         };
         let transient = self.persistence == Persistence::Transient && self.model.kind().needs_instruction();
         format!("{what}, {when}{}", if transient { ", transient" } else { "" })

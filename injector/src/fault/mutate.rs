@@ -301,6 +301,39 @@ pub fn ptr_reg(d: &Decoded) -> Option<FlipReg> {
     flip_reg(i.memory_base())
 }
 
+/// A memory read through a base register and a displacement, as a
+/// profile-guided stack or heap flip needs it: the byte it reads is known
+/// from the registers at the instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseRead {
+    /// The base register (RSP for the stack, explicit or implicit: `pop`,
+    /// `ret`).
+    pub base: FlipReg,
+    /// The displacement from it.
+    pub displacement: i64,
+    /// Bytes read.
+    pub size: u64,
+}
+
+/// The first memory read of the instruction through a general-purpose base
+/// register with no index, in the default data or stack segment (not the
+/// per-CPU `%gs` area).
+pub fn base_read(d: &Decoded) -> Option<BaseRead> {
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(&d.instr);
+    info.used_memory().iter().find_map(|m| {
+        let reads =
+            matches!(m.access(), OpAccess::Read | OpAccess::ReadWrite | OpAccess::ReadCondWrite | OpAccess::CondRead);
+        let plain_segment = matches!(m.segment(), iced_x86::Register::DS | iced_x86::Register::SS);
+        let size = m.memory_size().size() as u64;
+        if !reads || !plain_segment || m.index() != iced_x86::Register::None || size == 0 {
+            return None;
+        }
+        let base = flip_reg(m.base())?;
+        Some(BaseRead { base, displacement: m.displacement() as i64, size })
+    })
+}
+
 /// Whether the instruction writes `reg` (so a source corruption must not
 /// be undone after it ran).
 pub fn writes_reg(d: &Decoded, reg: FlipReg) -> bool {
