@@ -176,6 +176,8 @@ pub fn records() -> Vec<ExperimentRecord> {
                     detail: serde_json::Value::Null,
                 })
             }),
+            profile: None,
+            class_weight: None,
         };
         r.outcome = o;
         out.push(r);

@@ -367,6 +367,16 @@ pub enum Injection {
         /// How far the error went, when the campaign traced it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         propagation: Option<Box<Propagation>>,
+        /// The golden-run profile the fault was drawn from (its id), when
+        /// the campaign's targets came from one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile: Option<String>,
+        /// With a profile: executions, in the profile's window, of the
+        /// instruction the fault is applied at: how many dynamic instances
+        /// its class stands for, to weigh records by when extrapolating to
+        /// every executed instruction.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class_weight: Option<u64>,
     },
 }
 

@@ -332,6 +332,8 @@ mod tests {
                 activation_unknown: None,
                 activation_s: activated.then_some(0.5),
                 propagation: None,
+                profile: None,
+                class_weight: None,
             };
             r
         };

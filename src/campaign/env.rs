@@ -75,6 +75,10 @@ pub struct RunOptions {
     /// `results` after every record and when the run ends: SQLite's WAL
     /// needs a local filesystem, `results` may be a shared one.
     pub scratch: Option<PathBuf>,
+    /// Where the golden-run profile of a profile-guided campaign is kept
+    /// (made there when missing); `None`: `results`. A shard names its
+    /// campaign's directory, so every shard draws from one profile.
+    pub profile: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -91,7 +95,13 @@ impl RunOptions {
             keep_golden: false,
             allow_mixed: false,
             scratch: None,
+            profile: None,
         }
+    }
+
+    /// Where the campaign's profile is kept.
+    pub fn profile_dir(&self) -> &Path {
+        self.profile.as_deref().unwrap_or(&self.results)
     }
 
     /// Where the run's store and golden snapshot live while it works.

@@ -5,23 +5,38 @@
 use std::time::Duration;
 
 use analysis::record::{Injection as RecordInjection, Propagation, RecordedScope};
-use anyhow::{Context, Result};
-use injector::fault::{Generator, ModelKind, TargetSelection};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use injector::fault::{Generator, Guide, ModelKind, TargetSelection, Weighting};
+use injector::profile::Profile;
 use injector::trace::{KernelLayout, TraceConfig, Tracer};
 use injector::{FaultSpec, Persistence};
-use recovery_sut::{Cache, KernelChoice, Sut};
+use recovery_sut::{Cache, KernelChoice, Sut, VmConfig};
 
 use super::experiment::{FaultObservation, FaultRunner};
 use super::recorded;
-use super::spec::Campaign;
+use super::spec::{Campaign, TargetSource};
 use crate::fault_watch::{self, Watch, WatchLimits};
-use crate::setup::{self, KernelModel};
+use crate::setup::{self, KernelModel, Prepared};
 
 /// One `[[inject]]` table's fault population.
 struct Group {
     selection: TargetSelection,
     models: Vec<ModelKind>,
     transient: bool,
+    /// Drawn from the profile, weighed so; `None`: from the whole image.
+    guided: Option<Weighting>,
+}
+
+/// Where a profile-guided campaign's profile is, or is made.
+pub struct ProfileSite<'a> {
+    /// The campaign's guest.
+    pub prepared: &'a Prepared,
+    /// Its VM settings.
+    pub config: &'a VmConfig,
+    /// The directory holding (or to hold) `profile.json`.
+    pub dir: &'a Path,
 }
 
 /// Injects a campaign's faults with the injector.
@@ -34,15 +49,42 @@ pub struct InjectorRunner {
     /// The kernel's layout and the tracer's bounds, when the campaign
     /// traces propagation.
     trace: Option<(KernelLayout, TraceConfig)>,
+    /// The golden-run profile, when a table draws from it.
+    profile: Option<Profile>,
 }
 
 /// The fault runner a campaign needs: `None` when it injects no faults.
-pub fn runner_for(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Result<Option<Box<dyn FaultRunner>>> {
+/// A campaign whose tables draw from the profile needs `profile`: the
+/// profile kept there is checked against the campaign, or made.
+pub fn runner_for(
+    cache: &Cache,
+    campaign: &Campaign,
+    profile: Option<ProfileSite<'_>>,
+    step: &dyn Fn(&str),
+) -> Result<Option<Box<dyn FaultRunner>>> {
     if campaign.file.inject.iter().all(|i| i.faults.is_none()) {
         return Ok(None);
     }
     let kernel = KernelChoice::Locked(setup::locked_kernel(campaign.file.guest.kernel.as_deref())?);
     let model = setup::load_kernel_model(cache, &kernel, step)?;
+    let profile = match (campaign.needs_profile(), profile) {
+        (false, _) => None,
+        (true, None) => bail!("{}: a table draws from the profile, which this command cannot make: run `kfi profile {}` first", campaign.path.display(), campaign.path.display()),
+        (true, Some(site)) => {
+            let used = super::ops::obtain_profile(
+                campaign,
+                site.prepared,
+                site.config,
+                &model.image,
+                site.dir,
+                None,
+                false,
+                step,
+            )?;
+            used.profile.check_kernel(&model.image)?;
+            Some(used.profile)
+        }
+    };
     let mut groups = Vec::new();
     for (i, inject) in campaign.file.inject.iter().enumerate() {
         let Some(faults) = &inject.faults else {
@@ -61,13 +103,15 @@ pub fn runner_for(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Re
         };
         let selection =
             TargetSelection { subsystems: faults.subsystems.clone(), functions: faults.functions.clone(), regex: None };
+        let guided = (faults.targets == TargetSource::Profile).then_some(faults.weighting);
+        let guide = guided.zip(profile.as_ref()).map(|(weighting, profile)| Guide { profile, weighting });
         // Refuse an empty or unknown selection now, not at experiment i.
-        let generator = Generator::new(&model.image, &model.code, &selection, &models)
+        let generator = Generator::new_with(&model.image, &model.code, &selection, &models, guide)
             .with_context(|| format!("{}: inject[{i}].faults", campaign.path.display()))?;
         if let Some(note) = generator.selection_note() {
             tracing::warn!("{}: inject[{i}].faults: {note}", campaign.path.display());
         }
-        groups.push(Some(Group { selection, models, transient: faults.transient }));
+        groups.push(Some(Group { selection, models, transient: faults.transient, guided }));
     }
     let trace = match &campaign.file.trace {
         Some(t) => {
@@ -84,12 +128,13 @@ pub fn runner_for(cache: &Cache, campaign: &Campaign, step: &dyn Fn(&str)) -> Re
         seed: campaign.file.seed,
         hang_timeout: campaign.file.observe.hang_timeout(),
         trace,
+        profile,
     })))
 }
 
 impl FaultRunner for InjectorRunner {
     fn inject(&self, sut: &mut Sut, group: usize, index: u64, window: Duration) -> Result<FaultObservation> {
-        let spec = self.spec(group, index)?;
+        let (spec, drawn) = self.spec(group, index)?;
         let vm = sut.vm();
         let console_offset = std::fs::metadata(vm.console_log()).map(|m| m.len()).unwrap_or(0);
         vm.events(); // stale events are not this fault's
@@ -108,6 +153,7 @@ impl FaultRunner for InjectorRunner {
             watch.injection.applied.as_ref().filter(|_| {
                 matches!(spec.model().kind(), ModelKind::RegFlip | ModelKind::StackFlip | ModelKind::HeapFlip)
             });
+        let (profile, class_weight) = drawn;
         let injection = RecordInjection::Fault {
             model: recorded::model(spec.model().kind()),
             subsystem: spec
@@ -121,13 +167,15 @@ impl FaultRunner for InjectorRunner {
             activation_unknown: watch.injection.activation_unknown.clone(),
             activation_s: watch.injection.activation_after_s,
             propagation,
+            profile,
+            class_weight,
         };
         let detail = watch.console.oopses.first().map(serde_json::to_value).transpose()?;
         Ok(FaultObservation { injection, detail, watch })
     }
 
     fn planned(&self, group: usize, index: u64) -> Result<RecordInjection> {
-        let spec = self.spec(group, index)?;
+        let (spec, (profile, class_weight)) = self.spec(group, index)?;
         Ok(RecordInjection::Fault {
             model: recorded::model(spec.model().kind()),
             subsystem: spec.subsystem_in(&self.model.image).map(str::to_string),
@@ -138,18 +186,23 @@ impl FaultRunner for InjectorRunner {
             activation_unknown: None,
             activation_s: None,
             propagation: None,
+            profile,
+            class_weight,
         })
     }
 }
 
 impl InjectorRunner {
     /// Fault `index` of group `group`: a pure function of the seed, the
-    /// index and the kernel image.
-    fn spec(&self, group: usize, index: u64) -> Result<FaultSpec> {
+    /// index, the kernel image and (profile-guided) the profile; with the
+    /// profile's id and the fault's class weight.
+    fn spec(&self, group: usize, index: u64) -> Result<(FaultSpec, (Option<String>, Option<u64>))> {
         let g = self.groups.get(group).and_then(Option::as_ref).context("a fault experiment of a crash table")?;
-        let generator = Generator::new(&self.model.image, &self.model.code, &g.selection, &g.models)?;
+        let guide = g.guided.zip(self.profile.as_ref()).map(|(weighting, profile)| Guide { profile, weighting });
+        let generator = Generator::new_with(&self.model.image, &self.model.code, &g.selection, &g.models, guide)?;
         let spec = generator.generate(self.seed, index).with_context(|| format!("generating fault {index}"))?;
-        Ok(if g.transient { spec.with_persistence(Persistence::Transient) } else { spec })
+        let drawn = (generator.profile().map(|p| p.id().to_string()), generator.class_weight(&spec));
+        Ok((if g.transient { spec.with_persistence(Persistence::Transient) } else { spec }, drawn))
     }
 
     /// The propagation record of a traced fault: the tracer's verdict, a

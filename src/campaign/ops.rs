@@ -111,7 +111,8 @@ pub fn run_campaign(
 ) -> Result<RunSummary> {
     let step = |m: &str| steps.step(m);
     let (prepared, config, provenance, image_packages) = prepare(cache, campaign, &step)?;
-    let faults = faults::runner_for(cache, campaign, &step)?;
+    let site = faults::ProfileSite { prepared: &prepared, config: &config, dir: opts.profile_dir() };
+    let faults = faults::runner_for(cache, campaign, Some(site), &step)?;
     step(&format!("golden run: booting the {} guest and freezing its service", prepared.profile));
     steps.setup_done();
     let kept = match opts.keep_golden {
@@ -352,8 +353,10 @@ pub fn slurm(
 ) -> Result<slurm::Prepared> {
     slurm::check(campaign, opts)?;
     let step = |m: &str| steps.step(m);
-    let (prepared, ..) = prepare(cache, campaign, &step)?;
-    faults::runner_for(cache, campaign, &step)?;
+    let (prepared, config, ..) = prepare(cache, campaign, &step)?;
+    // Every shard draws from the one profile, made here when missing.
+    let site = faults::ProfileSite { prepared: &prepared, config: &config, dir: &opts.results };
+    faults::runner_for(cache, campaign, Some(site), &step)?;
     steps.setup_done();
     let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
     let launch = slurm::Launch {
@@ -465,7 +468,8 @@ pub fn replay(
         None
     };
     let (prepared, config, provenance, image_packages) = prepare(cache, campaign, step)?;
-    let faults = faults::runner_for(cache, campaign, step)?;
+    let site = faults::ProfileSite { prepared: &prepared, config: &config, dir: results };
+    let faults = faults::runner_for(cache, campaign, Some(site), step)?;
     let kept = KeptGolden::new(cache, &prepared.image, &config, campaign)?;
     let env =
         Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
@@ -507,7 +511,8 @@ pub fn agreement(
     let chosen = compare::sample(&activated.iter().map(|r| r.experiment).collect::<Vec<_>>(), n, seed);
     let all = campaign.expand();
     let (prepared, config, provenance, image_packages) = prepare(cache, campaign, step)?;
-    let faults = faults::runner_for(cache, campaign, step)?;
+    let site = faults::ProfileSite { prepared: &prepared, config: &config, dir: results };
+    let faults = faults::runner_for(cache, campaign, Some(site), step)?;
     let kept = KeptGolden::new(cache, &prepared.image, &config, campaign)?;
     let env =
         Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };

@@ -323,7 +323,7 @@ export KFI_KERNEL_LOCK={lock}
 shard=$((SLURM_ARRAY_TASK_ID + 1))
 scratch="${{KFI_SCRATCH:-${{TMPDIR:-/tmp}}}}/kfi-{name}-${{SLURM_ARRAY_JOB_ID}}-$shard"
 exec {kfi} campaign run {file}{guest} --accel {accel} --shard "$shard/{n}" --jobs {c} \
-    --results {results}/shards/"$shard"-of-{n} --scratch "$scratch"
+    --results {results}/shards/"$shard"-of-{n} --scratch "$scratch" --profile {results}
 "#,
         last = n - 1,
         common = common_directives(opts, launch)?,

@@ -297,6 +297,28 @@ pub struct FaultsSpec {
     /// Put original bytes back after the first activation (code faults).
     #[serde(default)]
     pub transient: bool,
+    /// Where targets are drawn from: `image` (any function or variable of
+    /// the kernel image, applied after a delay) or `profile` (what the
+    /// campaign's golden-run profile saw run, applied at one of its
+    /// executions; `kfi profile` makes it, `kfi campaign run` too when it
+    /// is missing).
+    #[serde(default)]
+    pub targets: TargetSource,
+    /// With `targets = "profile"`: `executions` (hot code drawn more often)
+    /// or `uniform` (every executed instruction alike).
+    #[serde(default)]
+    pub weighting: injector::fault::Weighting,
+}
+
+/// Where a `faults` table's targets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSource {
+    /// The whole kernel image.
+    #[default]
+    Image,
+    /// The campaign's golden-run profile.
+    Profile,
 }
 
 /// One `[[inject]]` table: exactly one of `crash`, `faults` or `none`.
@@ -450,6 +472,12 @@ pub struct Campaign {
 }
 
 impl Campaign {
+    /// Whether a `faults` table draws its targets from the golden-run
+    /// profile.
+    pub fn needs_profile(&self) -> bool {
+        self.file.inject.iter().filter_map(|i| i.faults.as_ref()).any(|f| f.targets == TargetSource::Profile)
+    }
+
     /// Reads and validates an experiment file.
     pub fn load(path: &Path) -> Result<Campaign, ExperimentFileError> {
         let bytes =

@@ -122,6 +122,10 @@ pub struct CampaignRunArgs {
     /// the results directory after every experiment (for results on a shared filesystem).
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// Where a profile-guided campaign's golden-run profile is kept, or made when missing (default: the results
+    /// directory; a Slurm shard names its campaign's).
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
     /// Print the run summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -238,6 +242,7 @@ pub fn run(cache: &Cache, args: CampaignRunArgs) -> Result<ExitCode> {
         keep_golden: args.keep_golden,
         allow_mixed: args.allow_mixed,
         scratch: args.scratch,
+        profile: args.profile,
     };
     let progress = Progress::new();
     let summary = ops::run_campaign(cache, &campaign, &opts, ops::interrupt_flag()?, &progress)?;

@@ -4,7 +4,10 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use injector::fault::{FaultSpec, Generator, ModelKind, TargetSelection};
+use std::path::PathBuf;
+
+use injector::fault::{FaultSpec, Generator, Guide, ModelKind, TargetSelection, Weighting};
+use injector::profile::Profile;
 use kfi::setup::load_kernel_model;
 use recovery_sut::Cache;
 use serde::Serialize;
@@ -26,6 +29,41 @@ pub struct SelectionArgs {
     /// Only functions whose name matches this regex.
     #[arg(long)]
     pub regex: Option<String>,
+    /// Draw from the golden-run profile in this directory (its profile.json; see `kfi profile`): executed
+    /// instructions and the data they read, instead of the whole image.
+    #[arg(long, value_name = "DIR")]
+    pub profile: Option<PathBuf>,
+    /// With --profile: weigh by executions, or every executed instruction alike.
+    #[arg(long, value_enum, default_value = "executions", requires = "profile")]
+    pub weighting: WeightingArg,
+}
+
+/// `--weighting`.
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum WeightingArg {
+    /// Hot code drawn more often.
+    Executions,
+    /// Every executed instruction alike.
+    Uniform,
+}
+
+impl SelectionArgs {
+    /// The profile named by `--profile`, checked against `image`.
+    pub fn load_profile(&self, image: &injector::KernelImage) -> Result<Option<Profile>> {
+        let Some(dir) = &self.profile else { return Ok(None) };
+        let profile = Profile::load(dir).with_context(|| format!("--profile {}", dir.display()))?;
+        profile.check_kernel(image)?;
+        Ok(Some(profile))
+    }
+
+    /// How to draw from `profile`.
+    pub fn guide<'p>(&self, profile: Option<&'p Profile>) -> Option<Guide<'p>> {
+        let weighting = match self.weighting {
+            WeightingArg::Executions => Weighting::Executions,
+            WeightingArg::Uniform => Weighting::Uniform,
+        };
+        profile.map(|profile| Guide { profile, weighting })
+    }
 }
 
 impl SelectionArgs {
@@ -77,7 +115,9 @@ struct Listed<'a> {
 pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
     let model = load_kernel_model(cache, &args.vm.kernel.choice()?, &|m| tracing::info!("{m}"))?;
     let (selection, models) = args.select.resolve();
-    let generator = Generator::new(&model.image, &model.code, &selection, &models)?;
+    let profile = args.select.load_profile(&model.image)?;
+    let generator =
+        Generator::new_with(&model.image, &model.code, &selection, &models, args.select.guide(profile.as_ref()))?;
     if let Some(note) = generator.selection_note() {
         eprintln!("kfi: note: {note}");
     }
@@ -99,11 +139,12 @@ pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&listed)?);
     } else {
         println!(
-            "seed {}, kernel {}, {} functions selected, models {}",
+            "seed {}, kernel {}, {} functions selected, models {}{}",
             args.seed,
             model.kernel.release,
             generator.functions().len(),
-            models.iter().map(|m| m.name()).collect::<Vec<_>>().join(",")
+            models.iter().map(|m| m.name()).collect::<Vec<_>>().join(","),
+            profile.as_ref().map(|p| format!(", drawn from profile {}", p.id())).unwrap_or_default()
         );
         println!("{:>6}  {:<10}  {:<8}  description", "index", "model", "subsys");
         for (i, s) in &specs {

@@ -62,7 +62,9 @@ pub fn cmd(cache: &Cache, args: InjectArgs) -> Result<ExitCode> {
         (Some(json), _, _) => serde_json::from_str(json).context("parsing --fault (a FaultSpec as JSON)")?,
         (None, Some(seed), Some(index)) => {
             let (selection, models) = args.select.resolve();
-            Generator::new(&model.image, &model.code, &selection, &models)?.generate(seed, index)?
+            let profile = args.select.load_profile(&model.image)?;
+            let guide = args.select.guide(profile.as_ref());
+            Generator::new_with(&model.image, &model.code, &selection, &models, guide)?.generate(seed, index)?
         }
         _ => anyhow::bail!("give --fault SPEC_JSON, or --seed S --index I"),
     };

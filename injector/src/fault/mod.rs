@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gdb::Reg;
 
-pub use generate::{generate, GenerateError, Generator, TargetSelection};
+pub use generate::{generate, GenerateError, Generator, Guide, TargetSelection, Weighting};
 
 /// Bytes that travel as a hex string in JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
