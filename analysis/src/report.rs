@@ -505,9 +505,26 @@ pub fn write_report_with(
     }
     if !by_subsystem.rows.is_empty() {
         push_table(&mut md, &by_subsystem);
+        let (unknown, faults) = tables::unknown_subsystems(records);
+        let _ = writeln!(
+            md,
+            "\nSubsystem unknown (no source file for the target, or a register, stack or heap flip that never landed): {unknown} of {faults} fault experiments ({:.1}%).",
+            100.0 * unknown as f64 / faults.max(1) as f64
+        );
     }
     if !activation.rows.is_empty() {
         push_table(&mut md, &activation);
+        let (profiles, image) = tables::fault_sources(records);
+        if !profiles.is_empty() {
+            let named: Vec<String> = profiles.iter().map(|(p, n)| format!("`{p}` ({n} experiments)")).collect();
+            let _ = writeln!(
+                md,
+                "\nTargets of {} experiments were drawn from the golden-run profile {} (`profile.json` beside the store: what the kernel executed under this workload, counted by kfi's TCG plugin): code faults and register flips on executed instructions, applied at one of their first executions (at most 32, at most half the profile's count); data, stack and heap flips on a byte an executed instruction read, flipped just before that instruction runs. Activation is still observed, not assumed: a breakpoint sees the patched instruction run, a watchpoint the flipped byte read first, single steps the flipped register read first. Each record's `class_weight` is its instruction's executions in the profile's window.{}",
+                profiles.values().sum::<usize>(),
+                named.join(", "),
+                if image > 0 { format!(" {image} experiments drew from the whole kernel image.") } else { String::new() }
+            );
+        }
     }
     if !scope_model.rows.is_empty() {
         let sum = tables::scope_summary(records);

@@ -507,6 +507,35 @@ pub fn scope_summary(records: &[ExperimentRecord]) -> ScopeSummary {
     }
 }
 
+/// Fault experiments whose record names no subsystem, and all fault
+/// experiments.
+pub fn unknown_subsystems(records: &[ExperimentRecord]) -> (usize, usize) {
+    let faults: Vec<&Option<String>> = records
+        .iter()
+        .filter_map(|r| match &r.injection {
+            Injection::Fault { subsystem, .. } => Some(subsystem),
+            _ => None,
+        })
+        .collect();
+    (faults.iter().filter(|s| s.is_none()).count(), faults.len())
+}
+
+/// The golden-run profiles fault experiments were drawn from, with how
+/// many experiments each, and the experiments drawn from the whole image.
+pub fn fault_sources(records: &[ExperimentRecord]) -> (std::collections::BTreeMap<String, usize>, usize) {
+    let mut profiles = std::collections::BTreeMap::new();
+    let mut image = 0;
+    for r in records {
+        if let Injection::Fault { profile, .. } = &r.injection {
+            match profile {
+                Some(p) => *profiles.entry(p.clone()).or_insert(0) += 1,
+                None => image += 1,
+            }
+        }
+    }
+    (profiles, image)
+}
+
 /// Activation rate per fault model, and how often an activated fault
 /// became visible.
 pub fn activation(records: &[ExperimentRecord]) -> Table {

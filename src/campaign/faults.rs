@@ -29,6 +29,10 @@ struct Group {
     guided: Option<Weighting>,
 }
 
+/// What a drawn fault's record says of its source: the profile's id and
+/// the fault's class weight (both `None` when drawn from the image).
+type Drawn = (Option<String>, Option<u64>);
+
 /// Where a profile-guided campaign's profile is, or is made.
 pub struct ProfileSite<'a> {
     /// The campaign's guest.
@@ -69,7 +73,11 @@ pub fn runner_for(
     let model = setup::load_kernel_model(cache, &kernel, step)?;
     let profile = match (campaign.needs_profile(), profile) {
         (false, _) => None,
-        (true, None) => bail!("{}: a table draws from the profile, which this command cannot make: run `kfi profile {}` first", campaign.path.display(), campaign.path.display()),
+        (true, None) => bail!(
+            "{}: a table draws from the profile, which this command cannot make: run `kfi profile {}` first",
+            campaign.path.display(),
+            campaign.path.display()
+        ),
         (true, Some(site)) => {
             let used = super::ops::obtain_profile(
                 campaign,
@@ -160,8 +168,11 @@ impl FaultRunner for InjectorRunner {
                 .subsystem_in(&self.model.image)
                 .map(str::to_string)
                 .or_else(|| landed.and_then(|a| a.subsystem.clone())),
-            function: spec.function().map(str::to_string).or_else(|| landed.and_then(|a| a.function.clone())),
-            description: spec.describe(),
+            function: spec
+                .function_in(&self.model.image)
+                .map(str::to_string)
+                .or_else(|| landed.and_then(|a| a.function.clone())),
+            description: spec.describe_in(&self.model.image),
             spec: serde_json::to_value(&spec)?,
             activated: watch.injection.activated,
             activation_unknown: watch.injection.activation_unknown.clone(),
@@ -179,8 +190,8 @@ impl FaultRunner for InjectorRunner {
         Ok(RecordInjection::Fault {
             model: recorded::model(spec.model().kind()),
             subsystem: spec.subsystem_in(&self.model.image).map(str::to_string),
-            function: spec.function().map(str::to_string),
-            description: spec.describe(),
+            function: spec.function_in(&self.model.image).map(str::to_string),
+            description: spec.describe_in(&self.model.image),
             spec: serde_json::to_value(&spec)?,
             activated: false,
             activation_unknown: None,
@@ -196,7 +207,7 @@ impl InjectorRunner {
     /// Fault `index` of group `group`: a pure function of the seed, the
     /// index, the kernel image and (profile-guided) the profile; with the
     /// profile's id and the fault's class weight.
-    fn spec(&self, group: usize, index: u64) -> Result<(FaultSpec, (Option<String>, Option<u64>))> {
+    fn spec(&self, group: usize, index: u64) -> Result<(FaultSpec, Drawn)> {
         let g = self.groups.get(group).and_then(Option::as_ref).context("a fault experiment of a crash table")?;
         let guide = g.guided.zip(self.profile.as_ref()).map(|(weighting, profile)| Guide { profile, weighting });
         let generator = Generator::new_with(&self.model.image, &self.model.code, &g.selection, &g.models, guide)?;

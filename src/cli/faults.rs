@@ -131,8 +131,8 @@ pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
                 index: *i,
                 model: s.model().kind(),
                 subsystem: s.subsystem_in(&model.image),
-                function: s.function(),
-                description: s.describe(),
+                function: s.function_in(&model.image),
+                description: s.describe_in(&model.image),
                 spec: s,
             })
             .collect();
@@ -153,7 +153,7 @@ pub fn cmd(cache: &Cache, args: FaultsArgs) -> Result<ExitCode> {
                 i,
                 s.model().kind().to_string(),
                 s.subsystem_in(&model.image).unwrap_or("-"),
-                s.describe()
+                s.describe_in(&model.image)
             );
         }
     }

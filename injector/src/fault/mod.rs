@@ -746,10 +746,38 @@ impl FaultSpec {
     /// that defines it). Register, stack and heap flips have none before
     /// they land (see `inject::Applied::subsystem`).
     pub fn subsystem_in<'i>(&'i self, image: &'i crate::image::KernelImage) -> Option<&'i str> {
-        match &self.target {
-            Target::Instruction { subsystem, .. } => subsystem.as_deref(),
-            Target::Data { address, .. } => image.symbol_at(*address).and_then(|s| s.subsystem()),
+        match (&self.target, self.trigger) {
+            (Target::Instruction { subsystem, .. }, _) => subsystem.as_deref(),
+            (Target::Data { address, .. }, _) => image.symbol_at(*address).and_then(|s| s.subsystem()),
+            (_, Trigger::Reach { address, .. }) => image.symbol_at(address).and_then(|s| s.subsystem()),
             _ => None,
+        }
+    }
+
+    /// The function a fault lands in when that is known before it is
+    /// applied: a code fault's, or the one holding a reach trigger's
+    /// instruction (where a register, stack or heap flip is applied).
+    pub fn function_in<'i>(&'i self, image: &'i crate::image::KernelImage) -> Option<&'i str> {
+        match (&self.target, self.trigger) {
+            (Target::Instruction { function, .. }, _) => Some(function),
+            (Target::Data { .. }, _) => None,
+            (_, Trigger::Reach { address, .. }) => {
+                image.symbol_at(address).filter(|s| s.kind == crate::image::SymbolKind::Function).map(|s| s.name)
+            }
+            _ => None,
+        }
+    }
+
+    /// [`describe`](Self::describe) with a reach trigger's instruction
+    /// named as `function+0xoff`.
+    pub fn describe_in(&self, image: &crate::image::KernelImage) -> String {
+        let text = self.describe();
+        match self.trigger {
+            Trigger::Reach { address, .. } => match image.symbolize(address) {
+                Some(place) => text.replace(&format!("{address:#x}"), &place),
+                None => text,
+            },
+            _ => text,
         }
     }
 
