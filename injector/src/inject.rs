@@ -146,7 +146,7 @@ const REGISTER_STEPS: u64 = 5_000;
 const MAX_HALTS: u32 = 500;
 /// Executions after a reach trigger's count at which a heap flip may still
 /// find its base register holding a heap pointer, before it gives up.
-const MAX_REACH_EXTRA: u32 = 32;
+const MAX_REACH_EXTRA: u32 = 16;
 /// A stop the injector did not cause: QEMU reports a panic pause as
 /// GDB_SIGNAL_UNKNOWN (143), a QMP `stop` as SIGINT. `interrupted`: the
 /// injector sent the interrupt, so SIGINT is its own.

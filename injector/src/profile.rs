@@ -229,6 +229,10 @@ pub struct ProfileMeta {
     pub kfi_commit: String,
     /// Wall-clock seconds the whole profiling run took.
     pub elapsed_s: f64,
+    /// Correct answers the clients got in the window (under the plugin's
+    /// cost: compare with the workload's throughput without it).
+    #[serde(default)]
+    pub answered: u64,
 }
 
 /// A profile: its metadata and counts, with per-instruction executions.
@@ -495,6 +499,7 @@ mod tests {
             counts_sha256: String::new(),
             kfi_commit: "c".into(),
             elapsed_s: 2.0,
+            answered: 10,
         };
         let p = Profile::new(meta, counts);
         assert_eq!(p.executions(0x1007), 7, "both blocks ran it");

@@ -79,14 +79,14 @@ pub fn runner_for(
             campaign.path.display()
         ),
         (true, Some(site)) => {
+            let request = super::ops::ProfileRequest::default();
             let used = super::ops::obtain_profile(
                 campaign,
                 site.prepared,
                 site.config,
                 &model.image,
                 site.dir,
-                None,
-                false,
+                request,
                 step,
             )?;
             used.profile.check_kernel(&model.image)?;

@@ -140,42 +140,55 @@ pub struct ProfileUse {
     pub dir: PathBuf,
 }
 
+/// What `kfi profile` asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileRequest {
+    /// The load's duration (default: the campaign's observation window).
+    pub window: Option<std::time::Duration>,
+    /// Make it anew even if one is kept.
+    pub remake: bool,
+    /// Count `.data`/`.bss` accesses too (data flips draw from them).
+    pub memory: bool,
+}
+
+impl Default for ProfileRequest {
+    fn default() -> Self {
+        ProfileRequest { window: None, remake: false, memory: true }
+    }
+}
+
 /// The profile kept in `dir` for this campaign, checked against its
 /// kernel, image and workload; made there first when missing, or when
-/// `remake`, with its summary against the kernel image. `window`: the load's duration (default: the campaign's
-/// observation window).
+/// `request.remake`; with its summary against the kernel image.
 pub fn profile(
     cache: &Cache,
     campaign: &Campaign,
     dir: &Path,
-    window: Option<std::time::Duration>,
-    remake: bool,
+    request: ProfileRequest,
     step: &dyn Fn(&str),
 ) -> Result<(ProfileUse, injector::profile::Summary)> {
     let (prepared, config, _, _) = prepare(cache, campaign, step)?;
     let kernel = KernelChoice::Locked(crate::setup::locked_kernel(campaign.file.guest.kernel.as_deref())?);
     let model = crate::setup::load_kernel_model(cache, &kernel, step)?;
-    let used = obtain_profile(campaign, &prepared, &config, &model.image, dir, window, remake, step)?;
+    let used = obtain_profile(campaign, &prepared, &config, &model.image, dir, request, step)?;
     let summary = used.profile.summary(&model.image);
     Ok((used, summary))
 }
 
 /// [`profile`] for a caller that has prepared the guest and loaded the
 /// kernel's image.
-#[allow(clippy::too_many_arguments)]
 pub fn obtain_profile(
     campaign: &Campaign,
     prepared: &Prepared,
     config: &VmConfig,
     image: &injector::KernelImage,
     dir: &Path,
-    window: Option<std::time::Duration>,
-    remake: bool,
+    request: ProfileRequest,
     step: &dyn Fn(&str),
 ) -> Result<ProfileUse> {
     use injector::profile::Profile;
     let expected = super::profile::expected_meta(campaign, image, prepared);
-    if Profile::exists(dir) && !remake {
+    if Profile::exists(dir) && !request.remake {
         let profile = Profile::load(dir).with_context(|| format!("reading the profile in {}", dir.display()))?;
         profile.check_kernel(image)?;
         super::profile::check_matches(&profile.meta, &expected).with_context(|| {
@@ -188,8 +201,8 @@ pub fn obtain_profile(
         })?;
         return Ok(ProfileUse { profile, made: false, dir: dir.to_path_buf() });
     }
-    let window = window.unwrap_or_else(|| campaign.file.observe.window());
-    let profile = super::profile::make(campaign, prepared, config, image, window, dir, step)?;
+    let window = request.window.unwrap_or_else(|| campaign.file.observe.window());
+    let profile = super::profile::make(campaign, prepared, config, image, window, request.memory, dir, step)?;
     Ok(ProfileUse { profile, made: true, dir: dir.to_path_buf() })
 }
 

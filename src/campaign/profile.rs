@@ -84,6 +84,7 @@ pub fn expected_meta(campaign: &Campaign, image: &KernelImage, prepared: &crate:
         counts_sha256: String::new(),
         kfi_commit: String::new(),
         elapsed_s: 0.0,
+        answered: 0,
     }
 }
 
@@ -125,13 +126,16 @@ impl Control {
 }
 
 /// Makes the campaign's profile over `window` of its load and saves it
-/// into `dir`.
+/// into `dir`; `memory`: also count `.data`/`.bss` accesses (what data
+/// flips are drawn from; the costly part).
+#[allow(clippy::too_many_arguments)]
 pub fn make(
     campaign: &Campaign,
     prepared: &crate::setup::Prepared,
     config: &recovery_sut::VmConfig,
     image: &KernelImage,
     window: Duration,
+    memory: bool,
     dir: &Path,
     step: &dyn Fn(&str),
 ) -> Result<Profile> {
@@ -139,8 +143,9 @@ pub fn make(
     let plugin = plugin_path()?;
     let work = tempfile::Builder::new().prefix("kfi-profile-").tempdir().context("creating a scratch directory")?;
     let ctl = work.path().join("profiler.sock");
+    let ranges = if memory { data_ranges(image) } else { Vec::new() };
     let mut args = vec![("ctl".to_string(), ctl.display().to_string())];
-    for (start, end) in data_ranges(image) {
+    for (start, end) in &ranges {
         args.push(("mem".into(), format!("{start:x}-{end:x}")));
     }
     // Plugins run only under TCG; the profile is what the kernel executes,
@@ -178,7 +183,8 @@ pub fn make(
     let meta = ProfileMeta {
         window_s: window.as_secs_f64(),
         qemu_version,
-        memory_ranges: data_ranges(image),
+        memory_ranges: ranges,
+        answered: correct as u64,
         kfi_commit: match crate::provenance::git_state(Path::new(env!("CARGO_MANIFEST_DIR"))) {
             Some((commit, dirty)) => format!("{commit}{}", if dirty { " (dirty)" } else { "" }),
             None => "unknown".into(),

@@ -31,6 +31,9 @@ pub struct ProfileArgs {
     /// Make it anew even if the results directory holds one.
     #[arg(long)]
     remake: bool,
+    /// Count only code, not the .data/.bss accesses (cheaper; data flips then cannot draw from it).
+    #[arg(long)]
+    no_memory: bool,
     /// Functions to list.
     #[arg(long, default_value_t = 20)]
     top: usize,
@@ -44,19 +47,21 @@ pub fn cmd(cache: &Cache, args: ProfileArgs) -> Result<ExitCode> {
     let campaign = ops::load(&args.file, args.guest)?;
     let dir = ops::results_dir(&campaign, args.results.as_deref());
     let step = |m: &str| say(m);
-    let (used, summary) = ops::profile(cache, &campaign, &dir, args.window, args.remake, &step)?;
+    let request = ops::ProfileRequest { window: args.window, remake: args.remake, memory: !args.no_memory };
+    let (used, summary) = ops::profile(cache, &campaign, &dir, request, &step)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(ExitCode::SUCCESS);
     }
     let m = &used.profile.meta;
     println!(
-        "profile {} of {} ({}, {} guest, {} s of the workload; {} in {:.0} s) in {}",
+        "profile {} of {} ({}, {} guest, {} s of the workload, {} correct answers under the plugin; {} in {:.0} s) in {}",
         summary.id,
         campaign.file.name,
         m.kernel,
         m.guest,
         m.window_s,
+        m.answered,
         if used.made { "made now" } else { "made earlier" },
         m.elapsed_s,
         used.dir.display()
@@ -70,10 +75,14 @@ pub fn cmd(cache: &Cache, args: ProfileArgs) -> Result<ExitCode> {
         summary.instruction_executions,
         summary.outside_vmlinux
     );
-    println!(
-        ".data/.bss: {} reads and {} writes of {} distinct addresses",
-        summary.data_reads, summary.data_writes, summary.data_addresses
-    );
+    if m.memory_ranges.is_empty() {
+        println!(".data/.bss: not counted (--no-memory)");
+    } else {
+        println!(
+            ".data/.bss: {} reads and {} writes of {} distinct addresses",
+            summary.data_reads, summary.data_writes, summary.data_addresses
+        );
+    }
     println!("\nhottest functions (instruction executions):");
     for f in summary.functions.iter().take(args.top) {
         println!("  {:>12}  {:<40} {} ({} instructions ran)", f.executions, f.name, f.subsystem, f.instructions);
