@@ -250,8 +250,19 @@ fn flip_reg(reg: Register) -> Option<FlipReg> {
     FlipReg::GPRS.into_iter().find(|r| r.name() == format!("{full:?}").to_lowercase())
 }
 
+/// [`flip_reg`] for a register whose bits the models draw from bit 0: not
+/// `ah`-`dh` (bits 8-15), where a flip of bit 0-7 of the full register
+/// would miss the bits the instruction uses.
+fn low_flip_reg(reg: Register) -> Option<FlipReg> {
+    if matches!(reg, Register::AH | Register::BH | Register::CH | Register::DH) {
+        return None;
+    }
+    flip_reg(reg)
+}
+
 /// DST: the general-purpose register the instruction writes as its first
-/// operand, and the width of that write in bits.
+/// operand, and the width of that write in bits (not `ah`-`dh`, whose bits
+/// are not the low ones).
 pub fn dst_reg(d: &Decoded) -> Option<(FlipReg, u8)> {
     let i = &d.instr;
     if i.op_count() == 0 || i.op0_kind() != OpKind::Register {
@@ -263,7 +274,7 @@ pub fn dst_reg(d: &Decoded) -> Option<(FlipReg, u8)> {
         return None;
     }
     let reg = i.op0_register();
-    let r = flip_reg(reg).filter(|r| *r != FlipReg::Rsp)?;
+    let r = low_flip_reg(reg).filter(|r| *r != FlipReg::Rsp)?;
     Some((r, (reg.size() * 8) as u8))
 }
 
@@ -282,7 +293,7 @@ pub fn src_regs(d: &Decoded) -> Vec<(FlipReg, u8)> {
             continue;
         }
         let reg = i.op_register(op);
-        if let Some(r) = flip_reg(reg).filter(|r| *r != FlipReg::Rsp) {
+        if let Some(r) = low_flip_reg(reg).filter(|r| *r != FlipReg::Rsp) {
             if !out.iter().any(|(o, _)| *o == r) {
                 out.push((r, (reg.size() * 8) as u8));
             }
@@ -442,6 +453,8 @@ mod tests {
         let add = one(&[0x48, 0x01, 0xf7]);
         assert_eq!(dst_reg(&add), Some((FlipReg::Rdi, 64)));
         assert_eq!(src_regs(&add), vec![(FlipReg::Rdi, 64), (FlipReg::Rsi, 64)]);
+        // test $2,%dh reads bits 8-15 of rdx, not the bits a flip draws.
+        assert!(src_regs(&one(&[0xf6, 0xc6, 0x02])).is_empty());
         let load = one(&[0x8b, 0x03]);
         assert_eq!(ptr_reg(&load), Some(FlipReg::Rbx));
         assert_eq!(dst_reg(&load), Some((FlipReg::Rax, 32)));
