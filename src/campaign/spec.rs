@@ -768,6 +768,19 @@ strategies = ["full-reboot", "service-restore"]
     }
 
     #[test]
+    fn a_faults_table_draws_from_the_image_unless_it_names_the_profile() {
+        let c = parse(GOOD).unwrap();
+        assert!(!c.needs_profile());
+        let guided = GOOD.replace("count = 3 }", "count = 3, targets = \"profile\", weighting = \"uniform\" }");
+        let c = parse(&guided).unwrap();
+        assert!(c.needs_profile());
+        let f = c.file.inject[1].faults.as_ref().unwrap();
+        assert_eq!((f.targets, f.weighting), (TargetSource::Profile, injector::fault::Weighting::Uniform));
+        let e = parse(&GOOD.replace("count = 3 }", "count = 3, targets = \"trace\" }")).unwrap_err().to_string();
+        assert!(e.contains("targets") || e.contains("trace"), "{e}");
+    }
+
+    #[test]
     fn a_trace_table_is_checked() {
         let traced = format!("{GOOD}\n[trace]\nmax_steps = 500\n");
         let c = parse(&traced).unwrap();

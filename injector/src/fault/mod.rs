@@ -867,6 +867,35 @@ mod tests {
     }
 
     #[test]
+    fn a_reach_trigger_names_a_point_for_a_flip_and_never_for_a_code_fault() {
+        let data = Target::Data { symbol: "jiffies_64".into(), offset: 7, address: 0xffff_ffff_8260_5007 };
+        let reach = Trigger::Reach { address: 0xffff_ffff_8115_4c09, count: 2 };
+        let flip =
+            FaultSpec::new(FaultModel::DataFlip { bit: 2 }, data.clone(), reach, Persistence::Permanent).unwrap();
+        assert_eq!(flip.describe(), "data bit 2 of jiffies_64+0x7, at execution 2 of 0xffffffff81154c09");
+        let json = serde_json::to_string(&flip).unwrap();
+        assert_eq!(serde_json::from_str::<FaultSpec>(&json).unwrap(), flip);
+        assert!(FaultSpec::new(
+            FaultModel::StackFlip { bit: 0 },
+            Target::Stack { offset: 8 },
+            reach,
+            Persistence::Permanent
+        )
+        .is_ok());
+        assert_eq!(
+            FaultSpec::new(
+                FaultModel::DataFlip { bit: 2 },
+                data,
+                Trigger::Reach { address: 1, count: 0 },
+                Persistence::Permanent
+            ),
+            Err(SpecError::ZeroHits)
+        );
+        let nop = FaultModel::Nop { patch: Patch { bytes: HexBytes(vec![0x90]), asm: "nop".into() } };
+        assert_eq!(FaultSpec::new(nop, insn(), reach, Persistence::Permanent), Err(SpecError::ReachOnInstruction));
+    }
+
+    #[test]
     fn wrong_combinations_are_refused() {
         let nop = FaultModel::Nop { patch: Patch { bytes: HexBytes(vec![0x90]), asm: "nop".into() } };
         assert!(matches!(
