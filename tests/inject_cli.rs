@@ -68,7 +68,8 @@ fn a_register_flip_runs_and_is_reproducible_from_its_spec() {
 }
 
 /// A committed fault campaign's faults are a pure function of (seed,
-/// index, kernel): `kfi faults` with the store's seed and each group's
+/// index, kernel, and for profile-guided tables the profile kept beside
+/// the store): `kfi faults` with the store's seed and each group's
 /// selection lists exactly the faults stored, on the kernel the store
 /// names (the pinned one).
 #[test]
@@ -116,6 +117,12 @@ fn kfi_faults_lists_exactly_the_faults_of_the_committed_campaigns() {
                 if !value.is_empty() {
                     args.extend([flag, value.as_str()]);
                 }
+            }
+            // A table drawn from the golden-run profile names it; the
+            // profile is kept beside the store.
+            let profile = root.join("results").join(campaign).display().to_string();
+            if f.get("targets").and_then(|t| t.as_str()) == Some("profile") {
+                args.extend(["--profile", profile.as_str(), "--weighting", f["weighting"].as_str().unwrap()]);
             }
             let listed: serde_json::Value = serde_json::from_str(&run(&args)).unwrap();
             for (k, fault) in listed.as_array().unwrap().iter().enumerate() {

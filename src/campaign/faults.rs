@@ -2,11 +2,10 @@
 //! become a [`FaultRunner`] that draws fault `i` from the campaign seed
 //! (the same list `kfi faults --seed S` prints) and watches it.
 
+use std::path::Path;
 use std::time::Duration;
 
 use analysis::record::{Injection as RecordInjection, Propagation, RecordedScope};
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
 use injector::fault::{Generator, Guide, ModelKind, TargetSelection, Weighting};
 use injector::profile::Profile;
