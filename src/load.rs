@@ -44,6 +44,12 @@ pub const ANSWERED_WITHIN: Duration = Duration::from_millis(100);
 /// experiment gives up as a harness error.
 pub const ANSWER_GATE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the load goes on after a recovery for the static clients to
+/// get their first correct answer: on a loaded machine a client's request
+/// can wait out its timeout more than once before the restored service
+/// answers, and a run that ends first sees no recovery at all.
+pub const RECOVERED_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The least load after a recovery: a probe request sent during the outage
 /// ends only at its timeout, and must end inside the run.
 pub const PROBE_TAIL: Duration = PROBE_TIMEOUT.saturating_add(Duration::from_millis(100));
@@ -224,6 +230,21 @@ impl RunningLoad {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Waits, at most `timeout`, until a static client's correct answer
+    /// ends after `since_s` (seconds since `origin`); `false` if none did.
+    /// Loads it cannot watch (RUBiS, the probe) return `true` at once.
+    pub fn wait_answered_after(&self, since_s: f64, timeout: Duration) -> bool {
+        let Some(progress) = &self.progress else { return true };
+        let deadline = Instant::now() + timeout;
+        while progress.last_correct_end().is_none_or(|end| end <= since_s) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// Stops the clients and returns what they saw.

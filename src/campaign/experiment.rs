@@ -86,7 +86,19 @@ pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<Ex
         observed.answered_before_s = answered;
         if let Some(failure) = &observed.failure {
             match sut.recover(planned.strategy, failure) {
-                Ok(timing) => observed.recovery = Some(timing),
+                Ok(timing) => {
+                    observed.recovery = Some(timing);
+                    // The VMM's probe saw the service back; the clients see
+                    // it at their next request, which may first have to
+                    // time out: keep the load until they do (bounded).
+                    let back_s = origin.elapsed().as_secs_f64();
+                    if !load.wait_answered_after(back_s, crate::load::RECOVERED_ANSWER_TIMEOUT) {
+                        tracing::warn!(
+                            "the clients got no correct answer within {:?} after the service was back",
+                            crate::load::RECOVERED_ANSWER_TIMEOUT
+                        );
+                    }
+                }
                 Err(RecoveryError::NotRecovered { last, .. }) => observed.not_recovered = Some(last),
                 Err(e) => return Err(e).context("recovering"),
             }
