@@ -715,23 +715,23 @@ impl FaultInFlight {
             let regs = gdb.read_registers().map_err(gdb_err("reading the registers"))?;
             let kernel = regs.cs & 3 == 0;
             let applied = applied_at(image, regs.rip);
-            let ready = match self.spec.target().clone() {
-                _ if self.apply_flip(gdb, image, &regs, halted, applied.clone(), false)? => true,
-                Target::Instruction { address, .. } => {
-                    self.verify_code(gdb, address)?;
-                    if let Some(patch) = self.spec.model().patch() {
-                        let patch = patch.bytes.0.clone();
-                        gdb.write_memory(address, &patch).map_err(gdb_err("writing the mutated instruction"))?;
-                        self.mark_injected(halted, Applied { address: Some(address), ..applied });
-                        // The next execution activates the patch.
-                        self.phase = Phase::Watching;
-                    }
-                    // Register faults on an instruction act at its next
-                    // execution: the breakpoint hit applies them.
-                    self.arm_bp(gdb)?;
-                    true
+            let ready = if self.apply_flip(gdb, image, &regs, halted, applied.clone(), false)? {
+                true
+            } else if let Target::Instruction { address, .. } = *self.spec.target() {
+                self.verify_code(gdb, address)?;
+                if let Some(patch) = self.spec.model().patch() {
+                    let patch = patch.bytes.0.clone();
+                    gdb.write_memory(address, &patch).map_err(gdb_err("writing the mutated instruction"))?;
+                    self.mark_injected(halted, Applied { address: Some(address), ..applied });
+                    // The next execution activates the patch.
+                    self.phase = Phase::Watching;
                 }
-                _ => false,
+                // Register faults on an instruction act at its next
+                // execution: the breakpoint hit applies them.
+                self.arm_bp(gdb)?;
+                true
+            } else {
+                false
             };
             if ready {
                 self.delay_done = true;

@@ -262,6 +262,11 @@ impl Profile {
     /// A profile of `counts`; `meta.counts_sha256` is set from them.
     pub fn new(mut meta: ProfileMeta, counts: Counts) -> Profile {
         meta.counts_sha256 = counts_sha256(&counts);
+        Profile::indexed(meta, counts)
+    }
+
+    /// A profile whose metadata already names its counts' hash.
+    fn indexed(meta: ProfileMeta, counts: Counts) -> Profile {
         let mut executed: BTreeMap<u64, u64> = BTreeMap::new();
         for b in &counts.blocks {
             for o in &b.offsets {
@@ -337,11 +342,8 @@ impl Profile {
         if found != meta.counts_sha256 {
             return Err(ProfileError::Corrupt { path, expected: meta.counts_sha256, found });
         }
-        let counts = Counts::parse(&dump)?;
-        let expected = meta.counts_sha256.clone();
-        let profile = Profile::new(meta, counts);
-        debug_assert_eq!(profile.meta.counts_sha256, expected, "render is the inverse of parse");
-        Ok(profile)
+        // The file is the counts as rendered, so its hash is theirs.
+        Ok(Profile::indexed(meta, Counts::parse(&dump)?))
     }
 
     /// What ran, by function and subsystem, against what the image has.

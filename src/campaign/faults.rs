@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use analysis::record::{Injection as RecordInjection, Propagation, RecordedScope};
 use anyhow::{bail, Context, Result};
-use injector::fault::{Generator, Guide, ModelKind, TargetSelection, Weighting};
-use injector::profile::Profile;
+use injector::fault::{Generator, Guide, ModelKind, TargetSelection};
 use injector::trace::{KernelLayout, TraceConfig, Tracer};
 use injector::{FaultSpec, Persistence};
-use recovery_sut::{Cache, KernelChoice, Sut, VmConfig};
+use recovery_sut::{Cache, Sut, VmConfig};
 
 use super::experiment::{FaultObservation, FaultRunner};
 use super::recorded;
@@ -19,13 +18,13 @@ use super::spec::{Campaign, TargetSource};
 use crate::fault_watch::{self, Watch, WatchLimits};
 use crate::setup::{self, KernelModel, Prepared};
 
-/// One `[[inject]]` table's fault population.
+/// One `[[inject]]` table's faults, drawn once when the runner is made
+/// (one generator per table: its candidate lists are what costs), each
+/// with the error that drawing it gave, if any.
 struct Group {
-    selection: TargetSelection,
-    models: Vec<ModelKind>,
-    transient: bool,
-    /// Drawn from the profile, weighed so; `None`: from the whole image.
-    guided: Option<Weighting>,
+    /// The campaign-wide index of the table's first fault.
+    first: u64,
+    faults: Vec<Result<(FaultSpec, Drawn), String>>,
 }
 
 /// What a drawn fault's record says of its source: the profile's id and
@@ -47,13 +46,10 @@ pub struct InjectorRunner {
     model: KernelModel,
     /// By `[[inject]]` index; `None` for crash tables.
     groups: Vec<Option<Group>>,
-    seed: u64,
     hang_timeout: Duration,
     /// The kernel's layout and the tracer's bounds, when the campaign
     /// traces propagation.
     trace: Option<(KernelLayout, TraceConfig)>,
-    /// The golden-run profile, when a table draws from it.
-    profile: Option<Profile>,
 }
 
 /// The fault runner a campaign needs: `None` when it injects no faults.
@@ -68,8 +64,7 @@ pub fn runner_for(
     if campaign.file.inject.iter().all(|i| i.faults.is_none()) {
         return Ok(None);
     }
-    let kernel = KernelChoice::Locked(setup::locked_kernel(campaign.file.guest.kernel.as_deref())?);
-    let model = setup::load_kernel_model(cache, &kernel, step)?;
+    let model = setup::load_kernel_model(cache, &super::ops::kernel_choice(campaign)?, step)?;
     let profile = match (campaign.needs_profile(), profile) {
         (false, _) => None,
         (true, None) => bail!(
@@ -93,6 +88,8 @@ pub fn runner_for(
         }
     };
     let mut groups = Vec::new();
+    // Fault indices run on across tables, as `spec::Campaign::expand` numbers them.
+    let mut next = 0;
     for (i, inject) in campaign.file.inject.iter().enumerate() {
         let Some(faults) = &inject.faults else {
             groups.push(None);
@@ -118,7 +115,16 @@ pub fn runner_for(
         if let Some(note) = generator.selection_note() {
             tracing::warn!("{}: inject[{i}].faults: {note}", campaign.path.display());
         }
-        groups.push(Some(Group { selection, models, transient: faults.transient, guided }));
+        let drawn = |index: u64| -> Result<(FaultSpec, Drawn), String> {
+            let spec = generator
+                .generate(campaign.file.seed, index)
+                .with_context(|| format!("generating fault {index}"))
+                .map_err(|e| format!("{e:#}"))?;
+            let drawn = (generator.profile().map(|p| p.id().to_string()), generator.class_weight(&spec));
+            Ok((if faults.transient { spec.with_persistence(Persistence::Transient) } else { spec }, drawn))
+        };
+        groups.push(Some(Group { first: next, faults: (next..next + faults.count).map(drawn).collect() }));
+        next += faults.count;
     }
     let trace = match &campaign.file.trace {
         Some(t) => {
@@ -129,14 +135,7 @@ pub fn runner_for(
         }
         None => None,
     };
-    Ok(Some(Box::new(InjectorRunner {
-        model,
-        groups,
-        seed: campaign.file.seed,
-        hang_timeout: campaign.file.observe.hang_timeout(),
-        trace,
-        profile,
-    })))
+    Ok(Some(Box::new(InjectorRunner { model, groups, hang_timeout: campaign.file.observe.hang_timeout(), trace })))
 }
 
 impl FaultRunner for InjectorRunner {
@@ -208,11 +207,11 @@ impl InjectorRunner {
     /// profile's id and the fault's class weight.
     fn spec(&self, group: usize, index: u64) -> Result<(FaultSpec, Drawn)> {
         let g = self.groups.get(group).and_then(Option::as_ref).context("a fault experiment of a crash table")?;
-        let guide = g.guided.zip(self.profile.as_ref()).map(|(weighting, profile)| Guide { profile, weighting });
-        let generator = Generator::new_with(&self.model.image, &self.model.code, &g.selection, &g.models, guide)?;
-        let spec = generator.generate(self.seed, index).with_context(|| format!("generating fault {index}"))?;
-        let drawn = (generator.profile().map(|p| p.id().to_string()), generator.class_weight(&spec));
-        Ok((if g.transient { spec.with_persistence(Persistence::Transient) } else { spec }, drawn))
+        let drawn = index
+            .checked_sub(g.first)
+            .and_then(|k| g.faults.get(usize::try_from(k).ok()?))
+            .with_context(|| format!("fault {index} is not one of table {group}'s"))?;
+        drawn.clone().map_err(|e| anyhow::anyhow!(e))
     }
 
     /// The propagation record of a traced fault: the tracer's verdict, a

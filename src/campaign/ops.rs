@@ -78,6 +78,12 @@ pub fn results_dir(campaign: &Campaign, given: Option<&Path>) -> PathBuf {
 /// provenance names.
 type Packages = Option<String>;
 
+/// The kernel a campaign runs on: the one its file names, else the
+/// lock's default.
+pub fn kernel_choice(campaign: &Campaign) -> Result<KernelChoice> {
+    Ok(KernelChoice::Locked(crate::setup::locked_kernel(campaign.file.guest.kernel.as_deref())?))
+}
+
 fn prepare(
     cache: &Cache,
     campaign: &Campaign,
@@ -85,7 +91,7 @@ fn prepare(
 ) -> Result<(Prepared, VmConfig, Provenance, Packages)> {
     let g = &campaign.file.guest;
     let accel = AccelChoice::from(g.accel);
-    let kernel = KernelChoice::Locked(crate::setup::locked_kernel(g.kernel.as_deref())?);
+    let kernel = kernel_choice(campaign)?;
     let prepared = prepare_guest(cache, g.profile.into(), &kernel, accel, g.memory_mb, step)?;
     let mut config = VmConfig {
         accel: prepared.decision.accel,
@@ -168,8 +174,7 @@ pub fn profile(
     step: &dyn Fn(&str),
 ) -> Result<(ProfileUse, injector::profile::Summary)> {
     let (prepared, config, _, _) = prepare(cache, campaign, step)?;
-    let kernel = KernelChoice::Locked(crate::setup::locked_kernel(campaign.file.guest.kernel.as_deref())?);
-    let model = crate::setup::load_kernel_model(cache, &kernel, step)?;
+    let model = crate::setup::load_kernel_model(cache, &kernel_choice(campaign)?, step)?;
     let used = obtain_profile(campaign, &prepared, &config, &model.image, dir, request, step)?;
     let summary = used.profile.summary(&model.image);
     Ok((used, summary))
