@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use injector::fault::{FaultSpec, ModelKind};
-use injector::outcome::{classify, parse_console, Evidence, OopsRecord, Outcome};
+use injector::outcome::{
+    classify, parse_console, unattributed, Event, Evidence, OopsRecord, Outcome, ServiceCriterion,
+};
 use injector::{GdbClient, InjectionReport, KernelImage};
 use recovery_sut::recovery::{Failure, FailureCause};
 use recovery_sut::Vm;
@@ -38,6 +40,8 @@ pub struct FaultExperimentConfig {
     /// Trace the error's propagation from the activation, with this
     /// kernel layout and these bounds.
     pub trace: Option<(injector::trace::KernelLayout, injector::trace::TraceConfig)>,
+    /// When the service counts as failed.
+    pub service: ServiceCriterion,
 }
 
 impl Default for FaultExperimentConfig {
@@ -50,6 +54,7 @@ impl Default for FaultExperimentConfig {
             hang_timeout: Duration::from_secs(4),
             oops_grace: Duration::from_secs(1),
             trace: None,
+            service: ServiceCriterion::default(),
         }
     }
 }
@@ -83,6 +88,10 @@ pub struct InjectionResult {
     pub activated: bool,
     /// The outcome.
     pub outcome: Outcome,
+    /// A failure with no evidence that the fault was activated.
+    pub unattributed: bool,
+    /// The failure's steps in order, first manifestation first.
+    pub events: Vec<Event>,
     /// The first parsed oops/BUG/GPF, when there is one.
     pub detail: Option<OopsRecord>,
     /// The panic reason from the console.
@@ -97,6 +106,10 @@ pub struct InjectionResult {
     pub correct: usize,
     /// Failed or wrong answers that started after the injection.
     pub errors_after_injection: usize,
+    /// Of those, complete answers that were wrong.
+    pub wrong_answers: usize,
+    /// The longest time from a failed request to the next correct answer.
+    pub longest_outage_s: f64,
 }
 
 /// Reads what the console log gained since `offset`.
@@ -135,6 +148,8 @@ pub struct Watch {
     /// How long it watched.
     pub observed: Duration,
     panicked_at: Option<Instant>,
+    /// QEMU exited or the guest reset: when, and how.
+    gone: Option<(Instant, String)>,
     oops_at: Option<Instant>,
     hung_at: Option<Instant>,
 }
@@ -143,6 +158,11 @@ pub struct Watch {
 pub struct Verdict {
     /// The outcome.
     pub outcome: Outcome,
+    /// A failure with no evidence that the fault was activated
+    /// ([`injector::outcome::unattributed`]).
+    pub unattributed: bool,
+    /// The failure's steps in order, first manifestation first.
+    pub events: Vec<Event>,
     /// The failure a recovery strategy must handle (panic, an oops that
     /// panicked, or a hang), with when it was seen.
     pub failure: Option<Failure>,
@@ -150,12 +170,23 @@ pub struct Verdict {
     pub failed_at: Option<Instant>,
     /// Failed or wrong answers to requests sent after the injection.
     pub errors_after_injection: usize,
+    /// Of those, complete answers that were wrong (status or content).
+    pub wrong_answers: usize,
+    /// The longest time from a failed request after the injection to the
+    /// next correct answer, seconds (see [`ServiceCriterion`]).
+    pub longest_outage_s: f64,
 }
 
 /// Attaches to the gdbstub, applies `spec` at its trigger and watches for
-/// `window` (less when the kernel panics, oopses or hangs), then detaches.
-/// The load, if any, is the caller's; `console_offset` is the console
-/// log's length before the experiment.
+/// `window` (less when the kernel panics, oopses or hangs, or the VM goes
+/// away), then detaches. The load, if any, is the caller's;
+/// `console_offset` is the console log's length before the experiment.
+///
+/// A gdbstub connection that fails while QEMU still runs and the guest did
+/// not reset is the harness's failure, returned as an error (a campaign
+/// retries the experiment and then stores it as `harness-error`); one that
+/// fails because QEMU exited or the guest reset is the fault's outcome
+/// (`vm-exit`), with the activation the injector had seen until then.
 pub fn watch_fault(
     vm: &mut Vm,
     image: &KernelImage,
@@ -167,78 +198,136 @@ pub fn watch_fault(
     let WatchLimits { window, hang_timeout, oops_grace } = *limits;
     let t0 = Instant::now();
     let mut gdb = GdbClient::connect(vm.gdb_socket(), Duration::from_secs(5)).context("attaching to the gdbstub")?;
+    #[cfg(feature = "test-knobs")]
+    knobs::arm(vm, &gdb)?;
     let mut panicked_at: Option<Instant> = None;
+    let mut gone: Option<(Instant, String)> = None;
     let mut oops_at: Option<Instant> = None;
     let mut hung_at: Option<Instant> = None;
+    let mut seen = InjectionReport::default();
     let mut last_console_check = Instant::now();
     let watch_from = Instant::now();
     let vm_ref: &Vm = vm;
     let mut tick = |report: &InjectionReport| -> bool {
         let now = Instant::now();
+        seen.clone_from(report);
         // The tracer holds the guest while it single-steps: no heartbeat
         // comes then, and that is not a hang.
         let hang_timeout = hang_timeout + Duration::from_secs_f64(report.held_s);
-        if panicked_at.is_none() && vm_ref.events().iter().any(|e| e.name == "GUEST_PANICKED") {
-            panicked_at = Some(now);
-        }
-        if vm_ref.check_alive().is_err() && panicked_at.is_none() {
-            panicked_at = Some(now);
-        }
+        note_vm_events(vm_ref, now, &mut panicked_at, &mut gone);
         if now.duration_since(last_console_check) >= Duration::from_millis(200) {
             last_console_check = now;
             let report = parse_console(&console_since(vm_ref, console_offset));
-            if report.panic.is_some() && panicked_at.is_none() {
-                panicked_at = Some(now);
+            if report.panic.is_some() {
+                panicked_at.get_or_insert(now);
             }
-            if !report.oopses.is_empty() && oops_at.is_none() {
-                oops_at = Some(now);
+            if !report.oopses.is_empty() {
+                oops_at.get_or_insert(now);
+            }
+            if report.rebooted && gone.is_none() {
+                gone = Some((now, reset_text(&report)));
             }
         }
         let last_beat = vm_ref.agent().last_heartbeat().map(|h| h.at).unwrap_or(watch_from).max(watch_from);
         if hung_at.is_none() && now.duration_since(last_beat) > hang_timeout {
             hung_at = Some(now);
         }
-        panicked_at.is_some() || hung_at.is_some() || oops_at.is_some_and(|o| now.duration_since(o) >= oops_grace)
+        panicked_at.is_some()
+            || gone.is_some()
+            || hung_at.is_some()
+            || oops_at.is_some_and(|o| now.duration_since(o) >= oops_grace)
     };
     let injection = injector::inject::run_traced(&mut gdb, image, spec, tracer, window, &mut tick);
     // Detach before anything else: a guest left paused by the client
     // would look hung to everything that follows.
     drop(gdb);
     if injection.is_err() {
-        // A stub that closes the connection is a QEMU on its way out: give
-        // the process a moment to be seen gone before judging.
+        // A stub that closes the connection may be a QEMU on its way out:
+        // give the process a moment to be seen gone before judging.
         let until = Instant::now() + Duration::from_secs(2);
         while vm.check_alive().is_ok() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(50));
         }
+        note_vm_events(vm, Instant::now(), &mut panicked_at, &mut gone);
     }
     let console_text = console_since(vm, console_offset);
+    let console = parse_console(&console_text);
+    if console.rebooted && gone.is_none() {
+        gone = Some((Instant::now(), reset_text(&console)));
+    }
     let injection = match injection {
         Ok(report) => report,
-        // The stub went away under the debugger because the guest did:
-        // QEMU ended, or the guest reset itself (a triple fault reboots
-        // it). That is the fault's outcome, not a harness failure.
-        Err(e) if vm.check_alive().is_err() || console_text.contains("Linux version") => {
-            tracing::info!("the guest went away during the injection ({e}); counted as a failure");
-            panicked_at.get_or_insert_with(Instant::now);
-            InjectionReport { injected: true, activated: true, ..InjectionReport::default() }
+        // The stub went away under the debugger because the machine did:
+        // that is the fault's outcome, with what the injector saw of its
+        // activation before the connection ended.
+        Err(e) if gone.is_some() || panicked_at.is_some() => {
+            tracing::info!("the VM went away during the injection ({e})");
+            seen
         }
-        Err(e) => return Err(e).with_context(|| format!("injecting {}", spec.describe())),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "injecting {}: the gdbstub connection failed while QEMU still runs and the guest did not \
+                     reset (a harness error, not an outcome)",
+                    spec.describe()
+                )
+            })
+        }
     };
     let observed = t0.elapsed();
-    let console = parse_console(&console_text);
     if console.panic.is_some() && panicked_at.is_none() {
         panicked_at = Some(Instant::now());
     }
-    Ok(Watch { injection, console, t0, observed, panicked_at, oops_at, hung_at })
+    if !console.oopses.is_empty() && oops_at.is_none() {
+        oops_at = Some(Instant::now());
+    }
+    Ok(Watch { injection, console, t0, observed, panicked_at, gone, oops_at, hung_at })
+}
+
+/// Takes the VM's QMP events and process state: a panic, a reset or
+/// power-off the guest asked for, QEMU gone.
+fn note_vm_events(vm: &Vm, now: Instant, panicked_at: &mut Option<Instant>, gone: &mut Option<(Instant, String)>) {
+    for event in vm.events() {
+        let reason = event.data.get("reason").and_then(|r| r.as_str()).unwrap_or("unknown").to_string();
+        match event.name.as_str() {
+            "GUEST_PANICKED" => {
+                panicked_at.get_or_insert(now);
+            }
+            "RESET" if gone.is_none() => *gone = Some((now, format!("the guest reset (QMP RESET, reason {reason})"))),
+            "SHUTDOWN" if gone.is_none() => {
+                *gone = Some((now, format!("the guest shut down (QMP SHUTDOWN, reason {reason})")))
+            }
+            _ => {}
+        }
+    }
+    if gone.is_none() {
+        if let Err(e) = vm.check_alive() {
+            *gone = Some((now, format!("QEMU exited: {e}")));
+        }
+    }
+}
+
+/// How a guest that booted again got there, as far as its console tells.
+fn reset_text(console: &injector::outcome::ConsoleReport) -> String {
+    let double = console.oopses.iter().any(|o| o.kind == Some(injector::outcome::OopsKind::DoubleFault));
+    if double {
+        "the kernel booted again after a double fault: a triple fault reset the machine".into()
+    } else {
+        "the kernel booted again (the console shows `Linux version`): the guest reset".into()
+    }
 }
 
 impl Watch {
     /// The outcome, judged with the client records (times relative to
     /// `origin`): a lost heartbeat is a hang only if the service fell
-    /// silent too, and wrong answers after the injection are a service
-    /// error.
-    pub fn classify(&self, records: &[Record], origin: Instant, hang_timeout: Duration) -> Verdict {
+    /// silent too, and the service fails by `criterion`.
+    pub fn classify(
+        &self,
+        records: &[Record],
+        origin: Instant,
+        hang_timeout: Duration,
+        criterion: &ServiceCriterion,
+    ) -> Verdict {
         let injected_at_s = self.injection.injected_after_s;
         let t0_s = seconds_since(origin, self.t0);
         let end_s = seconds_since(origin, self.t0 + self.observed);
@@ -247,40 +336,130 @@ impl Watch {
         // request started within a second after it may still be queued.
         let held = self.injection.held_from_s.map(|from| (t0_s + from, t0_s + from + self.injection.held_s + 1.0));
         let not_held = |r: &&Record| !held.is_some_and(|(from, to)| r.end >= from && r.start <= to);
-        let errors_after_injection =
-            records.iter().filter(after_injection).filter(not_held).filter(|r| !r.is_correct()).count();
+        let failed: Vec<&Record> =
+            records.iter().filter(after_injection).filter(not_held).filter(|r| !r.is_correct()).collect();
+        let wrong: Vec<&&Record> = failed.iter().filter(|r| r.outcome.is_response()).collect();
+        let (outage_from, longest_outage_s) = longest_outage(records, &failed);
         let hung = self.hung_at.is_some_and(|h| {
             // A hang also silences the service: a correct answer in the
             // timeout before detection means only the agent stopped.
             let from = seconds_since(origin, h) - hang_timeout.as_secs_f64();
             !records.iter().any(|r| r.is_correct() && r.end >= from && r.end <= seconds_since(origin, h))
         });
+        let outage = longest_outage_s >= criterion.min_outage_s;
+        let agent_only = self.hung_at.is_some() && !hung;
         let evidence = Evidence {
             panicked: self.panicked_at.is_some(),
+            vm_exit: self.gone.is_some(),
             oops: !self.console.oopses.is_empty(),
             hung,
-            service_errors: errors_after_injection > 0 || (self.hung_at.is_some() && !hung),
+            service_errors: !wrong.is_empty() || outage || agent_only,
             activated: self.injection.activated,
             activation_unknown: self.injection.activation_unknown.is_some(),
         };
         let outcome = classify(&evidence);
         let failed_at = match outcome {
             Outcome::Panic => self.panicked_at.or(self.oops_at),
+            Outcome::VmExit => self.gone.as_ref().map(|g| g.0),
             Outcome::Oops => self.oops_at,
             Outcome::Hang => self.hung_at,
             _ => None,
         };
-        Verdict { outcome, failure: self.failure(), failed_at, errors_after_injection }
+        // Event times count from the injection.
+        let injected = self.t0 + Duration::from_secs_f64(injected_at_s.unwrap_or(0.0));
+        let since = |at: Instant| at.saturating_duration_since(injected).as_secs_f64();
+        let mut events = self.console_events(&since);
+        if let Some((at, what)) = &self.gone {
+            events.push(Event::new(Outcome::VmExit, since(*at), what.clone()));
+        }
+        if hung {
+            if let Some(at) = self.hung_at {
+                events.push(Event::new(Outcome::Hang, since(at), "no heartbeat and no correct answer".into()));
+            }
+        }
+        let from_injection = |record_s: f64| record_s - (t0_s + injected_at_s.unwrap_or(0.0));
+        if let Some(first) = wrong.first() {
+            let what = format!("{} wrong answers after the injection (first: {:?})", wrong.len(), first.outcome);
+            events.push(Event::new(Outcome::ServiceError, from_injection(first.start), what));
+        } else if outage {
+            let what = format!("no correct answer for {longest_outage_s:.1} s after a failed request");
+            events.push(Event::new(Outcome::ServiceError, from_injection(outage_from), what));
+        } else if agent_only {
+            if let Some(at) = self.hung_at {
+                let what = "the agent's heartbeat stopped while the service answered".to_string();
+                events.push(Event::new(Outcome::ServiceError, since(at), what));
+            }
+        }
+        events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        Verdict {
+            outcome,
+            unattributed: unattributed(outcome, &evidence),
+            events,
+            failure: self.failure(),
+            failed_at,
+            errors_after_injection: failed.len(),
+            wrong_answers: wrong.len(),
+            longest_outage_s,
+        }
     }
 
-    /// The failure the VMM's detectors saw (a panic, or a lost heartbeat),
-    /// known before the client records are: what recovery acts on.
+    /// The console's oopses and panic as events. Their times come from the
+    /// kernel's own timestamps, anchored at the most precisely seen one
+    /// (the panic's GUEST_PANICKED arrives at once; the console is read
+    /// every 200 ms), so an oops and the panic it led to keep their order
+    /// and spacing.
+    fn console_events(&self, since: &dyn Fn(Instant) -> f64) -> Vec<Event> {
+        let c = &self.console;
+        let anchor = match (self.panicked_at, c.panic_kernel_s, self.oops_at, c.first().and_then(|o| o.kernel_s)) {
+            (Some(at), Some(k), _, _) => Some((since(at), k)),
+            (_, _, Some(at), Some(k)) => Some((since(at), k)),
+            _ => None,
+        };
+        let at = |kernel_s: Option<f64>, fallback: Option<Instant>| match (anchor, kernel_s) {
+            (Some((host, k0)), Some(k)) => host + (k - k0),
+            _ => fallback.map_or(0.0, since),
+        };
+        let mut events: Vec<Event> = c.oopses.iter().map(|o| Event::oops(o, at(o.kernel_s, self.oops_at))).collect();
+        if self.panicked_at.is_some() {
+            let what = c.panic.clone().unwrap_or_else(|| "GUEST_PANICKED (no panic line on the console)".into());
+            let mut panic = Event::new(Outcome::Panic, at(c.panic_kernel_s, self.panicked_at), what);
+            panic.kernel_s = c.panic_kernel_s;
+            events.push(panic);
+        }
+        events
+    }
+
+    /// The failure the VMM's detectors saw (a panic, the VM gone, or a lost
+    /// heartbeat), known before the client records are: what recovery
+    /// acts on.
     pub fn failure(&self) -> Option<Failure> {
         if let Some(at) = self.panicked_at {
             return Some(Failure { cause: FailureCause::GuestPanicked, detected_at: at });
         }
+        if let Some((at, what)) = &self.gone {
+            let cause =
+                if what.starts_with("QEMU exited") { FailureCause::QemuExited } else { FailureCause::GuestReset };
+            return Some(Failure { cause, detected_at: *at });
+        }
         self.hung_at.map(|at| Failure { cause: FailureCause::HeartbeatLost, detected_at: at })
     }
+}
+
+/// The longest stretch from a failed request to the next correct answer
+/// (any request's that ended after the failed one started), with where it
+/// began, seconds on the records' clock. With no correct answer after it,
+/// the stretch runs to the last record's end.
+fn longest_outage(records: &[Record], failed: &[&Record]) -> (f64, f64) {
+    let last_end = records.iter().map(|r| r.end).fold(0.0, f64::max);
+    failed
+        .iter()
+        .map(|f| {
+            let back =
+                records.iter().filter(|r| r.is_correct() && r.end > f.start).map(|r| r.end).fold(f64::NAN, f64::min);
+            let back = if back.is_nan() { last_end } else { back };
+            (f.start, (back - f.start).max(0.0))
+        })
+        .fold((0.0, 0.0), |best, x| if x.1 > best.1 { x } else { best })
 }
 
 /// Runs one fault against a booted, serving VM: starts closed-loop load,
@@ -316,16 +495,17 @@ pub fn run_fault_experiment(
     let watched = watch_fault(vm, image, spec, &limits, console_offset, tracer);
     let records = load.finish()?.records;
     let watch = watched?;
-    let verdict = watch.classify(&records, origin, config.hang_timeout);
+    let verdict = watch.classify(&records, origin, config.hang_timeout, &config.service);
     let (console, injection, t0, observed) = (watch.console, watch.injection, watch.t0, watch.observed);
-    let (outcome, failure, errors_after_injection) = (verdict.outcome, verdict.failure, verdict.errors_after_injection);
-    let failed_at = verdict.failed_at.or(failure.map(|f| f.detected_at));
+    let failed_at = verdict.failed_at.or(verdict.failure.map(|f| f.detected_at));
     Ok(InjectionResult {
         fault: spec.clone(),
         description: spec.describe(),
         model: spec.model().kind(),
         activated: injection.activated,
-        outcome,
+        outcome: verdict.outcome,
+        unattributed: verdict.unattributed,
+        events: verdict.events,
         detail: console.oopses.first().cloned(),
         panic: console.panic.clone(),
         timings: Timings {
@@ -338,14 +518,65 @@ pub fn run_fault_experiment(
         injection,
         requests: records.len(),
         correct: records.iter().filter(|r| r.is_correct()).count(),
-        errors_after_injection,
+        errors_after_injection: verdict.errors_after_injection,
+        wrong_answers: verdict.wrong_answers,
+        longest_outage_s: verdict.longest_outage_s,
     })
+}
+
+/// Test builds can break a campaign fault's VM or gdbstub connection half
+/// a second into its window, to exercise `vm-exit` and the harness-error
+/// path (`test-knobs`; never in a default build): `KFI_TEST_KILL_QEMU=N`
+/// sends SIGKILL to QEMU while fault N is watched, `KFI_TEST_SEVER_GDBSTUB=N`
+/// shuts the gdbstub connection down then (in every attempt, so retries
+/// fail alike).
+#[cfg(feature = "test-knobs")]
+pub(crate) mod knobs {
+    use std::cell::Cell;
+
+    use super::*;
+
+    thread_local! {
+        static FAULT: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// Names the campaign fault this thread watches next.
+    pub(crate) fn set_fault(index: u64) {
+        FAULT.with(|f| f.set(Some(index)));
+    }
+
+    fn wanted(name: &str) -> Option<u64> {
+        std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+    }
+
+    pub(super) fn arm(vm: &Vm, gdb: &GdbClient) -> Result<()> {
+        let Some(n) = FAULT.with(Cell::take) else { return Ok(()) };
+        let later = |f: Box<dyn FnOnce() + Send>| {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(500));
+                f();
+            });
+        };
+        if wanted("KFI_TEST_KILL_QEMU") == Some(n) {
+            let pid = libc::pid_t::try_from(vm.pid()).context("QEMU's pid")?;
+            // SAFETY: kill(2) on QEMU's pid, which this process started.
+            later(Box::new(move || unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }));
+        }
+        if wanted("KFI_TEST_SEVER_GDBSTUB") == Some(n) {
+            let severer = gdb.severer().context("cloning the gdbstub connection")?;
+            later(Box::new(move || severer.sever()));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use injector::outcome::{ConsoleReport, OopsKind};
     use workloads::RequestOutcome;
 
     /// A watch that started at `origin` and saw what the arguments say;
@@ -359,17 +590,18 @@ mod tests {
                 injected_after_s: Some(1.0),
                 ..InjectionReport::default()
             },
-            console: injector::outcome::ConsoleReport::default(),
+            console: ConsoleReport::default(),
             t0: origin,
             observed: Duration::from_secs(10),
             panicked_at: panicked.map(at),
+            gone: None,
             oops_at: None,
             hung_at: hung.map(at),
         }
     }
 
     fn answers(outcome: RequestOutcome, from: f64, to: f64) -> Vec<Record> {
-        let n = ((to - from) / 0.1) as usize;
+        let n = ((to - from) / 0.1).round() as usize;
         (0..n)
             .map(|i| {
                 let start = from + i as f64 * 0.1;
@@ -378,39 +610,135 @@ mod tests {
             .collect()
     }
 
+    const HANG: Duration = Duration::from_secs(4);
+
+    fn judge(w: &Watch, records: &[Record], origin: Instant) -> Verdict {
+        w.classify(records, origin, HANG, &ServiceCriterion::default())
+    }
+
     #[test]
     fn outcomes_come_from_the_watch_and_the_client_records() {
         let origin = Instant::now();
-        let hang = Duration::from_secs(4);
         let healthy = answers(RequestOutcome::Ok, 0.0, 10.0);
 
-        let v = watch(origin, false, None, None).classify(&healthy, origin, hang);
+        let v = judge(&watch(origin, false, None, None), &healthy, origin);
         assert_eq!((v.outcome, v.errors_after_injection), (Outcome::NotActivated, 0));
-        assert!(v.failure.is_none());
+        assert!(v.failure.is_none() && v.events.is_empty() && !v.unattributed);
 
-        let v = watch(origin, true, None, None).classify(&healthy, origin, hang);
+        let v = judge(&watch(origin, true, None, None), &healthy, origin);
         assert_eq!(v.outcome, Outcome::Benign);
 
-        let v = watch(origin, true, Some(2.0), None).classify(&healthy[..20], origin, hang);
+        let v = judge(&watch(origin, true, Some(2.0), None), &healthy[..20], origin);
         assert_eq!(v.outcome, Outcome::Panic);
         assert_eq!(v.failure.map(|f| f.cause), Some(FailureCause::GuestPanicked));
+        assert_eq!(v.events.iter().map(|e| e.outcome).collect::<Vec<_>>(), [Outcome::Panic]);
 
         // Wrong answers after the injection, kernel alive: a service error.
         let mut broken = answers(RequestOutcome::Ok, 0.0, 1.0);
         broken.extend(answers(RequestOutcome::WrongContent, 1.0, 10.0));
-        let v = watch(origin, true, None, None).classify(&broken, origin, hang);
+        let v = judge(&watch(origin, true, None, None), &broken, origin);
         assert_eq!(v.outcome, Outcome::ServiceError);
-        assert!(v.errors_after_injection > 80);
+        assert!(v.errors_after_injection > 80 && v.wrong_answers == v.errors_after_injection);
+        assert!((v.events[0].at_s - 0.0).abs() < 1e-9, "{:?}", v.events);
 
-        // The heartbeat stopped but the service kept answering: not a hang.
-        let v = watch(origin, true, None, Some(6.0)).classify(&healthy, origin, hang);
+        // The heartbeat stopped but the service kept answering: the agent
+        // failed, the service did not; still a service error (of the
+        // guest's own agent), never a hang.
+        let v = judge(&watch(origin, true, None, Some(6.0)), &healthy, origin);
         assert_eq!(v.outcome, Outcome::ServiceError);
         // Both silent: a hang, which recovery acts on.
         let silent = answers(RequestOutcome::Timeout, 1.5, 10.0);
         let mut records = answers(RequestOutcome::Ok, 0.0, 1.0);
         records.extend(silent);
-        let v = watch(origin, true, None, Some(6.0)).classify(&records, origin, hang);
+        let v = judge(&watch(origin, true, None, Some(6.0)), &records, origin);
         assert_eq!(v.outcome, Outcome::Hang);
         assert_eq!(v.failure.map(|f| f.cause), Some(FailureCause::HeartbeatLost));
+    }
+
+    /// A failed request or two between correct answers, as a loaded
+    /// two-core host gives with no fault at all, is counted but is no
+    /// service error; an outage of the threshold is, and one with no
+    /// activation seen is flagged unattributed.
+    #[test]
+    fn transient_failures_are_counted_and_outages_are_service_errors() {
+        let origin = Instant::now();
+        let mut blip = answers(RequestOutcome::Ok, 0.0, 10.0);
+        blip[30].outcome = RequestOutcome::Timeout;
+        blip[30].end = blip[30].start + 1.0;
+        blip[55].outcome = RequestOutcome::ConnectError;
+        let v = judge(&watch(origin, false, None, None), &blip, origin);
+        assert_eq!((v.outcome, v.errors_after_injection, v.wrong_answers), (Outcome::NotActivated, 2, 0));
+        assert!(v.longest_outage_s < 0.2, "{}", v.longest_outage_s);
+        let v = judge(&watch(origin, true, None, None), &blip, origin);
+        assert_eq!(v.outcome, Outcome::Benign);
+
+        // 2.5 s of refused connections: an outage.
+        let mut outage = answers(RequestOutcome::Ok, 0.0, 3.0);
+        outage.extend(answers(RequestOutcome::ConnectError, 3.0, 5.5));
+        outage.extend(answers(RequestOutcome::Ok, 5.5, 10.0));
+        let v = judge(&watch(origin, true, None, None), &outage, origin);
+        assert_eq!(v.outcome, Outcome::ServiceError);
+        assert!((v.longest_outage_s - 2.55).abs() < 0.01, "{}", v.longest_outage_s);
+        assert!(!v.unattributed);
+        assert!((v.events[0].at_s - 2.0).abs() < 1e-6, "from the injection: {:?}", v.events);
+        let v = judge(&watch(origin, false, None, None), &outage, origin);
+        assert_eq!(v.outcome, Outcome::ServiceError);
+        assert!(v.unattributed, "a failure without activation is flagged, not credited");
+        // A longer threshold makes the same outage a transient.
+        let lenient = ServiceCriterion { min_outage_s: 3.0 };
+        let v = watch(origin, true, None, None).classify(&outage, origin, HANG, &lenient);
+        assert_eq!(v.outcome, Outcome::Benign);
+    }
+
+    /// An oops in `httpd` and the panic it led to are both kept, in the
+    /// kernel's order, placed by its timestamps, though the harness saw
+    /// the panic first (GUEST_PANICKED) and the oops at its next console
+    /// read.
+    #[test]
+    fn an_oops_followed_by_a_panic_keeps_both_events_in_order() {
+        let origin = Instant::now();
+        let mut w = watch(origin, true, Some(3.0), None);
+        w.oops_at = Some(origin + Duration::from_secs_f64(3.15));
+        w.console = ConsoleReport {
+            oopses: vec![OopsRecord {
+                kind: Some(OopsKind::NullPointer),
+                headline: "BUG: kernel NULL pointer dereference, address: 0000000000000008".into(),
+                function: Some("tcp_sendmsg_locked".into()),
+                comm: Some("httpd".into()),
+                pid: Some(97),
+                kernel_s: Some(23.40),
+                ..OopsRecord::default()
+            }],
+            panic: Some("Attempted to kill init! exitcode=0x00000009".into()),
+            panic_kernel_s: Some(23.45),
+            ..ConsoleReport::default()
+        };
+        let v = judge(&w, &answers(RequestOutcome::Ok, 0.0, 3.0), origin);
+        assert_eq!(v.outcome, Outcome::Panic);
+        let kinds: Vec<Outcome> = v.events.iter().map(|e| e.outcome).collect();
+        assert_eq!(kinds, [Outcome::Oops, Outcome::Panic], "{:?}", v.events);
+        let (oops, panic) = (&v.events[0], &v.events[1]);
+        assert_eq!(
+            (oops.function.as_deref(), oops.process.as_deref()),
+            (Some("tcp_sendmsg_locked"), Some("httpd[97]"))
+        );
+        assert!(panic.what.contains("kill init"));
+        // The panic was seen 2 s after the injection; the oops came 50 ms
+        // before it by the kernel's clock.
+        assert!((panic.at_s - 2.0).abs() < 1e-6 && (oops.at_s - 1.95).abs() < 1e-6, "{:?}", v.events);
+    }
+
+    #[test]
+    fn a_vm_gone_without_a_panic_is_vm_exit_with_its_cause() {
+        let origin = Instant::now();
+        let mut w = watch(origin, true, None, None);
+        w.gone = Some((origin + Duration::from_secs(4), "QEMU exited: killed".into()));
+        let v = judge(&w, &answers(RequestOutcome::Ok, 0.0, 4.0), origin);
+        assert_eq!(v.outcome, Outcome::VmExit);
+        assert_eq!(v.failure.map(|f| f.cause), Some(FailureCause::QemuExited));
+        assert_eq!(v.events.len(), 1);
+        assert!((v.events[0].at_s - 3.0).abs() < 1e-6);
+        w.gone = Some((origin + Duration::from_secs(4), reset_text(&ConsoleReport::default())));
+        assert_eq!(w.failure().map(|f| f.cause), Some(FailureCause::GuestReset));
     }
 }

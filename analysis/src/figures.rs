@@ -43,6 +43,14 @@ pub mod names {
     /// Metric: seconds from the workload clients' latest correct answer to
     /// the injection (the harness injects only soon after one).
     pub const ANSWERED_BEFORE_INJECTION_S: &str = "answered_before_injection_s";
+    /// Metric: requests sent after the injection that failed or were
+    /// answered wrongly (those the tracer's hold delayed left out).
+    pub const ERRORS_AFTER_INJECTION: &str = "errors_after_injection";
+    /// Metric: of those, complete answers that were wrong (status or body).
+    pub const WRONG_ANSWERS: &str = "wrong_answers";
+    /// Metric: the longest time from a failed request after the injection
+    /// to the next correct answer, seconds.
+    pub const LONGEST_OUTAGE_S: &str = "longest_outage_s";
     /// The series of the restore figures and tables: those of these
     /// parameters that vary (see `tables::metric_points`).
     pub const RESTORE_SERIES: &str = "restore_path,cache,reduction";
@@ -157,6 +165,7 @@ fn outcome_color(o: RecordedOutcome) -> RGBColor {
     match o {
         RecordedOutcome::ForcedCrash => RGBColor(148, 103, 189),
         RecordedOutcome::Panic => RGBColor(214, 39, 40),
+        RecordedOutcome::VmExit => RGBColor(127, 39, 80),
         RecordedOutcome::Oops => RGBColor(255, 127, 14),
         RecordedOutcome::Hang => RGBColor(140, 86, 75),
         RecordedOutcome::ServiceError => RGBColor(227, 190, 40),

@@ -68,11 +68,15 @@ recorded_enum! {
         ForcedCrash = "forced-crash",
         /// The kernel panicked (GUEST_PANICKED or a panic in the console).
         Panic = "panic",
+        /// The virtual machine went away without a panic report: QEMU
+        /// exited, or the guest reset itself.
+        VmExit = "vm-exit",
         /// An oops, BUG or general-protection fault that did not panic.
         Oops = "oops",
         /// No heartbeat and no service answer for the hang timeout.
         Hang = "hang",
-        /// The service answered wrongly or not at all with the kernel alive.
+        /// The kernel stayed alive and the service answered wrongly, or not
+        /// at all for at least the campaign's `observe.min_outage_s`.
         ServiceError = "service-error",
         /// The fault ran and nothing visible happened.
         Benign = "benign",
@@ -207,6 +211,8 @@ recorded_enum! {
         HeartbeatLost = "heartbeat-lost",
         /// The QEMU process died.
         QemuExited = "qemu-exited",
+        /// The guest reset itself (a triple fault does that).
+        GuestReset = "guest-reset",
         /// The i6300esb watchdog fired.
         Watchdog = "watchdog",
         /// The host's service probe failed several times in a row.
@@ -521,6 +527,48 @@ pub struct ExperimentRecord {
     /// `harness-error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub harness_error: Option<HarnessFailure>,
+    /// The failure's steps in order (an oops in `httpd`, then the panic
+    /// that killed init): the first is the first manifestation, the
+    /// outcome the final one. Empty without a failure, and in records made
+    /// before events were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<FailureEvent>,
+    /// A failure with no evidence that the fault caused it (neither its
+    /// activation nor an undecided activation was seen): kept, counted
+    /// apart, never credited to the fault.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unattributed: bool,
+}
+
+/// One step of a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureEvent {
+    /// The failure class of this step (`oops`, `panic`, `hang`, `vm-exit`,
+    /// `service-error`).
+    pub outcome: RecordedOutcome,
+    /// Seconds from the injection to when it happened (console events:
+    /// placed by the kernel's own timestamps; others: when the harness saw
+    /// them).
+    pub at_s: f64,
+    /// The kernel's timestamp of the console line, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_s: Option<f64>,
+    /// What it was: the oops headline, the panic reason, how QEMU ended.
+    pub what: String,
+    /// The function it surfaced in (an oops's RIP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// The process it surfaced in, `comm[pid]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+}
+
+impl ExperimentRecord {
+    /// The failure class that showed first: the first event's, or the
+    /// outcome itself in records without events.
+    pub fn first_manifestation(&self) -> RecordedOutcome {
+        self.events.first().map_or(self.outcome, |e| e.outcome)
+    }
 }
 
 /// What a record says before anything is measured: which experiment, what
@@ -574,6 +622,8 @@ impl ExperimentRecord {
             wall_s: 0.0,
             window_s: 0.0,
             harness_error: None,
+            events: Vec::new(),
+            unattributed: false,
         }
     }
 }

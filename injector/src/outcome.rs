@@ -1,6 +1,7 @@
 //! What a fault did: the [`Outcome`] classes shared with the rest of the
-//! project, and the kernel's oops/BUG/GPF/panic reports parsed from the
-//! serial console into [`OopsRecord`]s.
+//! project, the [`Event`]s an experiment's failure went through (first
+//! manifestation to final outcome), and the kernel's oops/BUG/GPF/panic
+//! reports parsed from the serial console into [`OopsRecord`]s.
 
 use std::fmt;
 
@@ -13,11 +14,15 @@ use serde::{Deserialize, Serialize};
 pub enum Outcome {
     /// The kernel panicked (GUEST_PANICKED, or a panic on the console).
     Panic,
+    /// The virtual machine went away without a panic report: QEMU exited,
+    /// or the guest reset itself (a triple fault resets an x86 machine).
+    VmExit,
     /// An oops, BUG or general-protection fault that did not panic.
     Oops,
     /// No heartbeat and no service answer for the hang timeout.
     Hang,
-    /// The service answered wrongly or not at all with the kernel alive.
+    /// The kernel stayed alive and the service answered wrongly, or not at
+    /// all for at least the outage threshold (see [`ServiceCriterion`]).
     ServiceError,
     /// The fault ran and nothing visible happened.
     Benign,
@@ -32,8 +37,9 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, most severe first.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Panic,
+        Outcome::VmExit,
         Outcome::Oops,
         Outcome::Hang,
         Outcome::ServiceError,
@@ -46,6 +52,7 @@ impl Outcome {
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Panic => "panic",
+            Outcome::VmExit => "vm-exit",
             Outcome::Oops => "oops",
             Outcome::Hang => "hang",
             Outcome::ServiceError => "service-error",
@@ -57,7 +64,7 @@ impl Outcome {
 
     /// Whether the kernel or the service failed (recovery is needed).
     pub fn is_failure(self) -> bool {
-        matches!(self, Outcome::Panic | Outcome::Oops | Outcome::Hang | Outcome::ServiceError)
+        matches!(self, Outcome::Panic | Outcome::VmExit | Outcome::Oops | Outcome::Hang | Outcome::ServiceError)
     }
 }
 
@@ -70,8 +77,8 @@ impl fmt::Display for Outcome {
 /// An unknown outcome name.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown outcome `{0}`: the outcomes are panic, oops, hang, service-error, benign, not-activated, \
-                 activation-unknown"
+    "unknown outcome `{0}`: the outcomes are panic, vm-exit, oops, hang, service-error, benign, \
+                 not-activated, activation-unknown"
 )]
 pub struct UnknownOutcome(String);
 
@@ -87,11 +94,14 @@ impl std::str::FromStr for Outcome {
 pub struct Evidence {
     /// GUEST_PANICKED, or `Kernel panic` on the console.
     pub panicked: bool,
+    /// QEMU exited, or the guest reset, without a panic report.
+    pub vm_exit: bool,
     /// An oops/BUG/GPF report on the console.
     pub oops: bool,
     /// Neither heartbeat nor a correct answer for the hang timeout.
     pub hung: bool,
-    /// Wrong or failed answers after the injection, kernel alive.
+    /// The service failed by [`ServiceCriterion`] after the injection,
+    /// kernel alive.
     pub service_errors: bool,
     /// The fault was executed (code) or read (data).
     pub activated: bool,
@@ -99,14 +109,17 @@ pub struct Evidence {
     pub activation_unknown: bool,
 }
 
-/// The outcome: the most severe failure seen; without one, `benign` if the
-/// fault was activated, `activation-unknown` if that could not be decided,
-/// else `not-activated`. A failure counts even when
-/// activation was not seen (a flipped byte read by a DMA engine, a
-/// watchpoint the access slipped past): the failure is the fact.
+/// The outcome: the most severe failure seen (panic, then the machine
+/// gone, oops, hang, service error); without one, `benign` if the fault
+/// was activated, `activation-unknown` if that could not be decided, else
+/// `not-activated`. A failure counts even when activation was not seen (a
+/// flipped byte read by a DMA engine, a watchpoint the access slipped
+/// past): the failure is the fact, and [`unattributed`] flags it.
 pub fn classify(e: &Evidence) -> Outcome {
     if e.panicked {
         Outcome::Panic
+    } else if e.vm_exit {
+        Outcome::VmExit
     } else if e.oops {
         Outcome::Oops
     } else if e.hung {
@@ -119,6 +132,95 @@ pub fn classify(e: &Evidence) -> Outcome {
         Outcome::ActivationUnknown
     } else {
         Outcome::NotActivated
+    }
+}
+
+/// Whether `outcome` is a failure with no evidence that the fault caused
+/// it: neither its activation nor an undecided activation was seen. Such
+/// a record is kept (the failure happened) and flagged, never counted as
+/// the fault's doing.
+pub fn unattributed(outcome: Outcome, e: &Evidence) -> bool {
+    outcome.is_failure() && !e.activated && !e.activation_unknown
+}
+
+/// When the service counts as failed while the kernel lives, as
+/// [`Evidence::service_errors`] is judged: a wrong answer (a status other
+/// than 200, or a body other than the document's), which a working server
+/// never gives, or an outage: a failed request (timeout, refused or reset
+/// connection) after which no correct answer came for at least
+/// `min_outage_s`. Shorter runs of failed requests are counted in the
+/// record but are no outcome: a loaded two-core host stalls a guest for
+/// up to a second now and then, faults or no faults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServiceCriterion {
+    /// The shortest outage that is a service error, seconds.
+    pub min_outage_s: f64,
+}
+
+/// The outage threshold a campaign uses unless its file says otherwise:
+/// twice the clients' 1 s timeout, so one timed-out request followed by a
+/// slow answer is not an outage.
+pub const DEFAULT_MIN_OUTAGE_S: f64 = 2.0;
+
+impl Default for ServiceCriterion {
+    fn default() -> Self {
+        ServiceCriterion { min_outage_s: DEFAULT_MIN_OUTAGE_S }
+    }
+}
+
+impl ServiceCriterion {
+    /// The definition in words, as reports print it.
+    pub fn describe(&self) -> String {
+        format!(
+            "a wrong answer (status other than 200, or a body other than the document's) after the injection, or \
+             an outage: a failed request after which no correct answer came for at least {} s",
+            self.min_outage_s
+        )
+    }
+}
+
+/// One step of a failure, in order: what showed first (an oops in
+/// `httpd`) and what it became (a panic killing init).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The failure class this step is (`oops`, `panic`, `hang`,
+    /// `vm-exit`, `service-error`).
+    pub outcome: Outcome,
+    /// Seconds from the injection to when the harness saw it.
+    pub at_s: f64,
+    /// The kernel's own timestamp of the console line, seconds since its
+    /// boot, when the console gave one (oops and panic lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_s: Option<f64>,
+    /// What it was: the oops headline, the panic reason, how QEMU ended.
+    pub what: String,
+    /// The function it surfaced in (an oops's RIP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// The process it surfaced in (`httpd[97]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+}
+
+impl Event {
+    /// An event with no console details.
+    pub fn new(outcome: Outcome, at_s: f64, what: String) -> Event {
+        Event { outcome, at_s, kernel_s: None, what, function: None, process: None }
+    }
+
+    /// An oops as an event.
+    pub fn oops(o: &OopsRecord, at_s: f64) -> Event {
+        Event {
+            outcome: Outcome::Oops,
+            at_s,
+            kernel_s: o.kernel_s,
+            what: o.headline.clone(),
+            function: o.function.clone(),
+            process: o.comm.as_ref().map(|c| match o.pid {
+                Some(pid) => format!("{c}[{pid}]"),
+                None => c.clone(),
+            }),
+        }
     }
 }
 
@@ -151,7 +253,7 @@ pub enum OopsKind {
 }
 
 /// One oops-like report parsed from the console.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OopsRecord {
     /// The kind, when recognised.
     pub kind: Option<OopsKind>,
@@ -172,15 +274,25 @@ pub struct OopsRecord {
     /// Functions of the call trace, innermost first, without the
     /// unreliable `? ` entries.
     pub call_trace: Vec<String>,
+    /// The kernel's timestamp of the first line, seconds since its boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_s: Option<f64>,
 }
 
 /// Everything kernel-failure-like on a console.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConsoleReport {
     /// Oops-like reports, in order.
     pub oopses: Vec<OopsRecord>,
     /// The `Kernel panic - not syncing:` reason, if the kernel panicked.
     pub panic: Option<String>,
+    /// The kernel's timestamp of that line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_kernel_s: Option<f64>,
+    /// The console shows the kernel booting again (`Linux version`): the
+    /// guest reset.
+    #[serde(default)]
+    pub rebooted: bool,
     /// `WARNING:` lines (not failures by themselves).
     pub warnings: Vec<String>,
 }
@@ -213,6 +325,16 @@ fn strip_prefix(line: &str) -> &str {
         }
     }
     s
+}
+
+/// The `[   12.345678]` timestamp of a console line, seconds.
+fn kernel_time(line: &str) -> Option<f64> {
+    let mut s = line.trim_end_matches('\r');
+    if let Some(rest) = s.strip_prefix('<') {
+        s = rest.split_once('>').map_or(s, |(_, r)| r);
+    }
+    let rest = s.trim_start().strip_prefix('[')?;
+    rest.split_once(']')?.0.trim().parse().ok()
 }
 
 fn hex_u64(s: &str) -> Option<u64> {
@@ -275,8 +397,14 @@ pub fn parse_console(text: &str) -> ConsoleReport {
     let mut in_trace = false;
     for raw in text.lines() {
         let line = strip_prefix(raw);
+        if line.trim_start().starts_with("Linux version ") {
+            report.rebooted = true;
+        }
         if let Some(reason) = line.trim_start().strip_prefix("Kernel panic - not syncing:") {
-            report.panic.get_or_insert_with(|| reason.trim().to_string());
+            if report.panic.is_none() {
+                report.panic = Some(reason.trim().to_string());
+                report.panic_kernel_s = kernel_time(raw);
+            }
             in_trace = false;
             continue;
         }
@@ -294,8 +422,12 @@ pub fn parse_console(text: &str) -> ConsoleReport {
             };
             if !continues {
                 report.oopses.extend(current.take());
-                let mut record =
-                    OopsRecord { kind: Some(kind.clone()), headline: line.trim().to_string(), ..Default::default() };
+                let mut record = OopsRecord {
+                    kind: Some(kind.clone()),
+                    headline: line.trim().to_string(),
+                    kernel_s: kernel_time(raw),
+                    ..Default::default()
+                };
                 let l = line.trim_start();
                 if let Some(rest) = l.strip_prefix("kernel BUG at ") {
                     record.bug_at = Some(rest.trim_end().trim_end_matches('!').to_string());
@@ -426,6 +558,8 @@ mod tests {
         assert_eq!(o.rip.as_deref(), Some("tcp_sendmsg_locked+0x5a"));
         assert_eq!(o.function.as_deref(), Some("tcp_sendmsg_locked"));
         assert_eq!((o.comm.as_deref(), o.pid), (Some("httpd"), Some(97)));
+        assert_eq!(o.kernel_s, Some(23.418127));
+        assert!(!r.rebooted);
         assert_eq!(
             o.call_trace,
             [
@@ -443,6 +577,10 @@ mod tests {
     fn gpf_in_interrupt_then_panic() {
         let r = parse_console(GPF_IN_IRQ);
         assert_eq!(r.panic.as_deref(), Some("Fatal exception in interrupt"));
+        assert_eq!(r.panic_kernel_s, Some(41.005));
+        let again =
+            format!("{GPF_IN_IRQ}[    0.000000] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)\n");
+        assert!(parse_console(&again).rebooted);
         let o = r.first().unwrap();
         assert_eq!(o.kind, Some(OopsKind::GeneralProtection));
         assert_eq!(o.address, Some(0xdead_0000_0000_0122));
@@ -485,11 +623,19 @@ mod tests {
         assert_eq!(classify(&Evidence { service_errors: true, ..none }), Outcome::ServiceError);
         assert_eq!(classify(&Evidence { oops: true, service_errors: true, ..none }), Outcome::Oops);
         assert_eq!(classify(&Evidence { panicked: true, oops: true, hung: true, ..none }), Outcome::Panic);
+        assert_eq!(classify(&Evidence { vm_exit: true, oops: true, ..none }), Outcome::VmExit);
+        assert_eq!(classify(&Evidence { panicked: true, vm_exit: true, ..none }), Outcome::Panic);
+        let service = Evidence { service_errors: true, ..none };
+        assert!(unattributed(classify(&service), &service));
+        let attributed = Evidence { activated: true, ..service };
+        assert!(!unattributed(classify(&attributed), &attributed));
+        assert!(!unattributed(Outcome::NotActivated, &none));
         let names: Vec<String> = Outcome::ALL.iter().map(|o| serde_json::to_string(o).unwrap()).collect();
         assert_eq!(
             names,
             [
                 "\"panic\"",
+                "\"vm-exit\"",
                 "\"oops\"",
                 "\"hang\"",
                 "\"service-error\"",

@@ -296,6 +296,8 @@ mod tests {
             },
             started_at: String::new(),
             harness_error: None,
+            events: Vec::new(),
+            unattributed: false,
             wall_s: 1.0,
             window_s: 1.0,
         }

@@ -261,9 +261,8 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
                 FailureCause::HeartbeatLost | FailureCause::Watchdog | FailureCause::ServiceProbe => {
                     RecordedOutcome::Hang
                 }
-                FailureCause::GuestPanicked | FailureCause::GuestCrashLoaded | FailureCause::QemuExited => {
-                    RecordedOutcome::Panic
-                }
+                FailureCause::GuestPanicked | FailureCause::GuestCrashLoaded => RecordedOutcome::Panic,
+                FailureCause::QemuExited | FailureCause::GuestReset => RecordedOutcome::VmExit,
             };
             Ok(blank(injection, Some(outcome), Some(failure)))
         }
@@ -290,9 +289,19 @@ fn record(
 ) -> Result<ExperimentRecord> {
     let f = &shared.campaign.file;
     let mut observed = observed;
+    let mut events = Vec::new();
+    let mut unattributed = false;
+    let mut metrics = BTreeMap::new();
     if let Some(watch) = &observed.watch {
         let hang = f.observe.hang_timeout();
-        observed.outcome = Some(recorded::outcome(watch.classify(records, origin, hang).outcome));
+        let verdict = watch.classify(records, origin, hang, &f.observe.service_criterion());
+        observed.outcome = Some(recorded::outcome(verdict.outcome));
+        events = verdict.events.iter().map(recorded::event).collect();
+        unattributed = verdict.unattributed;
+        use analysis::figures::names;
+        metrics.insert(names::ERRORS_AFTER_INJECTION.to_string(), verdict.errors_after_injection as f64);
+        metrics.insert(names::WRONG_ANSWERS.to_string(), verdict.wrong_answers as f64);
+        metrics.insert(names::LONGEST_OUTAGE_S.to_string(), verdict.longest_outage_s);
     }
     // When the service stopped, as the client-side analysis needs it. A
     // panic is reported within milliseconds, so its detection is the
@@ -372,7 +381,6 @@ fn record(
     if let Some(e) = downtime_error {
         params.insert("downtime_error".to_string(), e);
     }
-    let mut metrics = BTreeMap::new();
     if let Some(snap) = &golden.phase {
         metrics.insert("phase_snapshot_pause_s".to_string(), snap.meta.pause_s);
     }
@@ -404,6 +412,8 @@ fn record(
         wall_s: times.wall_s,
         window_s: times.load_s,
         harness_error: None,
+        events,
+        unattributed,
     })
 }
 

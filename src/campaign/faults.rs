@@ -144,6 +144,8 @@ impl FaultRunner for InjectorRunner {
         let vm = sut.vm();
         let console_offset = std::fs::metadata(vm.console_log()).map(|m| m.len()).unwrap_or(0);
         vm.events(); // stale events are not this fault's
+        #[cfg(feature = "test-knobs")]
+        crate::fault_watch::knobs::set_fault(index);
         let watch = fault_watch::watch_fault(
             vm,
             &self.model.image,

@@ -6,8 +6,8 @@
 //! stored name.
 
 use analysis::record::{
-    RecordedAccel, RecordedCause, RecordedCrash, RecordedModel, RecordedOutcome, RecordedProfile, RecordedScope,
-    RecordedStrategy, RecordedWorkload,
+    FailureEvent, RecordedAccel, RecordedCause, RecordedCrash, RecordedModel, RecordedOutcome, RecordedProfile,
+    RecordedScope, RecordedStrategy, RecordedWorkload,
 };
 use injector::fault::ModelKind;
 use injector::outcome::Outcome;
@@ -22,6 +22,7 @@ use crate::workload_run::WorkloadKind;
 pub fn outcome(o: Outcome) -> RecordedOutcome {
     match o {
         Outcome::Panic => RecordedOutcome::Panic,
+        Outcome::VmExit => RecordedOutcome::VmExit,
         Outcome::Oops => RecordedOutcome::Oops,
         Outcome::Hang => RecordedOutcome::Hang,
         Outcome::ServiceError => RecordedOutcome::ServiceError,
@@ -61,6 +62,18 @@ pub fn scope(s: Scope) -> RecordedScope {
     }
 }
 
+/// One step of a failure.
+pub fn event(e: &injector::outcome::Event) -> FailureEvent {
+    FailureEvent {
+        outcome: outcome(e.outcome),
+        at_s: e.at_s,
+        kernel_s: e.kernel_s,
+        what: e.what.clone(),
+        function: e.function.clone(),
+        process: e.process.clone(),
+    }
+}
+
 /// A recovery strategy.
 pub fn strategy(s: Strategy) -> RecordedStrategy {
     match s {
@@ -78,6 +91,7 @@ pub fn cause(c: FailureCause) -> RecordedCause {
         FailureCause::GuestCrashLoaded => RecordedCause::GuestCrashLoaded,
         FailureCause::HeartbeatLost => RecordedCause::HeartbeatLost,
         FailureCause::QemuExited => RecordedCause::QemuExited,
+        FailureCause::GuestReset => RecordedCause::GuestReset,
         FailureCause::Watchdog => RecordedCause::Watchdog,
         FailureCause::ServiceProbe => RecordedCause::ServiceProbe,
     }

@@ -245,6 +245,15 @@ pub struct ObserveSpec {
     /// No heartbeat for this long counts as a hang, seconds.
     #[serde(default = "default_hang")]
     pub hang_timeout_s: f64,
+    /// The shortest outage that makes a `service-error`: a failed request
+    /// after which no correct answer came for this long, seconds (a wrong
+    /// answer always does).
+    #[serde(default = "default_min_outage")]
+    pub min_outage_s: f64,
+}
+
+fn default_min_outage() -> f64 {
+    injector::outcome::DEFAULT_MIN_OUTAGE_S
 }
 
 // Validation has checked every seconds key with `duration::from_secs_f64`,
@@ -264,11 +273,21 @@ impl ObserveSpec {
     pub fn hang_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.hang_timeout_s)
     }
+
+    /// When the service counts as failed.
+    pub fn service_criterion(&self) -> injector::outcome::ServiceCriterion {
+        injector::outcome::ServiceCriterion { min_outage_s: self.min_outage_s }
+    }
 }
 
 impl Default for ObserveSpec {
     fn default() -> Self {
-        ObserveSpec { window_s: default_window(), tail_s: default_tail(), hang_timeout_s: default_hang() }
+        ObserveSpec {
+            window_s: default_window(),
+            tail_s: default_tail(),
+            hang_timeout_s: default_hang(),
+            min_outage_s: default_min_outage(),
+        }
     }
 }
 
@@ -672,6 +691,7 @@ fn validate(path: &Path, f: &ExperimentFile) -> Result<(), ExperimentFileError> 
         ("observe.window_s", f.observe.window_s),
         ("observe.tail_s", f.observe.tail_s),
         ("observe.hang_timeout_s", f.observe.hang_timeout_s),
+        ("observe.min_outage_s", f.observe.min_outage_s),
     ] {
         crate::duration::from_secs_f64(key, v).map_err(|e| invalid(key, format!("{} {}", e.value, e.problem)))?;
     }

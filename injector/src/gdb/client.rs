@@ -299,6 +299,12 @@ impl GdbClient {
         Ok(client)
     }
 
+    /// A handle that ends the connection from another thread (an abort, or
+    /// a test of what a lost connection does).
+    pub fn severer(&self) -> std::io::Result<crate::gdb::Severer> {
+        self.conn.severer()
+    }
+
     /// Changes the timeout of later requests.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;

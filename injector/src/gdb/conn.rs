@@ -102,7 +102,29 @@ enum Stream {
     Tcp(TcpStream),
 }
 
+/// Ends a connection from another thread: both directions are shut down,
+/// so the owner's next read or write fails as if the stub had gone away.
+#[derive(Debug)]
+pub struct Severer(Stream);
+
+impl Severer {
+    /// Shuts the connection down.
+    pub fn sever(&self) {
+        let _ = match &self.0 {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
 impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+
     fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(timeout),
@@ -166,6 +188,11 @@ impl Connection {
             ack_mode: true,
             buf: vec![0; 64 * 1024],
         })
+    }
+
+    /// A handle that ends this connection from another thread.
+    pub fn severer(&self) -> std::io::Result<Severer> {
+        self.stream.try_clone().map(Severer)
     }
 
     /// Whether `+`/`-` acknowledgements are exchanged (until `QStartNoAckMode`).

@@ -44,7 +44,7 @@ pub mod stop;
 pub mod target_xml;
 
 pub use client::{sstep, BreakpointKind, GdbClient, GdbError, StubFeatures, SSTEP_DEFAULT};
-pub use conn::Endpoint;
+pub use conn::{Endpoint, Severer};
 pub use registers::{Reg, Registers};
 pub use stop::{Stop, StopEvent, StopReason, ThreadId, WatchKind, SIGINT, SIGTRAP};
 pub use target_xml::TargetDescription;

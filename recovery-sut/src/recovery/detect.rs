@@ -23,6 +23,9 @@ pub enum FailureCause {
     HeartbeatLost,
     /// The QEMU process died.
     QemuExited,
+    /// The guest reset itself (QMP `RESET` with reason `guest-reset`, or
+    /// the kernel booting again on the console): a triple fault does that.
+    GuestReset,
     /// The guest stopped feeding its i6300esb watchdog (QMP `WATCHDOG`).
     Watchdog,
     /// The host's periodic probe of the service failed several times in a
@@ -32,11 +35,12 @@ pub enum FailureCause {
 
 impl FailureCause {
     /// Every cause.
-    pub const ALL: [FailureCause; 6] = [
+    pub const ALL: [FailureCause; 7] = [
         FailureCause::GuestPanicked,
         FailureCause::GuestCrashLoaded,
         FailureCause::HeartbeatLost,
         FailureCause::QemuExited,
+        FailureCause::GuestReset,
         FailureCause::Watchdog,
         FailureCause::ServiceProbe,
     ];
@@ -48,6 +52,7 @@ impl FailureCause {
             FailureCause::GuestCrashLoaded => "guest-crash-loaded",
             FailureCause::HeartbeatLost => "heartbeat-lost",
             FailureCause::QemuExited => "qemu-exited",
+            FailureCause::GuestReset => "guest-reset",
             FailureCause::Watchdog => "watchdog",
             FailureCause::ServiceProbe => "service-probe",
         }
