@@ -725,6 +725,7 @@ pub fn scope_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure
 fn scope_color(s: RecordedScope) -> RGBColor {
     match s {
         RecordedScope::Masked => RGBColor(170, 170, 170),
+        RecordedScope::Latent => RGBColor(120, 150, 200),
         RecordedScope::ProcessLocal => RGBColor(44, 160, 44),
         RecordedScope::KernelGlobal => RGBColor(214, 39, 40),
         RecordedScope::Unknown => RGBColor(255, 187, 120),

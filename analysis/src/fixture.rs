@@ -167,6 +167,8 @@ pub fn records() -> Vec<ExperimentRecord> {
                     } else {
                         vec![]
                     },
+                    reads: if s == RecordedScope::Masked { 0 } else { 2 },
+                    reporting_readers: Vec::new(),
                     steps: 100 * i as u64,
                     short_s: 0.1,
                     long_s: 2.0,

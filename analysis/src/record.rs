@@ -175,13 +175,18 @@ recorded_enum! {
 recorded_enum! {
     /// How far an error propagated (the injector's `trace::Scope`).
     pub enum RecordedScope ("a propagation scope") {
-        /// The taint died before anything read it from memory.
+        /// Nothing read the error: its registers' taint died, or every
+        /// tainted cell was overwritten before a read.
         Masked = "masked",
+        /// Tainted memory nothing read while it was watched, some still
+        /// holding the error at the end.
+        Latent = "latent",
         /// Only the activating process context touched tainted data.
         ProcessLocal = "process-local",
         /// Another task, a kernel thread or an interrupt handler read it.
         KernelGlobal = "kernel-global",
-        /// The tracing budget ran out first.
+        /// Not settled: the step budget ran out, shared memory went
+        /// unwatched, or the watch was shorter than `trace.min_watch_s`.
         Unknown = "unknown",
     }
 }
@@ -397,11 +402,19 @@ pub struct Propagation {
     pub activating: Option<String>,
     /// Other contexts that read tainted data.
     pub foreign_readers: Vec<String>,
+    /// Reads of tainted data, the kernel's failure reporting's left out.
+    #[serde(default)]
+    pub reads: u64,
+    /// Contexts whose reads were the kernel's failure reporting (oops,
+    /// printk, stack dumping): listed, not counted as propagation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reporting_readers: Vec<String>,
     /// Single steps of the short range.
     pub steps: u64,
     /// Seconds the guest was held for the short range.
     pub short_s: f64,
-    /// Seconds of long-range watching.
+    /// Seconds of long-range watching: how long the verdict watched
+    /// tainted memory.
     pub long_s: f64,
     /// Why the short range ended.
     pub short_end: String,

@@ -147,6 +147,28 @@ fn a_global_kernel_variable_is_kernel_global_with_its_readers_named() {
     );
 }
 
+/// `saved_command_line` is read only when someone opens `/proc/cmdline`,
+/// which nothing in the running tiny guest does: an error there is latent,
+/// watched for the whole window with no read, never process-local.
+#[test]
+fn a_flip_nothing_reads_is_latent() {
+    let layout = layout();
+    let cmdline = support::image().symbol("saved_command_line").unwrap().address;
+    let support::Guest { lock: _lock, vm: _vm, mut gdb } = support::boot();
+    stop_in_heartbeat_write(&mut gdb);
+    let mut tracer = Tracer::new(layout, support::image(), TraceConfig::default());
+    tracer
+        .start(&mut gdb, support::image(), &Seed { mem: vec![MemRange::new(cmdline, 8)], ..Seed::default() })
+        .unwrap();
+    tracer.watch_for(&mut gdb, support::image(), Duration::from_secs(2)).unwrap();
+    gdb.resume().unwrap();
+    let report = tracer.report().unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert_eq!((report.watched, report.reads, report.overwritten), (1, 0, 0), "{report:?}");
+    assert!(report.long_s >= report.min_watch_s, "watched {} s", report.long_s);
+    assert_eq!(report.scope, Scope::Latent, "{}", report.why);
+}
+
 /// A register that the next instruction overwrites without reading it.
 #[test]
 fn a_register_overwritten_before_use_is_masked() {

@@ -56,6 +56,7 @@ pub fn model(m: ModelKind) -> RecordedModel {
 pub fn scope(s: Scope) -> RecordedScope {
     match s {
         Scope::Masked => RecordedScope::Masked,
+        Scope::Latent => RecordedScope::Latent,
         Scope::ProcessLocal => RecordedScope::ProcessLocal,
         Scope::KernelGlobal => RecordedScope::KernelGlobal,
         Scope::Unknown => RecordedScope::Unknown,

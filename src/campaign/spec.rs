@@ -418,7 +418,7 @@ pub struct ExperimentFile {
 }
 
 /// `[trace]`: follow each activated fault's error to find how far it went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TraceSpec {
     /// Single steps of the short range (about 700 a second under TCG).
@@ -430,6 +430,19 @@ pub struct TraceSpec {
     /// Watchpoint hits handled before watching stops.
     #[serde(default = "default_trace_hits")]
     pub max_hits: u32,
+    /// Tainted memory watched for less than this, seconds, makes the
+    /// verdict `unknown` (unless another context read it, or every tainted
+    /// cell was overwritten).
+    #[serde(default = "default_trace_min_watch")]
+    pub min_watch_s: f64,
+    /// Whether an interrupt taken on the activating task is another
+    /// context (`separate`) or that task's (`task`).
+    #[serde(default)]
+    pub interrupts: injector::trace::InterruptContext,
+}
+
+fn default_trace_min_watch() -> f64 {
+    injector::trace::tracer::DEFAULT_MIN_WATCH_S
 }
 
 fn default_trace_steps() -> u64 {
@@ -449,6 +462,8 @@ impl TraceSpec {
             max_steps: self.max_steps,
             max_watchpoints: self.max_watchpoints,
             max_hits: self.max_hits,
+            min_watch_s: self.min_watch_s,
+            interrupts: self.interrupts,
             ..injector::trace::TraceConfig::default()
         }
     }
@@ -716,6 +731,12 @@ fn validate(path: &Path, f: &ExperimentFile) -> Result<(), ExperimentFileError> 
         if !(1..=256).contains(&t.max_watchpoints) {
             return Err(invalid("trace.max_watchpoints", format!("{} is outside 1..=256", t.max_watchpoints)));
         }
+        if !(t.min_watch_s >= 0.0 && t.min_watch_s < f.observe.window_s) {
+            return Err(invalid(
+                "trace.min_watch_s",
+                format!("{} s must be at least 0 and shorter than observe.window_s ({} s)", t.min_watch_s, f.observe.window_s),
+            ));
+        }
     }
     if f.observe.window_s <= f.observe.hang_timeout_s {
         return Err(invalid(
@@ -813,6 +834,26 @@ strategies = ["full-reboot", "service-restore"]
         let crashes_only = GOOD.replace("[[inject]]\nfaults = { models = [\"nop\"], count = 3 }\n", "");
         let e = parse(&format!("{crashes_only}\n[trace]\n")).unwrap_err().to_string();
         assert!(e.contains("trace") && e.contains("faults"), "{e}");
+
+        // The verdict's rules: defaults, both interrupt rules, bad values.
+        let config = t.config();
+        assert_eq!((config.min_watch_s, config.interrupts), (1.0, injector::trace::InterruptContext::Separate));
+        let c = parse(&format!("{GOOD}\n[trace]\nmin_watch_s = 0.5\ninterrupts = \"task\"\n")).unwrap();
+        let config = c.file.trace.unwrap().config();
+        assert_eq!((config.min_watch_s, config.interrupts), (0.5, injector::trace::InterruptContext::Task));
+        let e = parse(&format!("{GOOD}\n[trace]\ninterrupts = \"irq\"\n")).unwrap_err().to_string();
+        assert!(e.contains("irq") && e.contains("separate") && e.contains("task"), "{e}");
+        let e = parse(&format!("{GOOD}\n[trace]\nmin_watch_s = 99\n")).unwrap_err().to_string();
+        assert!(e.contains("trace.min_watch_s"), "{e}");
+    }
+
+    #[test]
+    fn the_service_outage_threshold_is_a_key() {
+        assert_eq!(parse(GOOD).unwrap().file.observe.service_criterion().min_outage_s, 2.0);
+        let c = parse(&format!("{GOOD}\n[observe]\nmin_outage_s = 3.5\n")).unwrap();
+        assert_eq!(c.file.observe.service_criterion().min_outage_s, 3.5);
+        let e = parse(&format!("{GOOD}\n[observe]\nmin_outage_s = -1\n")).unwrap_err().to_string();
+        assert!(e.contains("observe.min_outage_s"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::layout::KernelLayout;
+use super::scope::InterruptContext;
 use crate::gdb::{GdbClient, GdbError, Reg, Registers};
 
 /// `PF_KTHREAD` in `task_struct.flags`.
@@ -58,6 +59,16 @@ impl Context {
     /// interrupted.
     pub fn same(&self, other: &Context) -> bool {
         self.task == other.task && self.irq == other.irq
+    }
+
+    /// Whether both are one context under `rule`: [`same`](Self::same), or
+    /// with [`InterruptContext::Task`] the same task whatever interrupt
+    /// ran on it.
+    pub fn same_under(&self, other: &Context, rule: InterruptContext) -> bool {
+        match rule {
+            InterruptContext::Separate => self.same(other),
+            InterruptContext::Task => self.task == other.task,
+        }
     }
 
     /// Whether `address` is this task's own: its kernel stack, its

@@ -17,6 +17,6 @@ pub mod tracer;
 
 pub use context::{Context, ContextReader, IrqState};
 pub use layout::KernelLayout;
-pub use scope::Scope;
+pub use scope::{is_failure_reporting, InterruptContext, Scope, FAILURE_REPORTING};
 pub use taint::MemRange;
 pub use tracer::{PropagationReport, Seed, ShortEnd, TraceConfig, Tracer};

@@ -32,13 +32,13 @@ use serde::{Deserialize, Serialize};
 
 use super::context::{Context, ContextReader};
 use super::layout::KernelLayout;
-use super::scope::{classify, Scope};
+use super::scope::{classify, is_failure_reporting, InterruptContext, Scope};
 use super::taint::{MemRange, RegValues, Taint, Unit};
 use crate::gdb::{BreakpointKind, GdbClient, GdbError, Reg, Registers, StopReason, WatchKind, SIGTRAP};
 use crate::image::KernelImage;
 
-/// Bounds of one trace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Bounds of one trace, and the rules its verdict follows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TraceConfig {
     /// Single steps in the short range.
     pub max_steps: u64,
@@ -50,11 +50,26 @@ pub struct TraceConfig {
     /// Distinct foreign readers after which the scope is settled and the
     /// watchpoints come off.
     pub max_readers: usize,
+    /// Tainted memory watched for less than this (seconds) and not all
+    /// overwritten gives `unknown`, unless another context read it.
+    pub min_watch_s: f64,
+    /// Whether an interrupt on the activating task is another context.
+    pub interrupts: InterruptContext,
 }
+
+/// The default minimum watch, seconds.
+pub const DEFAULT_MIN_WATCH_S: f64 = 1.0;
 
 impl Default for TraceConfig {
     fn default() -> Self {
-        TraceConfig { max_steps: 20_000, max_watchpoints: 32, max_hits: 400, max_readers: 4 }
+        TraceConfig {
+            max_steps: 20_000,
+            max_watchpoints: 32,
+            max_hits: 400,
+            max_readers: 4,
+            min_watch_s: DEFAULT_MIN_WATCH_S,
+            interrupts: InterruptContext::Separate,
+        }
     }
 }
 
@@ -115,6 +130,10 @@ pub struct Access {
     pub long_range: bool,
     /// The activating task owns the address.
     pub local: bool,
+    /// A read by the kernel's failure reporting (oops, printk...), which
+    /// is no propagation.
+    #[serde(default)]
+    pub reporting: bool,
 }
 
 /// Read or write.
@@ -152,8 +171,14 @@ pub struct PropagationReport {
     pub control_flow: bool,
     /// Tainted-data writes by the short range.
     pub writes: u64,
-    /// Tainted-data reads (both ranges).
+    /// Tainted-data reads (both ranges), failure reporting's left out.
     pub reads: u64,
+    /// Reads of tainted data by the kernel's failure reporting.
+    #[serde(default)]
+    pub reporting_reads: u64,
+    /// Who they were (`comm[pid] in function`).
+    #[serde(default)]
+    pub reporting_readers: Vec<String>,
     /// Cells of 8 bytes watched in the long range.
     pub watched: usize,
     /// Watched cells overwritten (cleaned) before the window ended.
@@ -169,6 +194,12 @@ pub struct PropagationReport {
     pub foreign_readers: Vec<String>,
     /// The first accesses (bounded), the evidence.
     pub accesses: Vec<Access>,
+    /// The minimum watch the verdict was held to, seconds.
+    #[serde(default)]
+    pub min_watch_s: f64,
+    /// The interrupt rule the verdict followed.
+    #[serde(default)]
+    pub interrupts: InterruptContext,
 }
 
 /// Accesses kept as evidence per report.
@@ -194,6 +225,8 @@ pub struct Tracer {
     control_flow: bool,
     writes: u64,
     reads: u64,
+    reporting_reads: u64,
+    reporting: BTreeSet<String>,
     watched: Vec<u64>,
     armed: usize,
     overwritten: usize,
@@ -264,6 +297,8 @@ impl Tracer {
             control_flow: false,
             writes: 0,
             reads: 0,
+            reporting_reads: 0,
+            reporting: BTreeSet::new(),
             watched: Vec::new(),
             armed: 0,
             overwritten: 0,
@@ -390,26 +425,31 @@ impl Tracer {
     fn note(&mut self, kind: AccessKind, address: u64, ctx: &Context, function: Option<String>, long_range: bool) {
         let activating = self.activating.as_ref().expect("tracing started");
         let local = activating.owns(address, self.contexts.stack_of(activating.task), self.contexts.layout());
+        let foreign = !ctx.same_under(activating, self.config.interrupts);
+        let reporting = kind == AccessKind::Read && function.as_deref().is_some_and(is_failure_reporting);
+        let who = || match &function {
+            Some(f) => format!("{ctx} in {}", f.split('+').next().unwrap_or(f)),
+            None => ctx.to_string(),
+        };
         match kind {
+            AccessKind::Read if reporting => {
+                self.reporting_reads += 1;
+                self.reporting.insert(who());
+            }
             AccessKind::Read => {
                 self.reads += 1;
-                if !ctx.same(activating) {
-                    let who = match &function {
-                        Some(f) => format!("{ctx} in {}", f.split('+').next().unwrap_or(f)),
-                        None => ctx.to_string(),
-                    };
-                    self.foreign.insert(who);
+                if foreign {
+                    self.foreign.insert(who());
                 }
             }
             AccessKind::Write => self.writes += 1,
         }
-        let foreign = !ctx.same(activating);
         // Keep the first accesses, and every foreign read while there is
         // room: they are the evidence of the verdict.
         if self.accesses.len() < MAX_ACCESSES
             && (self.accesses.len() < MAX_ACCESSES / 2 || (foreign && kind == AccessKind::Read))
         {
-            self.accesses.push(Access { kind, address, context: ctx.clone(), function, long_range, local });
+            self.accesses.push(Access { kind, address, context: ctx.clone(), function, long_range, local, reporting });
         }
     }
 
@@ -521,6 +561,8 @@ impl Tracer {
             control_flow: self.control_flow,
             writes: self.writes,
             reads: self.reads,
+            reporting_reads: self.reporting_reads,
+            reporting_readers: self.reporting.iter().cloned().collect(),
             watched: self.armed,
             overwritten: self.overwritten,
             unwatched_shared: self.unwatched_shared,
@@ -528,8 +570,10 @@ impl Tracer {
             long_s,
             foreign_readers: self.foreign.iter().cloned().collect(),
             accesses: self.accesses.clone(),
+            min_watch_s: self.config.min_watch_s,
+            interrupts: self.config.interrupts,
         };
-        let (scope, why) = classify(&report);
+        let (scope, why) = classify(&report, self.config.min_watch_s);
         report.scope = scope;
         report.why = why;
         Some(report)
