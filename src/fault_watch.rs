@@ -175,6 +175,9 @@ pub struct Verdict {
     /// The longest time from a failed request after the injection to the
     /// next correct answer, seconds (see [`ServiceCriterion`]).
     pub longest_outage_s: f64,
+    /// Requests sent after the first event (within the watch) answered
+    /// correctly, and not: whether the service kept working after an oops.
+    pub after_first_event: Option<(usize, usize)>,
 }
 
 /// Attaches to the gdbstub, applies `spec` at its trigger and watches for
@@ -391,7 +394,14 @@ impl Watch {
             }
         }
         events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        let after_first_event = events.first().map(|first| {
+            let from = t0_s + injected_at_s.unwrap_or(0.0) + first.at_s;
+            let after: Vec<&Record> = records.iter().filter(|r| r.start >= from && r.start <= end_s).collect();
+            let correct = after.iter().filter(|r| r.is_correct()).count();
+            (correct, after.len() - correct)
+        });
         Verdict {
+            after_first_event,
             outcome,
             unattributed: unattributed(outcome, &evidence),
             events,

@@ -51,6 +51,12 @@ pub mod names {
     /// Metric: the longest time from a failed request after the injection
     /// to the next correct answer, seconds.
     pub const LONGEST_OUTAGE_S: &str = "longest_outage_s";
+    /// Metric: requests sent after the failure's first event, within the
+    /// watch, that were answered correctly (after an oops: whether the
+    /// kernel kept serving).
+    pub const CORRECT_AFTER_FAILURE: &str = "correct_after_failure";
+    /// Metric: those that failed or were answered wrongly.
+    pub const FAILED_AFTER_FAILURE: &str = "failed_after_failure";
     /// The series of the restore figures and tables: those of these
     /// parameters that vary (see `tables::metric_points`).
     pub const RESTORE_SERIES: &str = "restore_path,cache,reduction";

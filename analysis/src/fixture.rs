@@ -180,6 +180,7 @@ pub fn records() -> Vec<ExperimentRecord> {
             }),
             profile: None,
             class_weight: None,
+            surfaced_in: None,
         };
         r.outcome = o;
         out.push(r);

@@ -337,6 +337,9 @@ impl Provenance {
 }
 
 /// What was done to the guest.
+// Almost every record of a fault campaign is a `Fault`: boxing it would
+// save nothing and put a box in every match on a record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Injection {
@@ -388,6 +391,10 @@ pub enum Injection {
         /// every executed instruction.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         class_weight: Option<u64>,
+        /// Subsystem of the function the failure surfaced in (the first
+        /// oops's RIP), when the kernel reported one with a known source.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        surfaced_in: Option<String>,
     },
 }
 

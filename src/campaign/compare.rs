@@ -334,6 +334,7 @@ mod tests {
                 propagation: None,
                 profile: None,
                 class_weight: None,
+                surfaced_in: None,
             };
             r
         };

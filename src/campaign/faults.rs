@@ -41,6 +41,11 @@ pub struct ProfileSite<'a> {
     pub dir: &'a Path,
 }
 
+/// After an oops, how long a campaign keeps watching: for the panic it may
+/// cause, and for whether the service keeps answering (the
+/// oops-then-continue rate of the reports).
+const OOPS_GRACE: Duration = Duration::from_secs(3);
+
 /// Injects a campaign's faults with the injector.
 pub struct InjectorRunner {
     model: KernelModel,
@@ -150,7 +155,7 @@ impl FaultRunner for InjectorRunner {
             vm,
             &self.model.image,
             &spec,
-            &WatchLimits { window, hang_timeout: self.hang_timeout, oops_grace: Duration::from_secs(1) },
+            &WatchLimits { window, hang_timeout: self.hang_timeout, oops_grace: OOPS_GRACE },
             console_offset,
             self.trace.map(|(layout, config)| Tracer::new(layout, &self.model.image, config)),
         )?;
@@ -162,6 +167,7 @@ impl FaultRunner for InjectorRunner {
                 matches!(spec.model().kind(), ModelKind::RegFlip | ModelKind::StackFlip | ModelKind::HeapFlip)
             });
         let (profile, class_weight) = drawn;
+        let surfaced_in = self.surfaced_in(&watch);
         let injection = RecordInjection::Fault {
             model: recorded::model(spec.model().kind()),
             subsystem: spec
@@ -180,6 +186,7 @@ impl FaultRunner for InjectorRunner {
             propagation,
             profile,
             class_weight,
+            surfaced_in,
         };
         let detail = watch.console.oopses.first().map(serde_json::to_value).transpose()?;
         Ok(FaultObservation { injection, detail, watch })
@@ -199,6 +206,7 @@ impl FaultRunner for InjectorRunner {
             propagation: None,
             profile,
             class_weight,
+            surfaced_in: None,
         })
     }
 }
@@ -216,6 +224,12 @@ impl InjectorRunner {
         drawn.clone().map_err(|e| anyhow::anyhow!(e))
     }
 
+    /// The subsystem of the function the first oops's RIP was in.
+    fn surfaced_in(&self, watch: &Watch) -> Option<String> {
+        let function = watch.console.oopses.first()?.function.as_deref()?;
+        self.model.image.function(function)?.subsystem().map(str::to_string)
+    }
+
     /// The propagation record of a traced fault: the tracer's verdict, a
     /// byte overwritten before it was read (masked), or nothing for a
     /// fault never activated or not traced.
@@ -225,13 +239,7 @@ impl InjectorRunner {
         if !injection.activated && !injection.masked {
             return None;
         }
-        let surfaced_in = watch
-            .console
-            .oopses
-            .first()
-            .and_then(|o| o.function.as_deref())
-            .and_then(|f| self.model.image.function(f))
-            .and_then(|f| f.subsystem().map(str::to_string));
+        let surfaced_in = self.surfaced_in(watch);
         let surfaced_elsewhere = surfaced_in.as_deref().zip(spec.subsystem()).map(|(a, b)| a != b);
         let blank = |scope: RecordedScope, why: &str| Propagation {
             scope,

@@ -734,7 +734,10 @@ fn validate(path: &Path, f: &ExperimentFile) -> Result<(), ExperimentFileError> 
         if !(t.min_watch_s >= 0.0 && t.min_watch_s < f.observe.window_s) {
             return Err(invalid(
                 "trace.min_watch_s",
-                format!("{} s must be at least 0 and shorter than observe.window_s ({} s)", t.min_watch_s, f.observe.window_s),
+                format!(
+                    "{} s must be at least 0 and shorter than observe.window_s ({} s)",
+                    t.min_watch_s, f.observe.window_s
+                ),
             ));
         }
     }
