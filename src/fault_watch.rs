@@ -287,6 +287,12 @@ pub fn watch_fault(
     Ok(Watch { injection, console, t0, observed, panicked_at, gone, oops_at, hung_at })
 }
 
+/// Oops reports kept as events per experiment: a fault in a path every
+/// request takes oopses each worker in turn, hundreds of times; the first
+/// ones tell the story and the record counts them all
+/// (`oops_reports` in its metrics).
+const MAX_OOPS_EVENTS: usize = 16;
+
 /// Takes the VM's QMP events and process state: a panic, a reset or
 /// power-off the guest asked for, QEMU gone.
 fn note_vm_events(vm: &Vm, now: Instant, panicked_at: &mut Option<Instant>, gone: &mut Option<(Instant, String)>) {
@@ -342,7 +348,7 @@ impl Watch {
         let failed: Vec<&Record> =
             records.iter().filter(after_injection).filter(not_held).filter(|r| !r.is_correct()).collect();
         let wrong: Vec<&&Record> = failed.iter().filter(|r| r.outcome.is_response()).collect();
-        let (outage_from, longest_outage_s) = longest_outage(records, &failed);
+        let (outage_seen, longest_outage_s) = longest_outage(records, &failed);
         let hung = self.hung_at.is_some_and(|h| {
             // A hang also silences the service: a correct answer in the
             // timeout before detection means only the agent stopped.
@@ -381,12 +387,14 @@ impl Watch {
             }
         }
         let from_injection = |record_s: f64| record_s - (t0_s + injected_at_s.unwrap_or(0.0));
+        // A client sees a failure when its request ends (times out, is
+        // refused, or answers wrongly): that is when the service showed it.
         if let Some(first) = wrong.first() {
             let what = format!("{} wrong answers after the injection (first: {:?})", wrong.len(), first.outcome);
-            events.push(Event::new(Outcome::ServiceError, from_injection(first.start), what));
+            events.push(Event::new(Outcome::ServiceError, from_injection(first.end), what));
         } else if outage {
             let what = format!("no correct answer for {longest_outage_s:.1} s after a failed request");
-            events.push(Event::new(Outcome::ServiceError, from_injection(outage_from), what));
+            events.push(Event::new(Outcome::ServiceError, from_injection(outage_seen), what));
         } else if agent_only {
             if let Some(at) = self.hung_at {
                 let what = "the agent's heartbeat stopped while the service answered".to_string();
@@ -413,23 +421,27 @@ impl Watch {
         }
     }
 
-    /// The console's oopses and panic as events. Their times come from the
-    /// kernel's own timestamps, anchored at the most precisely seen one
-    /// (the panic's GUEST_PANICKED arrives at once; the console is read
-    /// every 200 ms), so an oops and the panic it led to keep their order
-    /// and spacing.
+    /// The console's oopses (the first [`MAX_OOPS_EVENTS`]) and panic as
+    /// events. Their times come from the kernel's own timestamps, anchored
+    /// at the most precisely seen instant: the panic's GUEST_PANICKED
+    /// arrives at once, after everything the kernel printed before it (its
+    /// panic line, or else its latest oops line, stands there); without a
+    /// panic, the first oops where the console read (every 200 ms) saw it.
+    /// So an oops and the panic it led to keep their order and spacing.
     fn console_events(&self, since: &dyn Fn(Instant) -> f64) -> Vec<Event> {
         let c = &self.console;
-        let anchor = match (self.panicked_at, c.panic_kernel_s, self.oops_at, c.first().and_then(|o| o.kernel_s)) {
-            (Some(at), Some(k), _, _) => Some((since(at), k)),
-            (_, _, Some(at), Some(k)) => Some((since(at), k)),
+        let latest_oops = c.oopses.iter().filter_map(|o| o.kernel_s).reduce(f64::max);
+        let anchor = match (self.panicked_at, c.panic_kernel_s.or(latest_oops), self.oops_at) {
+            (Some(at), Some(k), _) => Some((since(at), k)),
+            (None, _, Some(at)) => c.first().and_then(|o| o.kernel_s).map(|k| (since(at), k)),
             _ => None,
         };
         let at = |kernel_s: Option<f64>, fallback: Option<Instant>| match (anchor, kernel_s) {
             (Some((host, k0)), Some(k)) => host + (k - k0),
             _ => fallback.map_or(0.0, since),
         };
-        let mut events: Vec<Event> = c.oopses.iter().map(|o| Event::oops(o, at(o.kernel_s, self.oops_at))).collect();
+        let mut events: Vec<Event> =
+            c.oopses.iter().take(MAX_OOPS_EVENTS).map(|o| Event::oops(o, at(o.kernel_s, self.oops_at))).collect();
         if self.panicked_at.is_some() {
             let what = c.panic.clone().unwrap_or_else(|| "GUEST_PANICKED (no panic line on the console)".into());
             let mut panic = Event::new(Outcome::Panic, at(c.panic_kernel_s, self.panicked_at), what);
@@ -456,9 +468,10 @@ impl Watch {
 }
 
 /// The longest stretch from a failed request to the next correct answer
-/// (any request's that ended after the failed one started), with where it
-/// began, seconds on the records' clock. With no correct answer after it,
-/// the stretch runs to the last record's end.
+/// (any request's that ended after the failed one started), with when
+/// that failed request ended (its client saw the failure), seconds on the
+/// records' clock. With no correct answer after it, the stretch runs to
+/// the last record's end.
 fn longest_outage(records: &[Record], failed: &[&Record]) -> (f64, f64) {
     let last_end = records.iter().map(|r| r.end).fold(0.0, f64::max);
     failed
@@ -467,7 +480,7 @@ fn longest_outage(records: &[Record], failed: &[&Record]) -> (f64, f64) {
             let back =
                 records.iter().filter(|r| r.is_correct() && r.end > f.start).map(|r| r.end).fold(f64::NAN, f64::min);
             let back = if back.is_nan() { last_end } else { back };
-            (f.start, (back - f.start).max(0.0))
+            (f.end, (back - f.start).max(0.0))
         })
         .fold((0.0, 0.0), |best, x| if x.1 > best.1 { x } else { best })
 }
@@ -649,7 +662,7 @@ mod tests {
         let v = judge(&watch(origin, true, None, None), &broken, origin);
         assert_eq!(v.outcome, Outcome::ServiceError);
         assert!(v.errors_after_injection > 80 && v.wrong_answers == v.errors_after_injection);
-        assert!((v.events[0].at_s - 0.0).abs() < 1e-9, "{:?}", v.events);
+        assert!((v.events[0].at_s - 0.05).abs() < 1e-9, "{:?}", v.events);
 
         // The heartbeat stopped but the service kept answering: the agent
         // failed, the service did not; still a service error (of the
@@ -690,7 +703,11 @@ mod tests {
         assert_eq!(v.outcome, Outcome::ServiceError);
         assert!((v.longest_outage_s - 2.55).abs() < 0.01, "{}", v.longest_outage_s);
         assert!(!v.unattributed);
-        assert!((v.events[0].at_s - 2.0).abs() < 1e-6, "from the injection: {:?}", v.events);
+        assert!(
+            (v.events[0].at_s - 2.05).abs() < 1e-6,
+            "when the first refused request ended, from the injection: {:?}",
+            v.events
+        );
         let v = judge(&watch(origin, false, None, None), &outage, origin);
         assert_eq!(v.outcome, Outcome::ServiceError);
         assert!(v.unattributed, "a failure without activation is flagged, not credited");
@@ -736,6 +753,20 @@ mod tests {
         // The panic was seen 2 s after the injection; the oops came 50 ms
         // before it by the kernel's clock.
         assert!((panic.at_s - 2.0).abs() < 1e-6 && (oops.at_s - 1.95).abs() < 1e-6, "{:?}", v.events);
+
+        // A panic with no line on the console (a double fault's): the
+        // latest oops line stands at GUEST_PANICKED, the earlier before it.
+        w.console.panic = None;
+        w.console.panic_kernel_s = None;
+        let mut second = w.console.oopses[0].clone();
+        second.kind = Some(OopsKind::DoubleFault);
+        second.kernel_s = Some(23.42);
+        w.console.oopses.push(second);
+        let v = judge(&w, &answers(RequestOutcome::Ok, 0.0, 3.0), origin);
+        let kinds: Vec<Outcome> = v.events.iter().map(|e| e.outcome).collect();
+        assert_eq!(kinds, [Outcome::Oops, Outcome::Oops, Outcome::Panic], "{:?}", v.events);
+        assert!((v.events[0].at_s - 1.98).abs() < 1e-6 && (v.events[1].at_s - 2.0).abs() < 1e-6, "{:?}", v.events);
+        assert!(v.events[2].what.contains("no panic line"));
     }
 
     #[test]

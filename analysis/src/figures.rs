@@ -51,6 +51,9 @@ pub mod names {
     /// Metric: the longest time from a failed request after the injection
     /// to the next correct answer, seconds.
     pub const LONGEST_OUTAGE_S: &str = "longest_outage_s";
+    /// Metric: oops-like reports on the console in the watch (a record's
+    /// events keep the first 16).
+    pub const OOPS_REPORTS: &str = "oops_reports";
     /// Metric: requests sent after the failure's first event, within the
     /// watch, that were answered correctly (after an oops: whether the
     /// kernel kept serving).

@@ -10,6 +10,7 @@
 pub mod figures;
 pub mod fixture;
 pub mod frame;
+pub mod published;
 pub mod record;
 pub mod report;
 /// The statistics every table and figure uses (definitions in `kfi-stats`).

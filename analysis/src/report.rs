@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::figures::{self, Figure, FigureError};
 use crate::frame::{self, DataFrameError};
 use crate::record::{ExperimentRecord, RecordedProfile, RecordedScope, RecordedStrategy, RecordedWorkload};
+use crate::stats::definitions::DEFAULT_MIN_OUTAGE_S;
 use crate::stats::Summary;
 use crate::store::{CampaignMeta, Store, StoreError, STORE_FILE};
 use crate::tables::{self, DowntimeStats, Table, PUBLISHED_REDUCTION};
@@ -300,18 +301,20 @@ pub fn headline_line(h: Option<&Headline>, experiments: usize) -> String {
 }
 
 /// The report's method section: what its statistics are, and how the
-/// downtimes its records hold were measured (the probe's sentence only when
-/// records carry its outage, the downtime's only when any has a recovery).
-fn method(records: &[ExperimentRecord]) -> String {
+/// downtimes, outcomes and propagation verdicts its records hold were
+/// decided, in the words the code's documentation uses
+/// ([`crate::stats::definitions`]); each part only when records have it.
+fn method(records: &[ExperimentRecord], campaigns: &[CampaignMeta]) -> String {
     let mut text = "\n## Method\n\nMedians are middle values (mean of the two middle ones for even n); p95 \
                     interpolates linearly between order statistics (type 7); the 95% confidence interval of the \
                     mean uses Student's t with n−1 degrees of freedom."
         .to_string();
+    text += " Shares come with Wilson's 95% score interval.";
     if records.iter().any(|r| r.recovery.is_some()) {
-        text += " Downtime is client-seen: from the end of the last correct answer that completed at or before the \
-                 failure instant (the detection of a panic; a hang's estimated start) to the end of the first \
-                 correct answer to a request the workload's clients sent at or after it. Experiments whose service \
-                 did not come back are counted as not recovered and left out of the downtime statistics.";
+        text += " ";
+        text += crate::stats::definitions::DOWNTIME;
+        text += " Experiments whose service did not come back are counted as not recovered and left out of the \
+                 downtime statistics.";
         let gated = records
             .iter()
             .filter(|r| r.recovery.is_some())
@@ -328,7 +331,77 @@ fn method(records: &[ExperimentRecord]) -> String {
             " These records were made before the availability probe existed: they have no probe outage."
         };
     }
+    text += &outcome_method(records, campaigns);
+    text += &scope_method(records);
     text + "\n"
+}
+
+/// How the fault experiments' outcomes were decided.
+fn outcome_method(records: &[ExperimentRecord], campaigns: &[CampaignMeta]) -> String {
+    let faults: Vec<&ExperimentRecord> =
+        records.iter().filter(|r| matches!(r.injection, crate::Injection::Fault { .. })).collect();
+    if faults.is_empty() {
+        return String::new();
+    }
+    let mut text = format!("\n\n{}", crate::stats::definitions::OUTCOMES);
+    let judged = |r: &&ExperimentRecord| r.metrics.contains_key(figures::names::LONGEST_OUTAGE_S);
+    let thresholds: BTreeSet<String> = campaigns
+        .iter()
+        .filter(|c| faults.iter().any(|r| r.campaign == c.name))
+        .map(|c| {
+            let t = c.definition.get("observe").and_then(|o| o.get("min_outage_s")).and_then(|v| v.as_f64());
+            format!("{}", t.unwrap_or(DEFAULT_MIN_OUTAGE_S))
+        })
+        .collect();
+    if faults.iter().all(judged) {
+        let threshold = if thresholds.len() == 1 {
+            thresholds.iter().next().and_then(|t| t.parse().ok()).unwrap_or(DEFAULT_MIN_OUTAGE_S)
+        } else {
+            DEFAULT_MIN_OUTAGE_S
+        };
+        let _ = write!(text, " The service-error rule: {}.", crate::stats::definitions::service_error(threshold));
+        if thresholds.len() > 1 {
+            let _ = write!(
+                text,
+                " The campaigns used outage thresholds of {} s.",
+                thresholds.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+    } else {
+        text += " Some of these records were made before that rule: in them any failed or wrong answer after the \
+                 injection made a service error, and a QEMU exit was recorded as a panic.";
+    }
+    text
+}
+
+/// How the propagation verdicts were decided, with the minimum watch and
+/// the interrupt rule the records state.
+fn scope_method(records: &[ExperimentRecord]) -> String {
+    let traced: Vec<&serde_json::Value> = records.iter().filter_map(tables::propagation).map(|p| &p.detail).collect();
+    if traced.is_empty() {
+        return String::new();
+    }
+    let mut text = format!("\n\n{}", crate::stats::definitions::SCOPES);
+    let rules: BTreeSet<(String, String)> = traced
+        .iter()
+        .filter_map(|d| {
+            let watch = d.get("min_watch_s")?.as_f64()?;
+            let irq = d.get("interrupts")?.as_str()?;
+            Some((format!("{watch}"), irq.to_string()))
+        })
+        .collect();
+    for (watch, irq) in &rules {
+        let rule = match irq.as_str() {
+            "task" => "an interrupt taken on a task counted as that task's context",
+            _ => "an interrupt handler was a context of its own, also on the task it interrupted",
+        };
+        let _ = write!(text, " Minimum watch: {watch} s; {rule} (`trace.interrupts = \"{irq}\"`).");
+    }
+    if rules.is_empty() {
+        text += " These records were made before the minimum watch and the latent verdict existed: an error \
+                 nothing read was then recorded process-local, and reads by the oops printer counted.";
+    }
+    text
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
@@ -456,6 +529,15 @@ pub fn write_report_with(
         Some(figures::names::RESTORE_SERIES),
     )
     .map(|t| Table { title: "Restore time vs storage".into(), ..t });
+    let progression = tables::failure_progression(records);
+    let published: Vec<Table> = [
+        crate::published::crash_causes(records),
+        crate::published::crash_measures(records),
+        crate::published::oops_and_scope(records),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let scope_model = tables::scope_by_model(records);
     let scope_subsystem = tables::scope_by_subsystem(records);
     let overhead = tables::overhead(records);
@@ -470,7 +552,9 @@ pub fn write_report_with(
         &success,
         &overhead,
         &provenance,
+        &progression,
     ];
+    all.extend(published.iter());
     all.extend(ram.iter());
     all.extend(storage.iter());
     check_tables(&all)?;
@@ -503,6 +587,41 @@ pub fn write_report_with(
         push_table(&mut md, &by_model);
         link(&mut md, "outcomes");
     }
+    if !progression.rows.is_empty() {
+        push_table(&mut md, &progression);
+        let unattributed = tables::unattributed(records);
+        if !unattributed.is_empty() {
+            let keys: Vec<String> = unattributed.iter().map(|r| format!("{} ({})", r.key, r.outcome)).collect();
+            let _ = writeln!(
+                md,
+                "\n{} failures had no evidence that their fault caused them (not activated, counted in the tables \
+                 above but flagged unattributed): {}.",
+                unattributed.len(),
+                keys.join("; ")
+            );
+        }
+        let (needing, not_back) = tables::needing_recovery(records);
+        if needing > 0 {
+            let _ = write!(md, "\n{needing} fault experiments failed in a way the VMM detected (panic, hang, VM exit) and were recovered by their strategy; ");
+            if not_back.is_empty() {
+                md.push_str("every one came back.\n");
+            } else {
+                let keys: Vec<String> = not_back
+                    .iter()
+                    .map(|r| {
+                        let why = r.recovery.as_ref().and_then(|x| x.fallback_reason.clone()).unwrap_or_default();
+                        format!(
+                            "{} ({}{})",
+                            r.key,
+                            r.outcome,
+                            if why.is_empty() { String::new() } else { format!(": {why}") }
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(md, "{} did not come back: {}.", not_back.len(), keys.join("; "));
+            }
+        }
+    }
     if !by_subsystem.rows.is_empty() {
         push_table(&mut md, &by_subsystem);
         let (unknown, faults) = tables::unknown_subsystems(records);
@@ -531,19 +650,24 @@ pub fn write_report_with(
         let count = |s: RecordedScope| sum.counts.get(&s).copied().unwrap_or(0);
         let _ = write!(
             md,
-            "\n## Error propagation scope\n\n{} faults were traced (activated, or overwritten before use): {} masked, {} process-local, {} \
+            "\n## Error propagation scope\n\n{} faults were traced (activated, or overwritten before use): {} masked, {} latent, {} process-local, {} \
              kernel-global, {} unknown.",
             sum.traced,
             count(RecordedScope::Masked),
+            count(RecordedScope::Latent),
             count(RecordedScope::ProcessLocal),
             count(RecordedScope::KernelGlobal),
             count(RecordedScope::Unknown),
         );
         if let Some(share) = sum.local_share {
+            let settled = count(RecordedScope::ProcessLocal) + count(RecordedScope::KernelGlobal);
+            let interval = crate::stats::proportion_ci95(count(RecordedScope::ProcessLocal), settled)
+                .map_or(String::new(), |(lo, hi)| format!(" (95% CI {:.1}-{:.1}%)", lo * 100.0, hi * 100.0));
             let _ = write!(
                 md,
-                " Of the settled errors that were not masked, {:.1}% stayed process-local; the published \
-                 study (Yoshimura, Yamada and Kono) found propagation mostly process-local.",
+                " Of the {settled} settled errors (process-local or kernel-global), {:.1}%{interval} stayed \
+                 process-local; the published study (Yoshimura, Yamada and Kono) found propagation mostly \
+                 process-local (see the side-by-side table below).",
                 share * 100.0
             );
         }
@@ -559,6 +683,16 @@ pub fn write_report_with(
         link(&mut md, "propagation-scope");
         push_table(&mut md, &scope_subsystem);
     }
+    if !published.is_empty() {
+        md.push_str(
+            "\n## Published results side by side\n\nEach table puts a measure computed from these records next \
+             to the published figure it corresponds to, with the setups' differences in its note; neither \
+             claims agreement.\n",
+        );
+        for t in &published {
+            let _ = write!(md, "\n### {}\n\n{}", t.title, t.to_markdown());
+        }
+    }
     if let Some(t) = &ram {
         push_table(&mut md, t);
         link(&mut md, "restore-vs-ram");
@@ -569,7 +703,7 @@ pub fn write_report_with(
     }
     push_table(&mut md, &overhead);
     push_table(&mut md, &provenance);
-    md.push_str(&method(records));
+    md.push_str(&method(records, campaigns));
 
     let report = out_dir.join("report.md");
     std::fs::write(&report, md).map_err(io_err(&report))?;
@@ -938,16 +1072,43 @@ mod tests {
     #[test]
     fn the_method_says_how_the_records_downtimes_were_measured() {
         let mut records = fixture::records();
-        let text = method(&records);
+        let text = method(&records, &[]);
         assert!(text.contains("from the end of the last correct answer"), "{text}");
         assert!(text.contains("made before the availability probe"), "{text}");
         records[0].probe_outage_s = Some(0.2);
-        let text = method(&records);
-        assert!(text.contains("index page every 10 ms") && !text.contains("made before"), "{text}");
+        let text = method(&records, &[]);
+        assert!(text.contains("index page every 10 ms") && !text.contains("availability probe existed"), "{text}");
         for r in &mut records {
             r.recovery = None;
         }
-        let text = method(&records);
+        let text = method(&records, &[]);
         assert!(!text.contains("Downtime") && !text.contains("probe"), "{text}");
+    }
+
+    /// The method section states the definitions the code documents and
+    /// computes with (the same constants), with the campaign's threshold
+    /// and the records' tracing rules.
+    #[test]
+    fn the_method_states_the_definitions_the_code_uses() {
+        use crate::stats::definitions;
+        let mut records = fixture::records();
+        let text = method(&records, &[]);
+        assert!(text.contains(definitions::DOWNTIME), "{text}");
+        assert!(text.contains(definitions::OUTCOMES), "{text}");
+        assert!(text.contains("made before that rule"), "fixture records predate the outage rule: {text}");
+        assert!(text.contains(definitions::SCOPES), "{text}");
+        assert!(text.contains("made before the minimum watch"), "{text}");
+        for r in &mut records {
+            r.metrics.insert(figures::names::LONGEST_OUTAGE_S.into(), 0.0);
+            if let crate::Injection::Fault { propagation: Some(p), .. } = &mut r.injection {
+                p.detail = serde_json::json!({ "min_watch_s": 1.0, "interrupts": "task" });
+            }
+        }
+        let mut meta = fixture::meta();
+        meta.definition = serde_json::json!({ "observe": { "min_outage_s": 3.5 } });
+        let text = method(&records, &[meta]);
+        assert!(text.contains(&definitions::service_error(3.5)), "{text}");
+        assert!(!text.contains("made before that rule") && !text.contains("made before the minimum"), "{text}");
+        assert!(text.contains("Minimum watch: 1 s") && text.contains("`trace.interrupts = \"task\"`"), "{text}");
     }
 }

@@ -16,9 +16,10 @@ use crate::stats::Summary;
 pub const PUBLISHED_REDUCTION: f64 = 0.90;
 
 /// Outcomes in which a fault became visible.
-const MANIFESTED: [RecordedOutcome; 5] = [
+const MANIFESTED: [RecordedOutcome; 6] = [
     RecordedOutcome::ForcedCrash,
     RecordedOutcome::Panic,
+    RecordedOutcome::VmExit,
     RecordedOutcome::Oops,
     RecordedOutcome::Hang,
     RecordedOutcome::ServiceError,
@@ -426,6 +427,52 @@ pub fn outcomes_by_subsystem(records: &[ExperimentRecord]) -> Table {
     })
 }
 
+/// Failures of fault experiments by how they showed first and what they
+/// became: an oops in one process that later panicked the kernel counts
+/// under oops (first manifestation) and panic (final outcome).
+pub fn failure_progression(records: &[ExperimentRecord]) -> Table {
+    let mut t = class_table(
+        records,
+        ("Failures by first manifestation and final outcome", "first_manifestation", "first manifestation"),
+        |r| {
+            (matches!(r.injection, Injection::Fault { .. }) && is_fault_failure(r.outcome))
+                .then(|| r.first_manifestation().to_string())
+        },
+        |r| Some(r.outcome),
+    );
+    t.note = "Fault experiments that failed, by the class of their first event (rows) and their final outcome \
+              (columns). Counts, with the row's share."
+        .into();
+    t
+}
+
+/// Whether an outcome is a fault's failure.
+fn is_fault_failure(o: RecordedOutcome) -> bool {
+    matches!(
+        o,
+        RecordedOutcome::Panic
+            | RecordedOutcome::VmExit
+            | RecordedOutcome::Oops
+            | RecordedOutcome::Hang
+            | RecordedOutcome::ServiceError
+    )
+}
+
+/// Failures with no evidence that their fault caused them (neither its
+/// activation nor an undecided activation was seen).
+pub fn unattributed(records: &[ExperimentRecord]) -> Vec<&ExperimentRecord> {
+    records.iter().filter(|r| r.unattributed).collect()
+}
+
+/// Fault experiments whose failure a recovery acted on, and those of them
+/// the service did not come back from.
+pub fn needing_recovery(records: &[ExperimentRecord]) -> (usize, Vec<&ExperimentRecord>) {
+    let needing: Vec<&ExperimentRecord> =
+        records.iter().filter(|r| matches!(r.injection, Injection::Fault { .. }) && r.recovery.is_some()).collect();
+    let failed = needing.iter().copied().filter(|r| r.recovery.as_ref().is_some_and(|x| !x.recovered)).collect();
+    (needing.len(), failed)
+}
+
 /// The propagation verdict of a traced fault (activated, or masked before
 /// use).
 pub fn propagation(r: &ExperimentRecord) -> Option<&Propagation> {
@@ -464,9 +511,8 @@ pub fn scope_by_subsystem(records: &[ExperimentRecord]) -> Table {
     t
 }
 
-const SCOPE_NOTE: &str = "Traced faults (activated, or overwritten before use). masked: the taint died before anything read it from memory; \
-     process-local: only the activating context touched tainted data; kernel-global: another task, a kernel thread \
-     or an interrupt handler read it; unknown: the tracing budget ran out first. Counts, with the row's share.";
+const SCOPE_NOTE: &str = "Traced faults (activated, or overwritten before use); the verdicts' definitions are in the \
+     method section. Counts, with the row's share.";
 
 /// The scope summary: settled errors, how many stayed process-local, and
 /// how many failures surfaced in another subsystem than the injected one.
@@ -597,7 +643,7 @@ pub fn activation(records: &[ExperimentRecord]) -> Table {
                overwrote it (single-stepped from the flip; records made before this rule count a register \
                flip as activated when it was written). Activation unknown: a register flip neither read nor \
                overwritten before the CPU went idle, left the kernel or the step budget ran out; the \
-               activation rate is over the experiments whose activation was decided. Manifested: outcome \
+               activation rate is over the experiments whose activation was decided. Manifested: outcome vm-exit, \
                panic, oops, hang or service-error. Experiments stored as harness-error (the harness failed, \
                not the guest) are left out."
             .into(),

@@ -109,12 +109,11 @@ pub struct Evidence {
     pub activation_unknown: bool,
 }
 
-/// The outcome: the most severe failure seen (panic, then the machine
-/// gone, oops, hang, service error); without one, `benign` if the fault
-/// was activated, `activation-unknown` if that could not be decided, else
-/// `not-activated`. A failure counts even when activation was not seen (a
-/// flipped byte read by a DMA engine, a watchpoint the access slipped
-/// past): the failure is the fact, and [`unattributed`] flags it.
+/// The outcome of the evidence. A failure counts even when activation was
+/// not seen (a flipped byte read by a DMA engine, a watchpoint the access
+/// slipped past): the failure is the fact, and [`unattributed`] flags it.
+///
+#[doc = kfi_stats::outcome_definition!()]
 pub fn classify(e: &Evidence) -> Outcome {
     if e.panicked {
         Outcome::Panic
@@ -157,10 +156,7 @@ pub struct ServiceCriterion {
     pub min_outage_s: f64,
 }
 
-/// The outage threshold a campaign uses unless its file says otherwise:
-/// twice the clients' 1 s timeout, so one timed-out request followed by a
-/// slow answer is not an outage.
-pub const DEFAULT_MIN_OUTAGE_S: f64 = 2.0;
+pub use kfi_stats::definitions::DEFAULT_MIN_OUTAGE_S;
 
 impl Default for ServiceCriterion {
     fn default() -> Self {
@@ -171,11 +167,7 @@ impl Default for ServiceCriterion {
 impl ServiceCriterion {
     /// The definition in words, as reports print it.
     pub fn describe(&self) -> String {
-        format!(
-            "a wrong answer (status other than 200, or a body other than the document's) after the injection, or \
-             an outage: a failed request after which no correct answer came for at least {} s",
-            self.min_outage_s
-        )
+        kfi_stats::definitions::service_error(self.min_outage_s)
     }
 }
 

@@ -302,6 +302,7 @@ fn record(
         metrics.insert(names::ERRORS_AFTER_INJECTION.to_string(), verdict.errors_after_injection as f64);
         metrics.insert(names::WRONG_ANSWERS.to_string(), verdict.wrong_answers as f64);
         metrics.insert(names::LONGEST_OUTAGE_S.to_string(), verdict.longest_outage_s);
+        metrics.insert(names::OOPS_REPORTS.to_string(), watch.console.oopses.len() as f64);
         if let Some((correct, failed)) = verdict.after_first_event {
             metrics.insert(names::CORRECT_AFTER_FAILURE.to_string(), correct as f64);
             metrics.insert(names::FAILED_AFTER_FAILURE.to_string(), failed as f64);

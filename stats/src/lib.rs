@@ -12,13 +12,23 @@
 //! - mean, and the sample standard deviation with n - 1;
 //! - 95% confidence interval of the mean: Student's t,
 //!   `mean ± t(0.975, n-1) · s/√n`, the t quantile from `statrs`;
-//!   undefined for n < 2.
+//!   undefined for n < 2;
+//! - 95% confidence interval of a proportion k/n: Wilson's score interval
+//!   with the normal quantile z(0.975) from `statrs` (it stays inside
+//!   [0, 1] and is sound for small n and shares near 0 or 1); undefined
+//!   for n = 0.
+//!
+//! [`definitions`] holds the measures' definitions in words (downtime,
+//! outcomes, propagation scope), which the code's documentation and the
+//! reports share.
 //!
 //! Non-finite values are ignored everywhere. This crate owns the
 //! definitions only; which samples are summarised is the caller's.
 //! The one deliberate exception lives elsewhere: the per-bin latency of
 //! `workloads::timeline` is a nearest-rank percentile (documented there),
 //! so that a bin's figure is always a latency that was measured.
+
+pub mod definitions;
 
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, StudentsT};
@@ -114,11 +124,38 @@ pub fn t_975(df: usize) -> Option<f64> {
     Some(t.inverse_cdf(0.975))
 }
 
+/// Wilson's score interval for the proportion `k` of `n` at 95%.
+pub fn proportion_ci95(k: usize, n: usize) -> Option<(f64, f64)> {
+    if n == 0 || k > n {
+        return None;
+    }
+    let z = statrs::distribution::Normal::standard().inverse_cdf(0.975);
+    let (k, n) = (k as f64, n as f64);
+    let p = k / n;
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+
+    /// Known values: 0 of 10 gives [0, 0.2775]; 81 of 263 gives
+    /// [0.2553, 0.3662] (Newcombe 1998's worked examples, 4 decimals).
+    #[test]
+    fn wilson_interval_of_known_proportions() {
+        let (lo, hi) = proportion_ci95(0, 10).unwrap();
+        assert!(lo.abs() < 1e-12 && (hi - 0.2775).abs() < 1e-4, "{lo} {hi}");
+        let (lo, hi) = proportion_ci95(81, 263).unwrap();
+        assert!((lo - 0.2553).abs() < 1e-4 && (hi - 0.3662).abs() < 1e-4, "{lo} {hi}");
+        let (lo, hi) = proportion_ci95(10, 10).unwrap();
+        assert!((lo - 0.7225).abs() < 1e-4 && (hi - 1.0).abs() < 1e-12, "{lo} {hi}");
+        assert_eq!(proportion_ci95(0, 0), None);
+        assert_eq!(proportion_ci95(3, 2), None);
+    }
 
     #[test]
     fn median_and_quantiles_follow_type_7() {

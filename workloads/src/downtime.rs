@@ -153,6 +153,8 @@ pub enum DowntimeError {
 }
 
 /// Downtime across the failure at `failure_at` (seconds since the origin).
+///
+#[doc = kfi_stats::downtime_definition!()]
 pub fn downtime(records: &[Record], failure_at: f64) -> Result<Downtime, DowntimeError> {
     if !failure_at.is_finite() {
         return Err(DowntimeError::BadFailureInstant(failure_at));

@@ -174,6 +174,8 @@ pub fn is_failure_reporting(function: &str) -> bool {
 
 /// Classifies a trace watched against `min_watch_s`; returns the scope and
 /// a one-line reason.
+///
+#[doc = kfi_stats::scope_definition!()]
 pub fn classify(r: &PropagationReport, min_watch_s: f64) -> (Scope, String) {
     if !r.foreign_readers.is_empty() {
         return (Scope::KernelGlobal, format!("read by {}", r.foreign_readers.join(", ")));
