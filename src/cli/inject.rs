@@ -103,7 +103,13 @@ pub fn cmd(cache: &Cache, args: InjectArgs) -> Result<ExitCode> {
     } else {
         println!("fault       {}", result.description);
         println!("activated   {}", result.activated);
-        println!("outcome     {}", result.outcome);
+        let flag = if result.unattributed { " (unattributed: the fault was not seen activated)" } else { "" };
+        println!("outcome     {}{flag}", result.outcome);
+        for e in &result.events {
+            let place = [e.function.as_deref(), e.process.as_deref()].into_iter().flatten().collect::<Vec<_>>();
+            let place = if place.is_empty() { String::new() } else { format!(" [{}]", place.join(" in ")) };
+            println!("event       +{:.3} s {}: {}{place}", e.at_s, e.outcome, e.what);
+        }
         if let Some(o) = &result.detail {
             println!(
                 "oops        {} at {} (comm {}, pid {})",
@@ -136,8 +142,8 @@ pub fn cmd(cache: &Cache, args: InjectArgs) -> Result<ExitCode> {
             f(t.failure_s)
         );
         println!(
-            "load        {} requests, {} correct, {} errors after the injection",
-            result.requests, result.correct, result.errors_after_injection
+            "load        {} requests, {} correct, {} errors after the injection ({} wrong answers, longest outage {:.2} s)",
+            result.requests, result.correct, result.errors_after_injection, result.wrong_answers, result.longest_outage_s
         );
     }
     Ok(ExitCode::SUCCESS)
