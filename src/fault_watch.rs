@@ -387,12 +387,21 @@ impl Watch {
             }
         }
         let from_injection = |record_s: f64| record_s - (t0_s + injected_at_s.unwrap_or(0.0));
+        // When the kernel itself failed: a panic or the VM gone when seen, a
+        // hang from its estimated start. Clients failing after that see its
+        // consequence, not a step of their own.
+        let hang_start = hung.then_some(self.hung_at).flatten().map(|h| since(h) - hang_timeout.as_secs_f64());
+        let fatal_s = [self.panicked_at.map(since), self.gone.as_ref().map(|g| since(g.0)), hang_start]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min);
+        let before_fatal = |at: f64| fatal_s.is_none_or(|f| at < f);
         // A client sees a failure when its request ends (times out, is
         // refused, or answers wrongly): that is when the service showed it.
-        if let Some(first) = wrong.first() {
+        if let Some(first) = wrong.first().filter(|w| before_fatal(from_injection(w.end))) {
             let what = format!("{} wrong answers after the injection (first: {:?})", wrong.len(), first.outcome);
             events.push(Event::new(Outcome::ServiceError, from_injection(first.end), what));
-        } else if outage {
+        } else if outage && wrong.is_empty() && before_fatal(from_injection(outage_seen)) {
             let what = format!("no correct answer for {longest_outage_s:.1} s after a failed request");
             events.push(Event::new(Outcome::ServiceError, from_injection(outage_seen), what));
         } else if agent_only {
@@ -670,12 +679,24 @@ mod tests {
         let v = judge(&watch(origin, true, None, Some(6.0)), &healthy, origin);
         assert_eq!(v.outcome, Outcome::ServiceError);
         // Both silent: a hang, which recovery acts on.
-        let silent = answers(RequestOutcome::Timeout, 1.5, 10.0);
+        // Timed-out requests end at the clients' 1 s timeout.
+        let mut silent = answers(RequestOutcome::Timeout, 2.5, 10.0);
+        for r in &mut silent {
+            r.end = r.start + 1.0;
+        }
         let mut records = answers(RequestOutcome::Ok, 0.0, 1.0);
         records.extend(silent);
         let v = judge(&watch(origin, true, None, Some(6.0)), &records, origin);
         assert_eq!(v.outcome, Outcome::Hang);
         assert_eq!(v.failure.map(|f| f.cause), Some(FailureCause::HeartbeatLost));
+        // The clients' timeouts are the hang's, not a service error before
+        // it: one event.
+        assert_eq!(v.events.iter().map(|e| e.outcome).collect::<Vec<_>>(), [Outcome::Hang], "{:?}", v.events);
+        // Refused connections after a panic are its consequence too.
+        let mut after_panic = answers(RequestOutcome::Ok, 0.0, 2.0);
+        after_panic.extend(answers(RequestOutcome::ConnectError, 2.0, 10.0));
+        let v = judge(&watch(origin, true, Some(2.0), None), &after_panic, origin);
+        assert_eq!(v.events.iter().map(|e| e.outcome).collect::<Vec<_>>(), [Outcome::Panic], "{:?}", v.events);
     }
 
     /// A failed request or two between correct answers, as a loaded
