@@ -64,6 +64,22 @@ fn cause(r: &ExperimentRecord) -> &'static str {
 const FOUR: [&str; 4] =
     ["NULL pointer dereference", "bad paging request", "invalid opcode (BUG() included)", "general protection fault"];
 
+/// One measure's row: its label, `k` of `n`, and the published figure.
+fn measure(label: &str, k: usize, n: usize, published: &str) -> Vec<Cell> {
+    vec![Cell::Text(label.into()), Cell::Count(n as u64), share(k, n), ci(k, n), Cell::Text(published.into())]
+}
+
+/// The columns of a measures table.
+fn measure_columns() -> Vec<Col> {
+    vec![
+        col("measure", "measure"),
+        col("n", "n"),
+        col("share_pct", "kfi"),
+        col("ci95_pct", "95% CI (Wilson, %)"),
+        col("published", "published"),
+    ]
+}
+
 fn share(k: usize, n: usize) -> Cell {
     Cell::Pct((n > 0).then(|| 100.0 * k as f64 / n as f64))
 }
@@ -86,17 +102,18 @@ pub fn crash_causes(records: &[ExperimentRecord]) -> Option<Table> {
     let four: usize = FOUR.iter().map(|c| counts.get(c).copied().unwrap_or(0)).sum();
     let mut rows: Vec<(&str, usize)> = counts.into_iter().collect();
     rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    // Cause rows count crashes (k of n), as the measures' rows do.
     let mut out: Vec<Vec<Cell>> = rows
         .into_iter()
-        .map(|(c, k)| vec![Cell::Text(c.into()), Cell::Count(k as u64), share(k, n), ci(k, n), Cell::Text("–".into())])
+        .map(|(c, k)| {
+            let mut row = measure(c, k, n, "–");
+            row[1] = Cell::Count(k as u64);
+            row
+        })
         .collect();
-    out.push(vec![
-        Cell::Text("the four causes together".into()),
-        Cell::Count(four as u64),
-        share(four, n),
-        ci(four, n),
-        Cell::Text("95% of crashes".into()),
-    ]);
+    let mut together = measure("the four causes together", four, n, "95% of crashes");
+    together[1] = Cell::Count(four as u64);
+    out.push(together);
     Some(Table {
         title: "Crash causes of code faults, beside Gu et al. (DSN 2003)".into(),
         columns: vec![
@@ -136,13 +153,12 @@ pub fn crash_measures(records: &[ExperimentRecord]) -> Option<Table> {
         })
         .collect();
     let elsewhere = known.iter().filter(|&&e| e).count();
-    rows.push(vec![
-        Cell::Text("crashes that surfaced in another subsystem".into()),
-        Cell::Count(known.len() as u64),
-        share(elsewhere, known.len()),
-        ci(elsewhere, known.len()),
-        Cell::Text("under 10% of crashes involved propagation".into()),
-    ]);
+    rows.push(measure(
+        "crashes that surfaced in another subsystem",
+        elsewhere,
+        known.len(),
+        "under 10% of crashes involved propagation",
+    ));
     // Latency in instructions: traced crashes whose short range reached
     // the crash path counted every instruction on the way.
     let steps: Vec<u64> = crashes
@@ -152,33 +168,15 @@ pub fn crash_measures(records: &[ExperimentRecord]) -> Option<Table> {
         .map(|p| p.steps)
         .collect();
     let within = steps.iter().filter(|&&s| s <= 10).count();
-    rows.push(vec![
-        Cell::Text("crash latency within 10 instructions".into()),
-        Cell::Count(steps.len() as u64),
-        share(within, steps.len()),
-        ci(within, steps.len()),
-        Cell::Text("nearly 40% within 10 cycles".into()),
-    ]);
+    rows.push(measure("crash latency within 10 instructions", within, steps.len(), "nearly 40% within 10 cycles"));
     // Latency in time: activation to the first crash event.
     let seconds: Vec<f64> = crashes.iter().filter_map(|r| crash_latency_s(r)).collect();
     let fast = seconds.iter().filter(|&&s| s < 0.01).count();
-    rows.push(vec![
-        Cell::Text("crash latency under 10 ms".into()),
-        Cell::Count(seconds.len() as u64),
-        share(fast, seconds.len()),
-        ci(fast, seconds.len()),
-        Cell::Text("–".into()),
-    ]);
+    rows.push(measure("crash latency under 10 ms", fast, seconds.len(), "–"));
     let median = stats::median(seconds.iter().copied());
     Some(Table {
         title: "Crash propagation and latency of code faults, beside Gu et al. (DSN 2003)".into(),
-        columns: vec![
-            col("measure", "measure"),
-            col("n", "n"),
-            col("share_pct", "kfi"),
-            col("ci95_pct", "95% CI (Wilson, %)"),
-            col("published", "published"),
-        ],
+        columns: measure_columns(),
         rows,
         note: format!(
             "n: crashes for which the measure is known. Another subsystem: the function of the first oops's RIP \
@@ -219,38 +217,20 @@ pub fn oops_and_scope(records: &[ExperimentRecord]) -> Option<Table> {
         .filter(|r| r.metrics.get(crate::figures::names::CORRECT_AFTER_FAILURE).is_some_and(|&c| c > 0.0))
         .count();
     let escalated = oops_first.iter().filter(|r| r.outcome != RecordedOutcome::Oops).count();
+    let n = oops_first.len();
     let rows = vec![
-        vec![
-            Cell::Text("settled errors that stayed process-local".into()),
-            Cell::Count((local + global) as u64),
-            share(local, local + global),
-            ci(local, local + global),
-            Cell::Text("mostly process-local".into()),
-        ],
-        vec![
-            Cell::Text("oopses after which the kernel kept serving correctly".into()),
-            Cell::Count(oops_first.len() as u64),
-            share(continued, oops_first.len()),
-            ci(continued, oops_first.len()),
-            Cell::Text("Linux stays consistent after an oops in most cases".into()),
-        ],
-        vec![
-            Cell::Text("oopses that escalated (panic, hang or VM exit)".into()),
-            Cell::Count(oops_first.len() as u64),
-            share(escalated, oops_first.len()),
-            ci(escalated, oops_first.len()),
-            Cell::Text("–".into()),
-        ],
+        measure("settled errors that stayed process-local", local, local + global, "mostly process-local"),
+        measure(
+            "oopses after which the kernel kept serving correctly",
+            continued,
+            n,
+            "Linux stays consistent after an oops in most cases",
+        ),
+        measure("oopses that escalated (panic, hang or VM exit)", escalated, n, "–"),
     ];
     Some(Table {
         title: "Propagation scope and life after an oops, beside Yoshimura et al. (HotDep 2012)".into(),
-        columns: vec![
-            col("measure", "measure"),
-            col("n", "n"),
-            col("share_pct", "kfi"),
-            col("ci95_pct", "95% CI (Wilson, %)"),
-            col("published", "published"),
-        ],
+        columns: measure_columns(),
         rows,
         note: "Settled: process-local or kernel-global (masked, latent and unknown verdicts left out). Oopses: \
                fault experiments whose failure showed first as an oops; kept serving: no panic, hang or VM exit \
