@@ -473,3 +473,39 @@ fn a_kept_golden_snapshot_is_reused_by_shards_and_replays_and_remade_when_corrup
     assert!(third.contains(&format!("kept as {key}")), "{third}");
     assert_eq!(stored(&c, "kept").len(), 1);
 }
+
+/// kexec-reboot runs in a campaign next to full reboot: its experiments
+/// start from a golden snapshot of their own whose guest reserved a crash
+/// kernel (and says so in its records), the full reboots' guest reserved
+/// none, both recover, and the report names the reservation.
+#[test]
+fn kexec_reboot_runs_in_a_campaign_from_a_golden_snapshot_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("kexec.toml");
+    let text = experiment_text("kexec", 1)
+        .replace("acked_writes = 2\n", "")
+        .replace("strategies = [\"service-restore\"]", "strategies = [\"full-reboot\", \"kexec-reboot\"]");
+    std::fs::write(&file, text).unwrap();
+    let results = tmp.path().join("results");
+    run(&file, &results, &[]);
+    let records = stored(&results, "kexec");
+    assert_eq!(records.len(), 2, "{records:?}");
+    let crash_kernel = analysis::figures::names::CRASH_KERNEL_MIB;
+    for r in &records {
+        let recovery = r.recovery.as_ref().unwrap();
+        assert!(recovery.recovered, "{r:?}");
+        assert_eq!(recovery.used, recovery.requested, "each ran as itself: {recovery:?}");
+        match recovery.requested.name() {
+            "kexec-reboot" => {
+                assert_eq!(r.params.get(crash_kernel).map(String::as_str), Some("128"), "{:?}", r.params);
+                assert_eq!(recovery.cause.name(), "guest-crash-loaded", "the crash kernel was loaded: {recovery:?}");
+            }
+            _ => assert!(!r.params.contains_key(crash_kernel), "{:?}", r.params),
+        }
+    }
+    let summary = kfi().args(["report"]).arg(&results).output().unwrap();
+    assert!(summary.status.success(), "{}", String::from_utf8_lossy(&summary.stderr));
+    let md = std::fs::read_to_string(results.join("report.md")).unwrap();
+    assert!(md.contains("kexec-reboot's guests booted with a crash kernel reservation"), "{md}");
+    assert!(md.contains("| kexec-reboot |"), "{md}");
+}

@@ -43,6 +43,9 @@ pub mod names {
     /// Metric: seconds from the workload clients' latest correct answer to
     /// the injection (the harness injects only soon after one).
     pub const ANSWERED_BEFORE_INJECTION_S: &str = "answered_before_injection_s";
+    /// Parameter: the crash kernel reservation, MiB, of a guest booted for
+    /// kexec-reboot (the others' have none).
+    pub const CRASH_KERNEL_MIB: &str = "crash_kernel_mib";
     /// Metric: requests sent after the injection that failed or were
     /// answered wrongly (those the tracer's hold delayed left out).
     pub const ERRORS_AFTER_INJECTION: &str = "errors_after_injection";

@@ -336,6 +336,27 @@ fn method(records: &[ExperimentRecord], campaigns: &[CampaignMeta]) -> String {
     text + "\n"
 }
 
+/// Which experiments' guests booted with a crash kernel reserved
+/// (kexec-reboot's), and with how much RAM, against the others'.
+fn crash_kernel_line(records: &[ExperimentRecord]) -> Option<String> {
+    let name = figures::names::CRASH_KERNEL_MIB;
+    let reserved: BTreeSet<(String, u32)> =
+        records.iter().filter_map(|r| Some((r.params.get(name)?.clone(), r.provenance.ram_mb))).collect();
+    if reserved.is_empty() {
+        return None;
+    }
+    let others: BTreeSet<u32> =
+        records.iter().filter(|r| !r.params.contains_key(name)).map(|r| r.provenance.ram_mb).collect();
+    let with: Vec<String> = reserved.iter().map(|(mib, ram)| format!("{mib} MiB reserved of {ram} MiB")).collect();
+    let without: Vec<String> = others.iter().map(|ram| format!("{ram} MiB")).collect();
+    Some(format!(
+        "kexec-reboot's guests booted with a crash kernel reservation (`crashkernel=`, {}) and the crash kernel \
+         loaded, from a golden snapshot of their own; the other strategies' guests had none ({}).",
+        with.join(", "),
+        if without.is_empty() { "none ran".to_string() } else { without.join(", ") }
+    ))
+}
+
 /// How the fault experiments' outcomes were decided.
 fn outcome_method(records: &[ExperimentRecord], campaigns: &[CampaignMeta]) -> String {
     let faults: Vec<&ExperimentRecord> =
@@ -575,6 +596,9 @@ pub fn write_report_with(
         push_table(&mut md, &downtime);
         if let Some(gaps) = tables::downtime_gaps(records) {
             let _ = writeln!(md, "\n{gaps}");
+        }
+        if let Some(line) = crash_kernel_line(records) {
+            let _ = writeln!(md, "\n{line}");
         }
         link(&mut md, "downtime-");
         if figures.iter().any(|f| f.name.starts_with("throughput-")) {

@@ -308,6 +308,25 @@ pub struct Environment<'a> {
     pub stop: Arc<AtomicBool>,
 }
 
+impl<'a> Environment<'a> {
+    /// The environment of `strategy`'s experiments: kexec-reboot's guests
+    /// boot with a crash kernel reserved (and the RAM it needs besides),
+    /// so they start from a golden snapshot of their own; every other
+    /// strategy's is this one.
+    pub fn for_strategy(&self, strategy: recovery_sut::Strategy) -> Environment<'a> {
+        let config = strategy.vm_config(&self.config, self.image.profile());
+        let provenance = Provenance { ram_mb: config.memory_mib, ..self.provenance.clone() };
+        Environment {
+            image: self.image,
+            config,
+            provenance,
+            image_packages: self.image_packages.clone(),
+            faults: self.faults,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
 /// Opens the store for a run in `env`: records (or checks) the campaign,
 /// refuses to resume it in another environment than its stored records'
 /// unless `allow_mixed`, and keeps the image's package list.
@@ -376,12 +395,18 @@ pub fn pending(
     Ok((mine.into_iter().filter(|p| !done.contains(&p.index)).collect(), already))
 }
 
-/// `<results>/.golden`, removed when the run ends.
+/// `<results>/.golden` (or `.golden-<name>`), removed when the run ends.
 pub struct GoldenDir(pub PathBuf);
 
 impl GoldenDir {
+    /// `<results>/.golden`.
     pub fn create(results: &Path) -> Result<GoldenDir> {
-        let dir = results.join(".golden");
+        GoldenDir::named(results, None)
+    }
+
+    /// `<results>/.golden-<name>` (`.golden` without one), emptied first.
+    pub fn named(results: &Path, name: Option<&str>) -> Result<GoldenDir> {
+        let dir = results.join(name.map_or(".golden".to_string(), |n| format!(".golden-{n}")));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing the stale {}", dir.display()))?;
         }

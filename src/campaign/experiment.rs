@@ -59,6 +59,10 @@ pub struct FaultObservation {
     pub watch: crate::fault_watch::Watch,
 }
 
+/// The record parameter naming the crash kernel reservation, MiB, of a
+/// kexec-reboot experiment's guest.
+pub const CRASH_KERNEL_PARAM: &str = analysis::figures::names::CRASH_KERNEL_MIB;
+
 /// The guest agent's heartbeat period (`VmConfig::heartbeat_s` default).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -383,6 +387,11 @@ fn record(
         _ => None,
     };
     let mut params = planned_params(planned);
+    // kexec-reboot's guest booted with a crash kernel reserved (and the RAM
+    // it needs besides): its record says so.
+    if let Some(mib) = golden.config().crash_kernel_mib {
+        params.insert(CRASH_KERNEL_PARAM.to_string(), mib.to_string());
+    }
     if let Some(e) = downtime_error {
         params.insert("downtime_error".to_string(), e);
     }

@@ -121,14 +121,10 @@ pub fn run_campaign(
     let faults = faults::runner_for(cache, campaign, Some(site), &step)?;
     step(&format!("golden run: booting the {} guest and freezing its service", prepared.profile));
     steps.setup_done();
-    let kept = match opts.keep_golden {
-        true => Some(KeptGolden::new(cache, &prepared.image, &config, campaign)?),
-        false => None,
-    };
     let env =
         Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
     opts.seed_scratch()?;
-    let ran = runner::run(campaign, &env, opts, kept.as_ref());
+    let ran = runner::run(campaign, &env, opts, opts.keep_golden.then_some(cache));
     // Whether it ended, stopped or failed: what it stored reaches the results directory.
     if let Some(scratch) = &opts.scratch {
         env::finish_scratch(scratch, &opts.results)?;
@@ -488,7 +484,6 @@ pub fn replay(
     let (prepared, config, provenance, image_packages) = prepare(cache, campaign, step)?;
     let site = faults::ProfileSite { prepared: &prepared, config: &config, dir: results };
     let faults = faults::runner_for(cache, campaign, Some(site), step)?;
-    let kept = KeptGolden::new(cache, &prepared.image, &config, campaign)?;
     let env =
         Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
     if campaign.file.restore.is_some() {
@@ -497,6 +492,9 @@ pub fn replay(
         return Ok(Replayed { planned, record, stored, store, golden: "from a guest booted for it".into() });
     }
     let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
+    // kexec-reboot's experiments start from their own golden snapshot.
+    let env = env.for_strategy(planned.strategy);
+    let kept = KeptGolden::new(cache, &prepared.image, &env.config, campaign)?;
     let start = GoldenStart::open(&kept, &env, &docs, campaign, step)?;
     step(&format!("experiment {} ({}) {}", planned.index, planned.key(), start.source));
     let shared = Shared { campaign, docs: &docs, provenance: &env.provenance, faults: env.faults };
@@ -531,12 +529,12 @@ pub fn agreement(
     let (prepared, config, provenance, image_packages) = prepare(cache, campaign, step)?;
     let site = faults::ProfileSite { prepared: &prepared, config: &config, dir: results };
     let faults = faults::runner_for(cache, campaign, Some(site), step)?;
-    let kept = KeptGolden::new(cache, &prepared.image, &config, campaign)?;
     let env =
         Environment { image: &prepared.image, config, provenance, image_packages, faults: faults.as_deref(), stop };
     let docs = workloads::DocList::load(&prepared.image.dir.join("docs.json"))?;
-    let start = GoldenStart::open(&kept, &env, &docs, campaign, step)?;
-    let shared = Shared { campaign, docs: &docs, provenance: &env.provenance, faults: env.faults };
+    // Golden snapshots per strategy group (kexec-reboot's guests reserve a
+    // crash kernel), opened when a replay first needs one.
+    let mut starts: Vec<(bool, Environment<'_>, GoldenStart)> = Vec::new();
     let mut pairs = Vec::new();
     for (done, index) in chosen.iter().enumerate() {
         if env.stop.load(Ordering::SeqCst) {
@@ -547,6 +545,14 @@ pub fn agreement(
         let (Some(stored), Some(planned)) = (stored, planned) else {
             bail!("experiment {index} is stored but not in {}: was the file changed?", campaign.path.display())
         };
+        let kexec = planned.strategy == recovery_sut::Strategy::KexecReboot;
+        if !starts.iter().any(|s| s.0 == kexec) {
+            let genv = env.for_strategy(planned.strategy);
+            let kept = KeptGolden::new(cache, &prepared.image, &genv.config, campaign)?;
+            let start = GoldenStart::open(&kept, &genv, &docs, campaign, step)?;
+            starts.push((kexec, genv, start));
+        }
+        let Some((_, genv, start)) = starts.iter().find(|s| s.0 == kexec) else { unreachable!("opened above") };
         step(&format!(
             "replaying {}/{}: experiment {index} ({}) {}",
             done + 1,
@@ -554,10 +560,12 @@ pub fn agreement(
             planned.key(),
             start.source
         ));
+        let shared = Shared { campaign, docs: &docs, provenance: &genv.provenance, faults: genv.faults };
         let replayed = experiment::run(&shared, &start.golden, planned).map_err(|e| format!("{e:#}"));
         pairs.push((stored, replayed));
     }
-    Ok(compare::Agreement::new(&campaign.file.name, start.source.to_string(), activated.len(), &pairs))
+    let sources: Vec<String> = starts.iter().map(|s| s.2.source.to_string()).collect();
+    Ok(compare::Agreement::new(&campaign.file.name, sources.join("; "), activated.len(), &pairs))
 }
 
 /// A replay's golden snapshot: the kept one, or a new golden run's in a

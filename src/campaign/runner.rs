@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use analysis::record::ExperimentRecord;
 use anyhow::Result;
+use recovery_sut::Strategy;
 use workloads::DocList;
 
 use super::env::{open_store_for, pending, store_path, store_record, Environment, GoldenDir, RunOptions, RunSummary};
@@ -23,14 +24,15 @@ use super::golden::{golden_run, KeptGolden, Source};
 use super::golden_slot::GoldenSlot;
 use super::spec::{Campaign, Planned};
 
-/// Runs the campaign's pending experiments, from the golden snapshot kept
-/// in `kept` when given (made there first when there is none), else from
-/// a golden run of their own.
+/// Runs the campaign's pending experiments, from golden snapshots kept in
+/// `cache` when given (made there first when there is none), else from
+/// golden runs of their own: one for kexec-reboot's experiments, one for
+/// every other strategy's.
 pub fn run(
     campaign: &Campaign,
     env: &Environment<'_>,
     opts: &RunOptions,
-    kept: Option<&KeptGolden>,
+    cache: Option<&recovery_sut::Cache>,
 ) -> Result<RunSummary> {
     let started = Instant::now();
     let store = open_store_for(campaign, env, opts)?;
@@ -64,31 +66,80 @@ pub fn run(
         return super::restore::run(campaign, env, opts, &store, todo, summary, started);
     }
 
-    let golden_started = Instant::now();
     let docs = DocList::load(&env.image.dir.join("docs.json"))?;
+    let bar = crate::progress::progress_bar(todo.len() as u64);
+    // kexec-reboot's experiments boot with a crash kernel reserved: their
+    // golden snapshot is their own, so every other strategy's guest (and
+    // its baseline) keeps its RAM. One group after the other.
+    let (kexec, plain): (Vec<Planned>, Vec<Planned>) =
+        todo.into_iter().partition(|p| p.strategy == Strategy::KexecReboot);
+    let mut overhead = (0.0, 0.0);
+    let mut golden_sources = Vec::new();
+    for (group, genv) in
+        [(plain, env.for_strategy(Strategy::FullReboot)), (kexec, env.for_strategy(Strategy::KexecReboot))]
+    {
+        if group.is_empty() || env.stop.load(Ordering::SeqCst) {
+            continue;
+        }
+        let kept = match cache {
+            Some(cache) => Some(KeptGolden::new(cache, genv.image, &genv.config, campaign)?),
+            None => None,
+        };
+        let ran =
+            run_group(campaign, &genv, opts, kept.as_ref(), group, &docs, &store, &bar, &mut summary, &mut overhead);
+        match ran {
+            Ok(source) => golden_sources.push(source),
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(e);
+            }
+        }
+    }
+    summary.golden = Some(golden_sources.join("; "));
+    bar.finish_and_clear();
+    summary.wall_s = started.elapsed().as_secs_f64();
+    summary.overhead = (overhead.1 > 0.0).then(|| overhead.0 / overhead.1);
+    summary.interrupted = env.stop.load(Ordering::SeqCst);
+    summary.harness_errors = harness_errors(campaign, &store, opts)?;
+    Ok(summary)
+}
+
+/// Runs one group of experiments that share a golden snapshot (made, or
+/// taken from `kept`) on `opts.jobs` workers; returns where its golden
+/// snapshot came from.
+#[allow(clippy::too_many_arguments)]
+fn run_group(
+    campaign: &Campaign,
+    env: &Environment<'_>,
+    opts: &RunOptions,
+    kept: Option<&KeptGolden>,
+    todo: Vec<Planned>,
+    docs: &DocList,
+    store: &analysis::store::Store,
+    bar: &indicatif::ProgressBar,
+    summary: &mut RunSummary,
+    overhead: &mut (f64, f64),
+) -> Result<String> {
+    let golden_started = Instant::now();
     // In the results directory rather than /tmp: a run killed with -9
     // leaves its golden snapshot where the next run replaces it. A kept
     // snapshot is made anew in its own place.
     let home = match kept {
         Some(kept) => GoldenHome::Kept(kept),
-        None => GoldenHome::Own(GoldenDir::create(opts.work_dir())?),
+        None => GoldenHome::Own(GoldenDir::named(opts.work_dir(), golden_dir_name(&env.config).as_deref())?),
     };
     let (golden, source) = match &home {
-        GoldenHome::Kept(kept) => kept.obtain(env, &docs, campaign)?,
-        GoldenHome::Own(dir) => (golden_run(env, &docs, &dir.0, campaign)?, Source::New),
+        GoldenHome::Kept(kept) => kept.obtain(env, docs, campaign)?,
+        GoldenHome::Own(dir) => (golden_run(env, docs, &dir.0, campaign)?, Source::New),
     };
-    summary.golden_s = golden_started.elapsed().as_secs_f64();
-    summary.golden = Some(source.to_string());
+    summary.golden_s += golden_started.elapsed().as_secs_f64();
     let slot = GoldenSlot::new(golden, |made| match &home {
-        GoldenHome::Kept(kept) => Ok(kept.obtain(env, &docs, campaign)?.0),
-        GoldenHome::Own(dir) => golden_run(env, &docs, &dir.0.join(format!("remade-{made}")), campaign),
+        GoldenHome::Kept(kept) => Ok(kept.obtain(env, docs, campaign)?.0),
+        GoldenHome::Own(dir) => golden_run(env, docs, &dir.0.join(format!("remade-{made}")), campaign),
     });
-
-    let shared = Shared { campaign, docs: &docs, provenance: &env.provenance, faults: env.faults };
-    let bar = crate::progress::progress_bar(todo.len() as u64);
+    let shared = Shared { campaign, docs, provenance: &env.provenance, faults: env.faults };
     let queue = Mutex::new(todo.into_iter().collect::<VecDeque<_>>());
     let (tx, rx) = mpsc::channel::<(Planned, Result<ExperimentRecord>)>();
-    let mut overhead = (0.0, 0.0);
     let mut first_error = None;
     std::thread::scope(|scope| {
         for _ in 0..opts.jobs.max(1) {
@@ -107,7 +158,7 @@ pub fn run(
         }
         drop(tx);
         for (planned, result) in rx {
-            match result.and_then(|record| store_record(&store, &record, opts).map(|()| record)) {
+            match result.and_then(|record| store_record(store, &record, opts).map(|()| record)) {
                 Ok(record) => {
                     summary.ran += 1;
                     *summary.outcomes.entry(record.outcome.to_string()).or_default() += 1;
@@ -129,19 +180,20 @@ pub fn run(
             }
         }
     });
-    bar.finish_and_clear();
-    summary.wall_s = started.elapsed().as_secs_f64();
-    summary.overhead = (overhead.1 > 0.0).then(|| overhead.0 / overhead.1);
+    summary.golden_remade += slot.remade();
     if let Some(e) = first_error {
         return Err(e.context(format!(
             "the campaign stopped; {} experiments are stored and a rerun of the same command resumes from there",
             summary.already_done + summary.ran
         )));
     }
-    summary.golden_remade = slot.remade();
-    summary.interrupted = env.stop.load(Ordering::SeqCst);
-    summary.harness_errors = harness_errors(campaign, &store, opts)?;
-    Ok(summary)
+    Ok(source.to_string())
+}
+
+/// The name of a group's golden snapshot directory in the run's: its own
+/// for a guest with a crash kernel reserved (kexec-reboot's).
+fn golden_dir_name(config: &recovery_sut::VmConfig) -> Option<String> {
+    config.crash_kernel_mib.map(|mib| format!("crashkernel-{mib}m"))
 }
 
 /// Where a run's golden snapshots live: the cache's kept one, or the run's

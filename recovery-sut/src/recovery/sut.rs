@@ -38,6 +38,12 @@ impl Golden {
         &self.image
     }
 
+    /// The VM settings its guest booted with (a crash kernel reserved for
+    /// kexec-reboot, say).
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
     /// Reopens a golden snapshot that [`Sut::freeze`] wrote into `dir` and
     /// that outlived its run (a kept one), for a guest booted from `image`
     /// with `config` (as given to [`Sut::boot`]). Every file is checked
