@@ -624,26 +624,43 @@ pub fn write_report_with(
                 keys.join("; ")
             );
         }
-        let (needing, not_back) = tables::needing_recovery(records);
-        if needing > 0 {
-            let _ = write!(md, "\n{needing} fault experiments failed in a way the VMM detected (panic, hang, VM exit) and were recovered by their strategy; ");
-            if not_back.is_empty() {
+        let needing = tables::needing_recovery(records);
+        if needing.acted_on > 0 {
+            let _ = write!(
+                md,
+                "\n{} fault experiments failed in a way the VMM detected (panic, hang, VM exit) and were recovered by \
+                 their strategy; ",
+                needing.acted_on
+            );
+            if needing.not_back.is_empty() {
                 md.push_str("every one came back.\n");
             } else {
-                let keys: Vec<String> = not_back
+                let keys: Vec<String> = needing
+                    .not_back
                     .iter()
                     .map(|r| {
                         let why = r.recovery.as_ref().and_then(|x| x.fallback_reason.clone()).unwrap_or_default();
-                        format!(
-                            "{} ({}{})",
-                            r.key,
-                            r.outcome,
-                            if why.is_empty() { String::new() } else { format!(": {why}") }
-                        )
+                        let why = if why.is_empty() { String::new() } else { format!(": {why}") };
+                        format!("{} ({}{why})", r.key, r.outcome)
                     })
                     .collect();
-                let _ = writeln!(md, "{} did not come back: {}.", not_back.len(), keys.join("; "));
+                let _ = writeln!(md, "{} did not come back: {}.", needing.not_back.len(), keys.join("; "));
             }
+        }
+        if !needing.left_failing.is_empty() {
+            let keys: Vec<String> = needing
+                .left_failing
+                .iter()
+                .map(|r| format!("{} ({})", r.key.split(' ').next().unwrap_or(&r.key), r.outcome))
+                .collect();
+            let _ = writeln!(
+                md,
+                "\n{} more failed with the kernel alive and the service still failing when the watch ended (no correct \
+                 answer after the failure): a campaign's VMM acts on a panic, a hang or the VM gone, not on an oops or \
+                 a service error, so none was recovered: {}.",
+                needing.left_failing.len(),
+                keys.join(", ")
+            );
         }
     }
     if !by_subsystem.rows.is_empty() {

@@ -464,13 +464,30 @@ pub fn unattributed(records: &[ExperimentRecord]) -> Vec<&ExperimentRecord> {
     records.iter().filter(|r| r.unattributed).collect()
 }
 
-/// Fault experiments whose failure a recovery acted on, and those of them
-/// the service did not come back from.
-pub fn needing_recovery(records: &[ExperimentRecord]) -> (usize, Vec<&ExperimentRecord>) {
-    let needing: Vec<&ExperimentRecord> =
-        records.iter().filter(|r| matches!(r.injection, Injection::Fault { .. }) && r.recovery.is_some()).collect();
-    let failed = needing.iter().copied().filter(|r| r.recovery.as_ref().is_some_and(|x| !x.recovered)).collect();
-    (needing.len(), failed)
+/// Fault experiments that needed recovery: those whose failure a recovery
+/// acted on, those of them the service did not come back from, and those
+/// no recovery acted on although the service was failing when the watch
+/// ended (an oops or a service error with the kernel alive, which no
+/// detector of a campaign acts on: no correct answer after the failure).
+pub struct NeedingRecovery<'a> {
+    /// Recovered or not, a recovery ran.
+    pub acted_on: usize,
+    /// Of those, not back.
+    pub not_back: Vec<&'a ExperimentRecord>,
+    /// No recovery ran, and the service was still failing.
+    pub left_failing: Vec<&'a ExperimentRecord>,
+}
+
+/// See [`NeedingRecovery`].
+pub fn needing_recovery(records: &[ExperimentRecord]) -> NeedingRecovery<'_> {
+    let faults = || records.iter().filter(|r| matches!(r.injection, Injection::Fault { .. }));
+    let acted: Vec<&ExperimentRecord> = faults().filter(|r| r.recovery.is_some()).collect();
+    let not_back = acted.iter().copied().filter(|r| r.recovery.as_ref().is_some_and(|x| !x.recovered)).collect();
+    let left_failing = faults()
+        .filter(|r| r.recovery.is_none() && matches!(r.outcome, RecordedOutcome::Oops | RecordedOutcome::ServiceError))
+        .filter(|r| r.metrics.get(crate::figures::names::CORRECT_AFTER_FAILURE).is_some_and(|&c| c == 0.0))
+        .collect();
+    NeedingRecovery { acted_on: acted.len(), not_back, left_failing }
 }
 
 /// The propagation verdict of a traced fault (activated, or masked before
@@ -974,5 +991,61 @@ mod tests {
         let note = provenance(&records).note;
         assert!(note.contains("campaign `fixture` mixes 2 environments"), "{note}");
         assert!(note.contains("kernel 6.1.0-57-amd64"), "{note}");
+    }
+}
+
+#[cfg(test)]
+mod needing_recovery_tests {
+    use super::needing_recovery;
+    use crate::fixture;
+    use crate::record::{Injection, RecordedCause, RecordedModel, RecordedOutcome, RecordedStrategy, RecoveryRecord};
+
+    /// Failures a recovery acted on are counted, those not back named;
+    /// an oops that left the service failing with no recovery is named
+    /// too, one after which the service answered is not.
+    #[test]
+    fn failures_needing_recovery_are_recovered_or_named() {
+        let fault = |i: u64, outcome: RecordedOutcome, recovered: Option<bool>, correct_after: f64| {
+            let mut r = fixture::blank(i, &format!("fault={i} strategy=service-restore rep=0"));
+            r.injection = Injection::Fault {
+                model: RecordedModel::Nop,
+                subsystem: None,
+                function: None,
+                description: String::new(),
+                spec: serde_json::Value::Null,
+                activated: true,
+                activation_unknown: None,
+                activation_s: Some(0.0),
+                propagation: None,
+                profile: None,
+                class_weight: None,
+                surfaced_in: None,
+            };
+            r.outcome = outcome;
+            r.recovery = recovered.map(|recovered| RecoveryRecord {
+                requested: RecordedStrategy::ServiceRestore,
+                used: RecordedStrategy::ServiceRestore,
+                fallback_reason: None,
+                cause: RecordedCause::GuestPanicked,
+                recovered,
+                detect_s: 0.0,
+                restart_s: 0.0,
+                service_s: 0.0,
+                on_standby: None,
+            });
+            r.metrics.insert(crate::figures::names::CORRECT_AFTER_FAILURE.into(), correct_after);
+            r
+        };
+        let records = [
+            fault(0, RecordedOutcome::Panic, Some(true), 0.0),
+            fault(1, RecordedOutcome::Panic, Some(false), 0.0),
+            fault(2, RecordedOutcome::Oops, None, 0.0),
+            fault(3, RecordedOutcome::Oops, None, 12.0),
+            fault(4, RecordedOutcome::Benign, None, 0.0),
+        ];
+        let n = needing_recovery(&records);
+        assert_eq!(n.acted_on, 2);
+        assert_eq!(n.not_back.iter().map(|r| r.experiment).collect::<Vec<_>>(), [1]);
+        assert_eq!(n.left_failing.iter().map(|r| r.experiment).collect::<Vec<_>>(), [2]);
     }
 }
