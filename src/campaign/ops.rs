@@ -731,9 +731,15 @@ pub fn reproduce(
     steps: &dyn Steps,
 ) -> Result<Reproduced> {
     let guest = opts.guest;
+    let own = Campaign::load(file)?.file.guest.profile;
     let campaign = load(file, Some(guest))?;
     if campaign.file.workload.kind == WorkloadKind::Rubis && guest == GuestProfile::Tiny {
         return Ok(Reproduced::Skipped("RUBiS needs the debian guest (`--guest debian`)".into()));
+    }
+    // A file written for the debian guest is that guest's campaign: on tiny
+    // it would repeat a tiny file's under another name.
+    if own == GuestProfile::Debian && guest != own {
+        return Ok(Reproduced::Skipped("written for the debian guest (`--guest debian` runs it)".into()));
     }
     let results = opts.results_root.join(&campaign.file.name);
     let measured_anew = measure_anew_if_complete(&campaign, &results)?;
