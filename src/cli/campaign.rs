@@ -109,7 +109,7 @@ pub struct CampaignRunArgs {
     /// Rerun only the experiments stored as harness-error.
     #[arg(long)]
     pub retry_errors: bool,
-    /// Keep the golden snapshot in the cache and start from a kept one of the same key (shards, replays).
+    /// Keep the golden snapshots in the cache and start from kept ones of the same key (shards, replays); kexec-reboot's experiments have one of their own (crash kernel reserved).
     #[arg(long)]
     pub keep_golden: bool,
     /// Resume even where the kernel, image, QEMU or accelerator differ from the stored records'.
