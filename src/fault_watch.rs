@@ -148,10 +148,25 @@ pub struct Watch {
     /// How long it watched.
     pub observed: Duration,
     panicked_at: Option<Instant>,
-    /// QEMU exited or the guest reset: when, and how.
-    gone: Option<(Instant, String)>,
+    /// QEMU exited or the guest reset.
+    gone: Option<Gone>,
     oops_at: Option<Instant>,
     hung_at: Option<Instant>,
+}
+
+/// The VM went away under the watch: when, which failure the VMM sees
+/// (QEMU exited, or the guest reset), and how, in words.
+#[derive(Debug, Clone)]
+struct Gone {
+    at: Instant,
+    cause: FailureCause,
+    what: String,
+}
+
+impl Gone {
+    fn new(at: Instant, cause: FailureCause, what: String) -> Gone {
+        Gone { at, cause, what }
+    }
 }
 
 /// The outcome of one fault once the client records are in.
@@ -204,7 +219,7 @@ pub fn watch_fault(
     #[cfg(feature = "test-knobs")]
     knobs::arm(vm, &gdb)?;
     let mut panicked_at: Option<Instant> = None;
-    let mut gone: Option<(Instant, String)> = None;
+    let mut gone: Option<Gone> = None;
     let mut oops_at: Option<Instant> = None;
     let mut hung_at: Option<Instant> = None;
     let mut seen = InjectionReport::default();
@@ -228,7 +243,7 @@ pub fn watch_fault(
                 oops_at.get_or_insert(now);
             }
             if report.rebooted && gone.is_none() {
-                gone = Some((now, reset_text(&report)));
+                gone = Some(Gone::new(now, FailureCause::GuestReset, reset_text(&report)));
             }
         }
         let last_beat = vm_ref.agent().last_heartbeat().map(|h| h.at).unwrap_or(watch_from).max(watch_from);
@@ -256,7 +271,7 @@ pub fn watch_fault(
     let console_text = console_since(vm, console_offset);
     let console = parse_console(&console_text);
     if console.rebooted && gone.is_none() {
-        gone = Some((Instant::now(), reset_text(&console)));
+        gone = Some(Gone::new(Instant::now(), FailureCause::GuestReset, reset_text(&console)));
     }
     let injection = match injection {
         Ok(report) => report,
@@ -295,23 +310,28 @@ const MAX_OOPS_EVENTS: usize = 16;
 
 /// Takes the VM's QMP events and process state: a panic, a reset or
 /// power-off the guest asked for, QEMU gone.
-fn note_vm_events(vm: &Vm, now: Instant, panicked_at: &mut Option<Instant>, gone: &mut Option<(Instant, String)>) {
+fn note_vm_events(vm: &Vm, now: Instant, panicked_at: &mut Option<Instant>, gone: &mut Option<Gone>) {
     for event in vm.events() {
         let reason = event.data.get("reason").and_then(|r| r.as_str()).unwrap_or("unknown").to_string();
         match event.name.as_str() {
             "GUEST_PANICKED" => {
                 panicked_at.get_or_insert(now);
             }
-            "RESET" if gone.is_none() => *gone = Some((now, format!("the guest reset (QMP RESET, reason {reason})"))),
+            "RESET" if gone.is_none() => {
+                let what = format!("the guest reset (QMP RESET, reason {reason})");
+                *gone = Some(Gone::new(now, FailureCause::GuestReset, what));
+            }
+            // QEMU quits after a guest shutdown (kfi passes no -no-shutdown).
             "SHUTDOWN" if gone.is_none() => {
-                *gone = Some((now, format!("the guest shut down (QMP SHUTDOWN, reason {reason})")))
+                let what = format!("the guest shut down (QMP SHUTDOWN, reason {reason})");
+                *gone = Some(Gone::new(now, FailureCause::QemuExited, what));
             }
             _ => {}
         }
     }
     if gone.is_none() {
         if let Err(e) = vm.check_alive() {
-            *gone = Some((now, format!("QEMU exited: {e}")));
+            *gone = Some(Gone::new(now, FailureCause::QemuExited, format!("QEMU exited: {e}")));
         }
     }
 }
@@ -369,7 +389,7 @@ impl Watch {
         let outcome = classify(&evidence);
         let failed_at = match outcome {
             Outcome::Panic => self.panicked_at.or(self.oops_at),
-            Outcome::VmExit => self.gone.as_ref().map(|g| g.0),
+            Outcome::VmExit => self.gone.as_ref().map(|g| g.at),
             Outcome::Oops => self.oops_at,
             Outcome::Hang => self.hung_at,
             _ => None,
@@ -378,8 +398,8 @@ impl Watch {
         let injected = self.t0 + Duration::from_secs_f64(injected_at_s.unwrap_or(0.0));
         let since = |at: Instant| at.saturating_duration_since(injected).as_secs_f64();
         let mut events = self.console_events(&since);
-        if let Some((at, what)) = &self.gone {
-            events.push(Event::new(Outcome::VmExit, since(*at), what.clone()));
+        if let Some(g) = &self.gone {
+            events.push(Event::new(Outcome::VmExit, since(g.at), g.what.clone()));
         }
         if hung {
             if let Some(at) = self.hung_at {
@@ -391,7 +411,7 @@ impl Watch {
         // hang from its estimated start. Clients failing after that see its
         // consequence, not a step of their own.
         let hang_start = hung.then_some(self.hung_at).flatten().map(|h| since(h) - hang_timeout.as_secs_f64());
-        let fatal_s = [self.panicked_at.map(since), self.gone.as_ref().map(|g| since(g.0)), hang_start]
+        let fatal_s = [self.panicked_at.map(since), self.gone.as_ref().map(|g| since(g.at)), hang_start]
             .into_iter()
             .flatten()
             .reduce(f64::min);
@@ -467,10 +487,8 @@ impl Watch {
         if let Some(at) = self.panicked_at {
             return Some(Failure { cause: FailureCause::GuestPanicked, detected_at: at });
         }
-        if let Some((at, what)) = &self.gone {
-            let cause =
-                if what.starts_with("QEMU exited") { FailureCause::QemuExited } else { FailureCause::GuestReset };
-            return Some(Failure { cause, detected_at: *at });
+        if let Some(g) = &self.gone {
+            return Some(Failure { cause: g.cause, detected_at: g.at });
         }
         self.hung_at.map(|at| Failure { cause: FailureCause::HeartbeatLost, detected_at: at })
     }
@@ -794,13 +812,14 @@ mod tests {
     fn a_vm_gone_without_a_panic_is_vm_exit_with_its_cause() {
         let origin = Instant::now();
         let mut w = watch(origin, true, None, None);
-        w.gone = Some((origin + Duration::from_secs(4), "QEMU exited: killed".into()));
+        let at = origin + Duration::from_secs(4);
+        w.gone = Some(Gone::new(at, FailureCause::QemuExited, "QEMU exited: killed".into()));
         let v = judge(&w, &answers(RequestOutcome::Ok, 0.0, 4.0), origin);
         assert_eq!(v.outcome, Outcome::VmExit);
         assert_eq!(v.failure.map(|f| f.cause), Some(FailureCause::QemuExited));
         assert_eq!(v.events.len(), 1);
         assert!((v.events[0].at_s - 3.0).abs() < 1e-6);
-        w.gone = Some((origin + Duration::from_secs(4), reset_text(&ConsoleReport::default())));
+        w.gone = Some(Gone::new(at, FailureCause::GuestReset, reset_text(&ConsoleReport::default())));
         assert_eq!(w.failure().map(|f| f.cause), Some(FailureCause::GuestReset));
     }
 }
