@@ -64,9 +64,16 @@ fn cause(r: &ExperimentRecord) -> &'static str {
 const FOUR: [&str; 4] =
     ["NULL pointer dereference", "bad paging request", "invalid opcode (BUG() included)", "general protection fault"];
 
-/// One measure's row: its label, `k` of `n`, and the published figure.
+/// One measure's row: its label, `k` of `n` (the count column shows `n`),
+/// and the published figure.
 fn measure(label: &str, k: usize, n: usize, published: &str) -> Vec<Cell> {
-    vec![Cell::Text(label.into()), Cell::Count(n as u64), share(k, n), ci(k, n), Cell::Text(published.into())]
+    shares_row(label, n, k, n, published)
+}
+
+/// A row of a shares table: its label, the count shown, the share `k` of
+/// `n` with its interval, and the published figure.
+fn shares_row(label: &str, shown: usize, k: usize, n: usize, published: &str) -> Vec<Cell> {
+    vec![Cell::Text(label.into()), Cell::Count(shown as u64), share(k, n), ci(k, n), Cell::Text(published.into())]
 }
 
 /// The columns of a measures table.
@@ -102,18 +109,9 @@ pub fn crash_causes(records: &[ExperimentRecord]) -> Option<Table> {
     let four: usize = FOUR.iter().map(|c| counts.get(c).copied().unwrap_or(0)).sum();
     let mut rows: Vec<(&str, usize)> = counts.into_iter().collect();
     rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    // Cause rows count crashes (k of n), as the measures' rows do.
-    let mut out: Vec<Vec<Cell>> = rows
-        .into_iter()
-        .map(|(c, k)| {
-            let mut row = measure(c, k, n, "–");
-            row[1] = Cell::Count(k as u64);
-            row
-        })
-        .collect();
-    let mut together = measure("the four causes together", four, n, "95% of crashes");
-    together[1] = Cell::Count(four as u64);
-    out.push(together);
+    // A cause's row shows its own crashes, and their share of all n.
+    let mut out: Vec<Vec<Cell>> = rows.into_iter().map(|(c, k)| shares_row(c, k, k, n, "–")).collect();
+    out.push(shares_row("the four causes together", four, four, n, "95% of crashes"));
     Some(Table {
         title: "Crash causes of code faults, beside Gu et al. (DSN 2003)".into(),
         columns: vec![

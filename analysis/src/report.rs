@@ -366,27 +366,25 @@ fn outcome_method(records: &[ExperimentRecord], campaigns: &[CampaignMeta]) -> S
     }
     let mut text = format!("\n\n{}", crate::stats::definitions::OUTCOMES);
     let judged = |r: &&ExperimentRecord| r.metrics.contains_key(figures::names::LONGEST_OUTAGE_S);
-    let thresholds: BTreeSet<String> = campaigns
+    let mut thresholds: Vec<f64> = campaigns
         .iter()
         .filter(|c| faults.iter().any(|r| r.campaign == c.name))
         .map(|c| {
             let t = c.definition.get("observe").and_then(|o| o.get("min_outage_s")).and_then(|v| v.as_f64());
-            format!("{}", t.unwrap_or(DEFAULT_MIN_OUTAGE_S))
+            t.unwrap_or(DEFAULT_MIN_OUTAGE_S)
         })
         .collect();
+    thresholds.sort_by(f64::total_cmp);
+    thresholds.dedup();
     if faults.iter().all(judged) {
-        let threshold = if thresholds.len() == 1 {
-            thresholds.iter().next().and_then(|t| t.parse().ok()).unwrap_or(DEFAULT_MIN_OUTAGE_S)
-        } else {
-            DEFAULT_MIN_OUTAGE_S
+        let threshold = match thresholds[..] {
+            [one] => one,
+            _ => DEFAULT_MIN_OUTAGE_S,
         };
         let _ = write!(text, " The service-error rule: {}.", crate::stats::definitions::service_error(threshold));
         if thresholds.len() > 1 {
-            let _ = write!(
-                text,
-                " The campaigns used outage thresholds of {} s.",
-                thresholds.into_iter().collect::<Vec<_>>().join(", ")
-            );
+            let listed: Vec<String> = thresholds.iter().map(f64::to_string).collect();
+            let _ = write!(text, " The campaigns used outage thresholds of {} s.", listed.join(", "));
         }
     } else {
         text += " Some of these records were made before that rule: in them any failed or wrong answer after the \

@@ -435,7 +435,7 @@ pub fn failure_progression(records: &[ExperimentRecord]) -> Table {
         records,
         ("Failures by first manifestation and final outcome", "first_manifestation", "first manifestation"),
         |r| {
-            (matches!(r.injection, Injection::Fault { .. }) && is_fault_failure(r.outcome))
+            (matches!(r.injection, Injection::Fault { .. }) && MANIFESTED.contains(&r.outcome))
                 .then(|| r.first_manifestation().to_string())
         },
         |r| Some(r.outcome),
@@ -444,18 +444,6 @@ pub fn failure_progression(records: &[ExperimentRecord]) -> Table {
               (columns). Counts, with the row's share."
         .into();
     t
-}
-
-/// Whether an outcome is a fault's failure.
-fn is_fault_failure(o: RecordedOutcome) -> bool {
-    matches!(
-        o,
-        RecordedOutcome::Panic
-            | RecordedOutcome::VmExit
-            | RecordedOutcome::Oops
-            | RecordedOutcome::Hang
-            | RecordedOutcome::ServiceError
-    )
 }
 
 /// Failures with no evidence that their fault caused them (neither its
