@@ -263,13 +263,14 @@ pub fn golden_run(env: &Environment<'_>, docs: &DocList, dir: &Path, campaign: &
     // hold too few answers for one timeout to be rare: load on, a round at
     // a time, until the records are healthy or the limit is reached (the
     // judgement is then on everything they hold).
+    let profile = env.provenance.profile.to_string();
     let mut records = Vec::new();
     loop {
         let stop = Arc::new(AtomicBool::new(false));
         records.extend(crate::load::run(sut.vm().http_addr(), &load, origin, stop)?.records);
         // A wrong answer is a broken service however long one waits.
         let wrong = records.iter().any(|r| r.outcome.is_response() && !r.is_correct());
-        if wrong || health(&records, "").is_ok() || origin.elapsed() >= GOLDEN_LOAD_LIMIT {
+        if wrong || health(&records, &profile).is_ok() || origin.elapsed() >= GOLDEN_LOAD_LIMIT {
             break;
         }
     }
@@ -280,7 +281,7 @@ pub fn golden_run(env: &Environment<'_>, docs: &DocList, dir: &Path, campaign: &
     if probe_failed > 0 {
         tracing::warn!("{probe_failed} of {} availability-probe requests failed in the golden run", probed.len());
     }
-    let failed = health(&records, &env.provenance.profile.to_string())?;
+    let failed = health(&records, &profile)?;
     if failed > 0 {
         tracing::warn!(
             "{failed} of {} requests of the golden run timed out or lost their connection; every answer was right",
