@@ -546,13 +546,17 @@ pub fn agreement(
             bail!("experiment {index} is stored but not in {}: was the file changed?", campaign.path.display())
         };
         let kexec = planned.strategy == recovery_sut::Strategy::KexecReboot;
-        if !starts.iter().any(|s| s.0 == kexec) {
-            let genv = env.for_strategy(planned.strategy);
-            let kept = KeptGolden::new(cache, &prepared.image, &genv.config, campaign)?;
-            let start = GoldenStart::open(&kept, &genv, &docs, campaign, step)?;
-            starts.push((kexec, genv, start));
-        }
-        let Some((_, genv, start)) = starts.iter().find(|s| s.0 == kexec) else { unreachable!("opened above") };
+        let at = match starts.iter().position(|s| s.0 == kexec) {
+            Some(at) => at,
+            None => {
+                let genv = env.for_strategy(planned.strategy);
+                let kept = KeptGolden::new(cache, &prepared.image, &genv.config, campaign)?;
+                let start = GoldenStart::open(&kept, &genv, &docs, campaign, step)?;
+                starts.push((kexec, genv, start));
+                starts.len() - 1
+            }
+        };
+        let (_, genv, start) = &starts[at];
         step(&format!(
             "replaying {}/{}: experiment {index} ({}) {}",
             done + 1,
