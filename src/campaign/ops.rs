@@ -769,3 +769,34 @@ fn measure_anew_if_complete(campaign: &Campaign, results: &Path) -> Result<bool>
     }
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    struct Quiet;
+
+    impl Steps for Quiet {
+        fn step(&self, _: &str) {}
+        fn setup_done(&self) {}
+    }
+
+    /// `kfi reproduce --all` on tiny skips a file written for the debian
+    /// guest before preparing anything (on tiny it would repeat a tiny
+    /// file's campaign under another name).
+    #[test]
+    fn reproduce_on_tiny_skips_a_file_written_for_debian() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("outcomes-debian.toml");
+        let text = "name = \"outcomes-debian\"\nseed = 1\n\n[guest]\nprofile = \"debian\"\n\n[workload]\nkind = \
+                    \"apache\"\n\n[[inject]]\ncrash = \"sysrq\"\n\n[recovery]\nstrategies = [\"full-reboot\"]\n";
+        std::fs::write(&file, text).unwrap();
+        let cache = Cache::at(dir.path().join("cache")).unwrap();
+        let opts = ReproduceOptions { guest: GuestProfile::Tiny, results_root: dir.path().join("results"), jobs: 1 };
+        let done = reproduce(&cache, &file, &opts, Arc::new(AtomicBool::new(false)), &Quiet).unwrap();
+        let Reproduced::Skipped(why) = done else { panic!("a debian file ran on tiny") };
+        assert!(why.contains("--guest debian"), "{why}");
+        assert!(!dir.path().join("results").exists(), "nothing was run or written");
+    }
+}
