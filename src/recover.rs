@@ -157,6 +157,7 @@ fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &R
     let origin = Instant::now();
     let probe = RunningLoad::start(sut.vm().http_addr(), ClientLoad::probe(docs, Duration::from_secs(600)), origin);
     let load = RunningLoad::start(sut.vm().http_addr(), load, origin);
+    sut.prepare_for(strategy);
     std::thread::sleep(plan.warmup);
     load.wait_answered(origin, crate::load::ANSWER_GATE_TIMEOUT)?;
     let crashed_at = Instant::now();
@@ -217,6 +218,7 @@ mod tests {
                 fallback_reason: None,
                 cause: FailureCause::GuestPanicked,
                 restart_s: 0.1,
+                running_at: std::time::Instant::now(),
                 service_s: 0.1,
                 standby: false,
             },

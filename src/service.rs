@@ -11,6 +11,9 @@ use recovery_sut::recovery::{Detectors, RecoveryTiming, ServiceProbe, Strategy, 
 use recovery_sut::{GuestImage, VmConfig};
 use serde::Serialize;
 
+/// How often `kfi sut run` sees to its snapshots between failures.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// How `kfi sut run` watches and recovers.
 pub struct SutPlan {
     /// The recovery strategy.
@@ -56,16 +59,28 @@ pub fn run(
     let config = plan.strategy.vm_config(config, image.profile());
     let mut sut = Sut::boot(image, &config).context("booting the system under test")?;
     sut.snapshot_service().context("taking the service snapshot")?;
+    sut.prepare_for(plan.strategy);
     ready(&mut sut);
     let up = Instant::now();
     let mut n = 0;
     let mut next_crash = plan.crash_every.map(|every| Instant::now() + every);
+    let mut next_upkeep = Instant::now() + UPKEEP_EVERY;
     while !stop.load(Ordering::SeqCst) {
-        let should_stop = || stop.load(Ordering::SeqCst) || next_crash.is_some_and(|at| Instant::now() >= at);
+        let crash_due = || next_crash.is_some_and(|at| Instant::now() >= at);
+        let should_stop = || stop.load(Ordering::SeqCst) || crash_due() || Instant::now() >= next_upkeep;
         let failure = sut.watch_until(&plan.detectors, &should_stop).context("watching the guest")?;
         let (failure, injected) = match failure {
             Some(failure) => (failure, false),
             None if stop.load(Ordering::SeqCst) => break,
+            // Retake a service snapshot a recovery left due, move the
+            // standby to the snapshot the next recovery will restore.
+            None if !crash_due() => {
+                if sut.maintain().context("taking the service snapshot again")? {
+                    tracing::info!("fresh service snapshot after the last recovery");
+                }
+                next_upkeep = Instant::now() + UPKEEP_EVERY;
+                continue;
+            }
             None => {
                 next_crash = plan.crash_every.map(|every| Instant::now() + every);
                 crate::crash::Crash::Sysrq.trigger(sut.vm())?;

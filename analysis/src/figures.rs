@@ -46,6 +46,10 @@ pub mod names {
     /// Parameter: the crash kernel reservation, MiB, of a guest booted for
     /// kexec-reboot (the others' have none).
     pub const CRASH_KERNEL_MIB: &str = "crash_kernel_mib";
+    /// Parameter: the phase snapshot's boundary (the guest profile's:
+    /// `userland` on tiny, `data-independent-services` on debian), where a
+    /// phase restore starts from.
+    pub const PHASE_BOUNDARY: &str = "phase_boundary";
     /// Metric: requests sent after the injection that failed or were
     /// answered wrongly (those the tracer's hold delayed left out).
     pub const ERRORS_AFTER_INJECTION: &str = "errors_after_injection";

@@ -79,6 +79,7 @@ pub fn crash(experiment: u64, strategy: RecordedStrategy, rep: u32, downtime_s: 
         restart_s: downtime_s * 0.7,
         service_s: downtime_s * 0.3 - 0.05,
         on_standby: None,
+        stages: None,
     });
     r.downtime_s = Some(downtime_s);
     r.throughput_back_s = Some(downtime_s + 0.5);

@@ -20,6 +20,6 @@ pub mod tables;
 #[cfg(test)]
 mod testdir;
 
-pub use record::{ExperimentRecord, Injection, Provenance, RecoveryRecord, TimelineBin};
+pub use record::{ExperimentRecord, Injection, Provenance, RecoveryRecord, RecoveryStages, TimelineBin};
 pub use report::{report_from_store, write_report, ReportError, ReportSummary};
 pub use store::{Begun, CampaignMeta, MergeSummary, Store, StoreError, STORE_FILE};

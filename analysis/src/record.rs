@@ -469,6 +469,49 @@ pub struct RecoveryRecord {
     /// `None` when not recovered, and in records made before it was kept.
     #[serde(default)]
     pub on_standby: Option<bool>,
+    /// The stages after the guest ran again; `None` when not recovered,
+    /// and in records made before they were kept.
+    #[serde(default)]
+    pub stages: Option<RecoveryStages>,
+}
+
+/// The stages of a recovery after the guest runs again (the end of
+/// `restart_s`), seconds each, timed by the guest agent's phases (dated on
+/// the host) and the workload's client records. Stages follow one another:
+/// each runs from the end of the one before that happened. `None`: the
+/// stage did not happen in this recovery (a service restore mounts
+/// nothing; the tiny guest has no database).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryStages {
+    /// Until the data disk was mounted (its journal replayed): the agent's
+    /// `data-mounted` phase; a reboot's boot up to it included.
+    pub data_mount_s: Option<f64>,
+    /// Until the database accepted connections (MariaDB's start and InnoDB
+    /// crash recovery): the agent's `db-ready` phase.
+    pub database_s: Option<f64>,
+    /// Until the end of the workload's first correct answer to a request
+    /// sent at or after the failure.
+    pub first_correct_s: Option<f64>,
+}
+
+impl RecoveryStages {
+    /// The stages from instants on one clock (seconds): the guest running
+    /// again, the data disk mounted, the database ready and the first
+    /// correct answer. A stage whose instant is missing, or lies before
+    /// `running` (a phase of the guest before the failure), did not happen.
+    pub fn from_instants(running: f64, mounted: Option<f64>, database: Option<f64>, first: Option<f64>) -> Self {
+        let mut last = running;
+        let mut stage = |at: Option<f64>| {
+            let at = at.filter(|&t| t >= running)?;
+            let s = (at - last).max(0.0);
+            last = last.max(at);
+            Some(s)
+        };
+        let data_mount_s = stage(mounted);
+        let database_s = stage(database);
+        let first_correct_s = stage(first);
+        RecoveryStages { data_mount_s, database_s, first_correct_s }
+    }
 }
 
 /// One 100 ms (or other width) bin of client-seen service, relative to the
@@ -660,6 +703,22 @@ pub struct HarnessFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_stages_follow_one_another_and_skip_what_did_not_happen() {
+        // Phase restore on debian: running at 10, mounted 10.5, database 12, first page 12.25.
+        let s = RecoveryStages::from_instants(10.0, Some(10.5), Some(12.0), Some(12.25));
+        assert_eq!((s.data_mount_s, s.database_s, s.first_correct_s), (Some(0.5), Some(1.5), Some(0.25)));
+        // Service restore: nothing mounted anew; the first answer counts from running again.
+        let s = RecoveryStages::from_instants(10.0, None, None, Some(10.5));
+        assert_eq!((s.data_mount_s, s.database_s, s.first_correct_s), (None, None, Some(0.5)));
+        // A phase dated before the guest ran again belongs to the old boot.
+        let s = RecoveryStages::from_instants(10.0, Some(3.0), Some(11.0), Some(11.5));
+        assert_eq!((s.data_mount_s, s.database_s, s.first_correct_s), (None, Some(1.0), Some(0.5)));
+        // A first answer before the database was ready (a static page) counts as no wait.
+        let s = RecoveryStages::from_instants(10.0, Some(10.5), Some(12.0), Some(11.0));
+        assert_eq!(s.first_correct_s, Some(0.0));
+    }
 
     /// The stored name of every value is its serde name, and parses back.
     fn names_round_trip<T>(all: &[T])

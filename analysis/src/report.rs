@@ -357,6 +357,30 @@ fn crash_kernel_line(records: &[ExperimentRecord]) -> Option<String> {
     ))
 }
 
+/// Where the phase restores of the records started from: each guest
+/// profile's phase boundary as the records name it.
+fn phase_boundary_line(records: &[ExperimentRecord]) -> Option<String> {
+    let name = figures::names::PHASE_BOUNDARY;
+    let phase_restored = |r: &&ExperimentRecord| {
+        r.recovery.as_ref().is_some_and(|x| x.used == crate::record::RecordedStrategy::PhaseRestore)
+    };
+    let boundaries: BTreeSet<(String, String)> = records
+        .iter()
+        .filter(phase_restored)
+        .filter_map(|r| Some((r.provenance.profile.to_string(), r.params.get(name)?.clone())))
+        .collect();
+    if boundaries.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = boundaries.iter().map(|(profile, b)| format!("`{b}` on the {profile} guest")).collect();
+    Some(format!(
+        "Phase restores started from the phase snapshot taken at the guest profile's boundary ({}): what runs \
+         there does not depend on the data disk; the restore mounts the data disk as it is now and starts the \
+         rest (on debian: Apache with PHP run at the boundary, MariaDB starts after it).",
+        named.join(", ")
+    ))
+}
+
 /// How the fault experiments' outcomes were decided.
 fn outcome_method(records: &[ExperimentRecord], campaigns: &[CampaignMeta]) -> String {
     let faults: Vec<&ExperimentRecord> =
@@ -561,6 +585,7 @@ pub fn write_report_with(
     let scope_subsystem = tables::scope_by_subsystem(records);
     let overhead = tables::overhead(records);
     let provenance = tables::provenance(records);
+    let stages = tables::recovery_stages(records);
     let mut all: Vec<&Table> = vec![
         &downtime,
         &by_model,
@@ -576,6 +601,7 @@ pub fn write_report_with(
     all.extend(published.iter());
     all.extend(ram.iter());
     all.extend(storage.iter());
+    all.extend(stages.iter());
     check_tables(&all)?;
 
     let link = |md: &mut String, prefix: &str| {
@@ -598,12 +624,18 @@ pub fn write_report_with(
         if let Some(line) = crash_kernel_line(records) {
             let _ = writeln!(md, "\n{line}");
         }
+        if let Some(line) = phase_boundary_line(records) {
+            let _ = writeln!(md, "\n{line}");
+        }
         link(&mut md, "downtime-");
         if figures.iter().any(|f| f.name.starts_with("throughput-")) {
             md.push_str("\n## Throughput around the failure\n\nCorrect answers per second, mean over the experiments of each strategy, against time relative to the failure.\n");
             link(&mut md, "throughput-");
         }
         push_table(&mut md, &success);
+        if let Some(stages) = &stages {
+            push_table(&mut md, stages);
+        }
     }
     if !by_model.rows.is_empty() {
         push_table(&mut md, &by_model);

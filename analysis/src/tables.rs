@@ -8,6 +8,7 @@ use polars::prelude::{Column as PlColumn, DataFrame, PolarsResult};
 
 use crate::record::{
     ExperimentRecord, Injection, Propagation, RecordedOutcome, RecordedScope, RecordedStrategy, RecordedWorkload,
+    RecoveryRecord, RecoveryStages,
 };
 use crate::stats::Summary;
 
@@ -706,6 +707,71 @@ pub fn recovery_success(records: &[ExperimentRecord]) -> Table {
     }
 }
 
+/// The stages of the recoveries that ran, per (workload, failure class,
+/// strategy that ran): medians of detection, restart, data mount, database
+/// start and first correct answer (see [`crate::record::RecoveryStages`]),
+/// beside the median client-seen downtime. `None` when no record keeps
+/// stages.
+pub fn recovery_stages(records: &[ExperimentRecord]) -> Option<Table> {
+    type Key = (RecordedWorkload, String, RecordedStrategy);
+    let mut groups: BTreeMap<Key, Vec<(&ExperimentRecord, &RecoveryRecord, &RecoveryStages)>> = BTreeMap::new();
+    for r in records {
+        let Some(rec) = r.recovery.as_ref().filter(|x| x.recovered) else { continue };
+        let Some(stages) = &rec.stages else { continue };
+        groups.entry((r.workload, failure_class(r), rec.used)).or_default().push((r, rec, stages));
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    let median = |v: Vec<f64>| crate::stats::median(v);
+    let rows = groups
+        .into_iter()
+        .map(|((workload, failure, strategy), g)| {
+            let of = |f: &dyn Fn(&RecoveryRecord, &RecoveryStages) -> Option<f64>| {
+                median(g.iter().filter_map(|(_, rec, st)| f(rec, st)).collect())
+            };
+            vec![
+                Cell::Text(workload.to_string()),
+                Cell::Text(failure),
+                Cell::Text(strategy.to_string()),
+                Cell::Count(g.len() as u64),
+                Cell::Num(of(&|rec, _| Some(rec.detect_s))),
+                Cell::Num(of(&|rec, _| Some(rec.restart_s))),
+                Cell::Num(of(&|_, st| st.data_mount_s)),
+                Cell::Num(of(&|_, st| st.database_s)),
+                Cell::Num(of(&|_, st| st.first_correct_s)),
+                Cell::Num(median(g.iter().filter_map(|(r, _, _)| r.downtime_s).collect())),
+            ]
+        })
+        .collect();
+    Some(Table {
+        title: "Recovery stages per strategy that ran".into(),
+        columns: vec![
+            col("workload", "workload"),
+            col("failure", "failure"),
+            col("strategy", "strategy that ran"),
+            col("n", "n"),
+            col("detect_s", "detection (s)"),
+            col("restart_s", "reset or restore (s)"),
+            col("data_mount_s", "data disk mount (s)"),
+            col("database_s", "database start (s)"),
+            col("first_correct_s", "first correct answer (s)"),
+            col("downtime_s", "downtime (s)"),
+        ],
+        rows,
+        note: "Medians over the recovered experiments of each strategy that ran (fallbacks counted under the \
+               strategy they fell back to). Stages follow one another: detection runs from the injection to the \
+               VMM's detection; reset or restore until the guest runs again (a full reboot: until its boot reached \
+               the phase boundary); data disk mount until the guest agent reported the data disk mounted (its \
+               journal replayed); database start until MariaDB accepted connections (its crash recovery \
+               included); first correct answer until the end of the workload's first correct answer to a request \
+               sent after the failure. Agent phases are dated on the host. A dash: the stage did not happen (a \
+               service restore mounts nothing, the tiny guest has no database). Downtime (client-seen, as above) \
+               starts at the last correct answer before the failure, so it need not equal the stages' sum."
+            .into(),
+    })
+}
+
 /// A parameter's value for an experiment (`params`).
 pub fn param<'a>(r: &'a ExperimentRecord, name: &str) -> Option<&'a str> {
     r.params.get(name).map(String::as_str)
@@ -1020,6 +1086,7 @@ mod needing_recovery_tests {
                 restart_s: 0.0,
                 service_s: 0.0,
                 on_standby: None,
+                stages: None,
             });
             r.metrics.insert(crate::figures::names::CORRECT_AFTER_FAILURE.into(), correct_after);
             r

@@ -324,7 +324,7 @@ impl Ram<'_> {
     /// Launched to load a snapshot: the guest runs, and its ports are
     /// bound, only once the state is in.
     fn is_incoming(&self) -> bool {
-        matches!(self, Ram::Snapshot(_) | Ram::Incoming)
+        matches!(self, Ram::Snapshot(_) | Ram::OwnedCopy(_) | Ram::Incoming)
     }
 }
 
@@ -337,6 +337,11 @@ enum Ram<'a> {
     /// A snapshot's RAM file, mapped copy-on-write so it loads lazily and
     /// stays reusable.
     Snapshot(&'a Path),
+    /// A copy of a snapshot's RAM file in the run directory, made before
+    /// QEMU starts and mapped shared: the restored guest owns its RAM, so
+    /// it can be snapshotted again (the copy costs the launch, which a
+    /// standby pays ahead of need).
+    OwnedCopy(&'a Path),
     /// Anonymous memory under the snapshot's backend name, filled by an
     /// incoming migration stream that carries the RAM.
     Incoming,
@@ -377,7 +382,9 @@ fn qemu_args(
         "-machine".into(),
         match ram {
             Ram::Anonymous => "pc".into(),
-            Ram::SharedFile | Ram::Snapshot(_) | Ram::Incoming => "pc,memory-backend=pc.ram".to_string(),
+            Ram::SharedFile | Ram::Snapshot(_) | Ram::OwnedCopy(_) | Ram::Incoming => {
+                "pc,memory-backend=pc.ram".to_string()
+            }
         },
         "-accel".into(),
         config.accel.name().into(),
@@ -411,7 +418,7 @@ fn qemu_args(
         "-netdev".into(),
         match ram {
             // Forwarded only once the restored guest runs (see Vm::restore).
-            Ram::Snapshot(_) | Ram::Incoming => "user,id=net0".to_string(),
+            Ram::Snapshot(_) | Ram::OwnedCopy(_) | Ram::Incoming => "user,id=net0".to_string(),
             _ => format!("user,id=net0,{}", hostfwd(ports.http)),
         },
         "-device".into(),
@@ -450,6 +457,16 @@ fn qemu_args(
                 "memory-backend-file,id=pc.ram,size={}M,mem-path={},share=off",
                 config.memory_mib,
                 file.display()
+            ));
+            args.push("-incoming".into());
+            args.push("defer".into());
+        }
+        Ram::OwnedCopy(_) => {
+            args.push("-object".into());
+            args.push(format!(
+                "memory-backend-file,id=pc.ram,size={}M,mem-path={},share=on",
+                config.memory_mib,
+                p("guest.ram")
             ));
             args.push("-incoming".into());
             args.push("defer".into());
@@ -595,6 +612,10 @@ impl Vm {
         if config.data_disk || image.rootfs().is_some() {
             overlay(&image.data_template(), &disk_dir.join("data.qcow2"))?;
         }
+        if let Ram::OwnedCopy(file) = ram {
+            let target = dir.join("guest.ram");
+            crate::snapshot::copy_sparse(file, &target).map_err(io_err("copy the snapshot's RAM to", &target))?;
+        }
         let args = qemu_args(image, config, &dir, &disk_dir, ports, ram);
         std::fs::write(dir.join("qemu.cmdline"), format!("{} {}\n", qemu.display(), args.join(" ")))
             .map_err(io_err("write", &dir))?;
@@ -657,7 +678,7 @@ impl Vm {
             memory_mib: config.memory_mib,
             image: image.clone(),
             config: config.clone(),
-            snapshottable: matches!(ram, Ram::SharedFile),
+            snapshottable: matches!(ram, Ram::SharedFile | Ram::OwnedCopy(_)),
         })
     }
 
@@ -740,6 +761,13 @@ impl Vm {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// When (host clock) the agent reported `phase`, if it has since QEMU
+    /// started or the agent was last reset (a reboot, a restore).
+    pub fn phase_instant(&self, phase: &str) -> Option<Instant> {
+        let event = self.agent.phases().into_iter().find(|p| p.name == phase)?;
+        Some(self.started + Duration::from_secs_f64(event.at_s))
     }
 
     /// Waits for the agent to report a phase.

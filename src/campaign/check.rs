@@ -265,6 +265,7 @@ mod tests {
                 restart_s: 0.1,
                 service_s: 0.2,
                 on_standby: None,
+                stages: None,
             }),
             downtime_s: recovered.then_some(downtime),
             probe_outage_s: None,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use analysis::record::{
     ExperimentRecord, HarnessFailure, Injection as RecordInjection, Provenance, RecordIdentity, RecordedOutcome,
-    RecoveryRecord, TimelineBin,
+    RecoveryRecord, RecoveryStages, TimelineBin,
 };
 use anyhow::{bail, Context, Result};
 use recovery_sut::recovery::{Failure, FailureCause, RecoveryError, RecoveryTiming};
@@ -63,6 +63,15 @@ pub struct FaultObservation {
 /// kexec-reboot experiment's guest.
 pub const CRASH_KERNEL_PARAM: &str = analysis::figures::names::CRASH_KERNEL_MIB;
 
+/// The record parameter naming the phase snapshot's boundary
+/// (`Profile::phase_boundary`).
+pub const PHASE_BOUNDARY_PARAM: &str = analysis::figures::names::PHASE_BOUNDARY;
+
+/// The guest agent's phases that time a recovery's stages (see
+/// [`RecoveryStages`]).
+const PHASE_DATA_MOUNTED: &str = "data-mounted";
+const PHASE_DB_READY: &str = "db-ready";
+
 /// The guest agent's heartbeat period (`VmConfig::heartbeat_s` default).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -85,6 +94,10 @@ pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<Ex
         } else {
             None
         };
+        // What the guest did since the golden snapshot (data-disk writes)
+        // decides which snapshot the recovery will restore: its standby
+        // QEMU is launched now, before the failure.
+        sut.prepare_for(planned.strategy);
         let answered = load.wait_answered(origin, crate::load::ANSWER_GATE_TIMEOUT)?;
         let mut observed = inject_and_watch(shared, &mut sut, planned, window)?;
         observed.answered_before_s = answered;
@@ -131,6 +144,10 @@ pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<Ex
         let (agent_acked, agent_lost) = observed.acked.unwrap_or((0, 0));
         observed.acked = Some((agent_acked + clients.acks.len() as u64, agent_lost + lost));
     }
+    if observed.recovery.is_some() {
+        let vm = sut.vm();
+        observed.stage_phases = (vm.phase_instant(PHASE_DATA_MOUNTED), vm.phase_instant(PHASE_DB_READY));
+    }
     drop(sut);
     let records = clients.records;
     let times = Times { started_at, wall_s: wall.elapsed().as_secs_f64(), load_s };
@@ -150,6 +167,9 @@ struct Observed {
     /// (acknowledged, lost).
     acked: Option<(u64, u64)>,
     injected_at: Instant,
+    /// When the guest agent reported the data disk mounted and the
+    /// database ready after the recovery (host clock), if it did.
+    stage_phases: (Option<Instant>, Option<Instant>),
     /// A fault's watch, to judge its outcome with the client records.
     watch: Option<crate::fault_watch::Watch>,
     /// How long before the injection the static clients' latest correct
@@ -253,6 +273,7 @@ fn inject_and_watch(shared: &Shared<'_>, sut: &mut Sut, planned: &Planned, windo
         not_recovered: None,
         acked: None,
         injected_at,
+        stage_phases: (None, None),
         watch: None,
         answered_before_s: None,
     };
@@ -371,6 +392,17 @@ fn record(
             restart_s: t.restart_s,
             service_s: t.service_s,
             on_standby: Some(t.standby),
+            stages: failure_at.map(|at| {
+                let first = records.iter().filter(|r| r.is_correct() && r.start >= at).map(|r| r.end).reduce(f64::min);
+                let (mounted, database) = observed.stage_phases;
+                let since = |i: Option<Instant>| i.map(|i| seconds_since(origin, i));
+                RecoveryStages::from_instants(
+                    seconds_since(origin, t.running_at),
+                    since(mounted),
+                    since(database),
+                    first,
+                )
+            }),
         }),
         (Some(failure), None) => Some(RecoveryRecord {
             requested: recorded::strategy(planned.strategy),
@@ -383,6 +415,7 @@ fn record(
             restart_s: 0.0,
             service_s: 0.0,
             on_standby: None,
+            stages: None,
         }),
         _ => None,
     };
@@ -397,6 +430,8 @@ fn record(
     }
     if let Some(snap) = &golden.phase {
         metrics.insert("phase_snapshot_pause_s".to_string(), snap.meta.pause_s);
+        // Where a phase restore of this experiment starts from.
+        params.insert(PHASE_BOUNDARY_PARAM.to_string(), snap.meta.phase.clone());
     }
     metrics.insert("service_snapshot_pause_s".to_string(), golden.service.meta.pause_s);
     if let Some(age) = observed.answered_before_s {
@@ -481,8 +516,7 @@ fn restore_golden(golden: &Golden, planned: &Planned) -> Result<Sut> {
     fail_if_asked(planned.index)?;
     #[cfg(feature = "test-knobs")]
     corrupt_golden_once(golden, planned)?;
-    let _ = planned;
-    Sut::from_golden(golden).context("restoring the golden snapshot")
+    Sut::from_golden(golden, planned.strategy).context("restoring the golden snapshot")
 }
 
 /// Test builds can make one experiment's QEMU fail, to exercise the retry

@@ -75,26 +75,40 @@ const FSTAB: &str = "/dev/vda / ext4 rw,errors=remount-ro 0 1
 /// Mounts the data disk as its own step, not through fstab: without udev
 /// (which costs seconds under TCG) systemd never sees /dev/vdb "appear",
 /// and recovery strategies need "data disk mounted" as a boundary they
-/// control.
+/// control. It is ordered after Apache and before MariaDB: that is the
+/// profile's phase boundary (`Profile::phase_boundary`), where a booting
+/// guest told `kfi.hold=userland` holds for the phase snapshot, so that a
+/// phase restore starts only what depends on the data disk.
 const DATA_UNIT: &str = "[Unit]
 Description=kfi data disk on /data
 DefaultDependencies=no
-After=local-fs.target
-Before=apache2.service mariadb.service
+After=local-fs.target apache2.service
+Before=mariadb.service
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
 TimeoutStartSec=infinity
-# The phase-restore boundary: with kfi.hold=userland on the kernel command
-# line the agent reports `held` and waits for the host to snapshot.
-ExecStartPre=/bin/sh -c 'if grep -qw kfi.hold=userland /proc/cmdline; then exec /usr/local/sbin/kfi-agent hold; fi'
+# The phase boundary: with kfi.hold=userland on the kernel command line,
+# MariaDB's binary and libraries are read into the page cache (a phase
+# restore then starts it without reading the root disk), and the agent
+# reports `held` and waits for the host to snapshot.
+ExecStartPre=/bin/sh -c 'if grep -qw kfi.hold=userland /proc/cmdline; then /usr/local/sbin/kfi-prewarm; exec /usr/local/sbin/kfi-agent hold; fi'
 ExecStart=/bin/mount -t ext4 -o rw,noatime /dev/vdb /data
 ExecStop=/bin/umount /data
 
 [Install]
 WantedBy=multi-user.target
 ";
+
+/// What MariaDB's start reads from the root disk, read ahead of the phase
+/// snapshot: its binary, the libraries it links and its message files.
+const PREWARM_SH: &str = r#"#!/bin/sh
+# Reads MariaDB's files into the page cache before the phase snapshot.
+cat /usr/sbin/mariadbd $(ldd /usr/sbin/mariadbd | awk '$3 ~ /^\// {print $3}') \
+    /usr/share/mysql/english/errmsg.sys /usr/share/mysql/charsets/* > /dev/null 2>&1
+exit 0
+"#;
 
 /// MariaDB keeps its datadir on the data disk: the recovery VMM never rolls
 /// that disk back, so a write the site acknowledged must be there and not
@@ -117,6 +131,9 @@ Requires=kfi-data.service
 After=kfi-data.service
 
 [Service]
+# galera_recovery asks my_print_defaults whether Galera is on (it is not)
+# in two more processes on every start.
+ExecStartPre=
 # debian-start checks for an upgrade (nothing to do: the datadir was made
 # by this very package) and checks every table in the background, which
 # under emulation takes CPU from the service being measured.
@@ -228,6 +245,7 @@ fn configure(root: &Path, docs: &[(String, Vec<u8>)], site: &ServiceSite) -> Res
     write(root.join("usr/local/sbin/kfi-agent"), AGENT_SH, 0o755)?;
     write(root.join("etc/kfi/watched"), Profile::Debian.watched_list(), 0o644)?;
     write(root.join("usr/local/sbin/kfi-phases"), PHASES_SH, 0o755)?;
+    write(root.join("usr/local/sbin/kfi-prewarm"), PREWARM_SH, 0o755)?;
     write(root.join("etc/systemd/system/kfi-agent.service"), AGENT_UNIT, 0o644)?;
     write(root.join("etc/systemd/system/kfi-net.service"), NET_UNIT, 0o644)?;
     write(root.join("etc/systemd/system/kfi-data.service"), DATA_UNIT, 0o644)?;
@@ -513,6 +531,29 @@ pub(crate) fn build(
 mod tests {
     use super::*;
     use crate::guest::SiteFile;
+
+    /// The units named on `key=` lines of a unit file.
+    fn ordered(unit: &str, key: &str) -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .flat_map(|v| v.split_whitespace().map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn the_units_put_the_declared_phase_boundary_between_apache_and_the_data_disk() {
+        // Profile::phase_boundary says Apache with PHP runs at the hold and
+        // MariaDB starts after the data disk's mount: the units must agree.
+        let boundary = Profile::Debian.phase_boundary();
+        assert!(boundary.running.contains("Apache") && boundary.started_after.contains("MariaDB"));
+        assert!(ordered(DATA_UNIT, "After").contains(&"apache2.service".to_string()), "{DATA_UNIT}");
+        assert!(!ordered(DATA_UNIT, "Before").contains(&"apache2.service".to_string()), "{DATA_UNIT}");
+        assert!(ordered(DATA_UNIT, "Before").contains(&"mariadb.service".to_string()), "{DATA_UNIT}");
+        assert!(DATA_UNIT.contains("kfi.hold=userland") && DATA_UNIT.contains("kfi-agent hold"), "{DATA_UNIT}");
+        for key in ["Requires", "After"] {
+            assert!(ordered(MARIADB_DROPIN, key).contains(&"kfi-data.service".to_string()), "{MARIADB_DROPIN}");
+        }
+    }
 
     #[test]
     fn a_site_may_not_replace_the_document_set() {

@@ -63,9 +63,36 @@ impl Profile {
     }
 
     /// The phases the agent reports, in boot order. `data-mounted` only
-    /// happens in `tiny` when a data disk is attached.
+    /// happens in `tiny` when a data disk is attached; `db-ready` (MariaDB
+    /// serving) only in `debian`.
     pub fn phases(self) -> &'static [&'static str] {
-        &["kernel", "userland", "data-mounted", "services-ready"]
+        match self {
+            Profile::Tiny => &["kernel", "userland", "data-mounted", "services-ready"],
+            Profile::Debian => &["kernel", "userland", "data-mounted", "db-ready", "services-ready"],
+        }
+    }
+
+    /// Where the boot holds for the phase snapshot (`kfi.hold=userland` on
+    /// the kernel command line), as the profile declares it: everything
+    /// that runs there is independent of the data disk, everything a phase
+    /// restore starts afterwards depends on it. Its name is the phase
+    /// snapshot's `phase` and goes into every campaign record.
+    pub fn phase_boundary(self) -> PhaseBoundary {
+        match self {
+            Profile::Tiny => PhaseBoundary {
+                name: "userland",
+                running: "the kernel, init and the agent",
+                started_after: "the data disk's mount and busybox httpd",
+            },
+            // debian.rs orders kfi-data.service (the hold, then the mount)
+            // after apache2.service and mariadb.service after kfi-data; a
+            // unit test there checks the units against this.
+            Profile::Debian => PhaseBoundary {
+                name: "data-independent-services",
+                running: "systemd, the agent, and Apache with PHP",
+                started_after: "the data disk's mount (its journal replayed) and MariaDB (InnoDB crash recovery)",
+            },
+        }
     }
 
     /// The files the guest agent's safety monitor watches (written to
@@ -97,6 +124,17 @@ impl Profile {
     pub(crate) fn watched_list(self) -> String {
         self.watched_files().iter().map(|f| format!("{f}\n")).collect()
     }
+}
+
+/// A profile's phase-snapshot boundary (see [`Profile::phase_boundary`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PhaseBoundary {
+    /// Its name: the phase snapshot's `phase`, a record's `phase_boundary`.
+    pub name: &'static str,
+    /// What already runs at the boundary.
+    pub running: &'static str,
+    /// What a phase restore starts after it: what depends on the data disk.
+    pub started_after: &'static str,
 }
 
 /// An image to build or open: its profile and what the caller hands in for

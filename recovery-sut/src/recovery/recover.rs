@@ -13,7 +13,7 @@ use super::error::RecoveryError;
 use super::snapshots::Which;
 use super::standby;
 use super::strategy::Strategy;
-use super::sut::{Sut, SERVICE_TIMEOUT};
+use super::sut::{Sut, RETAKE_SETTLE, SERVICE_TIMEOUT};
 use crate::probe;
 use crate::snapshot::{RamCheck, Snapshot};
 use crate::vm::{save, Vm, VmError};
@@ -31,6 +31,11 @@ pub struct RecoveryTiming {
     pub cause: FailureCause,
     /// Reset or restore until the guest runs again.
     pub restart_s: f64,
+    /// When the guest ran again (`restart_s` after the recovery began): a
+    /// phase restore's or reboot's later stages (data disk mounted,
+    /// database ready) count from here.
+    #[serde(skip)]
+    pub running_at: Instant,
     /// From detection to the first correct service answer.
     pub service_s: f64,
     /// The restore ran on a QEMU launched beforehand ([`Vm::standby`]).
@@ -125,7 +130,8 @@ impl Sut {
         if used == Strategy::FullReboot {
             self.full_reboot()?;
         }
-        let restart_s = started.elapsed().as_secs_f64();
+        let running_at = Instant::now();
+        let restart_s = running_at.duration_since(started).as_secs_f64();
         let vm = self.vm();
         let ready =
             probe::wait_correct(vm.http_addr(), vm.image().docs.index(), Instant::now() + SERVICE_TIMEOUT, || {
@@ -142,13 +148,16 @@ impl Sut {
             Strategy::ServiceRestore => self.snapshots.data_restored(vm),
             Strategy::PhaseRestore | Strategy::FullReboot | Strategy::KexecReboot => self.snapshots.data_remounted(vm),
         }
-        // After a reboot in the same QEMU (RAM still file-backed and
-        // shared) a fresh service snapshot restores validity.
-        if used == Strategy::FullReboot && self.snapshots.get(Which::Service).is_some() && self.vm().snapshottable() {
-            let vm = self.vm();
-            if vm.wait_phase("services-ready", SERVICE_TIMEOUT).is_ok() {
-                self.snapshot_service()?;
-            }
+        // A recovery that did not restore the service snapshot leaves it
+        // stale (the data disk remounted) or invalid: a fresh one is taken
+        // once the service runs again and the data disk is quiet, here if
+        // it settles soon, else by a later `maintain`. The guest can be
+        // snapshotted after a reboot in the same QEMU and after a phase
+        // restore on a standby with RAM of its own.
+        if matches!(used, Strategy::FullReboot | Strategy::PhaseRestore) && self.snapshots.get(Which::Service).is_some()
+        {
+            self.service_due = true;
+            self.retake_service(RETAKE_SETTLE)?;
         }
         // Commands sent while the guest has the agent port closed are lost;
         // the agent reads commands from before its first heartbeat on.
@@ -158,15 +167,16 @@ impl Sut {
         if used == Strategy::FullReboot {
             self.wait_crash_kernel()?;
         }
-        if self.standby.is_empty() && !self.snapshots.data_dirty() {
-            self.prepare_standby();
-        }
+        // The standby the restore took (or one on a snapshot gone stale)
+        // is replaced now, off the downtime path.
+        self.prepare_for(strategy);
         Ok(RecoveryTiming {
             strategy: used,
             requested: strategy,
             fallback_reason,
             cause: failure.cause,
             restart_s,
+            running_at,
             service_s,
             standby: on_standby,
         })

@@ -1,5 +1,6 @@
 //! The SUT's recovery snapshots and the rules that say whether one may be
-//! restored: the phase snapshot (userland up, data disk not mounted) and
+//! restored: the phase snapshot (at the profile's phase boundary: what
+//! does not depend on the data disk runs, the disk is not mounted) and
 //! the service snapshot (services running), the safety monitor's verdict
 //! on each (watched files as the agents reported them, against each
 //! snapshot's manifest and the time it was taken), and the data disk's
@@ -20,9 +21,11 @@ use crate::vm::{save, Vm};
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the data disk must go without a write before a service
-/// snapshot is taken, and how long the SUT waits for that at most.
+/// snapshot is taken.
 const DATA_QUIET: Duration = Duration::from_secs(2);
-const QUIESCE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A snapshot asked for explicitly waits this long for the data disk.
+pub(super) const QUIESCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which recovery snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,11 +71,12 @@ pub(super) struct SnapshotSet {
 }
 
 impl SnapshotSet {
-    /// Takes the phase snapshot of a booting `vm` (held at the userland
-    /// boundary) into `dir`; no service snapshot yet.
+    /// Takes the phase snapshot of a booting `vm` (held at its profile's
+    /// phase boundary) into `dir`; no service snapshot yet.
     pub(super) fn at_boot(dir: tempfile::TempDir, vm: &mut Vm) -> Result<SnapshotSet, RecoveryError> {
         // The agent reports the watched files just before `held`.
-        let phase = Some(save::take(vm, &dir.path().join(Which::Phase.name()), "userland")?);
+        let boundary = vm.image().profile().phase_boundary().name;
+        let phase = Some(save::take(vm, &dir.path().join(Which::Phase.name()), boundary)?);
         let taken = Instant::now();
         Ok(SnapshotSet {
             watched: vm.image().profile().watched_files(),
@@ -128,12 +132,20 @@ impl SnapshotSet {
     }
 
     /// Takes the service snapshot of `vm` now (services must be running),
-    /// once the agent has reported the `watched` files and the data disk
-    /// has settled.
-    pub(super) fn take_service(&mut self, vm: &mut Vm, watched: &[&str]) -> Result<(), RecoveryError> {
+    /// once the agent has reported the `watched` files and, given `settle`,
+    /// the data disk has settled or that long has passed (`None`: the
+    /// caller let it settle).
+    pub(super) fn take_service(
+        &mut self,
+        vm: &mut Vm,
+        watched: &[&str],
+        settle: Option<Duration>,
+    ) -> Result<(), RecoveryError> {
         let dir = self.dir.path().join(Which::Service.name());
         wait_manifest(vm, watched);
-        quiesce_data_disk(vm);
+        if let Some(timeout) = settle {
+            quiesce_data_disk(vm, timeout);
+        }
         let snap = save::take(vm, &dir, "services-ready")?;
         self.service_taken = Instant::now();
         self.absorb(vm.agent());
@@ -143,15 +155,21 @@ impl SnapshotSet {
         Ok(())
     }
 
+    /// Whether the service snapshot exists and may be restored now: the
+    /// data disk unchanged since it and the safety monitor content.
+    pub(super) fn service_usable(&self) -> bool {
+        self.service.is_some() && !self.data_dirty && self.unsafe_reason(Which::Service).is_none()
+    }
+
     /// Takes the phase snapshot again if the safety monitor has
-    /// invalidated it and `vm` (held at the userland boundary) can be
+    /// invalidated it and `vm` (held at the phase boundary) can be
     /// snapshotted.
     pub(super) fn retake_phase_if_unsafe(&mut self, vm: &mut Vm) -> Result<(), RecoveryError> {
         if let Some(reason) = self.unsafe_reason(Which::Phase) {
             if vm.snapshottable() {
                 tracing::info!("taking the phase snapshot again: {reason}");
                 let dir = self.dir.path().join(Which::Phase.name());
-                self.phase = Some(save::take(vm, &dir, "userland")?);
+                self.phase = Some(save::take(vm, &dir, vm.image().profile().phase_boundary().name)?);
                 self.phase_taken = Instant::now();
             }
         }
@@ -260,11 +278,10 @@ pub(super) fn wait_manifest(vm: &mut Vm, watched: &[&str]) {
 /// new write for [`DATA_QUIET`]. A snapshot taken with dirty pages, or
 /// with a database in the middle of background work, writes the data
 /// disk again after every restore, and that makes the next service
-/// restore unsafe (see [`SnapshotSet::note_data_writes`]). A disk that
-/// never settles (a workload writing) is snapshotted anyway, with a
-/// warning.
-pub(super) fn quiesce_data_disk(vm: &mut Vm) {
-    let Some(mut last) = data_writes(vm) else { return };
+/// restore unsafe (see [`SnapshotSet::note_data_writes`]). Returns whether
+/// the disk settled within `timeout` (true with no data disk).
+pub(super) fn quiesce_data_disk(vm: &mut Vm, timeout: Duration) -> bool {
+    let Some(mut last) = data_writes(vm) else { return true };
     let started = Instant::now();
     if let Err(e) = crate::memory::sync(vm) {
         tracing::warn!("the guest did not sync before the service snapshot: {e}");
@@ -278,13 +295,13 @@ pub(super) fn quiesce_data_disk(vm: &mut Vm) {
             quiet_since = Instant::now();
         } else if quiet_since.elapsed() >= DATA_QUIET {
             tracing::info!(seconds = started.elapsed().as_secs_f64(), "data disk quiet for the service snapshot");
-            return;
+            return true;
         }
-        if started.elapsed() >= QUIESCE_TIMEOUT {
+        if started.elapsed() >= timeout {
             tracing::warn!(
-                "the data disk was still being written after {QUIESCE_TIMEOUT:?}; a service restore from this snapshot will fall back to phase-restore"
+                "the data disk was still being written after {timeout:?}; a service snapshot taken now would be stale at once"
             );
-            return;
+            return false;
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The standby QEMU: launched on the service snapshot ahead of the next
-//! service restore ([`Vm::standby`]), so that a recovery does not wait for
+//! The standby QEMU: launched ahead of the next restore on the snapshot it
+//! will restore ([`Vm::standby`]; on the phase snapshot with a RAM copy of
+//! its own, [`Vm::standby_owned`]), so that a recovery does not wait for
 //! QEMU to start; a restore without one (or whose standby fails) launches
 //! its own.
 
@@ -13,11 +14,14 @@ pub(super) struct StandbySlot(Option<Standby>);
 
 impl StandbySlot {
     /// Replaces the standby by one launched on `snapshot` (none without a
-    /// snapshot, or if it cannot start).
-    pub(super) fn prepare(&mut self, image: &GuestImage, config: &VmConfig, snapshot: Option<&Snapshot>) {
+    /// snapshot, or if it cannot start). `owned`: the restored guest gets
+    /// a copy of the RAM file of its own ([`Vm::standby_owned`]), so that it
+    /// can be snapshotted again.
+    pub(super) fn prepare(&mut self, image: &GuestImage, config: &VmConfig, snapshot: Option<&Snapshot>, owned: bool) {
         self.0 = None;
         let Some(snap) = snapshot else { return };
-        match Vm::standby(image, config, snap) {
+        let launched = if owned { Vm::standby_owned(image, config, snap) } else { Vm::standby(image, config, snap) };
+        match launched {
             Ok(standby) => self.0 = Some(standby),
             Err(e) => tracing::warn!("no standby QEMU for the next restore: {e}"),
         }
@@ -29,9 +33,9 @@ impl StandbySlot {
         self.0 = None;
     }
 
-    /// Whether no standby is launched.
-    pub(super) fn is_empty(&self) -> bool {
-        self.0.is_none()
+    /// The snapshot directory the standby was launched on, if there is one.
+    pub(super) fn snapshot_dir(&self) -> Option<&std::path::Path> {
+        self.0.as_ref().map(|s| s.snapshot().dir.as_path())
     }
 
     /// The standby, if it was launched on `snapshot`.

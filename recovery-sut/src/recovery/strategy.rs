@@ -15,9 +15,11 @@ pub enum Strategy {
     /// Reset the VM and boot firmware, kernel, init and services from
     /// scratch: the baseline the published results compare against.
     FullReboot,
-    /// Restore the snapshot taken at the boundary "userland up, data disk
-    /// not yet mounted", then mount the data disk as it is now and start
-    /// the services: no stale cache can disagree with the disk.
+    /// Restore the snapshot taken at the profile's phase boundary
+    /// ([`crate::Profile::phase_boundary`]: tiny at "userland up", debian
+    /// with Apache and PHP running), then mount the data disk as it is now
+    /// and start what depends on it (debian: MariaDB, which recovers its
+    /// tables from the disk): no stale cache can disagree with the disk.
     PhaseRestore,
     /// Restore the snapshot taken with the services running, in a fresh
     /// QEMU on the same ports, with RAM mapped lazily. Valid only while the

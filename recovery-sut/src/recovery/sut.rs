@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 
 use super::detect::{Detectors, Failure};
 use super::error::RecoveryError;
-use super::snapshots::{copy_snapshot, data_writes, quiesce_data_disk, wait_manifest, SnapshotSet, Which};
+use super::snapshots::{
+    copy_snapshot, data_writes, quiesce_data_disk, wait_manifest, SnapshotSet, Which, QUIESCE_TIMEOUT,
+};
 use super::standby::StandbySlot;
+use super::strategy::Strategy;
 use crate::guest::GuestImage;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::vm::{save, Vm, VmConfig};
@@ -26,7 +29,7 @@ pub(super) const SERVICE_TIMEOUT: Duration = Duration::from_secs(180);
 pub struct Golden {
     /// The running service, with its disks.
     pub service: Snapshot,
-    /// The userland-boundary snapshot, for phase-restore.
+    /// The phase-boundary snapshot, for phase-restore.
     pub phase: Option<Snapshot>,
     image: GuestImage,
     config: VmConfig,
@@ -96,7 +99,7 @@ const SERVICE: &str = "service";
 const PHASE: &str = "phase";
 
 /// How [`Sut::boot`] starts the guest given `config`: RAM file-backed (so
-/// snapshots are lazy), disks in `disks`, held at the userland boundary.
+/// snapshots are lazy), disks in `disks`, held at the phase boundary.
 fn boot_config(config: &VmConfig, disks: Option<&Path>) -> VmConfig {
     let mut config = VmConfig { shared_ram: true, disk_dir: disks.map(Path::to_path_buf), ..config.clone() };
     config.extra_cmdline.push("kfi.hold=userland".into());
@@ -119,18 +122,32 @@ pub struct Sut {
     // Disks outlive every VM of the SUT: they are never rolled back.
     disks: tempfile::TempDir,
     pub(super) snapshots: SnapshotSet,
-    /// A QEMU launched ahead of the next service restore.
+    /// A QEMU launched ahead of the next restore.
     pub(super) standby: StandbySlot,
+    /// The strategy the next recovery will most likely ask for: the
+    /// standby is launched on the snapshot it restores.
+    pub(super) expected: Strategy,
+    /// A recovery that did not restore the service snapshot left it to be
+    /// taken again once the service runs and the data disk is quiet.
+    pub(super) service_due: bool,
 }
+
+/// How long a service snapshot retaken right after a recovery waits for
+/// the data disk to settle, and how long [`Sut::maintain`] waits.
+/// A heartbeat at most this old says the guest is healthy enough to be
+/// snapshotted as the service (the agent beats every second).
+const HEALTHY_HEARTBEAT_AGE: Duration = Duration::from_millis(2500);
+pub(super) const RETAKE_SETTLE: Duration = Duration::from_secs(5);
+const MAINTAIN_SETTLE: Duration = Duration::from_secs(3);
 
 impl Sut {
     /// Boots the guest (RAM file-backed, so snapshots are lazy), takes the
-    /// phase snapshot at the userland boundary on the way up, and waits for
+    /// phase snapshot at the profile's phase boundary on the way up, and waits for
     /// the first correct answer. Later VMs reuse its ports.
     pub fn boot(image: &GuestImage, config: &VmConfig) -> Result<Sut, RecoveryError> {
         let (disks, snapshots) = sut_dirs()?;
-        // Both profiles hold at "userland up, data disk not mounted" when
-        // asked to (tiny in its init, debian before kfi-data.service): the
+        // Both profiles hold at their phase boundary, data disk not mounted,
+        // when asked to (tiny in its init, debian before kfi-data.service): the
         // phase snapshot is taken there on the way up.
         let config = boot_config(config, Some(disks.path()));
         let mut vm = Vm::start(image, &config)?;
@@ -144,8 +161,16 @@ impl Sut {
         if vm.agent().wait_heartbeat(0, SERVICE_TIMEOUT).is_none() {
             tracing::warn!("no agent heartbeat after the boot");
         }
-        let mut sut =
-            Sut { image: image.clone(), config, vm: Some(vm), disks, snapshots, standby: StandbySlot::default() };
+        let mut sut = Sut {
+            image: image.clone(),
+            config,
+            vm: Some(vm),
+            disks,
+            snapshots,
+            standby: StandbySlot::default(),
+            expected: Strategy::ServiceRestore,
+            service_due: false,
+        };
         sut.wait_crash_kernel()?;
         Ok(sut)
     }
@@ -162,7 +187,7 @@ impl Sut {
         let watched = self.image.profile().watched_files();
         let vm = self.vm();
         wait_manifest(vm, watched);
-        quiesce_data_disk(vm);
+        quiesce_data_disk(vm, QUIESCE_TIMEOUT);
         let service = save::take_with_disks(vm, &dir.join(SERVICE), "services-ready", &disks)?;
         let phase = match self.snapshots.get(Which::Phase) {
             Some(phase) => Some(copy_snapshot(phase, &dir.join(PHASE))?),
@@ -174,7 +199,9 @@ impl Sut {
     /// A SUT restored from `golden`: its own copies of the golden disks,
     /// its own ports, and the golden snapshots as its recovery snapshots
     /// (they are only read; a new service snapshot goes to its own dir).
-    pub fn from_golden(golden: &Golden) -> Result<Sut, RecoveryError> {
+    /// The standby is launched for `expected`, the strategy its first
+    /// recovery will ask for (see [`Sut::prepare_for`]).
+    pub fn from_golden(golden: &Golden, expected: Strategy) -> Result<Sut, RecoveryError> {
         let (disks, snapshots) = sut_dirs()?;
         let service = Snapshot::open(&golden.service.dir)?;
         for disk in service.disk_files() {
@@ -194,6 +221,8 @@ impl Sut {
             disks,
             snapshots,
             standby: StandbySlot::default(),
+            expected,
+            service_due: false,
         };
         sut.prepare_standby();
         Ok(sut)
@@ -216,13 +245,104 @@ impl Sut {
 
     /// Takes the service-restore snapshot now (services must be running).
     pub fn snapshot_service(&mut self) -> Result<&Snapshot, RecoveryError> {
+        self.take_service_snapshot(Some(QUIESCE_TIMEOUT))
+    }
+
+    fn take_service_snapshot(&mut self, settle: Option<Duration>) -> Result<&Snapshot, RecoveryError> {
         // The standby maps the old snapshot's RAM file.
         self.standby.clear();
         let watched = self.image.profile().watched_files();
         let vm = self.vm.as_mut().expect("the SUT always holds a VM between calls");
-        self.snapshots.take_service(vm, watched)?;
+        self.snapshots.take_service(vm, watched, settle)?;
+        self.service_due = false;
         self.prepare_standby();
         Ok(self.snapshots.get(Which::Service).expect("just taken"))
+    }
+
+    /// Readies the SUT for a failure it will recover from with `strategy`:
+    /// notes what the running guest did since the last look (data-disk
+    /// writes, watched-file changes) and moves the standby QEMU to the
+    /// snapshot that recovery will restore. A service restore that can
+    /// no longer restore the service snapshot (the data disk was written)
+    /// will fall back to the phase snapshot: known before the failure, that
+    /// fallback then costs no QEMU launch. Cheap when nothing changed.
+    pub fn prepare_for(&mut self, strategy: Strategy) {
+        self.expected = strategy;
+        self.absorb_agent();
+        let vm = self.vm.as_mut().expect("the SUT always holds a VM between calls");
+        if vm.check_alive().is_ok() {
+            self.snapshots.note_data_writes(vm);
+        }
+        let want = self.standby_target().map(|(which, _)| which);
+        let have = self.standby.snapshot_dir();
+        let want_dir = want.and_then(|w| self.snapshots.get(w)).map(|s| s.dir.as_path());
+        if want_dir.is_some() && have != want_dir {
+            self.prepare_standby();
+        }
+    }
+
+    /// Upkeep between failures, for a VMM that runs for long: takes the
+    /// service snapshot again when a recovery left it due and the data disk
+    /// has gone quiet (waiting at most a few seconds for that), then
+    /// readies the standby ([`Sut::prepare_for`] the last strategy).
+    /// Returns whether a service snapshot was taken.
+    pub fn maintain(&mut self) -> Result<bool, RecoveryError> {
+        let taken = self.retake_service(MAINTAIN_SETTLE)?;
+        self.prepare_for(self.expected);
+        Ok(taken)
+    }
+
+    /// Whether a recovery left the service snapshot to be taken again.
+    pub fn service_snapshot_due(&self) -> bool {
+        self.service_due
+    }
+
+    /// Takes the service snapshot again if it is due and the running guest
+    /// can be snapshotted (its RAM its own), once its services run and the
+    /// data disk settles within `settle`; a disk still written leaves it
+    /// due. Returns whether it was taken.
+    pub(super) fn retake_service(&mut self, settle: Duration) -> Result<bool, RecoveryError> {
+        if !self.service_due || !self.vm().snapshottable() {
+            return Ok(false);
+        }
+        if self.vm().wait_phase("services-ready", SERVICE_TIMEOUT).is_err() {
+            return Ok(false);
+        }
+        let watched = self.image.profile().watched_files();
+        let vm = self.vm();
+        wait_manifest(vm, watched);
+        if !quiesce_data_disk(vm, settle) {
+            tracing::info!("the service snapshot stays due: the data disk is still being written");
+            return Ok(false);
+        }
+        // Never snapshot a guest that failed meanwhile: it must run and
+        // its agent must have beaten just now.
+        let beating = vm.agent().last_heartbeat().is_some_and(|hb| hb.at.elapsed() < HEALTHY_HEARTBEAT_AGE);
+        if vm.status()? != "running" || !beating {
+            tracing::warn!("the service snapshot stays due: the guest is not running healthily");
+            return Ok(false);
+        }
+        self.take_service_snapshot(None)?;
+        tracing::info!("service snapshot taken again after a recovery that did not restore it");
+        Ok(true)
+    }
+
+    /// The snapshot the next restore will use, given the expected strategy
+    /// and what may be restored now, and whether its guest should own its
+    /// RAM: a restored phase snapshot must be able to take a fresh service
+    /// snapshot once the service runs again.
+    fn standby_target(&self) -> Option<(Which, bool)> {
+        let phase = self.snapshots.get(Which::Phase).is_some() && self.snapshots.unsafe_reason(Which::Phase).is_none();
+        match self.expected {
+            Strategy::ServiceRestore if self.snapshots.service_usable() => Some((Which::Service, false)),
+            Strategy::ServiceRestore | Strategy::PhaseRestore if phase => Some((Which::Phase, true)),
+            // A reboot restores nothing: keep a standby for the likeliest
+            // restore of a later recovery anyway.
+            Strategy::FullReboot | Strategy::KexecReboot if self.snapshots.service_usable() => {
+                Some((Which::Service, false))
+            }
+            _ => None,
+        }
     }
 
     /// Waits for a failure: a GUEST_PANICKED event, a heartbeat older than
@@ -259,10 +379,13 @@ impl Sut {
         Ok(())
     }
 
-    /// Launches a QEMU ahead of the next service restore, replacing any
-    /// standby there is.
+    /// Launches a QEMU ahead of the next restore (see
+    /// [`Sut::standby_target`]), replacing any standby there is.
     pub(super) fn prepare_standby(&mut self) {
-        self.standby.prepare(&self.image, &self.config, self.snapshots.get(Which::Service));
+        let target = self.standby_target();
+        let snapshot = target.and_then(|(which, _)| self.snapshots.get(which));
+        let owned = target.is_some_and(|(_, owned)| owned);
+        self.standby.prepare(&self.image, &self.config, snapshot, owned);
         // Off the downtime path: the next restore of either snapshot then
         // finds its RAM file checked (see `Snapshot::verify_ram`).
         for which in [Which::Service, Which::Phase] {

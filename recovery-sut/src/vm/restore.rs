@@ -25,20 +25,28 @@ impl Vm {
     /// ports not yet bound. [`Vm::restore_on`] later finishes the restore
     /// without paying for QEMU's start.
     pub fn standby(image: &GuestImage, config: &VmConfig, snapshot: &Snapshot) -> Result<Standby, VmError> {
-        Self::standby_on(image, config, snapshot, &snapshot.ram_file(), &mut |_| Ok(()))
+        Self::standby_on(image, config, snapshot, &Ram::Snapshot(&snapshot.ram_file()), &mut |_| Ok(()))
     }
 
-    /// [`Vm::standby`] with the RAM image read from `ram` and `launched`
+    /// [`Vm::standby`] whose guest will own its RAM: the snapshot's RAM file
+    /// is copied into the new QEMU's run directory now and mapped shared,
+    /// so the restored guest can be snapshotted again ([`Vm::snapshottable`]).
+    /// The copy costs the launch, not the restore.
+    pub fn standby_owned(image: &GuestImage, config: &VmConfig, snapshot: &Snapshot) -> Result<Standby, VmError> {
+        Self::standby_on(image, config, snapshot, &Ram::OwnedCopy(&snapshot.ram_file()), &mut |_| Ok(()))
+    }
+
+    /// [`Vm::standby`] with the RAM image from `ram` and `launched`
     /// called with the new QEMU before anything is loaded.
     fn standby_on(
         image: &GuestImage,
         config: &VmConfig,
         snapshot: &Snapshot,
-        ram: &Path,
+        ram: &Ram<'_>,
         launched: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
     ) -> Result<Standby, VmError> {
         let config = VmConfig { memory_mib: snapshot.meta.memory_mib, ..config.clone() };
-        let mut vm = Self::launch(image, &config, &Ram::Snapshot(ram))?;
+        let mut vm = Self::launch(image, &config, ram)?;
         launched(&vm)?;
         vm.qmp.execute(
             "migrate-set-capabilities",
@@ -69,7 +77,7 @@ impl Vm {
         ram: &Path,
         launched: &mut dyn FnMut(&Vm) -> Result<(), VmError>,
     ) -> Result<Vm, VmError> {
-        Self::restore_on(Self::standby_on(image, config, snapshot, ram, launched)?)
+        Self::restore_on(Self::standby_on(image, config, snapshot, &Ram::Snapshot(ram), launched)?)
     }
 
     /// Starts QEMU from a full migration stream (device state *and* RAM,
