@@ -207,10 +207,13 @@ fn shard_halves_merge_into_the_same_set_as_one_run() {
 
 /// RUBiS in a campaign on the real debian guest: bidding sessions write
 /// the data disk, so the service snapshot is stale at the crash and
-/// service-restore must fall back to phase-restore; every bid, comment and
-/// purchase the site acknowledged is still there afterwards.
+/// service-restore must fall back to the phase snapshot, taken with Apache
+/// and PHP running and before the data disk and MariaDB; known before the
+/// failure, that fallback runs on the standby QEMU. MariaDB recovers from
+/// the disk, and every bid, comment and purchase the site acknowledged is
+/// still there afterwards.
 #[test]
-fn a_rubis_campaign_falls_back_safely_and_keeps_every_acknowledged_write() {
+fn a_rubis_campaign_restores_the_data_independent_phase_and_keeps_every_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("rubis.toml");
     std::fs::write(
@@ -254,6 +257,11 @@ strategies = ["service-restore"]
     assert!(recovery.recovered, "{recovery:?}");
     assert_eq!(recovery.used.name(), "phase-restore", "{recovery:?}");
     assert!(recovery.fallback_reason.as_deref().unwrap_or("").contains("data disk"), "{recovery:?}");
+    assert_eq!(r.params.get("phase_boundary").map(String::as_str), Some("data-independent-services"), "{r:?}");
+    assert_eq!(recovery.on_standby, Some(true), "the fallback was known before the failure: {recovery:?}");
+    let stages = recovery.stages.as_ref().expect("the recovery's stages");
+    assert!(stages.data_mount_s.is_some() && stages.database_s.is_some(), "{stages:?}");
+    assert!(stages.first_correct_s.is_some(), "{stages:?}");
     assert!(r.acked_writes.unwrap_or(0) > 0, "the bidding sessions had no write acknowledged: {r:?}");
     assert_eq!(r.lost_writes, Some(0));
     assert!(r.downtime_s.is_some_and(|d| d > 0.0), "{:?}", r.downtime_s);

@@ -307,6 +307,50 @@ fn corrupt_snapshots_fall_back_to_the_next_strategy_and_say_why() {
     assert!(reason.contains("corrupt") && reason.contains("state"), "{reason}");
 }
 
+/// Writes to the data disk make the service snapshot stale before the
+/// failure: the SUT moves its standby to the phase snapshot (with RAM of
+/// its own) ahead of time, the service restore falls back to it on that
+/// standby, a fresh service snapshot is taken once the restored service is
+/// quiet, and the next recovery restores that one as itself.
+#[test]
+fn a_fallback_known_before_the_failure_runs_on_the_standby_and_the_service_snapshot_is_taken_again() {
+    use recovery_sut::{Strategy, Sut};
+    let image = tiny_image();
+    let mut sut = Sut::boot(&image, &VmConfig { data_disk: true, ..tcg() }).expect("boot");
+    sut.snapshot_service().expect("snapshot");
+    sut.prepare_for(Strategy::ServiceRestore);
+    for seq in 1..=3u64 {
+        sut.vm().agent().send(&format!("append {seq}")).expect("agent command");
+        assert!(sut.vm().agent().wait_ack(seq, Duration::from_secs(10)), "write {seq} not acknowledged");
+    }
+    sut.prepare_for(Strategy::ServiceRestore);
+    sut.vm().agent().send("sysrq c").expect("agent command");
+    let timing = recover_after_crash(&mut sut, Strategy::ServiceRestore);
+    assert_eq!(timing.strategy, Strategy::PhaseRestore, "{timing:?}");
+    assert!(timing.fallback_reason.as_deref().unwrap_or("").contains("data disk was written"), "{timing:?}");
+    assert!(timing.standby, "the fallback was known before the failure, its standby ready: {timing:?}");
+    // Nothing writes the disk now: the recovery (or the upkeep after it)
+    // takes the service snapshot again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sut.service_snapshot_due() && std::time::Instant::now() < deadline {
+        sut.maintain().expect("upkeep");
+    }
+    assert!(!sut.service_snapshot_due(), "no fresh service snapshot after the phase restore");
+    let fresh = sut.service_snapshot().expect("a service snapshot").clone();
+    assert_eq!(fresh.meta.phase, "services-ready");
+    sut.prepare_for(Strategy::ServiceRestore);
+    sut.vm().agent().send("sysrq c").expect("agent command");
+    let timing = recover_after_crash(&mut sut, Strategy::ServiceRestore);
+    assert_eq!(timing.strategy, Strategy::ServiceRestore, "{timing:?}");
+    assert!(timing.standby, "{timing:?}");
+    let answer =
+        probe::http_get(sut.vm().http_addr(), "/data/acked", Duration::from_secs(10)).expect("GET /data/acked");
+    let on_disk = String::from_utf8_lossy(&answer.body).to_string();
+    for seq in 1..=3u64 {
+        assert!(on_disk.lines().any(|l| l.trim() == seq.to_string()), "write {seq} lost: {on_disk:?}");
+    }
+}
+
 #[test]
 fn acknowledged_writes_survive_every_strategy() {
     use recovery_sut::{Strategy, Sut};
