@@ -13,7 +13,7 @@ use super::error::RecoveryError;
 use super::snapshots::Which;
 use super::standby;
 use super::strategy::Strategy;
-use super::sut::{Sut, RETAKE_SETTLE, SERVICE_TIMEOUT};
+use super::sut::{Sut, RETAKE_READY, RETAKE_SETTLE, SERVICE_TIMEOUT};
 use crate::probe;
 use crate::snapshot::{RamCheck, Snapshot};
 use crate::vm::{save, Vm, VmError};
@@ -157,7 +157,7 @@ impl Sut {
         if matches!(used, Strategy::FullReboot | Strategy::PhaseRestore) && self.snapshots.get(Which::Service).is_some()
         {
             self.service_due = true;
-            self.retake_service(RETAKE_SETTLE)?;
+            self.retake_service(RETAKE_READY, RETAKE_SETTLE)?;
         }
         // Commands sent while the guest has the agent port closed are lost;
         // the agent reads commands from before its first heartbeat on.

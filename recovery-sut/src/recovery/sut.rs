@@ -133,12 +133,15 @@ pub struct Sut {
 }
 
 /// How long a service snapshot retaken right after a recovery waits for
-/// the data disk to settle, and how long [`Sut::maintain`] waits.
+/// the services to run and for the data disk to settle, and how long
+/// [`Sut::maintain`] waits for the disk (it does not wait for services).
+pub(super) const RETAKE_READY: Duration = Duration::from_secs(60);
+pub(super) const RETAKE_SETTLE: Duration = Duration::from_secs(5);
+const MAINTAIN_SETTLE: Duration = Duration::from_secs(3);
+
 /// A heartbeat at most this old says the guest is healthy enough to be
 /// snapshotted as the service (the agent beats every second).
 const HEALTHY_HEARTBEAT_AGE: Duration = Duration::from_millis(2500);
-pub(super) const RETAKE_SETTLE: Duration = Duration::from_secs(5);
-const MAINTAIN_SETTLE: Duration = Duration::from_secs(3);
 
 impl Sut {
     /// Boots the guest (RAM file-backed, so snapshots are lazy), takes the
@@ -287,7 +290,7 @@ impl Sut {
     /// readies the standby ([`Sut::prepare_for`] the last strategy).
     /// Returns whether a service snapshot was taken.
     pub fn maintain(&mut self) -> Result<bool, RecoveryError> {
-        let taken = self.retake_service(MAINTAIN_SETTLE)?;
+        let taken = self.retake_service(Duration::ZERO, MAINTAIN_SETTLE)?;
         self.prepare_for(self.expected);
         Ok(taken)
     }
@@ -299,13 +302,14 @@ impl Sut {
 
     /// Takes the service snapshot again if it is due and the running guest
     /// can be snapshotted (its RAM its own), once its services run and the
-    /// data disk settles within `settle`; a disk still written leaves it
-    /// due. Returns whether it was taken.
-    pub(super) fn retake_service(&mut self, settle: Duration) -> Result<bool, RecoveryError> {
+    /// data disk settles within `settle`; services not running within
+    /// `ready_within`, or a disk still written, leave it due. Returns
+    /// whether it was taken.
+    pub(super) fn retake_service(&mut self, ready_within: Duration, settle: Duration) -> Result<bool, RecoveryError> {
         if !self.service_due || !self.vm().snapshottable() {
             return Ok(false);
         }
-        if self.vm().wait_phase("services-ready", SERVICE_TIMEOUT).is_err() {
+        if self.vm().agent().wait_phase("services-ready", ready_within).is_none() {
             return Ok(false);
         }
         let watched = self.image.profile().watched_files();
