@@ -17,7 +17,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::record::{ExperimentRecord, Injection, RecordedOutcome, RecordedScope, RecordedStrategy, RecordedWorkload};
 use crate::stats::{median, Summary};
-use crate::tables::{downtime_stats, failure_class, metric_points, DowntimeStats, PUBLISHED_REDUCTION};
+use crate::tables::{
+    downtime_stats, failure_class, metric_points, stage_medians, DowntimeStats, StageMedians, PUBLISHED_REDUCTION,
+    STAGE_NAMES,
+};
 
 /// Font family name the embedded font is registered under.
 const FONT: &str = "sans-serif";
@@ -426,7 +429,8 @@ impl Draw for Lines {
     }
 }
 
-/// 100%-stacked bars per category with a legend beside the chart.
+/// Stacked bars per category with a legend beside the chart: shares to
+/// 100% or seconds.
 struct Stacked {
     title: String,
     x_desc: String,
@@ -434,7 +438,10 @@ struct Stacked {
     /// What the layers are (the legend's heading).
     legend: String,
     categories: Vec<String>,
-    totals: Vec<u64>,
+    /// Printed above each bar (`n=...`).
+    tops: Vec<String>,
+    /// The y axis' top: 105 for shares, above the tallest bar otherwise.
+    y_max: f64,
     layers: Vec<(String, RGBColor, Vec<f64>)>,
 }
 
@@ -448,7 +455,7 @@ impl Draw for Stacked {
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(80)
-            .build_cartesian_2d(Categories(self.categories.len()), 0.0..105.0)
+            .build_cartesian_2d(Categories(self.categories.len()), 0.0..self.y_max)
             .map_err(err)?;
         let cats = &self.categories;
         chart
@@ -464,7 +471,7 @@ impl Draw for Stacked {
             .axis_desc_style(desc_font())
             .draw()
             .map_err(err)?;
-        for (i, total) in self.totals.iter().enumerate() {
+        for (i, top) in self.tops.iter().enumerate() {
             let x = i as f64;
             let mut base = 0.0;
             for (_, color, shares) in &self.layers {
@@ -481,8 +488,8 @@ impl Draw for Stacked {
             }
             chart
                 .draw_series(std::iter::once(Text::new(
-                    format!("n={total}"),
-                    (x, 100.5),
+                    top.clone(),
+                    (x, base + self.y_max * 0.005),
                     label_font().pos(Pos::new(HPos::Center, VPos::Bottom)),
                 )))
                 .map_err(err)?;
@@ -711,7 +718,8 @@ pub fn outcome_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figu
         y_desc: "share of experiments (%)".into(),
         legend: "outcome".into(),
         categories,
-        totals,
+        tops: totals.iter().map(|t| format!("n={t}")).collect(),
+        y_max: 105.0,
         layers,
     };
     Ok(vec![render(&fig, dir, "outcomes", &title)?])
@@ -732,7 +740,8 @@ pub fn scope_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure
         y_desc: "share of traced faults (%)".into(),
         legend: "scope".into(),
         categories,
-        totals,
+        tops: totals.iter().map(|t| format!("n={t}")).collect(),
+        y_max: 105.0,
         layers,
     };
     Ok(vec![render(&fig, dir, "propagation-scope", &title)?])
@@ -850,9 +859,47 @@ fn series_label(s: &str) -> String {
     }
 }
 
+/// The recovery stages as stacked bars of their medians, one bar per
+/// strategy that ran: one figure per (workload, failure class) whose
+/// records keep stages (see [`crate::tables::stage_medians`]).
+pub fn recovery_stage_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
+    let mut groups: BTreeMap<(RecordedWorkload, String), Vec<StageMedians>> = BTreeMap::new();
+    for m in stage_medians(records) {
+        groups.entry((m.workload, m.failure.clone())).or_default().push(m);
+    }
+    let colors = [PALETTE[7], PALETTE[0], PALETTE[2], PALETTE[1], PALETTE[4]];
+    let mut out = Vec::new();
+    for ((workload, failure), rows) in groups {
+        let layers: Layers = STAGE_NAMES
+            .iter()
+            .zip(colors)
+            .enumerate()
+            .map(|(k, (name, color))| {
+                (name.to_string(), color, rows.iter().map(|m| m.stages[k].unwrap_or(0.0)).collect())
+            })
+            .collect();
+        let totals: Vec<f64> = rows.iter().map(|m| m.stages.iter().flatten().sum()).collect();
+        let top = totals.iter().copied().fold(0.0_f64, f64::max);
+        let title = format!("Recovery stages (medians): {workload}, {failure}");
+        let fig = Stacked {
+            title: title.clone(),
+            x_desc: "strategy that ran".into(),
+            y_desc: "seconds".into(),
+            legend: "stage".into(),
+            categories: rows.iter().map(|m| m.strategy.to_string()).collect(),
+            tops: rows.iter().zip(&totals).map(|(m, t)| format!("{} (n={})", fmt_s(*t), m.n)).collect(),
+            y_max: if top > 0.0 { top * 1.12 } else { 1.0 },
+            layers,
+        };
+        out.push(render(&fig, dir, &format!("stages-{}-{}", slug(&workload.to_string()), slug(&failure)), &title)?);
+    }
+    Ok(out)
+}
+
 /// Every figure the records support, in report order.
 pub fn write_figures(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Figure>, FigureError> {
     let mut out = downtime_bars(records, dir)?;
+    out.extend(recovery_stage_bars(records, dir)?);
     out.extend(throughput_timelines(records, dir)?);
     out.extend(outcome_bars(records, dir)?);
     out.extend(scope_bars(records, dir)?);

@@ -635,6 +635,7 @@ pub fn write_report_with(
         push_table(&mut md, &success);
         if let Some(stages) = &stages {
             push_table(&mut md, stages);
+            link(&mut md, "stages-");
         }
     }
     if !by_model.rows.is_empty() {

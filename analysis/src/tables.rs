@@ -707,12 +707,33 @@ pub fn recovery_success(records: &[ExperimentRecord]) -> Table {
     }
 }
 
-/// The stages of the recoveries that ran, per (workload, failure class,
-/// strategy that ran): medians of detection, restart, data mount, database
-/// start and first correct answer (see [`crate::record::RecoveryStages`]),
-/// beside the median client-seen downtime. `None` when no record keeps
-/// stages.
-pub fn recovery_stages(records: &[ExperimentRecord]) -> Option<Table> {
+/// The median stages of the recoveries that ran in one (workload, failure
+/// class, strategy that ran) group (see [`crate::record::RecoveryStages`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageMedians {
+    /// Workload.
+    pub workload: RecordedWorkload,
+    /// Failure class ([`failure_class`]).
+    pub failure: String,
+    /// The strategy that ran (a fallback counts as what it fell back to).
+    pub strategy: RecordedStrategy,
+    /// Recovered experiments with stages in the group.
+    pub n: usize,
+    /// Medians, seconds, in stage order: detection, reset or restore, data
+    /// disk mount, database start, first correct answer (`None`: the
+    /// stage never happened in the group).
+    pub stages: [Option<f64>; 5],
+    /// Median client-seen downtime.
+    pub downtime_s: Option<f64>,
+}
+
+/// The stages' names, in order, as tables and figures show them.
+pub const STAGE_NAMES: [&str; 5] =
+    ["detection", "reset or restore", "data disk mount", "database start", "first correct answer"];
+
+/// Median stages per (workload, failure class, strategy that ran) over the
+/// recovered experiments whose records keep stages, in table order.
+pub fn stage_medians(records: &[ExperimentRecord]) -> Vec<StageMedians> {
     type Key = (RecordedWorkload, String, RecordedStrategy);
     let mut groups: BTreeMap<Key, Vec<(&ExperimentRecord, &RecoveryRecord, &RecoveryStages)>> = BTreeMap::new();
     for r in records {
@@ -720,54 +741,79 @@ pub fn recovery_stages(records: &[ExperimentRecord]) -> Option<Table> {
         let Some(stages) = &rec.stages else { continue };
         groups.entry((r.workload, failure_class(r), rec.used)).or_default().push((r, rec, stages));
     }
-    if groups.is_empty() {
-        return None;
-    }
-    let median = |v: Vec<f64>| crate::stats::median(v);
-    let rows = groups
+    groups
         .into_iter()
         .map(|((workload, failure, strategy), g)| {
             let of = |f: &dyn Fn(&RecoveryRecord, &RecoveryStages) -> Option<f64>| {
-                median(g.iter().filter_map(|(_, rec, st)| f(rec, st)).collect())
+                crate::stats::median(g.iter().filter_map(|(_, rec, st)| f(rec, st)))
             };
-            vec![
-                Cell::Text(workload.to_string()),
-                Cell::Text(failure),
-                Cell::Text(strategy.to_string()),
-                Cell::Count(g.len() as u64),
-                Cell::Num(of(&|rec, _| Some(rec.detect_s))),
-                Cell::Num(of(&|rec, _| Some(rec.restart_s))),
-                Cell::Num(of(&|_, st| st.data_mount_s)),
-                Cell::Num(of(&|_, st| st.database_s)),
-                Cell::Num(of(&|_, st| st.first_correct_s)),
-                Cell::Num(median(g.iter().filter_map(|(r, _, _)| r.downtime_s).collect())),
-            ]
+            StageMedians {
+                workload,
+                failure,
+                strategy,
+                n: g.len(),
+                stages: [
+                    of(&|rec, _| Some(rec.detect_s)),
+                    of(&|rec, _| Some(rec.restart_s)),
+                    of(&|_, st| st.data_mount_s),
+                    of(&|_, st| st.database_s),
+                    of(&|_, st| st.first_correct_s),
+                ],
+                downtime_s: crate::stats::median(g.iter().filter_map(|(r, _, _)| r.downtime_s)),
+            }
+        })
+        .collect()
+}
+
+/// The stages of the recoveries that ran ([`stage_medians`]) beside the
+/// median client-seen downtime. `None` when no record keeps stages.
+pub fn recovery_stages(records: &[ExperimentRecord]) -> Option<Table> {
+    let medians = stage_medians(records);
+    if medians.is_empty() {
+        return None;
+    }
+    let rows = medians
+        .into_iter()
+        .map(|m| {
+            let mut row = vec![
+                Cell::Text(m.workload.to_string()),
+                Cell::Text(m.failure),
+                Cell::Text(m.strategy.to_string()),
+                Cell::Count(m.n as u64),
+            ];
+            row.extend(m.stages.iter().map(|s| Cell::Num(*s)));
+            row.push(Cell::Num(m.downtime_s));
+            row
         })
         .collect();
     Some(Table {
         title: "Recovery stages per strategy that ran".into(),
-        columns: vec![
+        columns: [
             col("workload", "workload"),
             col("failure", "failure"),
             col("strategy", "strategy that ran"),
             col("n", "n"),
-            col("detect_s", "detection (s)"),
-            col("restart_s", "reset or restore (s)"),
-            col("data_mount_s", "data disk mount (s)"),
-            col("database_s", "database start (s)"),
-            col("first_correct_s", "first correct answer (s)"),
-            col("downtime_s", "downtime (s)"),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            ["detect_s", "restart_s", "data_mount_s", "database_s", "first_correct_s"]
+                .iter()
+                .zip(STAGE_NAMES)
+                .map(|(id, name)| col(id, &format!("{name} (s)"))),
+        )
+        .chain([col("downtime_s", "downtime (s)")])
+        .collect(),
         rows,
         note: "Medians over the recovered experiments of each strategy that ran (fallbacks counted under the \
                strategy they fell back to). Stages follow one another: detection runs from the injection to the \
                VMM's detection; reset or restore until the guest runs again (a full reboot: until its boot reached \
                the phase boundary); data disk mount until the guest agent reported the data disk mounted (its \
-               journal replayed); database start until MariaDB accepted connections (its crash recovery \
-               included); first correct answer until the end of the workload's first correct answer to a request \
-               sent after the failure. Agent phases are dated on the host. A dash: the stage did not happen (a \
-               service restore mounts nothing, the tiny guest has no database). Downtime (client-seen, as above) \
-               starts at the last correct answer before the failure, so it need not equal the stages' sum."
+               journal replayed); database start until MariaDB accepted connections (its socket exists: InnoDB \
+               crash recovery included); first correct answer until the end of the workload's first correct \
+               answer to a request sent after the failure. Agent phases are dated on the host. A dash: the stage \
+               did not happen (a service restore mounts nothing, the tiny guest has no database). Downtime \
+               (client-seen, as above) starts at the last correct answer before the failure, so it need not \
+               equal the stages' sum."
             .into(),
     })
 }
@@ -1036,6 +1082,34 @@ pub fn provenance(records: &[ExperimentRecord]) -> Table {
 mod tests {
     use super::*;
     use crate::fixture;
+
+    #[test]
+    fn stage_medians_group_by_the_strategy_that_ran_and_leave_out_stages_that_never_happened() {
+        let mut records = fixture::records();
+        assert!(recovery_stages(&records).is_none(), "the fixture keeps no stages");
+        let mut with = 0;
+        for (i, r) in records.iter_mut().enumerate() {
+            let Some(rec) = r.recovery.as_mut().filter(|x| x.recovered) else { continue };
+            let restored = rec.used == RecordedStrategy::ServiceRestore;
+            rec.stages = Some(RecoveryStages {
+                data_mount_s: (!restored).then_some(0.5 + i as f64 * 0.01),
+                database_s: None,
+                first_correct_s: Some(0.25),
+            });
+            with += 1;
+        }
+        let medians = stage_medians(&records);
+        assert_eq!(medians.iter().map(|m| m.n).sum::<usize>(), with);
+        for m in &medians {
+            assert_eq!(m.stages[3], None, "no database in the fixture: {m:?}");
+            assert_eq!(m.stages[4], Some(0.25));
+            assert_eq!(m.stages[2].is_none(), m.strategy == RecordedStrategy::ServiceRestore, "{m:?}");
+        }
+        let table = recovery_stages(&records).unwrap();
+        assert_eq!(table.rows.len(), medians.len());
+        assert!(table.columns.iter().any(|c| c.header == "database start (s)"));
+        assert!(table.to_markdown().contains('–'), "a stage that never happened shows a dash");
+    }
 
     #[test]
     fn the_provenance_table_says_when_a_campaign_is_mixed() {
