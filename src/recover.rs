@@ -154,10 +154,12 @@ fn trial(sut: &mut Sut, docs: &DocList, strategy: Strategy, rep: usize, plan: &R
         duration: Duration::from_secs(600),
         seed: plan.seed.wrapping_add(rep as u64),
     };
+    // The standby goes to the snapshot this trial's recovery restores
+    // before the clients start.
+    sut.prepare_for(strategy);
     let origin = Instant::now();
     let probe = RunningLoad::start(sut.vm().http_addr(), ClientLoad::probe(docs, Duration::from_secs(600)), origin);
     let load = RunningLoad::start(sut.vm().http_addr(), load, origin);
-    sut.prepare_for(strategy);
     std::thread::sleep(plan.warmup);
     load.wait_answered(origin, crate::load::ANSWER_GATE_TIMEOUT)?;
     let crashed_at = Instant::now();
