@@ -486,8 +486,9 @@ pub struct RecoveryStages {
     /// Until the data disk was mounted (its journal replayed): the agent's
     /// `data-mounted` phase; a reboot's boot up to it included.
     pub data_mount_s: Option<f64>,
-    /// Until the database accepted connections (MariaDB's start and InnoDB
-    /// crash recovery): the agent's `db-ready` phase.
+    /// Until the database served (MariaDB's start and InnoDB crash
+    /// recovery, until `mariadb.service` turned active): the agent's
+    /// `db-ready` phase.
     pub database_s: Option<f64>,
     /// Until the end of the workload's first correct answer to a request
     /// sent at or after the failure.

@@ -808,8 +808,8 @@ pub fn recovery_stages(records: &[ExperimentRecord]) -> Option<Table> {
                strategy they fell back to). Stages follow one another: detection runs from the injection to the \
                VMM's detection; reset or restore until the guest runs again (a full reboot: until its boot reached \
                the phase boundary); data disk mount until the guest agent reported the data disk mounted (its \
-               journal replayed); database start until MariaDB accepted connections (its socket exists: InnoDB \
-               crash recovery included); first correct answer until the end of the workload's first correct \
+               journal replayed); database start until mariadb.service turned active (MariaDB told systemd it \
+               serves: InnoDB crash recovery included); first correct answer until the end of the workload's first correct \
                answer to a request sent after the failure. Agent phases are dated on the host. A dash: the stage \
                did not happen (a service restore mounts nothing, the tiny guest has no database). Downtime \
                (client-seen, as above) starts at the last correct answer before the failure, so it need not \

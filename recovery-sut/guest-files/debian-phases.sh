@@ -18,9 +18,11 @@ mounted() {
 $AGENT phase userland
 until mounted /data; do sleep 0.05; done
 $AGENT phase data-mounted
-# MariaDB creates its socket once InnoDB has recovered and it accepts
-# connections.
+# MariaDB creates its socket once InnoDB has recovered, and tells systemd
+# it is ready (the unit turns active) once it serves connections: poll the
+# cheap test first, systemctl only after it.
 until [ -S /run/mysqld/mysqld.sock ]; do sleep 0.05; done
+until systemctl is-active --quiet mariadb.service; do sleep 0.05; done
 $AGENT phase db-ready
 # is-active with several units succeeds when any one is active: ask each.
 for unit in apache2.service mariadb.service; do
