@@ -53,6 +53,9 @@ pub mod names {
     /// `userland` on tiny, `data-independent-services` on debian), where a
     /// phase restore starts from.
     pub const PHASE_BOUNDARY: &str = "phase_boundary";
+    /// Parameter: which of the workload's answers counted for the downtime
+    /// (`database-pages`: RUBiS pages that read or write the database).
+    pub const DOWNTIME_ANSWERS: &str = "downtime_answers";
     /// Metric: requests sent after the injection that failed or were
     /// answered wrongly (those the tracer's hold delayed left out).
     pub const ERRORS_AFTER_INJECTION: &str = "errors_after_injection";

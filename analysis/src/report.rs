@@ -313,6 +313,11 @@ fn method(records: &[ExperimentRecord], campaigns: &[CampaignMeta]) -> String {
     if records.iter().any(|r| r.recovery.is_some()) {
         text += " ";
         text += crate::stats::definitions::DOWNTIME;
+        if records.iter().any(|r| r.params.get(figures::names::DOWNTIME_ANSWERS).is_some_and(|v| v == "database-pages"))
+        {
+            text += " ";
+            text += crate::stats::definitions::RUBIS_DOWNTIME_ANSWERS;
+        }
         text += " Experiments whose service did not come back are counted as not recovered and left out of the \
                  downtime statistics.";
         let gated = records

@@ -810,7 +810,8 @@ pub fn recovery_stages(records: &[ExperimentRecord]) -> Option<Table> {
                the phase boundary); data disk mount until the guest agent reported the data disk mounted (its \
                journal replayed); database start until mariadb.service turned active (MariaDB told systemd it \
                serves: InnoDB crash recovery included); first correct answer until the end of the workload's first correct \
-               answer to a request sent after the failure. Agent phases are dated on the host. A dash: the stage \
+               answer to a request sent after the failure (RUBiS: a database page), 0 when it came before the agent's report of the stage \
+               before it (the agent polls). Agent phases are dated on the host. A dash: the stage \
                did not happen (a service restore mounts nothing, the tiny guest has no database). Downtime \
                (client-seen, as above) starts at the last correct answer before the failure, so it need not \
                equal the stages' sum."

@@ -17,6 +17,12 @@ macro_rules! downtime_definition {
 /// See [`downtime_definition`].
 pub const DOWNTIME: &str = downtime_definition!();
 
+/// Which answers count for the RUBiS workload's downtime (the campaign
+/// hands `workloads::downtime` only these records).
+pub const RUBIS_DOWNTIME_ANSWERS: &str = "With the RUBiS workload only answers of pages that read or write the \
+     database count, for the downtime and the first correct answer: the home page, the menus and the login and \
+     empty forms, which Apache and PHP answer without it, say nothing about the auction site.";
+
 /// The outcome classes, most severe first, as the injector's `classify`
 /// decides them (a macro for its documentation).
 #[macro_export]

@@ -103,6 +103,24 @@ mod tests {
         assert!(sql.contains("INSERT INTO bids"));
     }
 
+    /// The pages said to need no database are exactly those whose PHP
+    /// calls none of the helpers that reach it.
+    #[test]
+    fn the_pages_that_need_the_database_are_those_whose_php_reaches_it() {
+        const DATABASE_CALLS: [&str; 5] = ["q(", "w(", "rubis_db(", "auth(", "item("];
+        for page in Interaction::ALL {
+            let start = PHP_LIBRARY.find(&format!("function page_{page}(")).unwrap();
+            let body = &PHP_LIBRARY[start..];
+            let body = &body[..body[1..].find("\nfunction ").map_or(body.len(), |e| e + 1)];
+            let reaches =
+                DATABASE_CALLS.iter().any(|c| body.contains(&format!(" {c}")) || body.contains(&format!("({c}")));
+            assert_eq!(page.needs_database(), reaches, "{page}: {body}");
+            assert_eq!(Interaction::of_path(&page.path()), Some(page));
+            assert_eq!(interaction::needs_database(&format!("{}?x=1", page.path())), reaches);
+        }
+        assert!(interaction::needs_database("/index.html"), "a path naming no page is not left out");
+    }
+
     #[test]
     fn the_guest_site_is_the_pages_and_the_default_data() {
         let site = guest_site();

@@ -101,6 +101,32 @@ impl Interaction {
         Interaction::AboutMe,
     ];
 
+    /// Whether the page reads or writes the database. The others (the home
+    /// page, menus, login forms and the empty forms) are what Apache and
+    /// PHP answer alone: a correct one says nothing about the auction
+    /// site's data, so client-seen downtime leaves them out
+    /// ([`needs_database`]).
+    pub fn needs_database(self) -> bool {
+        !matches!(
+            self,
+            Interaction::Home
+                | Interaction::Register
+                | Interaction::Browse
+                | Interaction::BuyNowAuth
+                | Interaction::PutBidAuth
+                | Interaction::PutCommentAuth
+                | Interaction::Sell
+                | Interaction::SellItemForm
+                | Interaction::AboutMeAuth
+        )
+    }
+
+    /// The page a request path names (`/rubis/ViewItem.php?itemId=3`).
+    pub fn of_path(path: &str) -> Option<Interaction> {
+        let file = path.split('?').next()?.rsplit('/').next()?;
+        file.strip_suffix(".php")?.parse().ok()
+    }
+
     /// Position in table order.
     pub fn index(self) -> usize {
         self as usize
@@ -199,4 +225,11 @@ mod tests {
         assert!("Nope".parse::<Interaction>().is_err());
         assert_eq!(Interaction::ALL.iter().filter(|i| i.writes()).count(), 5);
     }
+}
+
+/// Whether a request of the RUBiS workload needs the database: its page
+/// does ([`Interaction::needs_database`]); a path that names no page
+/// counts as needing it (nothing is left out on a guess).
+pub fn needs_database(path: &str) -> bool {
+    Interaction::of_path(path).is_none_or(Interaction::needs_database)
 }
