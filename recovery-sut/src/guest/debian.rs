@@ -89,26 +89,15 @@ Before=mariadb.service
 Type=oneshot
 RemainAfterExit=yes
 TimeoutStartSec=infinity
-# The phase boundary: with kfi.hold=userland on the kernel command line,
-# MariaDB's binary and libraries are read into the page cache (a phase
-# restore then starts it without reading the root disk), and the agent
-# reports `held` and waits for the host to snapshot.
-ExecStartPre=/bin/sh -c 'if grep -qw kfi.hold=userland /proc/cmdline; then /usr/local/sbin/kfi-prewarm; exec /usr/local/sbin/kfi-agent hold; fi'
+# The phase boundary: with kfi.hold=userland on the kernel command line
+# the agent reports `held` and waits for the host to snapshot.
+ExecStartPre=/bin/sh -c 'if grep -qw kfi.hold=userland /proc/cmdline; then exec /usr/local/sbin/kfi-agent hold; fi'
 ExecStart=/bin/mount -t ext4 -o rw,noatime /dev/vdb /data
 ExecStop=/bin/umount /data
 
 [Install]
 WantedBy=multi-user.target
 ";
-
-/// What MariaDB's start reads from the root disk, read ahead of the phase
-/// snapshot: its binary, the libraries it links and its message files.
-const PREWARM_SH: &str = r#"#!/bin/sh
-# Reads MariaDB's files into the page cache before the phase snapshot.
-cat /usr/sbin/mariadbd $(ldd /usr/sbin/mariadbd | awk '$3 ~ /^\// {print $3}') \
-    /usr/share/mysql/english/errmsg.sys /usr/share/mysql/charsets/* > /dev/null 2>&1
-exit 0
-"#;
 
 /// MariaDB keeps its datadir on the data disk: the recovery VMM never rolls
 /// that disk back, so a write the site acknowledged must be there and not
@@ -263,7 +252,6 @@ fn configure(root: &Path, docs: &[(String, Vec<u8>)], site: &ServiceSite) -> Res
     write(root.join("usr/local/sbin/kfi-agent"), AGENT_SH, 0o755)?;
     write(root.join("etc/kfi/watched"), Profile::Debian.watched_list(), 0o644)?;
     write(root.join("usr/local/sbin/kfi-phases"), PHASES_SH, 0o755)?;
-    write(root.join("usr/local/sbin/kfi-prewarm"), PREWARM_SH, 0o755)?;
     write(root.join("etc/systemd/system/kfi-agent.service"), AGENT_UNIT, 0o644)?;
     write(root.join("etc/systemd/system/kfi-net.service"), NET_UNIT, 0o644)?;
     write(root.join("etc/systemd/system/kfi-data.service"), DATA_UNIT, 0o644)?;
