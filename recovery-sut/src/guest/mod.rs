@@ -83,6 +83,7 @@ impl Profile {
                 name: "userland",
                 running: "the kernel, init and the agent",
                 started_after: "the data disk's mount and busybox httpd",
+                admit_after: None,
             },
             // debian.rs orders kfi-data.service (the hold, then the mount)
             // after apache2.service and mariadb.service after kfi-data; a
@@ -91,6 +92,7 @@ impl Profile {
                 name: "data-independent-services",
                 running: "systemd, the agent, and Apache with PHP",
                 started_after: "the data disk's mount (its journal replayed) and MariaDB (InnoDB crash recovery)",
+                admit_after: Some("db-ready"),
             },
         }
     }
@@ -135,6 +137,12 @@ pub struct PhaseBoundary {
     pub running: &'static str,
     /// What a phase restore starts after it: what depends on the data disk.
     pub started_after: &'static str,
+    /// The agent phase after which a recovery that starts those services
+    /// (a phase restore, a reboot) forwards clients to the guest again:
+    /// debian's Apache runs at the boundary, and requests it would take
+    /// while MariaDB starts only wait for the database and take the one
+    /// vCPU from its start. `None`: forwarded as soon as the guest runs.
+    pub admit_after: Option<&'static str>,
 }
 
 /// An image to build or open: its profile and what the caller hands in for

@@ -62,7 +62,12 @@ impl Sut {
             match failure.cause {
                 // Already on its way into the crash kernel: phases from
                 // here on are the crash kernel's.
-                FailureCause::GuestCrashLoaded => self.vm().agent().reset(),
+                FailureCause::GuestCrashLoaded => {
+                    self.vm().agent().reset();
+                    if self.image.profile().phase_boundary().admit_after.is_some() {
+                        self.vm().close_port()?;
+                    }
+                }
                 FailureCause::GuestPanicked => {
                     used = Strategy::FullReboot;
                     fallback_reason = Some(
@@ -132,6 +137,18 @@ impl Sut {
         }
         let running_at = Instant::now();
         let restart_s = running_at.duration_since(started).as_secs_f64();
+        // Every strategy but a service restore starts the data-dependent
+        // services again; where the profile says so, clients are forwarded
+        // only once they run, as they were before the failure.
+        if used != Strategy::ServiceRestore {
+            if let Some(phase) = self.image.profile().phase_boundary().admit_after {
+                let vm = self.vm();
+                if let Err(e) = vm.wait_phase(phase, SERVICE_TIMEOUT) {
+                    tracing::warn!("the guest never reported `{phase}` after {used}: {e}; forwarding clients anyway");
+                }
+                vm.open_port()?;
+            }
+        }
         let vm = self.vm();
         let ready =
             probe::wait_correct(vm.http_addr(), vm.image().docs.index(), Instant::now() + SERVICE_TIMEOUT, || {
@@ -205,7 +222,10 @@ impl Sut {
             old.kill();
         }
         // On failure no VM is left: the fallback's full reboot starts one.
-        let (vm, on_standby) = standby::restore(standby, &self.image, &self.config, &snap, name)
+        // A phase restore starts the data-dependent services: clients wait
+        // at the host until they run (see `PhaseBoundary::admit_after`).
+        let open = which == Which::Service || self.image.profile().phase_boundary().admit_after.is_none();
+        let (vm, on_standby) = standby::restore(standby, &self.image, &self.config, &snap, name, open)
             .map_err(|e| format!("restoring the {name} snapshot failed: {e}"))?;
         self.vm = Some(vm);
         Ok(on_standby)
@@ -220,6 +240,9 @@ impl Sut {
         let vm = match self.vm.take() {
             Some(mut vm) if vm.check_alive().is_ok() && (vm.snapshottable() || !retake) => {
                 vm.agent().reset();
+                if self.image.profile().phase_boundary().admit_after.is_some() {
+                    vm.close_port()?;
+                }
                 vm.qmp().execute("system_reset", None).map_err(VmError::from)?;
                 // A watchdog or panic event of the old boot must not count
                 // as a failure of the new one.
@@ -236,7 +259,11 @@ impl Sut {
                 if let Some(old) = old {
                     old.kill();
                 }
-                Vm::start(&self.image, &self.config)?
+                let mut vm = Vm::start(&self.image, &self.config)?;
+                if self.image.profile().phase_boundary().admit_after.is_some() {
+                    vm.close_port()?;
+                }
+                vm
             }
         };
         self.vm = Some(vm);

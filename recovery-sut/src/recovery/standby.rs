@@ -49,22 +49,29 @@ impl StandbySlot {
 
 /// Restores `snapshot` on `standby`, or in a QEMU launched now without one
 /// or when the standby fails (`which` names the snapshot in the warning).
-/// The VM it replaces must be gone. `true`: it ran on the standby.
+/// The VM it replaces must be gone. `open`: forward the service port at
+/// once (else the caller opens it). `true`: it ran on the standby.
 pub(super) fn restore(
     standby: Option<Standby>,
     image: &GuestImage,
     config: &VmConfig,
     snapshot: &Snapshot,
     which: &str,
+    open: bool,
 ) -> Result<(Vm, bool), VmError> {
+    let launch =
+        || if open { Vm::restore(image, config, snapshot) } else { Vm::restore_closed(image, config, snapshot) };
     match standby {
-        Some(standby) => match Vm::restore_on(standby) {
-            Ok(vm) => Ok((vm, true)),
-            Err(e) => {
-                tracing::warn!("the standby QEMU could not restore the {which} snapshot ({e}); launching another");
-                Vm::restore(image, config, snapshot).map(|vm| (vm, false))
+        Some(standby) => {
+            let restored = if open { Vm::restore_on(standby) } else { Vm::restore_on_closed(standby) };
+            match restored {
+                Ok(vm) => Ok((vm, true)),
+                Err(e) => {
+                    tracing::warn!("the standby QEMU could not restore the {which} snapshot ({e}); launching another");
+                    launch().map(|vm| (vm, false))
+                }
             }
-        },
-        None => Vm::restore(image, config, snapshot).map(|vm| (vm, false)),
+        }
+        None => launch().map(|vm| (vm, false)),
     }
 }

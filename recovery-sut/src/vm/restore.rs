@@ -18,6 +18,12 @@ impl Vm {
         Self::restore_on(Self::standby(image, config, snapshot)?)
     }
 
+    /// [`Vm::restore`] leaving the service port closed (see
+    /// [`Vm::restore_on_closed`]).
+    pub fn restore_closed(image: &GuestImage, config: &VmConfig, snapshot: &Snapshot) -> Result<Vm, VmError> {
+        Self::restore_on_closed(Self::standby(image, config, snapshot)?)
+    }
+
     /// Launches the QEMU of a lazy restore of `snapshot` ahead of need:
     /// its RAM mapped from the snapshot, its disks opened but inactive (an
     /// incoming migration's disks take no write lock until the state is
@@ -58,6 +64,14 @@ impl Vm {
     /// Loads the standby's snapshot and returns the running guest. The VM
     /// it replaces must be gone (its ports are bound now).
     pub fn restore_on(standby: Standby) -> Result<Vm, VmError> {
+        let mut vm = Self::restore_on_closed(standby)?;
+        vm.open_port()?;
+        Ok(vm)
+    }
+
+    /// [`Vm::restore_on`] leaving the service port closed: the guest runs
+    /// but clients are not forwarded until [`Vm::open_port`].
+    pub fn restore_on_closed(standby: Standby) -> Result<Vm, VmError> {
         let Standby { mut vm, snapshot } = standby;
         vm.check_alive()?;
         let uri = format!("exec:cat {}", snapshot.state_file().display());
@@ -103,7 +117,7 @@ impl Vm {
             .name("restore-feed".into())
             .spawn(move || crate::storage::feed(&file, &socket, rate))
             .map_err(io_err("start the thread feeding", stream))?;
-        let loaded = vm.finish_incoming(stream);
+        let loaded = vm.finish_incoming(stream).and_then(|()| vm.open_port());
         let fed = feeder.join().map_err(|_| VmError::Restore("the thread feeding the stream panicked".into()))?;
         loaded?;
         fed.map_err(io_err("feed the migration stream", stream))?;
@@ -112,6 +126,37 @@ impl Vm {
 
     /// Waits until an incoming migration has loaded and the guest runs,
     /// then forwards the HTTP port.
+    /// Forwards the service port to the guest (a restored guest's is not
+    /// forwarded until it runs, and a recovery may hold it closed until
+    /// the guest's services are ready).
+    pub fn open_port(&mut self) -> Result<(), VmError> {
+        self.port_forward("hostfwd_add")
+    }
+
+    /// Stops forwarding the service port: clients are refused by the host
+    /// at once instead of queueing on a guest that cannot serve yet.
+    pub fn close_port(&mut self) -> Result<(), VmError> {
+        self.port_forward("hostfwd_remove")
+    }
+
+    fn port_forward(&mut self, command: &str) -> Result<(), VmError> {
+        let line = if command == "hostfwd_add" {
+            format!("{command} net0 tcp:127.0.0.1:{}-:80", self.http.port())
+        } else {
+            format!("{command} net0 tcp:127.0.0.1:{}", self.http.port())
+        };
+        let out = self.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": line })))?;
+        match out.as_str().filter(|t| !t.trim().is_empty()) {
+            // Removing a forward that is not there is not a failure.
+            Some(text) if command == "hostfwd_add" || !text.contains("not found") => Err(VmError::Restore(format!(
+                "cannot change the forward of port {} ({command}): {}",
+                self.http.port(),
+                text.trim()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn finish_incoming(&mut self, source: &Path) -> Result<(), VmError> {
         // The snapshot was saved from a paused guest, so the loaded guest
         // stays paused ("inmigrate" until the stream ends) until `cont`.
@@ -119,21 +164,11 @@ impl Vm {
         loop {
             match self.status()?.as_str() {
                 "running" => {
-                    // QEMU's user networking accepts host connections as soon
-                    // as a forward exists and then loses the guest-side SYN
-                    // while the guest is still loading, leaving clients to a
-                    // multi-second retransmit. Forwarding only a running
-                    // guest makes early connects fail fast instead.
-                    let add = format!("hostfwd_add net0 tcp:127.0.0.1:{}-:80", self.http.port());
-                    let out =
-                        self.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": add })))?;
-                    if let Some(text) = out.as_str().filter(|t| !t.trim().is_empty()) {
-                        return Err(VmError::Restore(format!(
-                            "cannot forward port {}: {}",
-                            self.http.port(),
-                            text.trim()
-                        )));
-                    }
+                    // The service port is forwarded by the caller
+                    // (`open_port`): QEMU's user networking accepts host
+                    // connections as soon as a forward exists and then loses
+                    // the guest-side SYN while the guest is still loading,
+                    // leaving clients to a multi-second retransmit.
                     let gdb = format!("gdbserver {}", super::gdb_chardev(self.run_dir()));
                     let out =
                         self.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": gdb })))?;

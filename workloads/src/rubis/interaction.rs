@@ -209,6 +209,13 @@ impl FromStr for Interaction {
     }
 }
 
+/// Whether a request of the RUBiS workload needs the database: its page
+/// does ([`Interaction::needs_database`]); a path that names no page
+/// counts as needing it (nothing is left out on a guess).
+pub fn needs_database(path: &str) -> bool {
+    Interaction::of_path(path).is_none_or(Interaction::needs_database)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,11 +232,4 @@ mod tests {
         assert!("Nope".parse::<Interaction>().is_err());
         assert_eq!(Interaction::ALL.iter().filter(|i| i.writes()).count(), 5);
     }
-}
-
-/// Whether a request of the RUBiS workload needs the database: its page
-/// does ([`Interaction::needs_database`]); a path that names no page
-/// counts as needing it (nothing is left out on a guess).
-pub fn needs_database(path: &str) -> bool {
-    Interaction::of_path(path).is_none_or(Interaction::needs_database)
 }
