@@ -147,12 +147,15 @@ impl Vm {
         };
         let out = self.qmp.execute("human-monitor-command", Some(serde_json::json!({ "command-line": line })))?;
         match out.as_str().filter(|t| !t.trim().is_empty()) {
-            // Removing a forward that is not there is not a failure.
-            Some(text) if command == "hostfwd_add" || !text.contains("not found") => Err(VmError::Restore(format!(
-                "cannot change the forward of port {} ({command}): {}",
-                self.http.port(),
-                text.trim()
-            ))),
+            // hostfwd_remove says "... removed", or "... not found" for a
+            // forward that is not there (no failure either).
+            Some(text) if command == "hostfwd_add" || !(text.contains("removed") || text.contains("not found")) => {
+                Err(VmError::Restore(format!(
+                    "cannot change the forward of port {} ({command}): {}",
+                    self.http.port(),
+                    text.trim()
+                )))
+            }
             _ => Ok(()),
         }
     }
