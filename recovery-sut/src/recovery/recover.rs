@@ -1,8 +1,10 @@
 //! The recovery loop: after a failure, [`Sut::recover`] runs the chosen
 //! strategy, falls back (service-restore to phase-restore to a full
 //! reboot) when the snapshot it needs is missing, corrupt, stale or
-//! forbidden by the safety monitor, waits for the first correct answer
-//! and times each step.
+//! forbidden by the safety monitor, holds clients at the host until a
+//! restarted guest's data-dependent services run (where the profile asks
+//! for it), waits for the first correct answer, times each step, and
+//! afterwards takes the service snapshot again and readies the standby.
 
 use std::time::Instant;
 
@@ -47,7 +49,9 @@ impl Sut {
     /// the first correct answer. A service snapshot that is missing, corrupt
     /// or stale (the data disk was written since) falls back to
     /// phase-restore, and a phase snapshot that cannot be used to a full
-    /// reboot; the timing says which ran and why.
+    /// reboot; the timing says which ran and why. Except after a service
+    /// restore, clients are forwarded to the guest only once it reports
+    /// its profile's `admit_after` phase (debian: MariaDB active).
     pub fn recover(&mut self, strategy: Strategy, failure: &Failure) -> Result<RecoveryTiming, RecoveryError> {
         let started = Instant::now();
         self.absorb_agent();
