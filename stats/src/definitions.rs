@@ -20,7 +20,7 @@ pub const DOWNTIME: &str = downtime_definition!();
 /// Which answers count for the RUBiS workload's downtime (the campaign
 /// hands `workloads::downtime` only these records).
 pub const RUBIS_DOWNTIME_ANSWERS: &str = "With the RUBiS workload only answers of pages that read or write the \
-     database count, for the downtime and the first correct answer: the home page, the menus and the login and \
+     database count, for the downtime, the throughput's recovery and the first correct answer: the home page, the menus and the login and \
      empty forms, which Apache and PHP answer without it, say nothing about the auction site.";
 
 /// The outcome classes, most severe first, as the injector's `classify`
