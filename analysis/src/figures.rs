@@ -56,6 +56,8 @@ pub mod names {
     /// Parameter: which of the workload's answers counted for the downtime
     /// (`database-pages`: RUBiS pages that read or write the database).
     pub const DOWNTIME_ANSWERS: &str = "downtime_answers";
+    /// Its value for RUBiS: the pages that read or write the database.
+    pub const DATABASE_PAGES: &str = "database-pages";
     /// Metric: requests sent after the injection that failed or were
     /// answered wrongly (those the tracer's hold delayed left out).
     pub const ERRORS_AFTER_INJECTION: &str = "errors_after_injection";

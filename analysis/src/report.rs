@@ -313,8 +313,9 @@ fn method(records: &[ExperimentRecord], campaigns: &[CampaignMeta]) -> String {
     if records.iter().any(|r| r.recovery.is_some()) {
         text += " ";
         text += crate::stats::definitions::DOWNTIME;
-        if records.iter().any(|r| r.params.get(figures::names::DOWNTIME_ANSWERS).is_some_and(|v| v == "database-pages"))
-        {
+        if records.iter().any(|r| {
+            r.params.get(figures::names::DOWNTIME_ANSWERS).is_some_and(|v| v == figures::names::DATABASE_PAGES)
+        }) {
             text += " ";
             text += crate::stats::definitions::RUBIS_DOWNTIME_ANSWERS;
         }

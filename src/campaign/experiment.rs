@@ -440,7 +440,7 @@ fn record(
         params.insert(CRASH_KERNEL_PARAM.to_string(), mib.to_string());
     }
     if f.workload.kind == WorkloadKind::Rubis {
-        params.insert(DOWNTIME_ANSWERS_PARAM.to_string(), "database-pages".to_string());
+        params.insert(DOWNTIME_ANSWERS_PARAM.to_string(), analysis::figures::names::DATABASE_PAGES.to_string());
     }
     if let Some(e) = downtime_error {
         params.insert("downtime_error".to_string(), e);

@@ -68,7 +68,7 @@ impl Sut {
                 // here on are the crash kernel's.
                 FailureCause::GuestCrashLoaded => {
                     self.vm().agent().reset();
-                    if self.image.profile().phase_boundary().admit_after.is_some() {
+                    if self.holds_clients() {
                         self.vm().close_port()?;
                     }
                 }
@@ -228,11 +228,17 @@ impl Sut {
         // On failure no VM is left: the fallback's full reboot starts one.
         // A phase restore starts the data-dependent services: clients wait
         // at the host until they run (see `PhaseBoundary::admit_after`).
-        let open = which == Which::Service || self.image.profile().phase_boundary().admit_after.is_none();
+        let open = which == Which::Service || !self.holds_clients();
         let (vm, on_standby) = standby::restore(standby, &self.image, &self.config, &snap, name, open)
             .map_err(|e| format!("restoring the {name} snapshot failed: {e}"))?;
         self.vm = Some(vm);
         Ok(on_standby)
+    }
+
+    /// Whether a recovery that restarts the data-dependent services holds
+    /// clients at the host until they run (`PhaseBoundary::admit_after`).
+    fn holds_clients(&self) -> bool {
+        self.image.profile().phase_boundary().admit_after.is_some()
     }
 
     fn full_reboot(&mut self) -> Result<(), RecoveryError> {
@@ -244,7 +250,7 @@ impl Sut {
         let vm = match self.vm.take() {
             Some(mut vm) if vm.check_alive().is_ok() && (vm.snapshottable() || !retake) => {
                 vm.agent().reset();
-                if self.image.profile().phase_boundary().admit_after.is_some() {
+                if self.holds_clients() {
                     vm.close_port()?;
                 }
                 vm.qmp().execute("system_reset", None).map_err(VmError::from)?;
@@ -264,7 +270,7 @@ impl Sut {
                     old.kill();
                 }
                 let mut vm = Vm::start(&self.image, &self.config)?;
-                if self.image.profile().phase_boundary().admit_after.is_some() {
+                if self.holds_clients() {
                     vm.close_port()?;
                 }
                 vm

@@ -312,6 +312,8 @@ impl Sut {
         if self.vm().agent().wait_phase("services-ready", ready_within).is_none() {
             return Ok(false);
         }
+        // The agent's heartbeat loop must run (its first beat, the manifest)
+        // before the health check below can see a beat.
         let watched = self.image.profile().watched_files();
         let vm = self.vm();
         wait_manifest(vm, watched);
