@@ -264,6 +264,12 @@ strategies = ["service-restore"]
     let stages = recovery.stages.as_ref().expect("the recovery's stages");
     assert!(stages.data_mount_s.is_some() && stages.database_s.is_some(), "{stages:?}");
     assert!(stages.first_correct_s.is_some(), "{stages:?}");
+    // Clients were held at the host until MariaDB ran: the availability
+    // probe (the index page, which Apache alone would serve) got no answer
+    // from the detection until the database was up.
+    let held = recovery.restart_s + stages.data_mount_s.unwrap() + stages.database_s.unwrap();
+    let probe = r.probe_outage_s.expect("a probe outage");
+    assert!(probe >= held - 0.05, "the probe was answered {probe} s after the failure, before MariaDB ran ({held} s)");
     assert!(r.acked_writes.unwrap_or(0) > 0, "the bidding sessions had no write acknowledged: {r:?}");
     assert_eq!(r.lost_writes, Some(0));
     assert!(r.downtime_s.is_some_and(|d| d > 0.0), "{:?}", r.downtime_s);
