@@ -83,6 +83,9 @@ enum KernelCommand {
         /// Lock what linux-image-amd64 points at now (downloads both .debs) as the new default.
         #[arg(long)]
         update: bool,
+        /// Lock this release too (e.g. 6.1.0-57-amd64, a kernel to update to) at the archive's version, leaving the default; downloads the image .deb, locks the -dbg by the archive's SHA-256.
+        #[arg(long, value_name = "RELEASE", conflicts_with = "update")]
+        add: Option<String>,
     },
 }
 
@@ -141,10 +144,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", kfi::setup::describe_kernel(&k));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Kernel(KernelCommand::Lock { update }) => {
+        Command::Kernel(KernelCommand::Lock { update, add }) => {
             let progress = Progress::new();
             let step = |m: &str| progress.step(m);
-            let lock = if update { kfi::setup::update_kernel_lock(&cache, &step)? } else { kfi::setup::kernel_lock()? };
+            let lock = match (update, add) {
+                (true, _) => kfi::setup::update_kernel_lock(&cache, &step)?,
+                (false, Some(release)) => kfi::setup::add_to_kernel_lock(&cache, &release, &step)?,
+                (false, None) => kfi::setup::kernel_lock()?,
+            };
             drop(progress);
             println!("{}", kfi::setup::describe_lock(&lock));
             Ok(ExitCode::SUCCESS)

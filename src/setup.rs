@@ -52,6 +52,12 @@ pub fn update_kernel_lock(cache: &Cache, step: &dyn Fn(&str)) -> Result<KernelLo
     Ok(kernel::lock_current(cache, &kernel_lock_path(), step)?)
 }
 
+/// `kfi kernel lock --add RELEASE`: locks another release (a kernel to
+/// update to) beside the default.
+pub fn add_to_kernel_lock(cache: &Cache, release: &str, step: &dyn Fn(&str)) -> Result<KernelLock> {
+    Ok(kernel::lock_release(cache, &kernel_lock_path(), release, step)?)
+}
+
 /// A kernel lock, as `kfi kernel lock` prints it.
 pub fn describe_lock(lock: &KernelLock) -> String {
     let mut out = format!("kernel lock {} (default {})", lock.path().display(), lock.default_release());

@@ -491,36 +491,88 @@ pub fn import_deb(cache: &Cache, lock: &KernelLock, file: &Path) -> Result<(Lock
 /// to the lock at `lock_path` as a new default entry (creating the file if
 /// there is none).
 pub fn lock_current(cache: &Cache, lock_path: &Path, progress: &dyn Fn(&str)) -> Result<KernelLock, KernelError> {
-    let existing = if lock_path.exists() { Some(KernelLock::load(lock_path)?) } else { None };
     let (package, version) = current_debian_package()?;
+    lock_package(cache, lock_path, &package, &version, LockAs::Default, progress)
+}
+
+/// Adds kernel `release` at the version Debian's archive carries now to
+/// the lock at `lock_path`, leaving the default as it is: a second kernel
+/// to update to. The image is downloaded and hashed; the 850 MB `-dbg`
+/// package is locked by the SHA-256 the archive's signed package list
+/// gives it (and checked against it whenever it is fetched).
+pub fn lock_release(
+    cache: &Cache,
+    lock_path: &Path,
+    release: &str,
+    progress: &dyn Fn(&str),
+) -> Result<KernelLock, KernelError> {
+    // Adding to a lock needs one: its absence is the read error that says so.
+    KernelLock::load(lock_path)?;
+    let package = format!("linux-image-{release}");
+    let show = tools::APT_CACHE
+        .run(["show", "--no-all-versions", &package], None)
+        .map_err(|_| KernelError::NotInArchive { lock_file: lock_path.into(), apt_name: package.clone() })?;
+    let version = show
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .map(str::to_string)
+        .ok_or_else(|| KernelError::NotInArchive { lock_file: lock_path.into(), apt_name: package.clone() })?;
+    lock_package(cache, lock_path, &package, &version, LockAs::Additional, progress)
+}
+
+/// Whether a newly locked kernel becomes the lock's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockAs {
+    /// The new default: both packages downloaded and hashed.
+    Default,
+    /// Another locked kernel: the `-dbg` package locked by the archive's hash.
+    Additional,
+}
+
+fn lock_package(
+    cache: &Cache,
+    lock_path: &Path,
+    package: &str,
+    version: &str,
+    lock_as: LockAs,
+    progress: &dyn Fn(&str),
+) -> Result<KernelLock, KernelError> {
+    let existing = if lock_path.exists() { Some(KernelLock::load(lock_path)?) } else { None };
     let release = package.trim_start_matches("linux-image-").to_string();
     let debs = deb_dir(cache)?;
-    let fetch = |package: String| -> Result<LockedDeb, KernelError> {
+    let fetch = |package: String, download_it: bool| -> Result<LockedDeb, KernelError> {
         let apt_name = format!("{package}={version}");
-        let record = apt_record(&package, &version)?
+        let record = apt_record(&package, version)?
             .ok_or_else(|| KernelError::NotInArchive { lock_file: lock_path.into(), apt_name: apt_name.clone() })?;
         let cached = debs.join(record.filename.rsplit('/').next().unwrap_or(&record.filename));
         // A cached copy counts only if it is the file the archive lists.
         if cached.exists() && record.sha256.as_deref() == Some(crate::cache::sha256_file(&cached)?.as_str()) {
             let sha256 = record.sha256.unwrap_or_default();
-            return Ok(LockedDeb::new(&package, &version, &record.filename, &sha256));
+            return Ok(LockedDeb::new(&package, version, &record.filename, &sha256));
+        }
+        if let (false, Some(sha256)) = (download_it, &record.sha256) {
+            return Ok(LockedDeb::new(&package, version, &record.filename, sha256));
         }
         progress(&format!("downloading {apt_name}"));
         let scratch = tempfile::tempdir_in(&debs).map_err(|e| CacheError::io("create scratch in", &debs, e))?;
-        let file = download(&package, &version, scratch.path())?;
-        let deb = LockedDeb::new(&package, &version, &record.filename, &crate::cache::sha256_file(&file)?);
+        let file = download(&package, version, scratch.path())?;
+        let deb = LockedDeb::new(&package, version, &record.filename, &crate::cache::sha256_file(&file)?);
         fs::rename(&file, debs.join(deb.cache_name())).map_err(|e| CacheError::io("move", &file, e))?;
         Ok(deb)
     };
-    let image = fetch(package.clone())?;
-    let debug = fetch(format!("{package}-dbg"))?;
+    let image = fetch(package.to_string(), true)?;
+    let debug = fetch(format!("{package}-dbg"), lock_as == LockAs::Default)?;
     let kernel = LockedKernel::new(lock_path, &release, image, debug)?;
-    let lock = match existing {
-        Some(mut lock) => {
+    let lock = match (existing, lock_as) {
+        (Some(mut lock), LockAs::Default) => {
             lock.set_default(kernel);
             lock
         }
-        None => KernelLock::new(kernel),
+        (Some(mut lock), LockAs::Additional) => {
+            lock.add(kernel);
+            lock
+        }
+        (None, _) => KernelLock::new(kernel),
     };
     lock.store()?;
     Ok(lock)

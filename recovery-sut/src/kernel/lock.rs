@@ -28,8 +28,10 @@ const HEADER: &str = "\
 # version, pool file and the SHA-256 of the image and -dbg .deb files).
 # Fault lists are a function of seed, index and kernel image: keep this file
 # under version control. `kfi kernel lock --update` adds what Debian's
-# linux-image-amd64 points at now and makes it the default; an experiment
-# file may name any locked release in `[guest] kernel = \"...\"`.
+# linux-image-amd64 points at now and makes it the default; `--add RELEASE`
+# locks another release (a kernel to update to) without changing the
+# default; an experiment file may name any locked release in
+# `[guest] kernel = \"...\"`.
 ";
 
 /// Why a lock file cannot be used.
@@ -328,6 +330,16 @@ impl KernelLock {
     pub fn set_default(&mut self, kernel: LockedKernel) {
         let entry = kernel.entry;
         self.file.default = entry.release.clone();
+        match self.file.kernels.iter_mut().find(|e| e.release == entry.release) {
+            Some(old) => *old = entry,
+            None => self.file.kernels.push(entry),
+        }
+    }
+
+    /// Adds `kernel` (replacing an entry of the same release), leaving the
+    /// default as it is.
+    pub fn add(&mut self, kernel: LockedKernel) {
+        let entry = kernel.entry;
         match self.file.kernels.iter_mut().find(|e| e.release == entry.release) {
             Some(old) => *old = entry,
             None => self.file.kernels.push(entry),
