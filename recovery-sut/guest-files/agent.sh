@@ -28,6 +28,16 @@
 #   kfi-cmd dropcaches <n>  sync, drop the page cache, dentries and inodes
 #                           (shrinks what a snapshot must hold), `kfi ack <n>`
 #   kfi-cmd meminfo <n>     answer `kfi mem <n> <MemFree kB> <Cached+Buffers kB>`
+#   kfi-cmd kexec-load <n> <release>
+#                           load kernel <release> (kept in /boot) with
+#                           `kexec -l` for an update, `kfi ack <n>`, or
+#                           `kfi failed <n> <why>`
+#   kfi-cmd quiesce <n>     sync and remount the data disk read-only (the
+#                           writers stop before a kernel update), `kfi ack
+#                           <n>` or `kfi failed <n> <why>`
+#   kfi-cmd reboot          sync and reboot (an update's reboot)
+#   kfi-cmd kexec           sync and jump into the kernel kexec-load loaded
+# When its port opens the agent reports `kfi release <uname -r>`.
 # `agent hold PHASE` reports `held` and blocks until `kfi-cmd continue`: the
 # host snapshots the guest at that boundary.
 # `agent load-crash-kernel` loads the crash kernel of kexec-reboot and
@@ -66,6 +76,12 @@ report() {
             echo "kfi $1 $f $new" || return 1
         fi
     done
+}
+
+# The data disk read-only (if mounted): nothing writes it past this.
+quiesce_data() {
+    grep -q " /data " /proc/mounts || return 0
+    mount -o remount,ro /data
 }
 
 find_port() {
@@ -138,6 +154,22 @@ heartbeat)
                         ;;
                     sync) sync && echo "kfi ack $arg" >&3 ;;
                     dropcaches) sync && echo 3 > /proc/sys/vm/drop_caches && echo "kfi ack $arg" >&3 ;;
+                    kexec-load)
+                        if why=$("$0" kexec-load "$arg2" 2>&1); then
+                            echo "kfi ack $arg" >&3
+                        else
+                            echo "kfi failed $arg $(echo "$why" | tr -s '\n' ' ')" >&3
+                        fi
+                        ;;
+                    quiesce)
+                        if sync && quiesce_data; then
+                            echo "kfi ack $arg" >&3
+                        else
+                            echo "kfi failed $arg cannot remount /data read-only" >&3
+                        fi
+                        ;;
+                    reboot) sync; quiesce_data; reboot -f ;;
+                    kexec) sync; quiesce_data; /sbin/kexec -e ;;
                     meminfo)
                         free=0 cached=0
                         while read -r key kb _; do
@@ -157,6 +189,7 @@ heartbeat)
         # The manifest first; then whatever changed while the port was
         # closed (a change is only forgotten once the host has it).
         cur=$(file_states)
+        echo "kfi release $(uname -r)" >&3
         report file all "$cur" >&3 && { [ "$cur" = "$prev" ] || report changed "$prev" "$cur" >&3; } && prev=$cur
         while :; do
             cur=$(file_states)
@@ -215,8 +248,23 @@ load-crash-kernel)
         exit 1
     fi
     ;;
+kexec-load)
+    # agent kexec-load RELEASE: an update by kexec loads the new kernel
+    # (with the initramfs the tiny image carries for it) and this boot's
+    # command line, less the crash-kernel words; the jump is `kfi-cmd
+    # kexec`. Like the crash kernel's load, without the purgatory's hash.
+    [ -f "/boot/vmlinuz-$2" ] || { echo "no /boot/vmlinuz-$2 in this guest"; exit 1; }
+    append=
+    for arg in $(cat /proc/cmdline); do
+        case "$arg" in
+        crashkernel=* | kfi.kexec=* | crash_kexec_post_notifiers) ;;
+        *) append="$append $arg" ;;
+        esac
+    done
+    /sbin/kexec -l --no-checks "/boot/vmlinuz-$2" --initrd=/boot/initramfs-next.cpio --append="${append# }"
+    ;;
 *)
-    echo "usage: agent phase NAME [UPTIME] | agent heartbeat [INTERVAL] | agent hold | agent load-crash-kernel" >&2
+    echo "usage: agent phase NAME [UPTIME] | agent heartbeat [INTERVAL] | agent hold | agent load-crash-kernel | agent kexec-load RELEASE" >&2
     exit 2
     ;;
 esac

@@ -9,9 +9,11 @@ export PATH=/bin
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
+# The image may carry a second kernel's modules (a kernel to update to).
+modules=/lib/modules/$(uname -r)
 while read -r mod; do
-    insmod "/lib/modules/$mod.ko" || echo "kfi-init: insmod $mod failed"
-done < /lib/modules/load-order
+    insmod "$modules/$mod.ko" || echo "kfi-init: insmod $mod failed"
+done < "$modules/load-order"
 /etc/kfi/agent phase kernel "$T_KERNEL"
 
 for _ in $(seq 1 250); do [ -b /dev/vda ] && break; sleep 0.02; done

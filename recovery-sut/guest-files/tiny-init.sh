@@ -33,9 +33,11 @@ load_crash_kernel() {
     rm -f /boot/vmlinuz /boot/initramfs.cpio
 }
 
+# The image may carry a second kernel's modules (a kernel to update to).
+modules=/lib/modules/$(uname -r)
 while read -r mod; do
-    insmod "/lib/modules/$mod.ko" || echo "kfi-init: insmod $mod failed"
-done < /lib/modules/load-order
+    insmod "$modules/$mod.ko" || echo "kfi-init: insmod $mod failed"
+done < "$modules/load-order"
 /etc/kfi/agent phase kernel "$T_KERNEL"
 
 [ "$kexec" = crash ] && hold=

@@ -67,6 +67,19 @@ pub enum AgentLine {
         /// The write's number.
         seq: u64,
     },
+    /// `kfi failed N WHY...`: command N could not be done.
+    Failed {
+        /// The command's number.
+        seq: u64,
+        /// The guest's words for why.
+        why: String,
+    },
+    /// `kfi release RELEASE`: the running kernel's `uname -r`, sent when
+    /// the agent's port opens.
+    Release {
+        /// e.g. `6.1.0-57-amd64`.
+        release: String,
+    },
     /// `kfi mem N MEMFREE_KB CACHED_KB`: the answer to `meminfo N`.
     Mem {
         /// The request's number.
@@ -130,6 +143,12 @@ pub fn parse_line(line: &str) -> Option<AgentLine> {
         }
         "hb" => AgentLine::Heartbeat { seq: words.next()?.parse().ok()?, uptime: number(words.next())? },
         "ack" => AgentLine::Ack { seq: words.next()?.parse().ok()? },
+        "failed" => {
+            let seq = words.next()?.parse().ok()?;
+            let why = words.by_ref().collect::<Vec<_>>().join(" ");
+            AgentLine::Failed { seq, why }
+        }
+        "release" => AgentLine::Release { release: words.next()?.to_string() },
         kind @ ("file" | "changed") => {
             let path = words.next().filter(|p| p.starts_with('/'))?.to_string();
             let state = parse_file_state(&mut words)?;
@@ -147,6 +166,13 @@ pub fn parse_line(line: &str) -> Option<AgentLine> {
         _ => return None,
     };
     words.next().is_none().then_some(line)
+}
+
+/// Numbers commands so their answers cannot be confused with another's
+/// (or with the campaign's acknowledged writes, numbered below 10^9).
+pub(crate) fn next_seq() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000_000_000);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
 }
 
 /// A boot phase as the host saw it.
@@ -177,6 +203,8 @@ struct State {
     files: BTreeMap<String, FileState>,
     changes: Vec<FileChange>,
     mem: std::collections::BTreeMap<u64, GuestMemory>,
+    failed: BTreeMap<u64, String>,
+    release: Option<String>,
     closed: bool,
 }
 
@@ -232,6 +260,10 @@ impl AgentChannel {
                         state.files.insert(path.clone(), file);
                         state.changes.push(FileChange { path, state: file, at: now });
                     }
+                    AgentLine::Failed { seq, why } => {
+                        state.failed.insert(seq, why);
+                    }
+                    AgentLine::Release { release } => state.release = Some(release),
                     AgentLine::Mem { seq, free_kb, cached_kb } => {
                         state.mem.insert(seq, GuestMemory { free_kb, cached_kb });
                     }
@@ -276,6 +308,7 @@ impl AgentChannel {
         state.heartbeat = None;
         state.files.clear();
         state.changes.clear();
+        state.release = None;
     }
 
     /// The watched files as last reported (the manifest a snapshot taken
@@ -343,6 +376,33 @@ impl AgentChannel {
         self.wait_for(timeout, |s| s.acks.contains(&seq))
     }
 
+    /// Waits for the answer to command `seq`: `Some(Ok)` for its ack,
+    /// `Some(Err(why))` for `kfi failed`, `None` for no answer in time.
+    pub fn wait_reply(&self, seq: u64, timeout: Duration) -> Option<Result<(), String>> {
+        let mut reply = None;
+        self.wait_for(timeout, |s| {
+            reply = if s.acks.contains(&seq) { Some(Ok(())) } else { s.failed.get(&seq).cloned().map(Err) };
+            reply.is_some()
+        });
+        reply
+    }
+
+    /// The running kernel's release, as the agent last reported it
+    /// (when its port opened) since the channel connected or was reset.
+    pub fn release(&self) -> Option<String> {
+        self.state().release.clone()
+    }
+
+    /// Waits for the agent to report the running kernel's release.
+    pub fn wait_release(&self, timeout: Duration) -> Option<String> {
+        let mut found = None;
+        self.wait_for(timeout, |s| {
+            found = s.release.clone();
+            found.is_some()
+        });
+        found
+    }
+
     /// Waits for the answer to `meminfo seq`.
     pub fn wait_mem(&self, seq: u64, timeout: Duration) -> Option<GuestMemory> {
         let mut found = None;
@@ -389,7 +449,19 @@ mod tests {
             Some(AgentLine::Changed { path: "/www/index.html".into(), state: FileState::Missing })
         );
         assert_eq!(parse_line("kfi mem 3 1024 2048"), Some(AgentLine::Mem { seq: 3, free_kb: 1024, cached_kb: 2048 }));
+        assert_eq!(
+            parse_line("kfi failed 4 no /boot/vmlinuz-x in this guest"),
+            Some(AgentLine::Failed { seq: 4, why: "no /boot/vmlinuz-x in this guest".into() })
+        );
+        assert_eq!(parse_line("kfi failed 4"), Some(AgentLine::Failed { seq: 4, why: String::new() }));
+        assert_eq!(
+            parse_line("kfi release 6.1.0-57-amd64"),
+            Some(AgentLine::Release { release: "6.1.0-57-amd64".into() })
+        );
         for bad in [
+            "kfi failed x why",
+            "kfi release",
+            "kfi release a b",
             "",
             "kfi",
             "kfi phase",

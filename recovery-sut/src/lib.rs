@@ -62,5 +62,5 @@ pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use cache::Cache;
 pub use guest::{GuestImage, Profile};
 pub use kernel::{Kernel, KernelChoice};
-pub use recovery::{Golden, Strategy, Sut};
+pub use recovery::{Golden, Strategy, Sut, UpdateStrategy};
 pub use vm::{BootReport, Plugin, Standby, Vm, VmConfig, VmError};

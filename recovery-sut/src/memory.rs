@@ -81,12 +81,7 @@ pub fn make_fill_disk(path: &Path, mib: u64, seed: u64) -> Result<(), MemoryErro
     std::fs::rename(&partial, path).map_err(err("rename into", path))
 }
 
-/// Numbers commands so their answers cannot be confused with another's
-/// (or with the campaign's acknowledged writes, numbered below 10^9).
-fn next_seq() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000_000_000);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-}
+use crate::agent::next_seq;
 
 /// The agent reads commands only once its heartbeat loop runs (a moment
 /// after `services-ready`); anything sent before is lost.

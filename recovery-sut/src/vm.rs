@@ -90,6 +90,10 @@ pub struct VmConfig {
     /// Load a TCG plugin (`-plugin file=PATH,ARG...`): kfi's profiler for a
     /// golden-run profile. TCG only; `None` for every other VM.
     pub plugin: Option<Plugin>,
+    /// Cut the guest off the network (`restrict=on`, no port forwarded):
+    /// an update's shadow VM boots with the primary's devices but reaches
+    /// nothing and is reached by nothing.
+    pub isolated: bool,
 }
 
 /// A QEMU TCG plugin and its `name=value` arguments.
@@ -131,6 +135,7 @@ impl Default for VmConfig {
             fill_disk: None,
             free_page_reporting: false,
             plugin: None,
+            isolated: false,
         }
     }
 }
@@ -417,6 +422,7 @@ fn qemu_args(
         "virtserialport,bus=vser0.0,chardev=agent,name=org.kfi.agent".into(),
         "-netdev".into(),
         match ram {
+            _ if config.isolated => "user,id=net0,restrict=on".to_string(),
             // Forwarded only once the restored guest runs (see Vm::restore).
             Ram::Snapshot(_) | Ram::OwnedCopy(_) | Ram::Incoming => "user,id=net0".to_string(),
             _ => format!("user,id=net0,{}", hostfwd(ports.http)),
@@ -726,7 +732,14 @@ impl Vm {
         self.snapshottable
     }
 
-    /// The image it booted.
+    /// Says that the guest now runs `image`'s kernel, after a kexec into
+    /// it in this QEMU: snapshots record it. QEMU's own `-kernel` stays the
+    /// one it started with, so a reset would boot that one again.
+    pub fn now_runs(&mut self, image: &GuestImage) {
+        self.image = image.clone();
+    }
+
+    /// The image it booted (or, after [`Vm::now_runs`], runs).
     pub fn image(&self) -> &GuestImage {
         &self.image
     }

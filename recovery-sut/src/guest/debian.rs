@@ -509,7 +509,7 @@ pub(crate) fn build(
     // Built before the root disk, which carries it with the kernel for
     // kexec-reboot: the crash kernel boots the same way as the guest.
     progress("assembling the debian initramfs");
-    let mut initramfs = tiny::base_initramfs(Profile::Debian, kernel)?;
+    let mut initramfs = tiny::base_initramfs(Profile::Debian, &[kernel])?;
     initramfs.file("init", INIT_SH.as_bytes().to_vec(), 0o755);
     initramfs.dir("newroot");
     let path = out.join("initramfs.cpio");

@@ -29,7 +29,7 @@ pub enum Node {
 }
 
 /// An ordered list of paths (without a leading `/`) and their nodes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Initramfs {
     entries: Vec<(String, Node)>,
 }

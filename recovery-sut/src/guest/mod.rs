@@ -31,6 +31,10 @@ const RECIPE_VERSION: u32 = 2;
 /// The initramfs of a kexec-reboot boot, for profiles that have one.
 const KEXEC_INITRAMFS: &str = "initramfs-kexec.cpio";
 
+/// The initramfs a guest updated to its image's second kernel boots (every
+/// update strategy boots the new kernel with it).
+const UPDATE_NEXT_INITRAMFS: &str = "initramfs-next.cpio";
+
 /// The guest agent, shared by every profile.
 pub(crate) const AGENT_SH: &str = include_str!("../../guest-files/agent.sh");
 
@@ -170,11 +174,23 @@ impl Recipe {
     /// scripts and build code, the kernel, and the caller's inputs byte for
     /// byte. Images are stored under it.
     pub fn hash(&self, kernel: &Kernel) -> String {
+        self.hash_with(kernel, None)
+    }
+
+    /// [`Recipe::hash`] of an image that also carries `update_to`, a
+    /// second kernel to update to.
+    pub fn hash_with(&self, kernel: &Kernel, update_to: Option<&Kernel>) -> String {
         let profile = self.profile();
         let mut h = Sha256::new();
         h.update(format!("recipe {RECIPE_VERSION}\nprofile {profile}\nkernel {}\n", kernel.identity()));
         for (name, _) in &kernel.modules {
             h.update(format!("module {name}\n"));
+        }
+        if let Some(next) = update_to {
+            h.update(format!("update-to {} {}\n", next.identity(), UPDATE_NEXT_INITRAMFS));
+            for (name, _) in &next.modules {
+                h.update(format!("module {name}\n"));
+            }
         }
         h.update(format!("docset {DOCSET_SEED} {DOCSET_COUNT}\n"));
         h.update(AGENT_SH);
@@ -268,6 +284,10 @@ pub struct ImageMeta {
     pub rootfs: Option<String>,
     /// Minimum guest RAM in MiB.
     pub min_memory_mib: u32,
+    /// The second kernel the image carries, to update to (release and
+    /// identity); `None` for an image of one kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_to: Option<(String, String)>,
 }
 
 /// The `<package> <version>` list of a debian image, in its directory.
@@ -284,6 +304,11 @@ pub struct GuestImage {
     pub kernel: Kernel,
     /// The document set its web server serves.
     pub docs: DocSet,
+    /// The second kernel the image carries, to update to.
+    pub update_to: Option<Kernel>,
+    /// Whether `kernel` is that second kernel: the image as a guest
+    /// updated to it boots ([`GuestImage::updated`]).
+    pub updated: bool,
 }
 
 impl GuestImage {
@@ -297,9 +322,16 @@ impl GuestImage {
     pub fn profile(&self) -> Profile {
         self.meta.profile
     }
-    /// The initramfs.
+    /// The initramfs `kernel` boots.
     pub fn initramfs(&self) -> PathBuf {
-        self.dir.join("initramfs.cpio")
+        self.dir.join(if self.updated { UPDATE_NEXT_INITRAMFS } else { "initramfs.cpio" })
+    }
+    /// The image as a guest updated to its second kernel boots it: that
+    /// kernel with the initramfs that carries its modules. `None` for an
+    /// image of one kernel.
+    pub fn updated(&self) -> Option<GuestImage> {
+        let next = self.update_to.clone()?;
+        Some(GuestImage { kernel: next, update_to: None, updated: true, ..self.clone() })
     }
     /// The initramfs that loads a crash kernel at boot (kexec-reboot), for
     /// profiles that have one.
@@ -339,9 +371,20 @@ pub fn min_memory_mib(profile: Profile) -> u32 {
     }
 }
 
-fn image_dir(cache: &Cache, recipe: &Recipe, kernel: &Kernel) -> Result<PathBuf, CacheError> {
-    let hash = recipe.hash(kernel);
-    Ok(cache.subdir("guests")?.join(format!("{}-{}-{}", recipe.profile(), kernel.release, &hash[..12])))
+fn image_dir(
+    cache: &Cache,
+    recipe: &Recipe,
+    kernel: &Kernel,
+    update_to: Option<&Kernel>,
+) -> Result<PathBuf, CacheError> {
+    let hash = recipe.hash_with(kernel, update_to);
+    // The second kernel in the name keeps the image of one kernel from
+    // being pruned as an older recipe (and the other way round).
+    let kernels = match update_to {
+        Some(next) => format!("{}-to-{}", kernel.release, next.release),
+        None => kernel.release.clone(),
+    };
+    Ok(cache.subdir("guests")?.join(format!("{}-{kernels}-{}", recipe.profile(), &hash[..12])))
 }
 
 fn fix_command(profile: Profile) -> String {
@@ -350,8 +393,17 @@ fn fix_command(profile: Profile) -> String {
 
 /// Opens a built image, checking it against its manifest.
 pub fn open(cache: &Cache, recipe: &Recipe, kernel: &Kernel) -> Result<GuestImage, GuestError> {
+    open_with(cache, recipe, kernel, None)
+}
+
+fn open_with(
+    cache: &Cache,
+    recipe: &Recipe,
+    kernel: &Kernel,
+    update_to: Option<&Kernel>,
+) -> Result<GuestImage, GuestError> {
     let profile = recipe.profile();
-    let dir = image_dir(cache, recipe, kernel)?;
+    let dir = image_dir(cache, recipe, kernel, update_to)?;
     let Some(manifest) = Manifest::<ImageMeta>::load(&dir)? else {
         return Err(GuestError::NotBuilt { profile, kernel: kernel.release.clone() });
     };
@@ -359,7 +411,14 @@ pub fn open(cache: &Cache, recipe: &Recipe, kernel: &Kernel) -> Result<GuestImag
     let docs_path = dir.join("docs.json");
     let docs_text = std::fs::read_to_string(&docs_path).map_err(|e| CacheError::io("read", &docs_path, e))?;
     let docs = serde_json::from_str(&docs_text).map_err(|source| CacheError::Manifest { path: docs_path, source })?;
-    Ok(GuestImage { dir, meta: manifest.meta, kernel: kernel.clone(), docs })
+    Ok(GuestImage {
+        dir,
+        meta: manifest.meta,
+        kernel: kernel.clone(),
+        docs,
+        update_to: update_to.cloned(),
+        updated: false,
+    })
 }
 
 /// Checks every file of a built image by full hash.
@@ -378,12 +437,39 @@ pub fn build(
     force: bool,
     progress: &dyn Fn(&str),
 ) -> Result<GuestImage, GuestError> {
+    build_with(cache, recipe, kernel, None, force, progress)
+}
+
+fn build_with(
+    cache: &Cache,
+    recipe: &Recipe,
+    kernel: &Kernel,
+    update_to: Option<&Kernel>,
+    force: bool,
+    progress: &dyn Fn(&str),
+) -> Result<GuestImage, GuestError> {
     let profile = recipe.profile();
-    let dir = image_dir(cache, recipe, kernel)?;
+    if let Some(next) = update_to {
+        if next.release == kernel.release {
+            return Err(GuestError::build(
+                profile,
+                "choosing the kernel to update to",
+                format!("{} is the kernel the guest boots already; name another locked release", next.release),
+            ));
+        }
+        if profile == Profile::Debian {
+            return Err(GuestError::build(
+                profile,
+                "choosing the kernel to update to",
+                "the debian image cannot carry a second kernel yet; update the tiny guest",
+            ));
+        }
+    }
+    let dir = image_dir(cache, recipe, kernel, update_to)?;
     // Under the lock, a builder that waited finds the other's result.
     let _lock = crate::cache::BuildLock::acquire(&dir)?;
     if !force {
-        match open(cache, recipe, kernel) {
+        match open_with(cache, recipe, kernel, update_to) {
             Err(GuestError::NotBuilt { .. }) => {}
             other => return other,
         }
@@ -393,7 +479,7 @@ pub fn build(
     let out = partial.path();
     let (docs, files) = docset::generate(DOCSET_SEED, DOCSET_COUNT);
     let spec = match recipe {
-        Recipe::Tiny => tiny::build(cache, out, kernel, &files, progress)?,
+        Recipe::Tiny => tiny::build(cache, out, kernel, update_to, &files, progress)?,
         Recipe::Debian(site) => debian::build(cache, out, kernel, &files, site, progress)?,
     };
     let docs_path = out.join("docs.json");
@@ -402,7 +488,7 @@ pub fn build(
     std::fs::write(&docs_path, docs_json).map_err(|e| CacheError::io("write", &docs_path, e))?;
     let meta = ImageMeta {
         profile,
-        recipe: recipe.hash(kernel),
+        recipe: recipe.hash_with(kernel, update_to),
         kernel_release: kernel.release.clone(),
         kernel_identity: kernel.identity(),
         built_unix: std::time::SystemTime::now()
@@ -413,6 +499,7 @@ pub fn build(
         cmdline: spec.cmdline,
         rootfs: spec.rootfs,
         min_memory_mib: spec.min_memory_mib,
+        update_to: update_to.map(|k| (k.release.clone(), k.identity())),
     };
     let rootfs = meta.rootfs.clone();
     let mut names = vec!["initramfs.cpio", "data.img", "docs.json"];
@@ -424,7 +511,7 @@ pub fn build(
     Manifest::build(out, meta, &names)?.store(out)?;
     partial.commit()?;
     prune_other_recipes(&dir);
-    open(cache, recipe, kernel)
+    open_with(cache, recipe, kernel, update_to)
 }
 
 /// Removes images of the same profile and kernel built from other recipes
@@ -456,6 +543,28 @@ pub fn ensure(
         Err(GuestError::NotBuilt { .. }) => {
             progress(&format!("building the {} guest image (first use)", recipe.profile()));
             build(cache, recipe, kernel, false, progress)
+        }
+        other => other,
+    }
+}
+
+/// Opens the image that boots `kernel` and carries `update_to`, a second
+/// kernel to update to, building it first if it was never built.
+pub fn ensure_updatable(
+    cache: &Cache,
+    recipe: &Recipe,
+    kernel: &Kernel,
+    update_to: &Kernel,
+    progress: &dyn Fn(&str),
+) -> Result<GuestImage, GuestError> {
+    match open_with(cache, recipe, kernel, Some(update_to)) {
+        Err(GuestError::NotBuilt { .. }) => {
+            progress(&format!(
+                "building the {} guest image that can update to {} (first use)",
+                recipe.profile(),
+                update_to.release
+            ));
+            build_with(cache, recipe, kernel, Some(update_to), false, progress)
         }
         other => other,
     }

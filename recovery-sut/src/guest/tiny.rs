@@ -2,7 +2,9 @@
 //! the guest kernel's driver modules, the agent and the document set; and
 //! its kexec-reboot variant, which adds what the init needs to load a crash
 //! kernel (the kernel, the plain initramfs as the crash kernel's, and
-//! `kexec` with its libraries).
+//! `kexec` with its libraries). An image built to be updated to a second
+//! kernel carries that kernel's modules too, and boots an initramfs that
+//! holds what a kexec into it needs (see [`build`]).
 
 use std::path::Path;
 
@@ -42,8 +44,9 @@ pub(crate) fn require_static(profile: Profile, path: &Path) -> Result<Vec<u8>, G
 }
 
 /// Adds what every kfi initramfs holds: busybox, device nodes, the agent and
-/// the kernel's modules with their load order.
-pub(crate) fn base_initramfs(profile: Profile, kernel: &Kernel) -> Result<Initramfs, GuestError> {
+/// each kernel's modules with their load order, under
+/// `lib/modules/<release>/` (the init loads those of `uname -r`).
+pub(crate) fn base_initramfs(profile: Profile, kernels: &[&Kernel]) -> Result<Initramfs, GuestError> {
     let busybox = require_static(profile, &tools::BUSYBOX.find()?)?;
     let mut fs = Initramfs::default();
     for dir in ["bin", "dev", "proc", "sys", "tmp", "run", "etc/kfi", "lib/modules"] {
@@ -55,25 +58,37 @@ pub(crate) fn base_initramfs(profile: Profile, kernel: &Kernel) -> Result<Initra
     fs.char_dev("dev/null", 1, 3);
     fs.file("etc/kfi/agent", AGENT_SH.as_bytes().to_vec(), 0o755);
     fs.file("etc/kfi/watched", profile.watched_list().into_bytes(), 0o644);
-    let mut order = String::new();
-    for (name, path) in &kernel.modules {
-        fs.copy_from(&format!("lib/modules/{name}.ko"), path).map_err(|e| CacheError::io("read", path, e))?;
-        order.push_str(name);
-        order.push('\n');
+    for kernel in kernels {
+        let dir = format!("lib/modules/{}", kernel.release);
+        fs.dir(&dir);
+        let mut order = String::new();
+        for (name, path) in &kernel.modules {
+            fs.copy_from(&format!("{dir}/{name}.ko"), path).map_err(|e| CacheError::io("read", path, e))?;
+            order.push_str(name);
+            order.push('\n');
+        }
+        fs.file(&format!("{dir}/load-order"), order.into_bytes(), 0o644);
     }
-    fs.file("lib/modules/load-order", order.into_bytes(), 0o644);
     Ok(fs)
 }
 
+/// Builds the tiny image. With `update_to`, the plain initramfs carries
+/// both kernels' modules and is written as [`UPDATE_NEXT_INITRAMFS`] (what
+/// the new kernel boots, by every update strategy); `initramfs.cpio`, what
+/// the old kernel boots, adds `kexec` with its libraries, the new kernel as
+/// `/boot/vmlinuz-<release>` and that next initramfs, so the guest can
+/// kexec into it as an administrator would.
 pub(crate) fn build(
     cache: &Cache,
     out: &Path,
     kernel: &Kernel,
+    update_to: Option<&Kernel>,
     docs: &[(String, Vec<u8>)],
     progress: &dyn Fn(&str),
 ) -> Result<BuildSpec, GuestError> {
     progress("assembling the tiny initramfs");
-    let mut fs = base_initramfs(Profile::Tiny, kernel)?;
+    let kernels: Vec<&Kernel> = std::iter::once(kernel).chain(update_to).collect();
+    let mut fs = base_initramfs(Profile::Tiny, &kernels)?;
     fs.file("init", INIT_SH.as_bytes().to_vec(), 0o755);
     fs.dir("data");
     // The data disk's files are readable over HTTP (/data/acked holds the
@@ -82,15 +97,35 @@ pub(crate) fn build(
     for (url, data) in docs {
         fs.file(&format!("www{url}"), data.clone(), 0o644);
     }
+    let mut extra_files = vec![super::KEXEC_INITRAMFS.to_string()];
+    let kexec = kexec::ensure(cache, progress)?;
     let path = out.join("initramfs.cpio");
-    fs.write_file(&path).map_err(|e| CacheError::io("write", &path, e))?;
+    match update_to {
+        None => fs.write_file(&path).map_err(|e| CacheError::io("write", &path, e))?,
+        Some(next) => {
+            let next_path = out.join(super::UPDATE_NEXT_INITRAMFS);
+            fs.write_file(&next_path).map_err(|e| CacheError::io("write", &next_path, e))?;
+            extra_files.push(super::UPDATE_NEXT_INITRAMFS.to_string());
+            progress(&format!("assembling the initramfs that can kexec into {}", next.release));
+            let mut primary = fs.clone();
+            let vmlinuz = format!("boot/vmlinuz-{}", next.release);
+            primary.copy_from(&vmlinuz, &next.vmlinuz).map_err(|e| CacheError::io("read", &next.vmlinuz, e))?;
+            primary
+                .copy_from(&format!("boot/{}", super::UPDATE_NEXT_INITRAMFS), &next_path)
+                .map_err(|e| CacheError::io("read", &next_path, e))?;
+            for (guest, file) in &kexec.files {
+                primary.copy_from(guest, file).map_err(|e| CacheError::io("read", file, e))?;
+            }
+            primary.write_file(&path).map_err(|e| CacheError::io("write", &path, e))?;
+        }
+    }
 
     // A separate file, so that other boots do not pay for unpacking twice
     // the size.
-    let kexec = kexec::ensure(cache, progress)?;
     progress(&format!("assembling the kexec-reboot initramfs (kexec-tools {})", kexec.version));
     fs.copy_from("boot/vmlinuz", &kernel.vmlinuz).map_err(|e| CacheError::io("read", &kernel.vmlinuz, e))?;
-    fs.copy_from("boot/initramfs.cpio", &path).map_err(|e| CacheError::io("read", &path, e))?;
+    let plain = if update_to.is_some() { out.join(super::UPDATE_NEXT_INITRAMFS) } else { path.clone() };
+    fs.copy_from("boot/initramfs.cpio", &plain).map_err(|e| CacheError::io("read", &plain, e))?;
     for (guest, file) in &kexec.files {
         fs.copy_from(guest, file).map_err(|e| CacheError::io("read", file, e))?;
     }
@@ -99,10 +134,5 @@ pub(crate) fn build(
 
     progress("making the data disk");
     super::make_data_disk(out, DATA_DISK_MIB)?;
-    Ok(BuildSpec {
-        cmdline: String::new(),
-        rootfs: None,
-        min_memory_mib: MIN_MEMORY_MIB,
-        extra_files: vec![super::KEXEC_INITRAMFS.to_string()],
-    })
+    Ok(BuildSpec { cmdline: String::new(), rootfs: None, min_memory_mib: MIN_MEMORY_MIB, extra_files })
 }

@@ -21,7 +21,11 @@
 //! - `sut`: [`Sut`] (boot, golden restore, freeze, snapshots, watching)
 //!   and [`Golden`];
 //! - `recover`: the recovery loop, [`Sut::recover`] with its fallbacks,
-//!   and [`RecoveryTiming`].
+//!   and [`RecoveryTiming`];
+//! - `shadow`: an update's shadow VM (the new kernel booted beside the
+//!   primary, snapshotted at the boundary, discarded);
+//! - `update`: kernel updates, [`Sut::update`] by [`UpdateStrategy`]
+//!   (reboot, kexec, ShadowReboot), [`UpdateTiming`], [`UpdateError`].
 //!
 //! This module only declares them and re-exports their public items; none
 //! of them imports it.
@@ -29,13 +33,16 @@
 mod detect;
 mod error;
 mod recover;
+mod shadow;
 mod snapshots;
 mod standby;
 mod strategy;
 mod sut;
+mod update;
 
 pub use detect::{Detectors, Failure, FailureCause, ServiceProbe};
 pub use error::RecoveryError;
 pub use recover::RecoveryTiming;
 pub use strategy::{kexec_crash_kernel_mib, Strategy, UnknownStrategy};
 pub use sut::{Golden, Sut};
+pub use update::{ShadowTiming, UnknownUpdateStrategy, UpdateError, UpdateStrategy, UpdateTiming};

@@ -206,7 +206,7 @@ impl Sut {
     /// Replaces the VM by one restored from the `which` snapshot; `Err`
     /// carries why it could not, for the fallback's reason.
     /// `Ok(true)`: the restore ran on the standby QEMU.
-    fn try_restore(&mut self, which: Which) -> Result<bool, String> {
+    pub(super) fn try_restore(&mut self, which: Which) -> Result<bool, String> {
         let name = which.name();
         let snap = self.snapshots.get(which).ok_or_else(|| format!("no {name} snapshot was taken"))?;
         let snap = Snapshot::open(&snap.dir).map_err(|e| format!("the {name} snapshot is unusable: {e}"))?;
@@ -237,7 +237,7 @@ impl Sut {
 
     /// Whether a recovery that restarts the data-dependent services holds
     /// clients at the host until they run (`PhaseBoundary::admit_after`).
-    fn holds_clients(&self) -> bool {
+    pub(super) fn holds_clients(&self) -> bool {
         self.image.profile().phase_boundary().admit_after.is_some()
     }
 
@@ -248,7 +248,9 @@ impl Sut {
         let retake = self.snapshots.unsafe_reason(Which::Service).is_some()
             || self.snapshots.unsafe_reason(Which::Phase).is_some();
         let vm = match self.vm.take() {
-            Some(mut vm) if vm.check_alive().is_ok() && (vm.snapshottable() || !retake) => {
+            Some(mut vm)
+                if vm.check_alive().is_ok() && (vm.snapshottable() || !retake) && !self.qemu_boots_old_kernel =>
+            {
                 vm.agent().reset();
                 if self.holds_clients() {
                     vm.close_port()?;
@@ -270,6 +272,7 @@ impl Sut {
                     old.kill();
                 }
                 let mut vm = Vm::start(&self.image, &self.config)?;
+                self.qemu_boots_old_kernel = false;
                 if self.holds_clients() {
                     vm.close_port()?;
                 }

@@ -176,6 +176,42 @@ impl SnapshotSet {
         Ok(())
     }
 
+    /// Takes a phase snapshot of `vm` (held at its phase boundary) into
+    /// the set's directory `name`, without making it the phase snapshot:
+    /// an update keeps the old kernel's snapshots until the new one serves.
+    pub(super) fn take_phase_into(&self, vm: &mut Vm, name: &str) -> Result<Snapshot, RecoveryError> {
+        let dir = self.dir.path().join(name);
+        Ok(save::take(vm, &dir, vm.image().profile().phase_boundary().name)?)
+    }
+
+    /// The watched files the agents reported changed after `since`.
+    pub(super) fn changed_since(&self, since: Instant) -> Vec<String> {
+        let mut paths: Vec<String> = self.changes.iter().filter(|c| c.at > since).map(|c| c.path.clone()).collect();
+        paths.dedup();
+        paths
+    }
+
+    /// Where a snapshot named `name` goes in the set's directory.
+    pub(super) fn path_of(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// After a kernel update that serves: `phase` (taken on the new
+    /// kernel, `None` where it could not be) is the phase snapshot, the old
+    /// kernel's service snapshot is gone (the caller takes a new one), and
+    /// the data disk counts as remounted. Returns the old kernel's
+    /// snapshots, for the caller to delete once nothing maps them.
+    pub(super) fn updated(&mut self, phase: Option<Snapshot>, vm: &mut Vm) -> Vec<Snapshot> {
+        let old: Vec<Snapshot> = [self.service.take(), self.phase.take()].into_iter().flatten().collect();
+        self.phase = phase;
+        self.phase_taken = Instant::now();
+        self.service_taken = self.phase_taken;
+        self.data_baseline = None;
+        self.data_remounted(vm);
+        self.absorb(vm.agent());
+        old
+    }
+
     /// Takes the watched-file reports of a VM's agent into the set's own
     /// view, which outlives the VM.
     pub(super) fn absorb(&mut self, agent: &AgentChannel) {

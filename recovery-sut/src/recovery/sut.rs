@@ -130,6 +130,10 @@ pub struct Sut {
     /// A recovery that did not restore the service snapshot left it to be
     /// taken again once the service runs and the data disk is quiet.
     pub(super) service_due: bool,
+    /// The guest kexec'd into a kernel other than the one QEMU's
+    /// `-kernel` names (an update by kexec): a reset would boot the old
+    /// kernel, so a full reboot starts a new QEMU.
+    pub(super) qemu_boots_old_kernel: bool,
 }
 
 /// How long a service snapshot retaken right after a recovery waits for
@@ -173,6 +177,7 @@ impl Sut {
             standby: StandbySlot::default(),
             expected: Strategy::ServiceRestore,
             service_due: false,
+            qemu_boots_old_kernel: false,
         };
         sut.wait_crash_kernel()?;
         Ok(sut)
@@ -226,6 +231,7 @@ impl Sut {
             standby: StandbySlot::default(),
             expected,
             service_due: false,
+            qemu_boots_old_kernel: false,
         };
         sut.prepare_standby();
         Ok(sut)

@@ -24,6 +24,24 @@ pub fn tiny_image() -> GuestImage {
     guest::ensure(&cache, &guest::Recipe::Tiny, &kernel, &|m| eprintln!("{m}")).expect("tiny image")
 }
 
+/// The release the updatable tiny image updates to: the lock's other
+/// kernel.
+pub const UPDATE_TO: &str = "6.1.0-57-amd64";
+
+/// The tiny image that boots the lock's default kernel and carries
+/// [`UPDATE_TO`] to update to, built on first use.
+pub fn tiny_updatable_image() -> GuestImage {
+    let cache = cache();
+    let lock = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel.lock"));
+    let resolve = |release| {
+        kernel::resolve(&cache, &KernelChoice::locked(lock, release).expect("kernel.lock"), &|m| eprintln!("{m}"))
+            .expect("Debian kernel")
+    };
+    let (old, new) = (resolve(None), resolve(Some(UPDATE_TO)));
+    assert_ne!(old.release, new.release, "kernel.lock's default is the kernel the tests update to");
+    guest::ensure_updatable(&cache, &guest::Recipe::Tiny, &old, &new, &|m| eprintln!("{m}")).expect("tiny image")
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
