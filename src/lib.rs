@@ -29,4 +29,5 @@ pub mod provenance;
 pub mod recover;
 pub mod service;
 pub mod setup;
+pub mod update;
 pub mod workload_run;

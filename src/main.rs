@@ -39,6 +39,8 @@ enum Command {
     Boot(cli::boot::BootArgs),
     /// Crash the guest repeatedly under client load and measure each recovery strategy's client-seen downtime.
     Recover(cli::recover::RecoverArgs),
+    /// Update a serving guest's kernel under client load by reboot, kexec or ShadowReboot and measure each strategy's client-seen downtime.
+    Update(cli::update::UpdateArgs),
     /// Run the recovery VMM: keep a guest's service up across kernel failures until Ctrl-C.
     #[command(subcommand)]
     Sut(cli::recover::SutCommand),
@@ -182,6 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Boot(args) => cli::boot::boot(&cache, args),
         Command::Recover(args) => cli::recover::recover(&cache, args),
+        Command::Update(args) => cli::update::update(&cache, args),
         Command::Sut(cli::recover::SutCommand::Run(args)) => cli::recover::sut_run(&cache, args),
         Command::Faults(args) => cli::faults::cmd(&cache, args),
         Command::Inject(args) => cli::inject::cmd(&cache, args),

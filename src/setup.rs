@@ -122,6 +122,30 @@ pub fn prepare_guest(
     Ok(Prepared { profile, kernel, image, decision, memory_mib })
 }
 
+/// Like [`prepare_guest`], for a kernel update: the image boots
+/// `kernel_choice` and carries the locked kernel `to` (its modules, and
+/// what a kexec into it needs), built on first use.
+pub fn prepare_updatable_guest(
+    cache: &Cache,
+    profile: Profile,
+    kernel_choice: &KernelChoice,
+    to: &str,
+    accel_choice: AccelChoice,
+    memory: Option<u32>,
+    step: &dyn Fn(&str),
+) -> Result<Prepared> {
+    let kernel = kernel::resolve(cache, kernel_choice, step)?;
+    let next = kernel::resolve(cache, &KernelChoice::Locked(locked_kernel(Some(to))?), step)
+        .with_context(|| format!("fetching {to}, the kernel to update to"))?;
+    let image = guest::ensure_updatable(cache, &guest_recipe(profile), &kernel, &next, step)?;
+    if accel_choice == AccelChoice::Auto {
+        step("choosing the accelerator (the first KVM probe boot takes up to 15 s)");
+    }
+    let decision = accel_probe::decide(accel_choice, cache, &image)?;
+    let memory_mib = memory.unwrap_or(default_memory_mib(profile));
+    Ok(Prepared { profile, kernel, image, decision, memory_mib })
+}
+
 /// What `profile`'s image is built from: the one place that hands the
 /// workloads' guest side (the RUBiS site and its data) to the image
 /// builder, for every command that builds or opens an image.

@@ -8,6 +8,7 @@ pub mod faults;
 pub mod inject;
 pub mod profile;
 pub mod recover;
+pub mod update;
 pub mod workload;
 
 pub use kfi::progress::{say, spinner, stepper, Progress};

@@ -17,6 +17,22 @@ macro_rules! downtime_definition {
 /// See [`downtime_definition`].
 pub const DOWNTIME: &str = downtime_definition!();
 
+/// The client-seen downtime of a kernel update, as
+/// `workloads::downtime::update_downtime` computes it.
+#[macro_export]
+macro_rules! update_downtime_definition {
+    () => {
+        "An update's downtime is client-seen: the longest time between the ends of two consecutive correct \
+         answers (any client, in order of completion), counted from the last correct answer that completed at or \
+         before the switch (the old kernel told to stop writing) to the end of the run. The old kernel may still \
+         answer for a moment after the switch began, so there is no single failure instant: the longest gap is the \
+         outage the clients saw."
+    };
+}
+
+/// See [`update_downtime_definition`].
+pub const UPDATE_DOWNTIME: &str = update_downtime_definition!();
+
 /// Which answers count for the RUBiS workload's downtime (the campaign
 /// hands `workloads::downtime` only these records).
 pub const RUBIS_DOWNTIME_ANSWERS: &str = "With the RUBiS workload only answers of pages that read or write the \

@@ -27,7 +27,9 @@ pub mod rubis;
 pub mod timeline;
 
 pub use docs::{Doc, DocList, DocsError, RequestPicker};
-pub use downtime::{analyze, Downtime, DowntimeConfig, DowntimeError, DowntimeReport, Recovery, ThroughputRecovery};
+pub use downtime::{
+    analyze, update_downtime, Downtime, DowntimeConfig, DowntimeError, DowntimeReport, Recovery, ThroughputRecovery,
+};
 pub use loadgen::{
     run, run_blocking, run_blocking_observed, run_blocking_until, run_until, ClosedLoop, LoadError, LoadProgress,
     LoadSpec, Mode, OpenLoop,

@@ -1,0 +1,287 @@
+//! `kfi update`: update a serving guest's kernel under client load, by
+//! reboot, kexec or ShadowReboot, and measure the downtime the clients saw,
+//! what the preparation cost the serving primary, and that every
+//! acknowledged write survived.
+//!
+//! One fresh guest per trial, booted on the lock's default kernel from an
+//! image that carries the kernel to update to. Statistics are `kfi-stats`'
+//! (type-7 quantiles), the downtime is `workloads::update_downtime`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use recovery_sut::recovery::{UpdateStrategy, UpdateTiming};
+use recovery_sut::{probe, GuestImage, Sut, VmConfig};
+use serde::Serialize;
+use workloads::{seconds_since, update_downtime, DocList, Record};
+
+use crate::load::{ClientLoad, Clients, RunningLoad};
+
+/// The published band of ShadowReboot's downtime reduction against a
+/// reboot (Yamada and Kono, VEE 2013: VirtualBox 4.0.10, five Linux
+/// distributions, a kernel update).
+pub const PUBLISHED_REDUCTION: (f64, f64) = (0.91, 0.98);
+
+/// Knobs of one `kfi update` run.
+pub struct UpdatePlan {
+    /// Strategies, in order.
+    pub strategies: Vec<UpdateStrategy>,
+    /// Updates per strategy (each on a freshly booted guest).
+    pub repeat: usize,
+    /// Load before the update, seconds.
+    pub warmup: Duration,
+    /// Load after the service is back.
+    pub tail: Duration,
+    /// Closed-loop clients.
+    pub clients: usize,
+    /// Seed of the request mix.
+    pub seed: u64,
+}
+
+/// One update and what the clients saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateTrial {
+    /// Strategy.
+    pub strategy: UpdateStrategy,
+    /// Repetition number.
+    pub rep: usize,
+    /// Client-seen downtime (see `kfi_stats::definitions::UPDATE_DOWNTIME`),
+    /// seconds; `None`: the service did not come back in the run.
+    pub downtime_s: Option<f64>,
+    /// The availability probe's outage by the same measure, seconds.
+    pub probe_outage_s: Option<f64>,
+    /// Correct answers per second in the warm-up before the preparation.
+    pub baseline_rps: f64,
+    /// Correct answers per second while the preparation ran (the shadow's
+    /// boot or kexec's load) with the old kernel serving; `None` when the
+    /// preparation was too short to measure (under 0.5 s).
+    pub prepare_rps: Option<f64>,
+    /// The SUT's own timing.
+    pub timing: UpdateTiming,
+    /// Writes the guest acknowledged as durable (before, during and after).
+    pub writes_acked: usize,
+    /// Acknowledged writes missing from the data disk afterwards.
+    pub writes_lost: Vec<u64>,
+    /// Requests sent.
+    pub requests: usize,
+    /// Correct answers.
+    pub correct: usize,
+}
+
+/// Downtime statistics of one strategy.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateSummary {
+    /// Strategy.
+    pub strategy: UpdateStrategy,
+    /// Trials where the service came back.
+    pub served: usize,
+    /// Trials run.
+    pub trials: usize,
+    /// Median downtime, seconds.
+    pub downtime_median_s: Option<f64>,
+    /// 95th percentile downtime (type 7), seconds.
+    pub downtime_p95_s: Option<f64>,
+    /// Median of the probe's outages, seconds.
+    pub probe_outage_median_s: Option<f64>,
+    /// Median preparation (old kernel serving), seconds.
+    pub prepare_median_s: Option<f64>,
+    /// Median of the correct-answer rate during the preparation over the
+    /// warm-up's.
+    pub prepare_throughput_ratio: Option<f64>,
+    /// Median switch (old kernel told to stop until the new one runs).
+    pub switch_median_s: Option<f64>,
+    /// Acknowledged writes lost, over all trials.
+    pub writes_lost: usize,
+    /// 1 - median / median(reboot).
+    pub reduction_vs_reboot: Option<f64>,
+}
+
+/// Per-strategy statistics, with the reduction against a reboot.
+pub fn summarize(trials: &[UpdateTrial], strategies: &[UpdateStrategy]) -> Vec<UpdateSummary> {
+    let mut out: Vec<UpdateSummary> = strategies
+        .iter()
+        .map(|&strategy| {
+            let mine: Vec<&UpdateTrial> = trials.iter().filter(|t| t.strategy == strategy).collect();
+            let downtimes: Vec<f64> = mine.iter().filter_map(|t| t.downtime_s).collect();
+            let sorted = kfi_stats::Sorted::new(downtimes.iter().copied());
+            UpdateSummary {
+                strategy,
+                served: downtimes.len(),
+                trials: mine.len(),
+                downtime_median_s: sorted.as_ref().map(|s| s.quantile(0.5)),
+                downtime_p95_s: sorted.as_ref().map(|s| s.quantile(0.95)),
+                probe_outage_median_s: kfi_stats::median(mine.iter().filter_map(|t| t.probe_outage_s)),
+                prepare_median_s: kfi_stats::median(mine.iter().map(|t| t.timing.prepare_s)),
+                prepare_throughput_ratio: kfi_stats::median(
+                    mine.iter().filter_map(|t| t.prepare_rps.map(|r| r / t.baseline_rps)),
+                ),
+                switch_median_s: kfi_stats::median(mine.iter().map(|t| t.timing.switch_s)),
+                writes_lost: mine.iter().map(|t| t.writes_lost.len()).sum(),
+                reduction_vs_reboot: None,
+            }
+        })
+        .collect();
+    let baseline = out.iter().find(|s| s.strategy == UpdateStrategy::Reboot).and_then(|s| s.downtime_median_s);
+    for s in &mut out {
+        s.reduction_vs_reboot = match (s.downtime_median_s, baseline) {
+            (Some(m), Some(b)) if b > 0.0 => Some(1.0 - m / b),
+            _ => None,
+        };
+    }
+    out
+}
+
+/// Runs every trial on `image` (which must carry a second kernel);
+/// `progress` hears about each one.
+pub fn run(
+    image: &GuestImage,
+    config: &VmConfig,
+    plan: &UpdatePlan,
+    progress: &dyn Fn(&UpdateTrial),
+) -> Result<Vec<UpdateTrial>> {
+    let Some(next) = &image.update_to else { bail!("the guest image carries no kernel to update to") };
+    let docs = DocList::load(&image.dir.join("docs.json"))?;
+    let mut trials = Vec::new();
+    for &strategy in &plan.strategies {
+        for rep in 0..plan.repeat {
+            // A fresh guest on the old kernel per update.
+            let mut sut = Sut::boot(image, config).context("booting the system under test")?;
+            sut.snapshot_service().context("taking the service snapshot")?;
+            let trial = trial(&mut sut, &docs, strategy, rep, plan)
+                .with_context(|| format!("update to {} by {strategy}, trial {rep}", next.release))?;
+            progress(&trial);
+            trials.push(trial);
+        }
+    }
+    Ok(trials)
+}
+
+/// Appends acknowledged writes to the data disk every 100 ms through the
+/// agent channel it is given, until told to stop; returns the acknowledged
+/// numbers. Writes sent once the data disk is read-only are not
+/// acknowledged, and do not count.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl Writer {
+    fn start(agent: recovery_sut::agent::AgentChannel, first: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seq = first;
+            while !flag.load(Ordering::SeqCst) {
+                if agent.send(&format!("append {seq}")).is_err() {
+                    break;
+                }
+                seq += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // Answers to the last writes may still be on their way.
+            std::thread::sleep(Duration::from_millis(300));
+            agent.acked().into_iter().filter(|&s| s >= first && s < seq).collect()
+        });
+        Writer { stop, thread }
+    }
+
+    fn finish(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+fn trial(
+    sut: &mut Sut,
+    docs: &DocList,
+    strategy: UpdateStrategy,
+    rep: usize,
+    plan: &UpdatePlan,
+) -> Result<UpdateTrial> {
+    let load = ClientLoad {
+        clients: Clients::Static(docs.clone()),
+        count: plan.clients,
+        think: Duration::ZERO,
+        failure_pause: crate::load::DOWNTIME_FAILURE_PAUSE,
+        timeout: Duration::from_secs(1),
+        duration: Duration::from_secs(600),
+        seed: plan.seed.wrapping_add(rep as u64),
+    };
+    let origin = Instant::now();
+    let probe_load =
+        RunningLoad::start(sut.vm().http_addr(), ClientLoad::probe(docs, Duration::from_secs(600)), origin);
+    let load = RunningLoad::start(sut.vm().http_addr(), load, origin);
+    // Writes from the old kernel, before and during the preparation.
+    let writer = Writer::start(sut.vm().agent().clone(), 1);
+    std::thread::sleep(plan.warmup);
+    load.wait_answered(origin, crate::load::ANSWER_GATE_TIMEOUT)?;
+    let outcome = sut.update(strategy);
+    let mut acked = writer.finish();
+    if outcome.is_ok() {
+        // Writes to the new kernel.
+        let first = acked.iter().max().map_or(1, |m| m + 1).max(1_000_000);
+        let writer = Writer::start(sut.vm().agent().clone(), first);
+        std::thread::sleep(plan.tail.max(crate::load::PROBE_TAIL));
+        acked.extend(writer.finish());
+    }
+    let records = load.finish()?.records;
+    let probed = probe_load.finish()?.records;
+    let timing = outcome.with_context(|| format!("updating by {strategy}"))?;
+    let switch_at = seconds_since(origin, timing.switch_at);
+    let prepare_at = seconds_since(origin, timing.prepare_at);
+    let on_disk = acked_on_disk(sut)?;
+    let writes_lost: Vec<u64> = acked.iter().copied().filter(|s| !on_disk.contains(s)).collect();
+    Ok(UpdateTrial {
+        strategy,
+        rep,
+        downtime_s: update_downtime(&records, switch_at),
+        probe_outage_s: update_downtime(&probed, switch_at),
+        baseline_rps: correct_rate(&records, (prepare_at - 1.0).max(0.0), prepare_at).unwrap_or(0.0),
+        prepare_rps: (switch_at - prepare_at >= 0.5).then(|| correct_rate(&records, prepare_at, switch_at)).flatten(),
+        timing,
+        writes_acked: acked.len(),
+        writes_lost,
+        requests: records.len(),
+        correct: records.iter().filter(|r| r.is_correct()).count(),
+    })
+}
+
+/// Correct answers per second that completed in `[from, to)`.
+fn correct_rate(records: &[Record], from: f64, to: f64) -> Option<f64> {
+    (to > from).then(|| {
+        let n = records.iter().filter(|r| r.is_correct() && r.end >= from && r.end < to).count();
+        n as f64 / (to - from)
+    })
+}
+
+/// The write numbers on the guest's data disk, read over HTTP.
+fn acked_on_disk(sut: &mut Sut) -> Result<Vec<u64>> {
+    let answer = probe::http_get(sut.vm().http_addr(), "/data/acked", Duration::from_secs(10))
+        .context("reading the acknowledged writes back")?;
+    if answer.status != 200 {
+        bail!("GET /data/acked answered {}", answer.status);
+    }
+    Ok(String::from_utf8_lossy(&answer.body).lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_correct_rate_counts_answers_that_ended_in_the_window() {
+        let rec = |end: f64, ok: bool| Record {
+            start: end - 0.01,
+            end,
+            path: "/".into(),
+            outcome: if ok { workloads::RequestOutcome::Ok } else { workloads::RequestOutcome::ConnectError },
+            bytes: 0,
+        };
+        let records = vec![rec(0.5, true), rec(1.0, true), rec(1.5, false), rec(1.9, true), rec(2.0, true)];
+        assert_eq!(correct_rate(&records, 1.0, 2.0), Some(2.0));
+        assert_eq!(correct_rate(&records, 2.0, 2.0), None);
+    }
+}
