@@ -306,3 +306,53 @@ fn sut_run_recovers_injected_crashes_and_stops_on_ctrl_c() {
         assert!(!alive(pid), "QEMU {pid} outlived kfi sut run");
     }
 }
+
+/// Whether process `pid`'s command line contains `needle`.
+fn cmdline_has(pid: u32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+}
+
+#[test]
+fn kill_9_during_an_updates_shadow_phase_leaves_no_qemu_behind() {
+    real_cache();
+    let mut child = Spawned::piped(&[
+        "update",
+        "--guest",
+        "tiny",
+        "--accel",
+        "tcg",
+        "--to",
+        "6.1.0-57-amd64",
+        "--strategy",
+        "shadow-reboot",
+        "--repeat",
+        "1",
+        "--json",
+    ]);
+    let kfi_pid = child.id();
+    // The shadow is the QEMU cut off the network (`restrict=on`); the
+    // primary and its standby run beside it. The first run builds the
+    // updatable image (seconds) and fetches the second kernel.
+    let mut qemu = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        qemu = children_of(kfi_pid).into_iter().filter(|(_, c)| c.starts_with("qemu-system")).map(|(p, _)| p).collect();
+        if qemu.iter().any(|&p| cmdline_has(p, "restrict=on")) {
+            break;
+        }
+        assert!(alive(kfi_pid), "kfi update ended before its shadow phase");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(qemu.iter().any(|&p| cmdline_has(p, "restrict=on")), "no shadow QEMU seen within 300 s");
+    assert!(qemu.len() >= 2, "the primary serves beside the shadow: {qemu:?}");
+
+    // SAFETY: plain kill(2) on a child we spawned.
+    assert_eq!(unsafe { libc::kill(kfi_pid as i32, libc::SIGKILL) }, 0);
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while qemu.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<u32> = qemu.into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "QEMU {left:?} outlived kfi update after kill -9 in the shadow phase");
+}

@@ -450,20 +450,7 @@ fn build_with(
 ) -> Result<GuestImage, GuestError> {
     let profile = recipe.profile();
     if let Some(next) = update_to {
-        if next.release == kernel.release {
-            return Err(GuestError::build(
-                profile,
-                "choosing the kernel to update to",
-                format!("{} is the kernel the guest boots already; name another locked release", next.release),
-            ));
-        }
-        if profile == Profile::Debian {
-            return Err(GuestError::build(
-                profile,
-                "choosing the kernel to update to",
-                "the debian image cannot carry a second kernel yet; update the tiny guest",
-            ));
-        }
+        check_update_target(profile, kernel, next)?;
     }
     let dir = image_dir(cache, recipe, kernel, update_to)?;
     // Under the lock, a builder that waited finds the other's result.
@@ -548,6 +535,25 @@ pub fn ensure(
     }
 }
 
+/// Refuses a second kernel an image cannot carry.
+fn check_update_target(profile: Profile, kernel: &Kernel, next: &Kernel) -> Result<(), GuestError> {
+    if next.release == kernel.release {
+        return Err(GuestError::build(
+            profile,
+            "choosing the kernel to update to",
+            format!("{} is the kernel the guest boots already; name another locked release", next.release),
+        ));
+    }
+    if profile == Profile::Debian {
+        return Err(GuestError::build(
+            profile,
+            "choosing the kernel to update to",
+            "the debian image cannot carry a second kernel yet; update the tiny guest",
+        ));
+    }
+    Ok(())
+}
+
 /// Opens the image that boots `kernel` and carries `update_to`, a second
 /// kernel to update to, building it first if it was never built.
 pub fn ensure_updatable(
@@ -557,6 +563,7 @@ pub fn ensure_updatable(
     update_to: &Kernel,
     progress: &dyn Fn(&str),
 ) -> Result<GuestImage, GuestError> {
+    check_update_target(recipe.profile(), kernel, update_to)?;
     match open_with(cache, recipe, kernel, Some(update_to)) {
         Err(GuestError::NotBuilt { .. }) => {
             progress(&format!(

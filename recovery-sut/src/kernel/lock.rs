@@ -72,7 +72,7 @@ pub enum LockError {
         problem: String,
     },
     /// A release that the lock does not name.
-    #[error("kernel {release} is not in the kernel lock {path}, which locks: {}; run `{UPDATE_COMMAND}` to lock the current Debian kernel", known.join(", "))]
+    #[error("kernel {release} is not in the kernel lock {path}, which locks: {}; run `{UPDATE_COMMAND}` to lock the current Debian kernel, or `kfi kernel lock --add {release}` to lock this one beside it", known.join(", "))]
     UnknownRelease {
         /// The file.
         path: PathBuf,
