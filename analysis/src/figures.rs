@@ -246,7 +246,7 @@ struct Bar {
 }
 
 /// Bars per category, optionally several side by side (slots), with an
-/// optional horizontal reference line.
+/// optional horizontal reference lines (dashed red, each in the legend).
 struct Bars {
     title: String,
     x_desc: String,
@@ -255,7 +255,7 @@ struct Bars {
     slots: usize,
     bars: Vec<Bar>,
     legend: Vec<(String, RGBColor)>,
-    reference: Option<(f64, String)>,
+    references: Vec<(f64, String)>,
 }
 
 impl Draw for Bars {
@@ -265,7 +265,7 @@ impl Draw for Bars {
             .bars
             .iter()
             .flat_map(|b| b.values.iter().copied())
-            .chain(self.reference.as_ref().map(|r| r.0))
+            .chain(self.references.iter().map(|r| r.0))
             .fold(0.0_f64, f64::max);
         let y_max = if top > 0.0 { top * 1.18 } else { 1.0 };
         let mut chart = ChartBuilder::on(root)
@@ -311,8 +311,8 @@ impl Draw for Bars {
                 .map_err(err)?;
         }
         let legend = &self.legend;
-        if let Some((y, label)) = &self.reference {
-            let red = RGBColor(200, 0, 0);
+        for (k, (y, label)) in self.references.iter().enumerate() {
+            let red = if k == 0 { RGBColor(200, 0, 0) } else { RGBColor(230, 120, 120) };
             chart
                 .draw_series(DashedLineSeries::new(
                     [(-0.5, *y), (cats.len() as f64 - 0.5, *y)],
@@ -332,7 +332,7 @@ impl Draw for Bars {
                 .label(name.clone())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
         }
-        if !legend.is_empty() || self.reference.is_some() {
+        if !legend.is_empty() || !self.references.is_empty() {
             chart
                 .configure_series_labels()
                 .label_font(label_font())
@@ -574,11 +574,106 @@ pub fn downtime_bars(records: &[ExperimentRecord], dir: &Path) -> Result<Vec<Fig
             slots: 1,
             bars,
             legend: Vec::new(),
-            reference,
+            references: reference.into_iter().collect(),
         };
         let name = format!("downtime-{}-{}", slug(workload.name()), slug(&failure));
         out.push(render(&fig, dir, &name, &title)?);
     }
+    Ok(out)
+}
+
+fn update_color(s: crate::update::RecordedUpdateStrategy) -> RGBColor {
+    match s {
+        crate::update::RecordedUpdateStrategy::Reboot => RGBColor(127, 127, 127),
+        crate::update::RecordedUpdateStrategy::Kexec => RGBColor(255, 127, 14),
+        crate::update::RecordedUpdateStrategy::ShadowReboot => RGBColor(44, 160, 44),
+    }
+}
+
+/// A kernel-update campaign's figures: the downtime per strategy against
+/// the reboot with the published band (91% and 98% below the reboot's
+/// median), and the preparation each strategy did while the old kernel
+/// served, labelled with the primary's throughput during it.
+pub fn update_figures(
+    records: &[crate::update::UpdateRecord],
+    summary: &[crate::update::UpdateSummary],
+    dir: &Path,
+) -> Result<Vec<Figure>, FigureError> {
+    use crate::update::{RecordedUpdateStrategy, PUBLISHED_REDUCTION};
+    let shown: Vec<&crate::update::UpdateSummary> = summary.iter().filter(|s| s.downtime.is_some()).collect();
+    if shown.is_empty() {
+        return Ok(Vec::new());
+    }
+    let guest = records.first().map_or("?", |r| r.provenance.profile.name());
+    let values =
+        |strategy: RecordedUpdateStrategy, f: &dyn Fn(&crate::update::UpdateRecord) -> Option<f64>| -> Vec<f64> {
+            records.iter().filter(|r| r.strategy == strategy && r.error.is_none()).filter_map(f).collect()
+        };
+    let reboot = shown.iter().find(|s| s.strategy == RecordedUpdateStrategy::Reboot).and_then(|s| s.downtime.as_ref());
+    let references = reboot.map_or(Vec::new(), |b| {
+        let (lo, hi) = PUBLISHED_REDUCTION;
+        vec![
+            (b.median * (1.0 - lo), format!("published: −{:.0}%", lo * 100.0)),
+            (b.median * (1.0 - hi), format!("published: −{:.0}%", hi * 100.0)),
+        ]
+    });
+    let categories: Vec<String> =
+        shown.iter().map(|s| format!("{} (n={})", s.strategy, s.downtime.as_ref().map_or(0, |d| d.n))).collect();
+    let bars = shown
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let m = s.downtime.as_ref().map_or(0.0, |d| d.median);
+            let label = match s.reduction_vs_reboot {
+                Some(r) if s.strategy != RecordedUpdateStrategy::Reboot => {
+                    format!("{} ({:+.1}%)", fmt_s(m), -100.0 * r)
+                }
+                _ => fmt_s(m),
+            };
+            Bar {
+                category: i,
+                slot: 0,
+                values: values(s.strategy, &|r| r.downtime_s),
+                color: update_color(s.strategy),
+                label,
+            }
+        })
+        .collect();
+    let title = format!("Kernel update, client-seen downtime: {guest} guest (median, dots: updates)");
+    let downtime = Bars {
+        title: title.clone(),
+        x_desc: "update strategy".into(),
+        y_desc: "client-seen downtime (s)".into(),
+        categories: categories.clone(),
+        slots: 1,
+        bars,
+        legend: Vec::new(),
+        references,
+    };
+    let mut out = vec![render(&downtime, dir, &format!("update-downtime-{}", slug(guest)), &title)?];
+    let bars = shown
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Bar {
+            category: i,
+            slot: 0,
+            values: values(s.strategy, &|r| r.prepare_s),
+            color: update_color(s.strategy),
+            label: s.prepare_throughput_ratio.map_or("-".into(), |r| format!("served {:.0}%", r * 100.0)),
+        })
+        .collect();
+    let title = format!("Kernel update, work while the old kernel served: {guest} guest (label: its throughput then)");
+    let prepare = Bars {
+        title: title.clone(),
+        x_desc: "update strategy".into(),
+        y_desc: "preparation (s): kexec load, shadow boot + snapshot + standby".into(),
+        categories,
+        slots: 1,
+        bars,
+        legend: Vec::new(),
+        references: Vec::new(),
+    };
+    out.push(render(&prepare, dir, &format!("update-prepare-{}", slug(guest)), &title)?);
     Ok(out)
 }
 
@@ -850,7 +945,7 @@ pub fn restore_vs_storage(records: &[ExperimentRecord], dir: &Path) -> Result<Ve
         slots: series.len(),
         bars,
         legend,
-        reference: None,
+        references: Vec::new(),
     };
     Ok(vec![render(&fig, dir, "restore-vs-storage", &title)?])
 }

@@ -19,6 +19,7 @@ pub mod store;
 pub mod tables;
 #[cfg(test)]
 mod testdir;
+pub mod update;
 
 pub use record::{ExperimentRecord, Injection, Provenance, RecoveryRecord, RecoveryStages, TimelineBin};
 pub use report::{report_from_store, write_report, ReportError, ReportSummary};

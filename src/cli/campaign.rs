@@ -325,6 +325,12 @@ pub fn replay(cache: &Cache, args: ReplayArgs) -> Result<ExitCode> {
 
 /// Regenerates tables, figures and report.md from a results directory.
 pub fn report(args: ReportArgs) -> Result<ExitCode> {
+    if args.results.join(analysis::update::UPDATE_STORE_FILE).exists() {
+        let report = kfi::update::campaign::report(&args.results)?;
+        println!("{}", report.headline);
+        println!("report: {}", report.path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let summary = ops::report(&args.results)?;
     println!("{}", summary.headline);
     println!("report: {}", args.results.join("report.md").display());

@@ -3,14 +3,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use analysis::update::{summarize, PUBLISHED_REDUCTION};
+use anyhow::{Context, Result};
 use clap::Args;
 use kfi::setup::{prepare_updatable_guest, Prepared};
+use kfi::update::spec::UpdateCampaign;
 use kfi::{duration, update};
 use recovery_sut::recovery::UpdateStrategy;
 use recovery_sut::{Cache, VmConfig};
 
-use super::{spinner, stepper, GuestArgs};
+use super::{say, spinner, stepper, GuestArgs, Progress};
 
 /// `kfi update`.
 #[derive(Args)]
@@ -18,8 +20,14 @@ pub struct UpdateArgs {
     #[command(flatten)]
     vm: GuestArgs,
     /// The locked kernel release to update to (kernel.lock; `kfi kernel lock --add RELEASE` locks one).
-    #[arg(long, value_name = "RELEASE")]
-    to: String,
+    #[arg(long, value_name = "RELEASE", required_unless_present = "experiment")]
+    to: Option<String>,
+    /// Run an update campaign instead (experiments/update.toml): resumable, stored in --results with report.md and figures.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["to", "strategy", "repeat", "clients", "warmup", "seed", "json"])]
+    experiment: Option<std::path::PathBuf>,
+    /// Where the campaign's results go (default results/<name>).
+    #[arg(long, value_name = "DIR", requires = "experiment")]
+    results: Option<std::path::PathBuf>,
     /// Strategies to compare, comma-separated: reboot (the baseline), kexec, shadow-reboot.
     #[arg(long, value_delimiter = ',', default_value = "reboot,kexec,shadow-reboot")]
     strategy: Vec<UpdateStrategy>,
@@ -40,8 +48,34 @@ pub struct UpdateArgs {
     json: bool,
 }
 
+/// Runs an update campaign and prints where its report is.
+fn campaign(cache: &Cache, file: &std::path::Path, results: Option<std::path::PathBuf>) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let campaign = UpdateCampaign::parse(file, &text)?;
+    let results = results.unwrap_or_else(|| std::path::Path::new("results").join(&campaign.name));
+    let stop = kfi::campaign::ops::interrupt_flag()?;
+    let progress = Progress::new();
+    let step = |m: &str| progress.step(m);
+    let run = kfi::update::campaign::run(cache, &campaign, &text, &results, &stop, &step)?;
+    drop(progress);
+    say(&format!("{} updates run now, {} stored before", run.ran, run.resumed));
+    if run.interrupted {
+        say(&format!("interrupted: run the same command again to resume ({})", results.display()));
+        return Ok(ExitCode::from(130));
+    }
+    if let Some(report) = run.report {
+        println!("{}", report.headline);
+        println!("report: {}", report.path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs and prints `kfi update`.
 pub fn update(cache: &Cache, args: UpdateArgs) -> Result<ExitCode> {
+    if let Some(file) = &args.experiment {
+        return campaign(cache, file, args.results.clone());
+    }
+    let to = args.to.clone().context("--to RELEASE names the kernel to update to")?;
     let spinner = spinner(!args.json);
     let step = stepper(&spinner);
     let kernel_choice = args.vm.kernel.choice()?;
@@ -49,7 +83,7 @@ pub fn update(cache: &Cache, args: UpdateArgs) -> Result<ExitCode> {
         cache,
         args.vm.guest.into(),
         &kernel_choice,
-        &args.to,
+        &to,
         args.vm.accel.into(),
         args.vm.memory,
         &step,
@@ -71,35 +105,39 @@ pub fn update(cache: &Cache, args: UpdateArgs) -> Result<ExitCode> {
             t.downtime_s.map_or("not measured".into(), |d| format!("{d:.3} s"))
         ))
     };
-    step(&format!("updating the {profile} guest ({}) from {} to {}", decision.accel.name(), k.release, args.to));
+    step(&format!("updating the {profile} guest ({}) from {} to {to}", decision.accel.name(), k.release));
     let trials = update::run(&image, &config, &plan, &show)?;
     if let Some(s) = &spinner {
         s.finish();
     }
-    let summary = update::summarize(&trials, &plan.strategies);
-    let failed = summary.iter().any(|s| s.served < s.trials || s.writes_lost > 0);
+    let prepared =
+        Prepared { profile, kernel: k.clone(), image: image.clone(), decision: decision.clone(), memory_mib };
+    let (provenance, _) = kfi::provenance::of(&prepared, args.seed)?;
+    let next = image.update_to.clone().context("the image carries no kernel to update to")?;
+    let records: Vec<_> = trials
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            update::campaign::to_record(i as u64, t.strategy, t.rep as u32, Ok(t.clone()), &next, &provenance)
+        })
+        .collect();
+    let summary = summarize(&records);
+    let failed = summary.iter().any(|s| s.served < s.trials || s.writes_lost > 0)
+        || trials.iter().any(|t| t.downtime_s.is_none());
     if args.json {
         let value = serde_json::json!({
-            "guest": profile.name(),
-            "from_kernel": k.describe(),
-            "to_kernel": image.update_to.as_ref().map(|n| n.describe()),
-            "accel": decision.accel.name(),
-            "accel_reason": decision.reason,
-            "qemu_version": recovery_sut::vm::qemu_version().unwrap_or_default(),
+            "downtime_definition": kfi_stats::definitions::UPDATE_DOWNTIME,
+            "published_reduction": PUBLISHED_REDUCTION,
             "repeat": plan.repeat,
             "clients": plan.clients,
-            "seed": args.seed,
-            "downtime_definition": kfi_stats::definitions::UPDATE_DOWNTIME,
-            "published_reduction": update::PUBLISHED_REDUCTION,
             "strategies": summary,
-            "trials": trials,
+            "updates": records,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!(
-            "{profile} guest, kernel {} -> {}, {} updates per strategy, accel {}",
+            "{profile} guest, kernel {} -> {to}, {} updates per strategy, accel {}",
             k.release,
-            args.to,
             plan.repeat,
             decision.accel.name()
         );
@@ -118,25 +156,26 @@ pub fn update(cache: &Cache, args: UpdateArgs) -> Result<ExitCode> {
         );
         for s in &summary {
             let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+            let d = s.downtime.as_ref();
             println!(
                 "{:<14} {:>7} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>6} {:>10}",
                 s.strategy.name(),
                 format!("{}/{}", s.served, s.trials),
-                f(s.downtime_median_s),
-                f(s.downtime_p95_s),
+                f(d.map(|d| d.median)),
+                f(d.map(|d| d.p95)),
                 f(s.probe_outage_median_s),
                 f(s.prepare_median_s),
                 s.prepare_throughput_ratio.map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
                 f(s.switch_median_s),
                 s.writes_lost,
-                if s.strategy == UpdateStrategy::Reboot {
+                if s.strategy.name() == "reboot" {
                     "baseline".to_string()
                 } else {
                     s.reduction_vs_reboot.map_or("-".into(), |r| format!("{:+.1}%", -r * 100.0))
                 }
             );
         }
-        let (lo, hi) = update::PUBLISHED_REDUCTION;
+        let (lo, hi) = PUBLISHED_REDUCTION;
         println!(
             "published (Yamada and Kono, VEE 2013; VirtualBox on hardware): ShadowReboot {:.0}-{:.0}% below a reboot",
             lo * 100.0,

@@ -19,10 +19,8 @@ use workloads::{seconds_since, update_downtime, DocList, Record};
 
 use crate::load::{ClientLoad, Clients, RunningLoad};
 
-/// The published band of ShadowReboot's downtime reduction against a
-/// reboot (Yamada and Kono, VEE 2013: VirtualBox 4.0.10, five Linux
-/// distributions, a kernel update).
-pub const PUBLISHED_REDUCTION: (f64, f64) = (0.91, 0.98);
+pub mod campaign;
+pub mod spec;
 
 /// Knobs of one `kfi update` run.
 pub struct UpdatePlan {
@@ -70,69 +68,6 @@ pub struct UpdateTrial {
     pub correct: usize,
 }
 
-/// Downtime statistics of one strategy.
-#[derive(Debug, Clone, Serialize)]
-pub struct UpdateSummary {
-    /// Strategy.
-    pub strategy: UpdateStrategy,
-    /// Trials where the service came back.
-    pub served: usize,
-    /// Trials run.
-    pub trials: usize,
-    /// Median downtime, seconds.
-    pub downtime_median_s: Option<f64>,
-    /// 95th percentile downtime (type 7), seconds.
-    pub downtime_p95_s: Option<f64>,
-    /// Median of the probe's outages, seconds.
-    pub probe_outage_median_s: Option<f64>,
-    /// Median preparation (old kernel serving), seconds.
-    pub prepare_median_s: Option<f64>,
-    /// Median of the correct-answer rate during the preparation over the
-    /// warm-up's.
-    pub prepare_throughput_ratio: Option<f64>,
-    /// Median switch (old kernel told to stop until the new one runs).
-    pub switch_median_s: Option<f64>,
-    /// Acknowledged writes lost, over all trials.
-    pub writes_lost: usize,
-    /// 1 - median / median(reboot).
-    pub reduction_vs_reboot: Option<f64>,
-}
-
-/// Per-strategy statistics, with the reduction against a reboot.
-pub fn summarize(trials: &[UpdateTrial], strategies: &[UpdateStrategy]) -> Vec<UpdateSummary> {
-    let mut out: Vec<UpdateSummary> = strategies
-        .iter()
-        .map(|&strategy| {
-            let mine: Vec<&UpdateTrial> = trials.iter().filter(|t| t.strategy == strategy).collect();
-            let downtimes: Vec<f64> = mine.iter().filter_map(|t| t.downtime_s).collect();
-            let sorted = kfi_stats::Sorted::new(downtimes.iter().copied());
-            UpdateSummary {
-                strategy,
-                served: downtimes.len(),
-                trials: mine.len(),
-                downtime_median_s: sorted.as_ref().map(|s| s.quantile(0.5)),
-                downtime_p95_s: sorted.as_ref().map(|s| s.quantile(0.95)),
-                probe_outage_median_s: kfi_stats::median(mine.iter().filter_map(|t| t.probe_outage_s)),
-                prepare_median_s: kfi_stats::median(mine.iter().map(|t| t.timing.prepare_s)),
-                prepare_throughput_ratio: kfi_stats::median(
-                    mine.iter().filter_map(|t| t.prepare_rps.map(|r| r / t.baseline_rps)),
-                ),
-                switch_median_s: kfi_stats::median(mine.iter().map(|t| t.timing.switch_s)),
-                writes_lost: mine.iter().map(|t| t.writes_lost.len()).sum(),
-                reduction_vs_reboot: None,
-            }
-        })
-        .collect();
-    let baseline = out.iter().find(|s| s.strategy == UpdateStrategy::Reboot).and_then(|s| s.downtime_median_s);
-    for s in &mut out {
-        s.reduction_vs_reboot = match (s.downtime_median_s, baseline) {
-            (Some(m), Some(b)) if b > 0.0 => Some(1.0 - m / b),
-            _ => None,
-        };
-    }
-    out
-}
-
 /// Runs every trial on `image` (which must carry a second kernel);
 /// `progress` hears about each one.
 pub fn run(
@@ -141,21 +76,32 @@ pub fn run(
     plan: &UpdatePlan,
     progress: &dyn Fn(&UpdateTrial),
 ) -> Result<Vec<UpdateTrial>> {
-    let Some(next) = &image.update_to else { bail!("the guest image carries no kernel to update to") };
-    let docs = DocList::load(&image.dir.join("docs.json"))?;
     let mut trials = Vec::new();
     for &strategy in &plan.strategies {
         for rep in 0..plan.repeat {
-            // A fresh guest on the old kernel per update.
-            let mut sut = Sut::boot(image, config).context("booting the system under test")?;
-            sut.snapshot_service().context("taking the service snapshot")?;
-            let trial = trial(&mut sut, &docs, strategy, rep, plan)
-                .with_context(|| format!("update to {} by {strategy}, trial {rep}", next.release))?;
+            let trial = one(image, config, plan, strategy, rep)?;
             progress(&trial);
             trials.push(trial);
         }
     }
     Ok(trials)
+}
+
+/// One update by `strategy` on a freshly booted guest of `image` (on its
+/// old kernel, service snapshot taken).
+pub fn one(
+    image: &GuestImage,
+    config: &VmConfig,
+    plan: &UpdatePlan,
+    strategy: UpdateStrategy,
+    rep: usize,
+) -> Result<UpdateTrial> {
+    let Some(next) = &image.update_to else { bail!("the guest image carries no kernel to update to") };
+    let docs = DocList::load(&image.dir.join("docs.json"))?;
+    let mut sut = Sut::boot(image, config).context("booting the system under test")?;
+    sut.snapshot_service().context("taking the service snapshot")?;
+    trial(&mut sut, &docs, strategy, rep, plan)
+        .with_context(|| format!("update to {} by {strategy}, trial {}", next.release, rep + 1))
 }
 
 /// Appends acknowledged writes to the data disk every 100 ms through the
