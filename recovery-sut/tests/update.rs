@@ -88,3 +88,40 @@ fn a_shadow_that_cannot_boot_leaves_the_old_kernel_serving_and_names_why() {
     let answer = probe::http_get(sut.vm().http_addr(), "/index.html", Duration::from_secs(10)).expect("GET");
     assert_eq!(answer.status, 200);
 }
+
+#[test]
+fn watched_files_changing_on_the_primary_while_the_shadow_boots_refuse_the_switch() {
+    let image = tiny_updatable_image();
+    let old = image.kernel.release.clone();
+    let mut sut = Sut::boot(&image, &config()).expect("boot");
+    assert!(sut.vm().agent().wait_heartbeat(0, Duration::from_secs(30)).is_some());
+    // An administrator renames a served directory back and forth (that
+    // changes /www, which the safety monitor watches) while the update runs.
+    let agent = sut.vm().agent().clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let renamer = std::thread::spawn(move || {
+        let (a, b) = ("/www/docs", "/www/docs.moved");
+        let mut moved = false;
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            let (from, to) = if moved { (b, a) } else { (a, b) };
+            if agent.send(&format!("mv {from} {to}")).is_err() {
+                return;
+            }
+            moved = !moved;
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        if moved {
+            let _ = agent.send(&format!("mv {b} {a}"));
+        }
+    });
+    let err = sut.update(UpdateStrategy::ShadowReboot).expect_err("the switch must be refused");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    renamer.join().unwrap();
+    let text = err.to_string();
+    assert!(matches!(err, UpdateError::Refused(_)), "{text}");
+    assert!(text.contains("/www") && text.contains("while the shadow booted"), "{text}");
+    assert_eq!(sut.vm().image().kernel.release, old, "the old kernel still serves");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    probe::wait_correct(sut.vm().http_addr(), image.docs.index(), deadline, || true).expect("the old kernel serves");
+}

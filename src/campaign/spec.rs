@@ -901,6 +901,12 @@ strategies = ["full-reboot", "service-restore"]
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
+                if crate::update::spec::is_update_file(&path) {
+                    let u = crate::update::spec::UpdateCampaign::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    assert!(!u.experiments().is_empty(), "{}", path.display());
+                    seen += 1;
+                    continue;
+                }
                 let c = Campaign::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!c.expand().is_empty(), "{}", path.display());
                 seen += 1;

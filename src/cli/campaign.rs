@@ -387,6 +387,22 @@ pub fn reproduce(cache: &Cache, args: ReproduceArgs) -> Result<ExitCode> {
     let stop = ops::interrupt_flag()?;
     let opts = ReproduceOptions { guest: args.guest, results_root: args.results.clone(), jobs: args.jobs };
     for file in ops::reproduction_files(&args.experiments, args.all)? {
+        if kfi::update::spec::is_update_file(&file) {
+            let progress = Progress::new();
+            let step = |m: &str| progress.step(m);
+            let done = kfi::update::campaign::reproduce(cache, &file, &args.results, args.guest.into(), &stop, &step)?;
+            drop(progress);
+            match done {
+                Err(why) => println!("{}: skipped, {why}", file.display()),
+                Ok((run, results)) => {
+                    println!("{}: {} updates run now, {} stored before", file.display(), run.ran, run.resumed);
+                    let Some(report) = run.report else { return Ok(ExitCode::from(130)) };
+                    println!("{}", report.headline);
+                    println!("report: {}", results.join("report.md").display());
+                }
+            }
+            continue;
+        }
         let progress = Progress::new();
         let done = ops::reproduce(cache, &file, &opts, Arc::clone(&stop), &progress)?;
         drop(progress);

@@ -192,6 +192,45 @@ pub fn to_record(
     r
 }
 
+/// `kfi reproduce` of an update experiment file on `guest`: `None` (with
+/// the reason) when the file is written for another guest; a complete
+/// earlier result under `results_root` is measured anew (its data stays in
+/// git history), an interrupted one resumed.
+pub fn reproduce(
+    cache: &Cache,
+    file: &Path,
+    results_root: &Path,
+    guest: recovery_sut::Profile,
+    stop: &AtomicBool,
+    step: &dyn Fn(&str),
+) -> Result<Result<(UpdateRun, std::path::PathBuf), String>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let campaign = UpdateCampaign::parse(file, &text)?;
+    if campaign.guest.profile != guest {
+        return Ok(Err(format!(
+            "written for the {} guest (`--guest {}` runs it)",
+            campaign.guest.profile, campaign.guest.profile
+        )));
+    }
+    let results = results_root.join(&campaign.name);
+    let stored = UpdateStore::read(&results).unwrap_or_default();
+    let copy = std::fs::read_to_string(results.join(EXPERIMENT_COPY)).ok();
+    if !stored.is_empty() && (stored.len() == campaign.experiments().len() || copy.as_deref() != Some(text.as_str())) {
+        for name in [analysis::update::UPDATE_STORE_FILE, EXPERIMENT_COPY] {
+            let path = results.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        step(&format!(
+            "{} held a complete (or differently defined) update campaign; measuring anew",
+            results.display()
+        ));
+    }
+    let run = run(cache, &campaign, &text, &results, stop, step)?;
+    Ok(Ok((run, results)))
+}
+
 /// `kfi report DIR` for an update campaign: the report from the stored
 /// records and the kept experiment file alone.
 pub fn report(results: &Path) -> Result<UpdateReport> {

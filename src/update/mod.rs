@@ -176,14 +176,15 @@ fn trial(
     let probed = probe_load.finish()?.records;
     let timing = outcome.with_context(|| format!("updating by {strategy}"))?;
     let switch_at = seconds_since(origin, timing.switch_at);
+    let served_at = seconds_since(origin, timing.served_at);
     let prepare_at = seconds_since(origin, timing.prepare_at);
     let on_disk = acked_on_disk(sut)?;
     let writes_lost: Vec<u64> = acked.iter().copied().filter(|s| !on_disk.contains(s)).collect();
     Ok(UpdateTrial {
         strategy,
         rep,
-        downtime_s: update_downtime(&records, switch_at),
-        probe_outage_s: update_downtime(&probed, switch_at),
+        downtime_s: update_downtime(&records, switch_at, served_at),
+        probe_outage_s: update_downtime(&probed, switch_at, served_at),
         baseline_rps: correct_rate(&records, (prepare_at - 1.0).max(0.0), prepare_at).unwrap_or(0.0),
         prepare_rps: (switch_at - prepare_at >= 0.5).then(|| correct_rate(&records, prepare_at, switch_at)).flatten(),
         timing,

@@ -123,6 +123,15 @@ pub struct UpdateExperiment {
     pub rep: u32,
 }
 
+/// Whether the experiment file at `path` is an update campaign (it has an
+/// `[update]` table) rather than a fault or recovery campaign.
+pub fn is_update_file(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.contains_key("update"))
+}
+
 impl UpdateCampaign {
     /// Reads and checks an experiment file.
     pub fn load(path: &Path) -> Result<UpdateCampaign, UpdateSpecError> {

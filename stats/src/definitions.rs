@@ -23,10 +23,10 @@ pub const DOWNTIME: &str = downtime_definition!();
 macro_rules! update_downtime_definition {
     () => {
         "An update's downtime is client-seen: the longest time between the ends of two consecutive correct \
-         answers (any client, in order of completion), counted from the last correct answer that completed at or \
-         before the switch (the old kernel told to stop writing) to the end of the run. The old kernel may still \
-         answer for a moment after the switch began, so there is no single failure instant: the longest gap is the \
-         outage the clients saw."
+         answers (any client, in order of completion) that begins between the last correct answer completed at or \
+         before the switch (the old kernel told to stop writing) and the VMM's own first correct answer from the new \
+         kernel. The old kernel may still answer for a moment after the switch began, so there is no single failure \
+         instant; a stall that begins after the new kernel served is not the update's."
     };
 }
 

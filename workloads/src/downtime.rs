@@ -183,19 +183,18 @@ pub fn downtime(records: &[Record], failure_at: f64) -> Result<Downtime, Downtim
 }
 
 #[doc = kfi_stats::update_downtime_definition!()]
+/// `switch_at` and `served_at` are seconds since the records' origin.
 /// `None` when no correct answer completed at or before `switch_at`, or
-/// the run ended in an outage (a failed request ended after the last
-/// correct answer, or none came after the switch): the service did not
-/// come back in the run.
-pub fn update_downtime(records: &[Record], switch_at: f64) -> Option<f64> {
+/// none after `served_at` closes the outage (the clients never saw the new
+/// kernel serve in the run).
+pub fn update_downtime(records: &[Record], switch_at: f64, served_at: f64) -> Option<f64> {
     let mut ends: Vec<f64> = records.iter().filter(|r| r.is_correct()).map(|r| r.end).collect();
     ends.sort_by(f64::total_cmp);
     let first = ends.iter().rposition(|&end| end <= switch_at)?;
-    let last = *ends.last()?;
-    if first + 1 == ends.len() || records.iter().any(|r| !r.is_correct() && r.end > last) {
+    if *ends.last()? <= served_at {
         return None;
     }
-    ends[first..].windows(2).map(|w| w[1] - w[0]).reduce(f64::max)
+    ends[first..].windows(2).filter(|w| w[0] <= served_at).map(|w| w[1] - w[0]).reduce(f64::max)
 }
 
 /// Time from the failure until correct answers per bin are back to
@@ -284,21 +283,22 @@ mod tests {
     const CONFIG: DowntimeConfig = DowntimeConfig { bin_secs: 0.25, baseline_secs: 1.0, recovered_fraction: 0.9 };
 
     #[test]
-    fn an_update_outage_is_the_longest_gap_between_correct_answers_from_the_switch_on() {
+    fn an_update_outage_is_the_longest_gap_that_begins_before_the_new_kernel_served() {
         // The old kernel answers until 2.5 (after the switch at 2.0), the
-        // new one from 3.5 on.
-        let records = steady(STEP, HALF, 5.0, |t| (2.5..3.5).contains(&t));
+        // new one from 3.5 on; the VMM saw it serve at 3.6; a stall from
+        // 4.0 to 4.75 comes after and is not the update's.
+        let records = steady(STEP, HALF, 6.0, |t| (2.5..3.5).contains(&t) || (4.0..4.75).contains(&t));
         let last_old = 2.5 - HALF;
         let first_new = 3.5 + HALF;
-        assert_eq!(update_downtime(&records, 2.0), Some(first_new - last_old));
+        assert_eq!(update_downtime(&records, 2.0, 3.6), Some(first_new - last_old));
         // Before the switch a longer gap does not count.
-        let mut early = steady(STEP, HALF, 5.0, |t| (0.5..1.75).contains(&t) || (2.5..3.5).contains(&t));
-        assert_eq!(update_downtime(&early, 2.0), Some(first_new - last_old));
-        // Never back: no downtime to give.
-        early.retain(|r| r.end < 3.5);
-        assert_eq!(update_downtime(&early, 2.0), None);
+        let early = steady(STEP, HALF, 6.0, |t| (0.5..1.75).contains(&t) || (2.5..3.5).contains(&t));
+        assert_eq!(update_downtime(&early, 2.0, 3.6), Some(first_new - last_old));
+        // The clients never saw it serve.
+        let never: Vec<Record> = records.iter().filter(|r| r.end < 3.5).cloned().collect();
+        assert_eq!(update_downtime(&never, 2.0, 3.6), None);
         // Nothing correct before the switch.
-        assert_eq!(update_downtime(&records, 0.0), None);
+        assert_eq!(update_downtime(&records, 0.0, 3.6), None);
     }
 
     #[test]

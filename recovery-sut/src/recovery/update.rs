@@ -178,7 +178,8 @@ pub struct UpdateTiming {
     /// boundary, where the phase snapshot is taken again; a ShadowReboot:
     /// restored).
     pub switch_s: f64,
-    /// From the switch until the first correct answer.
+    /// From the switch until the VMM's probe got the first correct answer
+    /// (the release check after it not counted).
     pub service_s: f64,
     /// The restore ran on a QEMU launched beforehand.
     pub standby: bool,
@@ -190,6 +191,9 @@ pub struct UpdateTiming {
     /// When the switch began.
     #[serde(skip)]
     pub switch_at: Instant,
+    /// When the VMM's probe got the new kernel's first correct answer.
+    #[serde(skip)]
+    pub served_at: Instant,
 }
 
 /// How long the guest gets to go down for a reboot.
@@ -237,11 +241,10 @@ impl Sut {
             Err(why) => return Err(self.roll_back(strategy, why)),
         };
         let running_at = Instant::now();
-        match self.admit_and_check(&next, strategy) {
-            Ok(()) => {}
+        let served_at = match self.admit_and_check(&next, strategy) {
+            Ok(at) => at,
             Err(why) => return Err(self.roll_back(strategy, why)),
-        }
-        let ready = Instant::now();
+        };
         let to_release = self.vm().agent().release().unwrap_or_default();
         // The new kernel serves: its phase snapshot replaces the old one.
         self.qemu_boots_old_kernel = strategy == UpdateStrategy::Kexec;
@@ -264,11 +267,12 @@ impl Sut {
             prepare_s,
             shadow: shadow.map(|s| s.timing),
             switch_s: running_at.duration_since(switch_at).as_secs_f64(),
-            service_s: ready.duration_since(switch_at).as_secs_f64(),
+            service_s: served_at.duration_since(switch_at).as_secs_f64(),
             standby: switched.standby,
             phase_snapshot,
             prepare_at,
             switch_at,
+            served_at,
         })
     }
 
@@ -308,12 +312,14 @@ impl Sut {
             let mut shadow = shadow::boot(next, &self.config, &dir)
                 .map_err(|why| UpdateError::ShadowFailed { release: next.kernel.release.clone(), why })?;
             shadow.timing.boots = boots;
+            shadow.launch_standby(next, &self.config)?;
+            // Up to the switch: what changed after this is the switch's own.
             self.absorb_agent();
             let changed = self.snapshots.changed_since(cloned_at);
             if changed.is_empty() {
-                shadow.launch_standby(next, &self.config)?;
                 return Ok(shadow);
             }
+            drop(shadow);
             let why = format!(
                 "watched files changed on the primary while the shadow booted ({}); the shadow's state would disagree with them",
                 changed.join(", ")
@@ -404,8 +410,8 @@ impl Sut {
 
     /// Forwards clients once the data-dependent services run (where the
     /// profile holds them), waits for the first correct answer, and checks
-    /// that the guest runs the new kernel.
-    fn admit_and_check(&mut self, next: &GuestImage, strategy: UpdateStrategy) -> Result<(), String> {
+    /// that the guest runs the new kernel. Returns when that answer came.
+    fn admit_and_check(&mut self, next: &GuestImage, strategy: UpdateStrategy) -> Result<Instant, String> {
         if let Some(phase) = self.image.profile().phase_boundary().admit_after {
             let vm = self.vm();
             if let Err(e) = vm.wait_phase(phase, SERVICE_TIMEOUT) {
@@ -414,13 +420,14 @@ impl Sut {
             vm.open_port().map_err(|e| e.to_string())?;
         }
         let vm = self.vm();
-        probe::wait_correct(vm.http_addr(), vm.image().docs.index(), Instant::now() + SERVICE_TIMEOUT, || {
-            vm.check_alive().is_ok()
-        })
-        .map_err(|e| format!("no correct answer within {SERVICE_TIMEOUT:?}: {e}"))?;
+        let served_at =
+            probe::wait_correct(vm.http_addr(), vm.image().docs.index(), Instant::now() + SERVICE_TIMEOUT, || {
+                vm.check_alive().is_ok()
+            })
+            .map_err(|e| format!("no correct answer within {SERVICE_TIMEOUT:?}: {e}"))?;
         let release = vm.agent().wait_release(SERVICE_TIMEOUT);
         match release {
-            Some(r) if r == next.kernel.release => Ok(()),
+            Some(r) if r == next.kernel.release => Ok(served_at),
             Some(r) => Err(format!("the guest runs {r}, not {}", next.kernel.release)),
             None => Err(format!("the agent never reported its kernel release within {SERVICE_TIMEOUT:?}")),
         }
