@@ -64,6 +64,10 @@ pub struct RecordedShadow {
     pub standby_s: f64,
     /// Boots (more than one: watched files changed meanwhile).
     pub boots: u32,
+    /// Bytes the primary wrote to its root disk after the clone, lost with
+    /// the switch (`None`: no root disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_writes_lost_bytes: Option<u64>,
 }
 
 /// One kernel update of a campaign.
@@ -89,7 +93,10 @@ pub struct UpdateRecord {
     pub probe_outage_s: Option<f64>,
     /// Work while the old kernel served (kexec's load, the shadow), seconds.
     pub prepare_s: Option<f64>,
-    /// From the switch until the new kernel ran, seconds.
+    /// Stopping the data disk's writers at the switch's start, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce_s: Option<f64>,
+    /// From the quiesce's end until the new kernel ran, seconds.
     pub switch_s: Option<f64>,
     /// From the switch until the VMM's probe got a correct answer, seconds.
     pub service_s: Option<f64>,
@@ -278,6 +285,8 @@ pub struct UpdateSummary {
     pub prepare_median_s: Option<f64>,
     /// Median of the preparation's correct-answer rate over the baseline's.
     pub prepare_throughput_ratio: Option<f64>,
+    /// Median quiesce (the data disk's writers stopped), seconds.
+    pub quiesce_median_s: Option<f64>,
     /// Median switch, seconds.
     pub switch_median_s: Option<f64>,
     /// Median shadow boot, seconds (ShadowReboot).
@@ -311,6 +320,7 @@ pub fn summarize(records: &[UpdateRecord]) -> Vec<UpdateSummary> {
                         .iter()
                         .filter_map(|r| r.prepare_rps.filter(|_| r.baseline_rps > 0.0).map(|p| p / r.baseline_rps)),
                 ),
+                quiesce_median_s: kfi_stats::median(served.iter().filter_map(|r| r.quiesce_s)),
                 switch_median_s: kfi_stats::median(served.iter().filter_map(|r| r.switch_s)),
                 shadow_boot_median_s: kfi_stats::median(
                     served.iter().filter_map(|r| r.shadow.as_ref().map(|s| s.boot_s)),
@@ -397,13 +407,13 @@ pub fn write_update_report(
     let figures = figures::update_figures(records, &summary, &dir.join("figures"))?;
     let mut md = format!("{headline}\n\n# {campaign}\n\n{description}\n\n");
     md += "## Downtime per strategy\n\n";
-    md += "| strategy | served | median downtime (s) | p95 (s) | 95% CI of the mean (s) | probe outage median (s) | switch median (s) | reduction vs reboot | published |\n";
-    md += "|---|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    md += "| strategy | served | median downtime (s) | p95 (s) | 95% CI of the mean (s) | probe outage median (s) | quiesce median (s) | switch median (s) | reduction vs reboot | published |\n";
+    md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
     let (lo, hi) = PUBLISHED_REDUCTION;
     for s in &summary {
         let d = s.downtime.as_ref();
         md += &format!(
-            "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.strategy,
             s.served,
             s.trials,
@@ -411,6 +421,7 @@ pub fn write_update_report(
             fmt_opt(d.map(|d| d.p95)),
             d.and_then(|d| d.ci95).map_or("-".into(), |(a, b)| format!("{a:.3}-{b:.3}")),
             fmt_opt(s.probe_outage_median_s),
+            fmt_opt(s.quiesce_median_s),
             fmt_opt(s.switch_median_s),
             match (s.strategy, s.reduction_vs_reboot) {
                 (RecordedUpdateStrategy::Reboot, _) => "baseline".to_string(),
@@ -425,14 +436,21 @@ pub fn write_update_report(
         );
     }
     md += "\n## While the old kernel served: the preparation and its cost\n\n";
-    md += "| strategy | preparation median (s) | shadow boot median (s) | correct answers/s during it, share of the baseline's | acknowledged writes | lost |\n";
-    md += "|---|---:|---:|---:|---:|---:|\n";
+    md += "| strategy | preparation median (s) | shadow boot median (s) | root-disk writes lost with the switch, median (bytes) | correct answers/s during it, share of the baseline's | acknowledged writes | lost |\n";
+    md += "|---|---:|---:|---:|---:|---:|---:|\n";
     for s in &summary {
+        let root_lost = kfi_stats::median(
+            records
+                .iter()
+                .filter(|r| r.strategy == s.strategy)
+                .filter_map(|r| r.shadow.as_ref()?.root_writes_lost_bytes.map(|b| b as f64)),
+        );
         md += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             s.strategy,
             fmt_opt(s.prepare_median_s),
             fmt_opt(s.shadow_boot_median_s),
+            root_lost.map_or("-".into(), |b| format!("{b:.0}")),
             s.prepare_throughput_ratio.map_or("-".into(), |r| format!("{:.0}%", 100.0 * r)),
             s.writes_acked,
             s.writes_lost
@@ -455,9 +473,13 @@ pub fn write_update_report(
     md += "## Method\n\n";
     md += &format!("- {}\n", kfi_stats::definitions::UPDATE_DOWNTIME);
     md += "- Every update starts from a freshly booted guest on the old kernel, its service snapshot taken, under closed-loop static HTTP clients (the document set, each answer checked byte for byte) and an availability probe (the index page every 10 ms); a writer appends acknowledged, synced writes to the data disk every 100 ms through the guest agent before, during and after the update, and the data disk is read back afterwards.\n";
-    md += "- The switch begins when the old kernel is told to remount the data disk read-only (after kexec's load or the shadow's snapshot, while it served). reboot: the guest reboots, QEMU (told `set-action reboot=shutdown`) exits and a new QEMU boots the new kernel. kexec: the agent loaded the new kernel (`kexec -l`, a bzImage the new kernel decompresses itself) while serving, then jumps into it in the same QEMU. shadow-reboot: a shadow QEMU (network `restrict=on`, disks of its own, the data disk a throwaway overlay never mounted) boots the new kernel to the phase boundary, is snapshotted there and stopped; a standby QEMU is launched on that snapshot with the primary's ports and disks; the switch kills the primary and restores the standby, which mounts the data disk and starts the services.\n";
-    md += "- Reboot and kexec hold at the phase boundary on the way up, where the new kernel's phase snapshot is taken (as a recovery's full reboot does); after every strategy the service snapshot is taken again on the new kernel once the data disk is quiet.\n";
-    md += "- Differences from the published setup: QEMU TCG with one vCPU on a shared 2-core host, not VirtualBox on hardware; Debian 6.1 kernels of adjacent ABIs; the tiny guest's root is its initramfs, so the shadow's fresh boot reaches the same state a reboot would (no root-disk writes to lose); the shadow shares the host's CPUs with the primary, so the preparation costs the primary throughput (table above).\n";
+    md += "- The switch begins when the old kernel is told to stop the data disk's writers (`quiesce`: on debian MariaDB's orderly stop, then the data disk remounted read-only; the old kernel still serves what needs no database meanwhile), after kexec's load or the shadow's snapshot, while it served. reboot: the guest reboots (tiny: `reboot -f`; debian: `systemctl reboot`), QEMU (told `set-action reboot=shutdown`) exits and a new QEMU boots the new kernel. kexec: the agent loaded the new kernel (`kexec -l`, a bzImage the new kernel decompresses itself) while serving, then jumps into it in the same QEMU (debian: `systemctl kexec`). shadow-reboot: a shadow QEMU (network `restrict=on`, disks of its own, the data disk a throwaway overlay never mounted) boots the new kernel to the phase boundary, is snapshotted there and stopped; a standby QEMU is launched on that snapshot with the primary's ports and disks; the switch kills the primary and restores the standby, which mounts the data disk and starts the data-dependent services.\n";
+    md += "- Reboot and kexec hold at the phase boundary on the way up, where the new kernel's phase snapshot is taken (as a recovery's full reboot does); after every strategy the service snapshot is taken again on the new kernel once the data disk is quiet. Where the guest profile holds clients until its data-dependent services run (debian: until MariaDB serves), every strategy holds them the same way.\n";
+    md += match guest.as_str() {
+        "debian" => "- The debian guest's root disk: the kernel to update to is installed on it as its package would be (files only: the guest boots through QEMU's `-kernel` and kfi's initramfs). The shadow boots on an overlay of the primary's root disk frozen at the clone (QMP `blockdev-snapshot-sync`); that overlay becomes the switched guest's root disk, so what the primary wrote to its root disk after the clone (logs, mostly) is lost with the switch: its size is in the table above.\n",
+        _ => "- The tiny guest's root is its initramfs, so the shadow's fresh boot reaches the same state a reboot would, and no root-disk writes are lost.\n",
+    };
+    md += "- Differences from the published setup: QEMU TCG with one vCPU on a shared 2-core host, not VirtualBox on hardware; Debian 6.1 kernels of adjacent ABIs; the shadow shares the host's CPUs with the primary, so the preparation costs the primary throughput (table above).\n";
     if let Some(r) = records.first() {
         let p = &r.provenance;
         md += &format!(
@@ -506,6 +528,7 @@ mod tests {
             downtime_s: Some(downtime),
             probe_outage_s: Some(downtime),
             prepare_s: Some(if strategy == RecordedUpdateStrategy::Reboot { 0.0 } else { 4.0 }),
+            quiesce_s: Some(0.01),
             switch_s: Some(downtime / 2.0),
             service_s: Some(downtime),
             baseline_rps: 100.0,
@@ -516,6 +539,7 @@ mod tests {
                 snapshot_s: 0.5,
                 standby_s: 0.1,
                 boots: 1,
+                root_writes_lost_bytes: None,
             }),
             standby: strategy == RecordedUpdateStrategy::ShadowReboot,
             phase_snapshot: true,

@@ -14,6 +14,7 @@
 #   kfi-cmd sysrq <key>     (e.g. `c`: crash the kernel the way an admin would)
 #   kfi-cmd append <n>      append n to /data/acked, fdatasync, then answer
 #                           `kfi ack <n>`: an acknowledged, durable write
+#                           (none while the data disk is not mounted)
 #   kfi-cmd mv <src> <dst>  rename a file, as an update or an admin would
 #                           (tests of the safety monitor)
 #   kfi-cmd freeze          stop every other process, again and again: the
@@ -78,9 +79,14 @@ report() {
     done
 }
 
-# The data disk read-only (if mounted): nothing writes it past this.
+# Whether systemd is PID 1 (the debian guest).
+systemd_runs() { [ -d /run/systemd/system ]; }
+
+# The data disk read-only (if mounted): nothing writes it past this. On
+# debian MariaDB stops first, as it does on any update.
 quiesce_data() {
     grep -q " /data " /proc/mounts || return 0
+    if systemd_runs; then systemctl stop mariadb.service || return 1; fi
     mount -o remount,ro /data
 }
 
@@ -136,7 +142,9 @@ heartbeat)
                     [ "$word" = kfi-cmd ] || continue
                     case "$cmd" in
                     sysrq) echo "$arg" > /proc/sysrq-trigger ;;
-                    append) echo "$arg" >> /data/acked && sync -d /data/acked && echo "kfi ack $arg" >&3 ;;
+                    # Only onto the mounted data disk: while a shutdown has
+                    # it unmounted, /data is the root file system's.
+                    append) grep -q " /data " /proc/mounts && echo "$arg" >> /data/acked && sync -d /data/acked && echo "kfi ack $arg" >&3 ;;
                     mv) mv "$arg" "$arg2" ;;
                     # kill -1 spares init and the caller; repeated, it
                     # also stops the children init forks afterwards.
@@ -165,11 +173,13 @@ heartbeat)
                         if sync && quiesce_data; then
                             echo "kfi ack $arg" >&3
                         else
-                            echo "kfi failed $arg cannot remount /data read-only" >&3
+                            echo "kfi failed $arg cannot stop the data disk's writers and remount /data read-only" >&3
                         fi
                         ;;
-                    reboot) sync; quiesce_data; reboot -f ;;
-                    kexec) sync; quiesce_data; /sbin/kexec -e ;;
+                    # systemd (debian) shuts down in order; busybox's init
+                    # (tiny) has nothing to stop.
+                    reboot) sync; quiesce_data; if systemd_runs; then systemctl reboot; else reboot -f; fi ;;
+                    kexec) sync; quiesce_data; if systemd_runs; then systemctl kexec; else /sbin/kexec -e; fi ;;
                     meminfo)
                         free=0 cached=0
                         while read -r key kb _; do
@@ -250,7 +260,7 @@ load-crash-kernel)
     ;;
 kexec-load)
     # agent kexec-load RELEASE: an update by kexec loads the new kernel
-    # (with the initramfs the tiny image carries for it) and this boot's
+    # (with the kfi initramfs the image carries for it) and this boot's
     # command line, less the crash-kernel words; the jump is `kfi-cmd
     # kexec`. Like the crash kernel's load, without the purgatory's hash.
     [ -f "/boot/vmlinuz-$2" ] || { echo "no /boot/vmlinuz-$2 in this guest"; exit 1; }

@@ -147,6 +147,7 @@ pub fn to_record(
         downtime_s: None,
         probe_outage_s: None,
         prepare_s: None,
+        quiesce_s: None,
         switch_s: None,
         service_s: None,
         baseline_rps: 0.0,
@@ -170,6 +171,7 @@ pub fn to_record(
             r.downtime_s = t.downtime_s;
             r.probe_outage_s = t.probe_outage_s;
             r.prepare_s = Some(t.timing.prepare_s);
+            r.quiesce_s = Some(t.timing.quiesce_s);
             r.switch_s = Some(t.timing.switch_s);
             r.service_s = Some(t.timing.service_s);
             r.baseline_rps = t.baseline_rps;
@@ -180,6 +182,7 @@ pub fn to_record(
                 snapshot_s: s.snapshot_s,
                 standby_s: s.standby_s,
                 boots: s.boots,
+                root_writes_lost_bytes: s.root_writes_lost_bytes,
             });
             r.standby = t.timing.standby;
             r.phase_snapshot = t.timing.phase_snapshot;

@@ -39,7 +39,7 @@ fn one() -> u64 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestSection {
-    /// `tiny` (debian cannot carry a second kernel yet).
+    /// The guest profile (its image is built to carry the kernel `to`).
     pub profile: Profile,
     /// The locked release to update to.
     pub to: String,

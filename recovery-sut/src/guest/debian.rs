@@ -276,6 +276,11 @@ fn configure(root: &Path, docs: &[(String, Vec<u8>)], site: &ServiceSite) -> Res
         }
         fs::write(&path, data).map_err(|e| CacheError::io("write", &path, e))?;
     }
+    // The acknowledged writes on the data disk, readable over HTTP as on
+    // the tiny guest (`/data/acked`), so a recovery or update can be
+    // checked from outside (Apache follows symlinks under /var/www).
+    fs::create_dir_all(www.join("data")).map_err(|e| CacheError::io("create", www.join("data"), e))?;
+    symlink("/data/acked", www.join("data/acked"))?;
     // Package caches only make the image larger.
     for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         if let Ok(entries) = fs::read_dir(root.join(dir)) {
@@ -456,10 +461,19 @@ fn load_database(root: &Path, data: &Path, database_sql: &str) -> Result<(), Gue
     Ok(())
 }
 
+/// Builds the debian image. With `update_to`, the kernel to update to is
+/// installed on the root disk the way its package would be (the locked
+/// `.deb`'s files unpacked through the root's merged-/usr symlinks:
+/// `/boot/vmlinuz-<release>`, `/lib/modules/<release>`;
+/// no maintainer scripts, since the guest boots through QEMU's `-kernel` and
+/// kfi's initramfs, which no bootloader or initramfs hook touches), and
+/// kfi's initramfs carries both kernels' modules (also as
+/// `/boot/initramfs-next.cpio`, what a kexec into the new kernel loads).
 pub(crate) fn build(
     cache: &Cache,
     out: &Path,
     kernel: &Kernel,
+    update_to: Option<&Kernel>,
     docs: &[(String, Vec<u8>)],
     site: &ServiceSite,
     progress: &dyn Fn(&str),
@@ -509,7 +523,8 @@ pub(crate) fn build(
     // Built before the root disk, which carries it with the kernel for
     // kexec-reboot: the crash kernel boots the same way as the guest.
     progress("assembling the debian initramfs");
-    let mut initramfs = tiny::base_initramfs(Profile::Debian, &[kernel])?;
+    let kernels: Vec<&Kernel> = std::iter::once(kernel).chain(update_to).collect();
+    let mut initramfs = tiny::base_initramfs(Profile::Debian, &kernels)?;
     initramfs.file("init", INIT_SH.as_bytes().to_vec(), 0o755);
     initramfs.dir("newroot");
     let path = out.join("initramfs.cpio");
@@ -517,6 +532,44 @@ pub(crate) fn build(
     fs::create_dir_all(root.join("boot")).map_err(|e| CacheError::io("create", root.join("boot"), e))?;
     for (from, to) in [(kernel.vmlinuz.as_path(), "boot/vmlinuz"), (path.as_path(), "boot/initramfs.cpio")] {
         fs::copy(from, root.join(to)).map_err(|e| CacheError::io("copy", from, e))?;
+    }
+    let mut extra_files = vec![super::PACKAGES_FILE.to_string()];
+    if let Some(next) = update_to {
+        let locked = next.locked.as_ref().ok_or_else(|| {
+            GuestError::build(
+                Profile::Debian,
+                "installing the kernel to update to",
+                format!(
+                    "{} is no locked Debian kernel; only a package can be installed in the debian image",
+                    next.release
+                ),
+            )
+        })?;
+        let deb = crate::kernel::locked_deb(cache, locked, locked.image(), progress)?;
+        progress(&format!("installing {} on the root disk", locked.image().apt_name()));
+        // As dpkg unpacks it: through the root's merged-/usr symlinks (a
+        // plain `dpkg-deb -x` would replace /lib by a directory of modules).
+        let unpacked = duct::cmd(tools::DPKG_DEB.find()?, ["--fsys-tarfile".as_ref(), deb.as_os_str()])
+            .pipe(duct::cmd(
+                tools::TAR.find()?,
+                ["-x".as_ref(), "--keep-directory-symlink".as_ref(), "-C".as_ref(), root.as_os_str()],
+            ))
+            .stderr_capture()
+            .unchecked()
+            .run()
+            .map_err(|e| GuestError::build(Profile::Debian, "installing the kernel to update to", e))?;
+        if !unpacked.status.success() {
+            return Err(GuestError::build(
+                Profile::Debian,
+                "installing the kernel to update to",
+                format!("unpacking {} failed: {}", deb.display(), String::from_utf8_lossy(&unpacked.stderr).trim()),
+            ));
+        }
+        let next_initramfs = out.join(super::UPDATE_NEXT_INITRAMFS);
+        fs::copy(&path, &next_initramfs).map_err(|e| CacheError::io("copy", &path, e))?;
+        let in_root = root.join("boot").join(super::UPDATE_NEXT_INITRAMFS);
+        fs::copy(&path, &in_root).map_err(|e| CacheError::io("copy", &path, e))?;
+        extra_files.push(super::UPDATE_NEXT_INITRAMFS.to_string());
     }
 
     progress(&format!("making the {ROOTFS_MIB} MiB ext4 root disk"));
@@ -529,7 +582,7 @@ pub(crate) fn build(
         cmdline: "net.ifnames=0".into(),
         rootfs: Some("rootfs.img".into()),
         min_memory_mib: MIN_MEMORY_MIB,
-        extra_files: vec![super::PACKAGES_FILE.to_string()],
+        extra_files,
     })
 }
 

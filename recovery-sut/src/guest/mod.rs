@@ -467,7 +467,7 @@ fn build_with(
     let (docs, files) = docset::generate(DOCSET_SEED, DOCSET_COUNT);
     let spec = match recipe {
         Recipe::Tiny => tiny::build(cache, out, kernel, update_to, &files, progress)?,
-        Recipe::Debian(site) => debian::build(cache, out, kernel, &files, site, progress)?,
+        Recipe::Debian(site) => debian::build(cache, out, kernel, update_to, &files, site, progress)?,
     };
     let docs_path = out.join("docs.json");
     let docs_json =
@@ -544,11 +544,14 @@ fn check_update_target(profile: Profile, kernel: &Kernel, next: &Kernel) -> Resu
             format!("{} is the kernel the guest boots already; name another locked release", next.release),
         ));
     }
-    if profile == Profile::Debian {
+    if profile == Profile::Debian && next.locked.is_none() {
         return Err(GuestError::build(
             profile,
             "choosing the kernel to update to",
-            "the debian image cannot carry a second kernel yet; update the tiny guest",
+            format!(
+                "{} is no locked Debian kernel; the debian image installs the kernel to update to from its package",
+                next.release
+            ),
         ));
     }
     Ok(())

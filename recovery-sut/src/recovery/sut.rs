@@ -120,7 +120,7 @@ pub struct Sut {
     pub(super) config: VmConfig,
     pub(super) vm: Option<Vm>,
     // Disks outlive every VM of the SUT: they are never rolled back.
-    disks: tempfile::TempDir,
+    pub(super) disks: tempfile::TempDir,
     pub(super) snapshots: SnapshotSet,
     /// A QEMU launched ahead of the next restore.
     pub(super) standby: StandbySlot,

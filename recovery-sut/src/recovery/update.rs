@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::error::RecoveryError;
-use super::shadow::{self, Shadow};
+use super::shadow::{self, RootClone, Shadow};
 use super::snapshots::Which;
 use super::sut::{Sut, RETAKE_READY, RETAKE_SETTLE, SERVICE_TIMEOUT};
 use crate::agent::next_seq;
@@ -157,6 +157,9 @@ pub struct ShadowTiming {
     /// How many times the shadow was booted (again after watched files
     /// changed on the primary meanwhile).
     pub boots: u32,
+    /// Bytes the primary wrote to its root disk after the clone, lost with
+    /// the switch (`None`: no root disk, as on the tiny guest).
+    pub root_writes_lost_bytes: Option<u64>,
 }
 
 /// How one update went, in seconds.
@@ -173,8 +176,11 @@ pub struct UpdateTiming {
     pub prepare_s: f64,
     /// The shadow's steps, for a ShadowReboot.
     pub shadow: Option<ShadowTiming>,
-    /// From the switch (the old kernel told to stop writing) until the
-    /// guest runs the new kernel (a reboot and kexec: held at the phase
+    /// Stopping the data disk's writers (the switch's first step: on
+    /// debian MariaDB's orderly stop), while the old kernel still serves
+    /// what needs no database.
+    pub quiesce_s: f64,
+    /// From the end of the quiesce until the guest runs the new kernel (a reboot and kexec: held at the phase
     /// boundary, where the phase snapshot is taken again; a ShadowReboot:
     /// restored).
     pub switch_s: f64,
@@ -233,18 +239,40 @@ impl Sut {
         // Writers stop before the old kernel goes: what was acknowledged is
         // on the disk, and nothing writes it until the new kernel mounts it.
         let switch_at = Instant::now();
-        self.command("quiesce {seq}", "remount the data disk read-only")?;
+        if let Err(e) = self.command("quiesce {seq}", "remount the data disk read-only") {
+            undo_root(shadow.as_mut());
+            return Err(e);
+        }
+        let quiesced_at = Instant::now();
         // The old kernel's standby maps an old snapshot: no use any more.
         self.standby.clear();
         let switched = match self.switch(strategy, &next, shadow.as_mut()) {
             Ok(switched) => switched,
-            Err(why) => return Err(self.roll_back(strategy, why)),
+            Err(why) => {
+                undo_root(shadow.as_mut());
+                return Err(self.roll_back(strategy, why));
+            }
         };
         let running_at = Instant::now();
         let served_at = match self.admit_and_check(&next, strategy) {
             Ok(at) => at,
-            Err(why) => return Err(self.roll_back(strategy, why)),
+            Err(why) => {
+                if let Some(vm) = self.vm.take() {
+                    vm.kill();
+                }
+                undo_root(shadow.as_mut());
+                return Err(self.roll_back(strategy, why));
+            }
         };
+        // The switched guest's disks: the clone's directory, where there is
+        // a root disk; the primary's root writes since the clone go with it.
+        if let Some(root) = shadow.as_mut().and_then(|s| s.root.take()) {
+            if let Some(s) = shadow.as_mut() {
+                s.timing.root_writes_lost_bytes = Some(root.lost_bytes());
+            }
+            self.config.disk_dir = Some(root.dir.path().to_path_buf());
+            self.disks = root.into_dir();
+        }
         let to_release = self.vm().agent().release().unwrap_or_default();
         // The new kernel serves: its phase snapshot replaces the old one.
         self.qemu_boots_old_kernel = strategy == UpdateStrategy::Kexec;
@@ -266,7 +294,8 @@ impl Sut {
             to_release,
             prepare_s,
             shadow: shadow.map(|s| s.timing),
-            switch_s: running_at.duration_since(switch_at).as_secs_f64(),
+            quiesce_s: quiesced_at.duration_since(switch_at).as_secs_f64(),
+            switch_s: running_at.duration_since(quiesced_at).as_secs_f64(),
             service_s: served_at.duration_since(switch_at).as_secs_f64(),
             standby: switched.standby,
             phase_snapshot,
@@ -309,7 +338,19 @@ impl Sut {
             boots += 1;
             let cloned_at = Instant::now();
             let dir = self.snapshots.path_of(&format!("shadow-{}-{boots}", next.kernel.release));
-            let mut shadow = shadow::boot(next, &self.config, &dir)
+            let root = match self.image.rootfs() {
+                Some(_) => {
+                    let disk_dir = self.config.disk_dir.clone().expect("a SUT's disks live in its disk directory");
+                    let vm = self.vm.as_mut().expect("the SUT always holds a VM between calls");
+                    Some(
+                        RootClone::freeze(vm, &disk_dir)
+                            .map_err(|why| UpdateError::ShadowFailed { release: next.kernel.release.clone(), why })?,
+                    )
+                }
+                None => None,
+            };
+            let has_root = root.is_some();
+            let mut shadow = shadow::boot(next, &self.config, &dir, root)
                 .map_err(|why| UpdateError::ShadowFailed { release: next.kernel.release.clone(), why })?;
             shadow.timing.boots = boots;
             shadow.launch_standby(next, &self.config)?;
@@ -319,13 +360,17 @@ impl Sut {
             if changed.is_empty() {
                 return Ok(shadow);
             }
+            if let Some(root) = shadow.root.take() {
+                root.undo().map_err(|why| UpdateError::ShadowFailed { release: next.kernel.release.clone(), why })?;
+            }
             drop(shadow);
             let why = format!(
                 "watched files changed on the primary while the shadow booted ({}); the shadow's state would disagree with them",
                 changed.join(", ")
             );
             let _ = std::fs::remove_dir_all(&dir);
-            if boots >= 2 {
+            // A root disk is frozen once per update: no second shadow.
+            if boots >= 2 || has_root {
                 return Err(UpdateError::Refused(why));
             }
             tracing::warn!("{why}: booting the shadow again");
@@ -470,6 +515,16 @@ impl Sut {
                 UpdateError::RolledBack { strategy, why, release }
             }
             Err(rollback) => UpdateError::Lost { strategy, why, rollback },
+        }
+    }
+}
+
+/// Makes the primary's disk directory whole again after a ShadowReboot
+/// that froze its root disk and did not switch.
+fn undo_root(shadow: Option<&mut Shadow>) {
+    if let Some(root) = shadow.and_then(|s| s.root.take()) {
+        if let Err(e) = root.undo() {
+            tracing::error!("the primary's root disk could not be made whole again after a failed update: {e}");
         }
     }
 }
