@@ -261,13 +261,14 @@ load-crash-kernel)
 kexec-load)
     # agent kexec-load RELEASE: an update by kexec loads the new kernel
     # (with the kfi initramfs the image carries for it) and this boot's
-    # command line, less the crash-kernel words; the jump is `kfi-cmd
-    # kexec`. Like the crash kernel's load, without the purgatory's hash.
+    # command line, less the crash-kernel words and the hold (a plain boot,
+    # as a reboot's); the jump is `kfi-cmd kexec`. Like the crash kernel's
+    # load, without the purgatory's hash.
     [ -f "/boot/vmlinuz-$2" ] || { echo "no /boot/vmlinuz-$2 in this guest"; exit 1; }
     append=
     for arg in $(cat /proc/cmdline); do
         case "$arg" in
-        crashkernel=* | kfi.kexec=* | crash_kexec_post_notifiers) ;;
+        crashkernel=* | kfi.kexec=* | crash_kexec_post_notifiers | kfi.hold=*) ;;
         *) append="$append $arg" ;;
         esac
     done

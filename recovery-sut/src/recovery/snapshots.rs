@@ -176,14 +176,6 @@ impl SnapshotSet {
         Ok(())
     }
 
-    /// Takes a phase snapshot of `vm` (held at its phase boundary) into
-    /// the set's directory `name`, without making it the phase snapshot:
-    /// an update keeps the old kernel's snapshots until the new one serves.
-    pub(super) fn take_phase_into(&self, vm: &mut Vm, name: &str) -> Result<Snapshot, RecoveryError> {
-        let dir = self.dir.path().join(name);
-        Ok(save::take(vm, &dir, vm.image().profile().phase_boundary().name)?)
-    }
-
     /// The watched files the agents reported changed after `since`.
     pub(super) fn changed_since(&self, since: Instant) -> Vec<String> {
         let mut paths: Vec<String> = self.changes.iter().filter(|c| c.at > since).map(|c| c.path.clone()).collect();

@@ -180,9 +180,9 @@ pub struct UpdateTiming {
     /// debian MariaDB's orderly stop), while the old kernel still serves
     /// what needs no database.
     pub quiesce_s: f64,
-    /// From the end of the quiesce until the guest runs the new kernel (a reboot and kexec: held at the phase
-    /// boundary, where the phase snapshot is taken again; a ShadowReboot:
-    /// restored).
+    /// From the end of the quiesce until the guest runs the new kernel (a
+    /// reboot: the new QEMU started; kexec: the new kernel's first phase; a
+    /// ShadowReboot: restored).
     pub switch_s: f64,
     /// From the switch until the VMM's probe got the first correct answer
     /// (the release check after it not counted).
@@ -274,12 +274,16 @@ impl Sut {
             self.disks = root.into_dir();
         }
         let to_release = self.vm().agent().release().unwrap_or_default();
+        let phase = match switched.phase {
+            Some(phase) => Some(phase),
+            None => self.phase_by_shadow(&next),
+        };
         // The new kernel serves: its phase snapshot replaces the old one.
         self.qemu_boots_old_kernel = strategy == UpdateStrategy::Kexec;
         self.image = next;
-        let phase_snapshot = switched.phase.is_some();
+        let phase_snapshot = phase.is_some();
         let vm = self.vm.as_mut().expect("the SUT always holds a VM between calls");
-        let old = self.snapshots.updated(switched.phase, vm);
+        let old = self.snapshots.updated(phase, vm);
         for snap in old {
             if snap.dir.starts_with(self.snapshots.path_of("")) {
                 let _ = std::fs::remove_dir_all(&snap.dir);
@@ -404,14 +408,15 @@ impl Sut {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 old.kill();
-                let mut vm =
-                    Vm::start(next, &self.config).map_err(|e| format!("starting {}: {e}", next.kernel.release))?;
+                // A plain reboot: no hold for a snapshot on the way up (the
+                // new phase snapshot is taken off the downtime path).
+                let mut vm = Vm::start(next, &without_hold(&self.config))
+                    .map_err(|e| format!("starting {}: {e}", next.kernel.release))?;
                 if holds {
                     vm.close_port().map_err(|e| e.to_string())?;
                 }
-                let phase = self.hold_and_snapshot(&mut vm, next)?;
                 self.vm = Some(vm);
-                Ok(Switched { phase, standby: false })
+                Ok(Switched { phase: None, standby: false })
             }
             UpdateStrategy::Kexec => {
                 let mut vm = self.vm.take().expect("the SUT always holds a VM between calls");
@@ -421,9 +426,11 @@ impl Sut {
                 }
                 vm.agent().send("kexec").map_err(|e| format!("cannot send the kexec: {e}"))?;
                 vm.now_runs(next);
-                let phase = self.hold_and_snapshot(&mut vm, next);
+                // The new kernel's first phase: the old one no longer answers.
+                let booted = vm.wait_phase("kernel", SERVICE_TIMEOUT);
                 self.vm = Some(vm);
-                Ok(Switched { phase: phase?, standby: false })
+                booted.map_err(|e| format!("{} never booted after the kexec: {e}", next.kernel.release))?;
+                Ok(Switched { phase: None, standby: false })
             }
             UpdateStrategy::ShadowReboot => {
                 let shadow = shadow.expect("a ShadowReboot has its shadow");
@@ -438,19 +445,18 @@ impl Sut {
         }
     }
 
-    /// Waits for a freshly started kernel to hold at the phase boundary,
-    /// snapshots it there (where its RAM is its own) and lets it go on.
-    fn hold_and_snapshot(&mut self, vm: &mut Vm, next: &GuestImage) -> Result<Option<Snapshot>, String> {
-        vm.wait_phase("held", SERVICE_TIMEOUT)
-            .map_err(|e| format!("{} never reached the boundary: {e}", next.kernel.release))?;
-        let phase = if vm.snapshottable() {
-            let name = format!("phase-{}", next.kernel.release);
-            Some(self.snapshots.take_phase_into(vm, &name).map_err(|e| format!("the new phase snapshot: {e}"))?)
-        } else {
-            None
-        };
-        vm.agent().send("continue").map_err(|e| format!("cannot tell the guest to go on: {e}"))?;
-        Ok(phase)
+    /// The new kernel's phase snapshot after a reboot or kexec, taken off
+    /// the downtime path from a shadow boot of it (isolated, on disks of
+    /// its own); `None`, with a warning, where that boot fails.
+    fn phase_by_shadow(&mut self, next: &GuestImage) -> Option<Snapshot> {
+        let dir = self.snapshots.path_of(&format!("phase-{}", next.kernel.release));
+        match shadow::boot(next, &self.config, &dir, None) {
+            Ok(shadow) => Some(shadow.snapshot),
+            Err(why) => {
+                tracing::warn!("no phase snapshot of {}: its shadow boot failed: {why}", next.kernel.release);
+                None
+            }
+        }
     }
 
     /// Forwards clients once the data-dependent services run (where the
@@ -517,6 +523,13 @@ impl Sut {
             Err(rollback) => UpdateError::Lost { strategy, why, rollback },
         }
     }
+}
+
+/// `config` without the kernel command line's hold for the phase snapshot.
+fn without_hold(config: &crate::vm::VmConfig) -> crate::vm::VmConfig {
+    let mut config = config.clone();
+    config.extra_cmdline.retain(|w| !w.starts_with("kfi.hold="));
+    config
 }
 
 /// Makes the primary's disk directory whole again after a ShadowReboot
