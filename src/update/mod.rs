@@ -104,10 +104,12 @@ pub fn one(
         .with_context(|| format!("update to {} by {strategy}, trial {}", next.release, rep + 1))
 }
 
-/// Appends acknowledged writes to the data disk every 100 ms through the
-/// agent channel it is given, until told to stop; returns the acknowledged
-/// numbers. Writes sent once the data disk is read-only are not
-/// acknowledged, and do not count.
+/// Appends acknowledged writes to the data disk through the agent channel
+/// it is given, one at a time (the next 100 ms after the last one's answer
+/// or 2 s without one, so the agent's command queue never grows and its
+/// other commands are not delayed), until told to stop; returns the
+/// acknowledged numbers. Writes sent once the data disk is read-only are
+/// not acknowledged, and do not count.
 struct Writer {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Vec<u64>>,
@@ -123,6 +125,7 @@ impl Writer {
                 if agent.send(&format!("append {seq}")).is_err() {
                     break;
                 }
+                agent.wait_ack(seq, Duration::from_secs(2));
                 seq += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }

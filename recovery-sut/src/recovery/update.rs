@@ -205,8 +205,8 @@ pub struct UpdateTiming {
 /// How long the guest gets to go down for a reboot.
 const REBOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an agent command may take (`kexec -l` of a bzImage under TCG
-/// takes a few seconds).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// takes seconds, MariaDB's orderly stop in a quiesce tens of seconds).
+const COMMAND_TIMEOUT: Duration = SERVICE_TIMEOUT;
 
 impl Sut {
     /// Updates the guest's kernel to the image's second kernel by
