@@ -202,8 +202,9 @@ pub struct UpdateTiming {
     pub served_at: Instant,
 }
 
-/// How long the guest gets to go down for a reboot.
-const REBOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the guest gets to go down for a reboot (systemd's orderly
+/// shutdown under TCG on a loaded host takes tens of seconds).
+const REBOOT_TIMEOUT: Duration = SERVICE_TIMEOUT;
 /// How long an agent command may take (`kexec -l` of a bzImage under TCG
 /// takes seconds, MariaDB's orderly stop in a quiesce tens of seconds).
 const COMMAND_TIMEOUT: Duration = SERVICE_TIMEOUT;
