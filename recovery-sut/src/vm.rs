@@ -519,6 +519,12 @@ fn overlay(base: &Path, overlay: &Path) -> Result<(), ToolError> {
         return Ok(());
     }
     let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
+    create_overlay(&base, "raw", overlay)
+}
+
+/// Makes `overlay`, a qcow2 copy-on-write overlay of `base` (whose format
+/// is `base_format`).
+pub(crate) fn create_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<(), ToolError> {
     tools::QEMU_IMG
         .run(
             [
@@ -527,7 +533,7 @@ fn overlay(base: &Path, overlay: &Path) -> Result<(), ToolError> {
                 "-f".as_ref(),
                 "qcow2".as_ref(),
                 "-F".as_ref(),
-                "raw".as_ref(),
+                base_format.as_ref(),
                 "-b".as_ref(),
                 base.as_os_str(),
                 overlay.as_os_str(),

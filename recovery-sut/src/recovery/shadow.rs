@@ -81,23 +81,7 @@ impl RootClone {
     /// Makes the shadow's root overlay (on the frozen state) in `shadow_disks`.
     fn overlay_for(&self, shadow_disks: &Path) -> Result<(), String> {
         let base = self.dir.path().join(ROOT_BASE);
-        let overlay = shadow_disks.join("root.qcow2");
-        crate::tools::QEMU_IMG
-            .run(
-                [
-                    "create".as_ref(),
-                    "-q".as_ref(),
-                    "-f".as_ref(),
-                    "qcow2".as_ref(),
-                    "-F".as_ref(),
-                    "qcow2".as_ref(),
-                    "-b".as_ref(),
-                    base.as_os_str(),
-                    overlay.as_os_str(),
-                ],
-                None,
-            )
-            .map(drop)
+        crate::vm::create_overlay(&base, "qcow2", &shadow_disks.join("root.qcow2"))
             .map_err(|e| format!("cannot make the shadow's root overlay: {e}"))
     }
 
