@@ -366,9 +366,15 @@ pub fn headline(summary: &[UpdateSummary], guest: &str) -> String {
             match (shadow.downtime.as_ref(), reboot.downtime.as_ref(), shadow.reduction_vs_reboot) {
                 (Some(d), Some(b), Some(r)) => {
                     let kexec = of(RecordedUpdateStrategy::Kexec)
-                        .and_then(|k| k.downtime.as_ref().map(|d| (d.median, k.reduction_vs_reboot)))
-                        .map_or(String::new(), |(m, r)| {
-                            format!("; kexec {m:.3} s ({})", r.map_or("-".into(), |r| format!("{:+.1}%", -100.0 * r)))
+                        .and_then(|k| k.downtime.as_ref().map(|d| (d.median, k)))
+                        .map_or(String::new(), |(m, k)| {
+                            let r = k.reduction_vs_reboot.map_or("-".into(), |r| format!("{:+.1}%", -100.0 * r));
+                            let failed = if k.served < k.trials {
+                                format!(", {} of {} updates failed and rolled back", k.trials - k.served, k.trials)
+                            } else {
+                                String::new()
+                            };
+                            format!("; kexec {m:.3} s ({r}{failed})")
                         });
                     format!(
                     "**ShadowReboot cut the client-seen downtime of a kernel update on the {guest} guest by {:.1}% against a reboot** (median {:.3} s vs {:.3} s, n={} and {}{kexec}); published: {:.0}-{:.0}% (Yamada and Kono, VEE 2013).",
@@ -603,7 +609,9 @@ mod tests {
         assert!(kexec.reduction_vs_reboot.unwrap() < 0.0, "kexec slower than the reboot is a negative reduction");
         let line = headline(&summary, "tiny");
         assert!(
-            line.contains("90.5%") && line.contains("91-98%") && line.contains("kexec 9.000 s (+114.3%)"),
+            line.contains("90.5%")
+                && line.contains("91-98%")
+                && line.contains("kexec 9.000 s (+114.3%, 1 of 2 updates failed and rolled back)"),
             "{line}"
         );
 
