@@ -47,6 +47,16 @@ pub struct HttpAnswer {
     pub body: Vec<u8>,
 }
 
+/// The write numbers on the guest's data disk (`/data/acked`, one per
+/// line, the agent's acknowledged writes), read over HTTP.
+pub fn acked_on_disk(addr: SocketAddr, timeout: Duration) -> Result<Vec<u64>, ProbeError> {
+    let answer = http_get(addr, "/data/acked", timeout)?;
+    if answer.status != 200 {
+        return Err(ProbeError::Status(answer.status));
+    }
+    Ok(String::from_utf8_lossy(&answer.body).lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
 /// One HTTP/1.0 GET.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpAnswer, ProbeError> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;

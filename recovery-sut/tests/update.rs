@@ -26,11 +26,8 @@ fn write_acked(sut: &mut Sut, next: u64, count: u64) -> u64 {
 }
 
 fn assert_on_disk(sut: &mut Sut, upto: u64, after: &str) {
-    let answer =
-        probe::http_get(sut.vm().http_addr(), "/data/acked", Duration::from_secs(10)).expect("GET /data/acked");
-    assert_eq!(answer.status, 200);
-    let on_disk: Vec<u64> =
-        String::from_utf8_lossy(&answer.body).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    // Fails on a status other than 200.
+    let on_disk = probe::acked_on_disk(sut.vm().http_addr(), Duration::from_secs(10)).expect("GET /data/acked");
     for seq in 1..upto {
         assert!(on_disk.contains(&seq), "acknowledged write {seq} lost after {after}: disk has {on_disk:?}");
     }

@@ -254,13 +254,9 @@ fn lost_writes(addr: SocketAddr, seqs: &[u64], recovered: bool) -> u64 {
     if !recovered {
         return seqs.len() as u64;
     }
-    match probe::http_get(addr, "/data/acked", Duration::from_secs(10)) {
-        Ok(answer) if answer.status == 200 => {
-            let on_disk: Vec<u64> =
-                String::from_utf8_lossy(&answer.body).lines().filter_map(|l| l.trim().parse().ok()).collect();
-            seqs.iter().filter(|s| !on_disk.contains(s)).count() as u64
-        }
-        _ => seqs.len() as u64,
+    match probe::acked_on_disk(addr, Duration::from_secs(10)) {
+        Ok(on_disk) => seqs.iter().filter(|s| !on_disk.contains(s)).count() as u64,
+        Err(_) => seqs.len() as u64,
     }
 }
 

@@ -181,7 +181,8 @@ fn trial(
     let switch_at = seconds_since(origin, timing.switch_at);
     let served_at = seconds_since(origin, timing.served_at);
     let prepare_at = seconds_since(origin, timing.prepare_at);
-    let on_disk = acked_on_disk(sut)?;
+    let on_disk = probe::acked_on_disk(sut.vm().http_addr(), Duration::from_secs(10))
+        .context("reading the acknowledged writes back")?;
     let writes_lost: Vec<u64> = acked.iter().copied().filter(|s| !on_disk.contains(s)).collect();
     Ok(UpdateTrial {
         strategy,
@@ -204,16 +205,6 @@ fn correct_rate(records: &[Record], from: f64, to: f64) -> Option<f64> {
         let n = records.iter().filter(|r| r.is_correct() && r.end >= from && r.end < to).count();
         n as f64 / (to - from)
     })
-}
-
-/// The write numbers on the guest's data disk, read over HTTP.
-fn acked_on_disk(sut: &mut Sut) -> Result<Vec<u64>> {
-    let answer = probe::http_get(sut.vm().http_addr(), "/data/acked", Duration::from_secs(10))
-        .context("reading the acknowledged writes back")?;
-    if answer.status != 200 {
-        bail!("GET /data/acked answered {}", answer.status);
-    }
-    Ok(String::from_utf8_lossy(&answer.body).lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 #[cfg(test)]

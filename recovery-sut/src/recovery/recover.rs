@@ -145,24 +145,13 @@ impl Sut {
         // services again; where the profile says so, clients are forwarded
         // only once they run, as they were before the failure.
         if used != Strategy::ServiceRestore {
-            if let Some(phase) = self.image.profile().phase_boundary().admit_after {
-                let vm = self.vm();
-                if let Err(e) = vm.wait_phase(phase, SERVICE_TIMEOUT) {
-                    tracing::warn!("the guest never reported `{phase}` after {used}: {e}; forwarding clients anyway");
-                }
-                vm.open_port()?;
-            }
+            self.admit_clients(&used)?;
         }
-        let vm = self.vm();
-        let ready =
-            probe::wait_correct(vm.http_addr(), vm.image().docs.index(), Instant::now() + SERVICE_TIMEOUT, || {
-                vm.check_alive().is_ok()
-            })
-            .map_err(|e| RecoveryError::NotRecovered {
-                strategy: used,
-                timeout: SERVICE_TIMEOUT,
-                last: e.to_string(),
-            })?;
+        let ready = self.first_correct_answer().map_err(|e| RecoveryError::NotRecovered {
+            strategy: used,
+            timeout: SERVICE_TIMEOUT,
+            last: e.to_string(),
+        })?;
         let service_s = ready.duration_since(failure.detected_at).as_secs_f64();
         let vm = self.vm.as_mut().expect("the SUT always holds a VM between calls");
         match used {
@@ -233,6 +222,30 @@ impl Sut {
             .map_err(|e| format!("restoring the {name} snapshot failed: {e}"))?;
         self.vm = Some(vm);
         Ok(on_standby)
+    }
+
+    /// Forwards clients to a guest whose data-dependent services were
+    /// started again (by `after`), once they run, where the profile holds
+    /// them until then (`PhaseBoundary::admit_after`); a guest that never
+    /// reports that phase gets them anyway, with a warning.
+    pub(super) fn admit_clients(&mut self, after: &dyn std::fmt::Display) -> Result<(), VmError> {
+        if let Some(phase) = self.image.profile().phase_boundary().admit_after {
+            let vm = self.vm();
+            if let Err(e) = vm.wait_phase(phase, SERVICE_TIMEOUT) {
+                tracing::warn!("the guest never reported `{phase}` after {after}: {e}; forwarding clients anyway");
+            }
+            vm.open_port()?;
+        }
+        Ok(())
+    }
+
+    /// Waits (at most [`SERVICE_TIMEOUT`], while QEMU lives) for the
+    /// service's first correct answer; returns when it came.
+    pub(super) fn first_correct_answer(&mut self) -> Result<Instant, probe::ProbeError> {
+        let vm = self.vm();
+        probe::wait_correct(vm.http_addr(), vm.image().docs.index(), Instant::now() + SERVICE_TIMEOUT, || {
+            vm.check_alive().is_ok()
+        })
     }
 
     /// Whether a recovery that restarts the data-dependent services holds

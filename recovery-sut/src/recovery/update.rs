@@ -21,7 +21,6 @@ use super::snapshots::Which;
 use super::sut::{Sut, RETAKE_READY, RETAKE_SETTLE, SERVICE_TIMEOUT};
 use crate::agent::next_seq;
 use crate::guest::GuestImage;
-use crate::probe;
 use crate::snapshot::Snapshot;
 use crate::vm::{Vm, VmError};
 
@@ -464,20 +463,10 @@ impl Sut {
     /// profile holds them), waits for the first correct answer, and checks
     /// that the guest runs the new kernel. Returns when that answer came.
     fn admit_and_check(&mut self, next: &GuestImage, strategy: UpdateStrategy) -> Result<Instant, String> {
-        if let Some(phase) = self.image.profile().phase_boundary().admit_after {
-            let vm = self.vm();
-            if let Err(e) = vm.wait_phase(phase, SERVICE_TIMEOUT) {
-                tracing::warn!("the guest never reported `{phase}` after {strategy}: {e}; forwarding clients anyway");
-            }
-            vm.open_port().map_err(|e| e.to_string())?;
-        }
-        let vm = self.vm();
+        self.admit_clients(&strategy).map_err(|e| e.to_string())?;
         let served_at =
-            probe::wait_correct(vm.http_addr(), vm.image().docs.index(), Instant::now() + SERVICE_TIMEOUT, || {
-                vm.check_alive().is_ok()
-            })
-            .map_err(|e| format!("no correct answer within {SERVICE_TIMEOUT:?}: {e}"))?;
-        let release = vm.agent().wait_release(SERVICE_TIMEOUT);
+            self.first_correct_answer().map_err(|e| format!("no correct answer within {SERVICE_TIMEOUT:?}: {e}"))?;
+        let release = self.vm().agent().wait_release(SERVICE_TIMEOUT);
         match release {
             Some(r) if r == next.kernel.release => Ok(served_at),
             Some(r) => Err(format!("the guest runs {r}, not {}", next.kernel.release)),
@@ -502,17 +491,8 @@ impl Sut {
                 self.vm().wait_phase("held", SERVICE_TIMEOUT).map_err(|e| e.to_string())?;
                 self.vm().agent().send("continue").map_err(|e| e.to_string())?;
             }
-            if self.holds_clients() {
-                if let Some(phase) = self.image.profile().phase_boundary().admit_after {
-                    let _ = self.vm().wait_phase(phase, SERVICE_TIMEOUT);
-                }
-                self.vm().open_port().map_err(|e| e.to_string())?;
-            }
-            let vm = self.vm();
-            probe::wait_correct(vm.http_addr(), vm.image().docs.index(), Instant::now() + SERVICE_TIMEOUT, || {
-                vm.check_alive().is_ok()
-            })
-            .map_err(|e| e.to_string())?;
+            self.admit_clients(&"the rollback").map_err(|e| e.to_string())?;
+            self.first_correct_answer().map_err(|e| e.to_string())?;
             Ok(())
         })();
         match result {
