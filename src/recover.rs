@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::workload_run::WorkloadKind;
 use anyhow::{Context, Result};
 use recovery_sut::recovery::{RecoveryTiming, Strategy, Sut};
 use recovery_sut::{GuestImage, VmConfig};
@@ -132,6 +133,7 @@ pub fn run(image: &GuestImage, config: &VmConfig, plan: &RecoverPlan, progress: 
         // kexec-reboot boots with a crash kernel reserved (and more RAM).
         let config = strategy.vm_config(&config, image.profile());
         let mut sut = Sut::boot(image, &config).context("booting the system under test")?;
+        sut.set_clients_need(WorkloadKind::Apache.clients_need());
         sut.snapshot_service().context("taking the service snapshot")?;
         for rep in 0..plan.repeat {
             let trial =

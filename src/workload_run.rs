@@ -34,6 +34,18 @@ pub enum WorkloadKind {
     Rubis,
 }
 
+impl WorkloadKind {
+    /// What its requests need of the guest: static pages only the web
+    /// server, RUBiS's pages the database too (whether a recovery holds
+    /// its clients until the data-dependent services run).
+    pub fn clients_need(self) -> recovery_sut::ClientsNeed {
+        match self {
+            WorkloadKind::Apache => recovery_sut::ClientsNeed::BoundaryServices,
+            WorkloadKind::Rubis => recovery_sut::ClientsNeed::DataServices,
+        }
+    }
+}
+
 impl std::fmt::Display for WorkloadKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -46,9 +46,15 @@ ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
+# httpd serves the document set from the initramfs: it does not depend on
+# the data disk, so it runs at the boundary (as Apache does in debian) and a
+# restored phase snapshot answers at once. /www/data shows the disk once
+# mounted.
+httpd -p 80 -h /www
 /etc/kfi/agent phase userland
-# The phase-restore boundary: userland up, data disk not yet mounted. A
-# restored guest continues from here and mounts the disk as it is now.
+# The phase-restore boundary: userland and httpd up, data disk not yet
+# mounted. A restored guest continues from here and mounts the disk as it
+# is now.
 [ "$hold" = userland ] && /etc/kfi/agent hold
 
 if [ -b /dev/vda ]; then
@@ -59,7 +65,6 @@ if [ -b /dev/vda ]; then
     fi
 fi
 
-httpd -p 80 -h /www
 until wget -q -O /dev/null http://127.0.0.1/index.html; do sleep 0.05; done
 /etc/kfi/agent phase services-ready
 [ "$kexec" = load ] && load_crash_kernel &

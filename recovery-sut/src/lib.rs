@@ -60,7 +60,7 @@ pub mod vm;
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use cache::Cache;
-pub use guest::{GuestImage, Profile};
+pub use guest::{ClientsNeed, GuestImage, Profile};
 pub use kernel::{Kernel, KernelChoice};
 pub use recovery::{Golden, Strategy, Sut, UpdateStrategy};
 pub use vm::{BootReport, Plugin, Standby, Vm, VmConfig, VmError};

@@ -85,6 +85,7 @@ pub fn run(shared: &Shared<'_>, golden: &Golden, planned: &Planned) -> Result<Ex
     let f = &shared.campaign.file;
     let window = f.observe.window();
     let mut sut = restore_golden(golden, planned)?;
+    sut.set_clients_need(f.workload.kind.clients_need());
     let addr = sut.vm().http_addr();
 
     let origin = Instant::now();

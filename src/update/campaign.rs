@@ -150,6 +150,8 @@ pub fn to_record(
         quiesce_s: None,
         switch_s: None,
         service_s: None,
+        all_services_s: None,
+        clients_held: None,
         baseline_rps: 0.0,
         prepare_rps: None,
         shadow: None,
@@ -174,6 +176,8 @@ pub fn to_record(
             r.quiesce_s = Some(t.timing.quiesce_s);
             r.switch_s = Some(t.timing.switch_s);
             r.service_s = Some(t.timing.service_s);
+            r.all_services_s = t.timing.all_services_s;
+            r.clients_held = Some(t.timing.clients_held);
             r.baseline_rps = t.baseline_rps;
             r.prepare_rps = t.prepare_rps;
             r.shadow = t.timing.shadow.as_ref().map(|s| RecordedShadow {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::workload_run::WorkloadKind;
 use anyhow::{bail, Context, Result};
 use recovery_sut::recovery::{UpdateStrategy, UpdateTiming};
 use recovery_sut::{probe, GuestImage, Sut, VmConfig};
@@ -99,6 +100,8 @@ pub fn one(
     let Some(next) = &image.update_to else { bail!("the guest image carries no kernel to update to") };
     let docs = DocList::load(&image.dir.join("docs.json"))?;
     let mut sut = Sut::boot(image, config).context("booting the system under test")?;
+    // The trial's clients ask for static pages (see `trial`).
+    sut.set_clients_need(WorkloadKind::Apache.clients_need());
     sut.snapshot_service().context("taking the service snapshot")?;
     trial(&mut sut, &docs, strategy, rep, plan)
         .with_context(|| format!("update to {} by {strategy}, trial {}", next.release, rep + 1))

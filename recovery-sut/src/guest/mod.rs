@@ -85,8 +85,8 @@ impl Profile {
         match self {
             Profile::Tiny => PhaseBoundary {
                 name: "userland",
-                running: "the kernel, init and the agent",
-                started_after: "the data disk's mount and busybox httpd",
+                running: "the kernel, init, the agent and busybox httpd",
+                started_after: "the data disk's mount",
                 admit_after: None,
             },
             // debian.rs orders kfi-data.service (the hold, then the mount)
@@ -147,6 +147,35 @@ pub struct PhaseBoundary {
     /// while MariaDB starts only wait for the database and take the one
     /// vCPU from its start. `None`: forwarded as soon as the guest runs.
     pub admit_after: Option<&'static str>,
+}
+
+impl PhaseBoundary {
+    /// The phase after which clients that need `need` are forwarded again
+    /// by a recovery or update that starts the data-dependent services;
+    /// `None`: as soon as the guest runs.
+    pub fn admit_for(&self, need: ClientsNeed) -> Option<&'static str> {
+        match need {
+            ClientsNeed::DataServices => self.admit_after,
+            ClientsNeed::BoundaryServices => None,
+        }
+    }
+}
+
+/// What the clients' requests need of the guest, which decides when they
+/// are forwarded again after a recovery or update that starts the
+/// data-dependent services ([`PhaseBoundary::admit_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientsNeed {
+    /// The data-dependent services too (RUBiS's pages need MariaDB): held
+    /// at the host until the profile's `admit_after` phase. The default:
+    /// a caller that does not know its clients is not answered with
+    /// database errors.
+    #[default]
+    DataServices,
+    /// Only what already runs at the phase boundary (static pages, which
+    /// the web server answers without the database): forwarded at once.
+    BoundaryServices,
 }
 
 /// An image to build or open: its profile and what the caller hands in for
@@ -628,6 +657,18 @@ pub(crate) fn make_data_disk(out: &Path, size_mib: u64) -> Result<(), GuestError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_clients_that_need_the_database_wait_for_it() {
+        let debian = Profile::Debian.phase_boundary();
+        assert_eq!(debian.admit_for(ClientsNeed::DataServices), Some("db-ready"));
+        assert_eq!(debian.admit_for(ClientsNeed::BoundaryServices), None);
+        assert!(Profile::Debian.phases().contains(&"db-ready"));
+        for need in [ClientsNeed::DataServices, ClientsNeed::BoundaryServices] {
+            assert_eq!(Profile::Tiny.phase_boundary().admit_for(need), None, "tiny has no database");
+        }
+        assert_eq!(ClientsNeed::default(), ClientsNeed::DataServices, "unknown clients are held");
+    }
 
     #[test]
     fn profile_names_round_trip_and_unknown_is_named() {

@@ -50,8 +50,9 @@ impl Sut {
     /// or stale (the data disk was written since) falls back to
     /// phase-restore, and a phase snapshot that cannot be used to a full
     /// reboot; the timing says which ran and why. Except after a service
-    /// restore, clients are forwarded to the guest only once it reports
-    /// its profile's `admit_after` phase (debian: MariaDB active).
+    /// restore, clients that need the data-dependent services
+    /// ([`Sut::set_clients_need`]) are forwarded to the guest only once it
+    /// reports its profile's `admit_after` phase (debian: MariaDB active).
     pub fn recover(&mut self, strategy: Strategy, failure: &Failure) -> Result<RecoveryTiming, RecoveryError> {
         let started = Instant::now();
         self.absorb_agent();
@@ -229,7 +230,7 @@ impl Sut {
     /// them until then (`PhaseBoundary::admit_after`); a guest that never
     /// reports that phase gets them anyway, with a warning.
     pub(super) fn admit_clients(&mut self, after: &dyn std::fmt::Display) -> Result<(), VmError> {
-        if let Some(phase) = self.image.profile().phase_boundary().admit_after {
+        if let Some(phase) = self.image.profile().phase_boundary().admit_for(self.clients_need) {
             let vm = self.vm();
             if let Err(e) = vm.wait_phase(phase, SERVICE_TIMEOUT) {
                 tracing::warn!("the guest never reported `{phase}` after {after}: {e}; forwarding clients anyway");
@@ -249,9 +250,9 @@ impl Sut {
     }
 
     /// Whether a recovery that restarts the data-dependent services holds
-    /// clients at the host until they run (`PhaseBoundary::admit_after`).
+    /// clients at the host until they run (`PhaseBoundary::admit_for`).
     pub(super) fn holds_clients(&self) -> bool {
-        self.image.profile().phase_boundary().admit_after.is_some()
+        self.image.profile().phase_boundary().admit_for(self.clients_need).is_some()
     }
 
     fn full_reboot(&mut self) -> Result<(), RecoveryError> {

@@ -14,7 +14,7 @@ use super::snapshots::{
 };
 use super::standby::StandbySlot;
 use super::strategy::Strategy;
-use crate::guest::GuestImage;
+use crate::guest::{ClientsNeed, GuestImage};
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::vm::{save, Vm, VmConfig};
 
@@ -134,6 +134,9 @@ pub struct Sut {
     /// `-kernel` names (an update by kexec): a reset would boot the old
     /// kernel, so a full reboot starts a new QEMU.
     pub(super) qemu_boots_old_kernel: bool,
+    /// What the clients need, which decides whether a recovery or update
+    /// holds them at the host until the data-dependent services run.
+    pub(super) clients_need: ClientsNeed,
 }
 
 /// How long a service snapshot retaken right after a recovery waits for
@@ -178,6 +181,7 @@ impl Sut {
             expected: Strategy::ServiceRestore,
             service_due: false,
             qemu_boots_old_kernel: false,
+            clients_need: ClientsNeed::default(),
         };
         sut.wait_crash_kernel()?;
         Ok(sut)
@@ -232,9 +236,22 @@ impl Sut {
             expected,
             service_due: false,
             qemu_boots_old_kernel: false,
+            clients_need: ClientsNeed::default(),
         };
         sut.prepare_standby();
         Ok(sut)
+    }
+
+    /// Says what the clients' requests need of the guest (default:
+    /// [`ClientsNeed::DataServices`]): clients of static pages are not held
+    /// at the host while the database starts.
+    pub fn set_clients_need(&mut self, need: ClientsNeed) {
+        self.clients_need = need;
+    }
+
+    /// What the clients' requests need of the guest.
+    pub fn clients_need(&self) -> ClientsNeed {
+        self.clients_need
     }
 
     /// The running VM.

@@ -186,6 +186,14 @@ pub struct UpdateTiming {
     /// From the switch until the VMM's probe got the first correct answer
     /// (the release check after it not counted).
     pub service_s: f64,
+    /// From the switch until the guest reported every service running
+    /// (`services-ready`; debian: MariaDB included), whether or not the
+    /// clients waited for it; `None` where it did not within the service
+    /// timeout.
+    pub all_services_s: Option<f64>,
+    /// Whether clients were held at the host until the data-dependent
+    /// services ran ([`crate::ClientsNeed`]; only debian holds them).
+    pub clients_held: bool,
     /// The restore ran on a QEMU launched beforehand.
     pub standby: bool,
     /// Whether a phase snapshot of the new kernel exists afterwards.
@@ -264,6 +272,11 @@ impl Sut {
                 return Err(self.roll_back(strategy, why));
             }
         };
+        let all_services_at = self
+            .vm()
+            .wait_phase("services-ready", SERVICE_TIMEOUT)
+            .ok()
+            .and_then(|_| self.vm().phase_instant("services-ready"));
         // The switched guest's disks: the clone's directory, where there is
         // a root disk; the primary's root writes since the clone go with it.
         if let Some(root) = shadow.as_mut().and_then(|s| s.root.take()) {
@@ -301,6 +314,8 @@ impl Sut {
             quiesce_s: quiesced_at.duration_since(switch_at).as_secs_f64(),
             switch_s: running_at.duration_since(quiesced_at).as_secs_f64(),
             service_s: served_at.duration_since(switch_at).as_secs_f64(),
+            all_services_s: all_services_at.map(|at| at.saturating_duration_since(switch_at).as_secs_f64()),
+            clients_held: self.holds_clients(),
             standby: switched.standby,
             phase_snapshot,
             prepare_at,
