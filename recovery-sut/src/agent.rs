@@ -175,6 +175,35 @@ pub(crate) fn next_seq() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
 }
 
+/// Why an agent command ([`AgentChannel::request`]) did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The channel could not take the line.
+    #[error("cannot send `{command}` to the guest agent: {source}")]
+    Send {
+        /// The command line.
+        command: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The guest answered `kfi failed`.
+    #[error("the guest could not `{command}`: {why}")]
+    Refused {
+        /// The command line.
+        command: String,
+        /// The guest's reason.
+        why: String,
+    },
+    /// No answer in time.
+    #[error("no answer to `{command}` within {timeout:?}")]
+    NoAnswer {
+        /// The command line.
+        command: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
+}
+
 /// A boot phase as the host saw it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PhaseEvent {
@@ -288,6 +317,22 @@ impl AgentChannel {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         writer.write_all(format!("kfi-cmd {command}\n").as_bytes())?;
         writer.flush()
+    }
+
+    /// Sends `template` with `{seq}` replaced by a fresh sequence number
+    /// and waits for the guest's answer to that number: its
+    /// acknowledgement, or `kfi failed` with a reason.
+    pub fn request(&self, template: &str, timeout: Duration) -> Result<(), RequestError> {
+        let seq = next_seq();
+        let command = template.replace("{seq}", &seq.to_string());
+        if let Err(source) = self.send(&command) {
+            return Err(RequestError::Send { command, source });
+        }
+        match self.wait_reply(seq, timeout) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(why)) => Err(RequestError::Refused { command, why }),
+            None => Err(RequestError::NoAnswer { command, timeout }),
+        }
     }
 
     /// Every phase seen so far, in arrival order.

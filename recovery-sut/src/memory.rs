@@ -32,6 +32,14 @@ pub enum MemoryError {
         /// How long it waited.
         timeout: Duration,
     },
+    /// The guest answered that it could not.
+    #[error("the guest could not `{command}`: {why}")]
+    Refused {
+        /// The command.
+        command: String,
+        /// Its reason.
+        why: String,
+    },
     /// Writing to the agent or to a file failed.
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -81,7 +89,7 @@ pub fn make_fill_disk(path: &Path, mib: u64, seed: u64) -> Result<(), MemoryErro
     std::fs::rename(&partial, path).map_err(err("rename into", path))
 }
 
-use crate::agent::next_seq;
+use crate::agent::{next_seq, RequestError};
 
 /// The agent reads commands only once its heartbeat loop runs (a moment
 /// after `services-ready`); anything sent before is lost.
@@ -95,14 +103,11 @@ fn agent_listening(vm: &Vm) -> Result<(), MemoryError> {
 
 fn command(vm: &Vm, verb: &str, timeout: Duration) -> Result<(), MemoryError> {
     agent_listening(vm)?;
-    let seq = next_seq();
-    let line = format!("{verb} {seq}");
-    vm.agent().send(&line).map_err(|source| MemoryError::Io { action: "send to", path: "the agent".into(), source })?;
-    if vm.agent().wait_ack(seq, timeout) {
-        Ok(())
-    } else {
-        Err(MemoryError::NoAnswer { command: line, timeout })
-    }
+    vm.agent().request(&format!("{verb} {{seq}}"), timeout).map_err(|e| match e {
+        RequestError::Send { source, .. } => MemoryError::Io { action: "send to", path: "the agent".into(), source },
+        RequestError::NoAnswer { command, timeout } => MemoryError::NoAnswer { command, timeout },
+        RequestError::Refused { command, why } => MemoryError::Refused { command, why },
+    })
 }
 
 /// Has the guest read its fill disk (`VmConfig::fill_disk`) through the

@@ -19,7 +19,7 @@ use super::error::RecoveryError;
 use super::shadow::{self, RootClone, Shadow};
 use super::snapshots::Which;
 use super::sut::{Sut, RETAKE_READY, RETAKE_SETTLE, SERVICE_TIMEOUT};
-use crate::agent::next_seq;
+use crate::agent::RequestError;
 use crate::guest::GuestImage;
 use crate::snapshot::Snapshot;
 use crate::vm::{Vm, VmError};
@@ -327,14 +327,13 @@ impl Sut {
     /// Sends `command` (`{seq}` replaced by a fresh number) and waits for
     /// its acknowledgement.
     fn command(&mut self, command: &str, step: &'static str) -> Result<(), UpdateError> {
-        let seq = next_seq();
-        let line = command.replace("{seq}", &seq.to_string());
-        let agent = self.vm().agent().clone();
-        agent.send(&line).map_err(|source| RecoveryError::Io { what: "the agent command", source })?;
-        match agent.wait_reply(seq, COMMAND_TIMEOUT) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(why)) => Err(UpdateError::Guest { step, why }),
-            None => Err(UpdateError::Guest { step, why: format!("no answer to `{line}` within {COMMAND_TIMEOUT:?}") }),
+        match self.vm().agent().request(command, COMMAND_TIMEOUT) {
+            Ok(()) => Ok(()),
+            Err(RequestError::Send { source, .. }) => {
+                Err(RecoveryError::Io { what: "the agent command", source }.into())
+            }
+            Err(RequestError::Refused { why, .. }) => Err(UpdateError::Guest { step, why }),
+            Err(e @ RequestError::NoAnswer { .. }) => Err(UpdateError::Guest { step, why: e.to_string() }),
         }
     }
 
