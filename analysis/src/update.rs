@@ -405,7 +405,7 @@ pub fn headline(summary: &[UpdateSummary], guest: &str) -> String {
                         });
                     let all = match (shadow.all_services_median_s, reboot.all_services_median_s) {
                         (Some(a), Some(b)) => format!(
-                            "; every service running again (the data disk mounted{}) {a:.3} s after the switch began vs {b:.3} s",
+                            "; the guest reported every service running (the data disk mounted{}) {a:.3} s after the switch began vs {b:.3} s",
                             if guest == "debian" { ", MariaDB started" } else { "" }
                         ),
                         _ => String::new(),
