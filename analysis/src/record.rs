@@ -495,15 +495,27 @@ pub struct RecoveryStages {
     pub first_correct_s: Option<f64>,
 }
 
+/// How late the guest agent may report a phase after it happened (it polls
+/// systemd every 50 ms, then writes to its port): a stage reported this soon
+/// after the first correct answer still came before it.
+pub const AGENT_REPORT_LAG_S: f64 = 0.5;
+
 impl RecoveryStages {
     /// The stages from instants on one clock (seconds): the guest running
     /// again, the data disk mounted, the database ready and the first
     /// correct answer. A stage whose instant is missing, or lies before
-    /// `running` (a phase of the guest before the failure), did not happen.
+    /// `running` (a phase of the guest before the failure), did not happen;
+    /// one that ended after the first correct answer (clients of static
+    /// pages are answered while the data disk is mounted and the database
+    /// starts) is no part of the downtime's split: `None` too.
     pub fn from_instants(running: f64, mounted: Option<f64>, database: Option<f64>, first: Option<f64>) -> Self {
+        let first_at = first.filter(|&t| t >= running);
         let mut last = running;
         let mut stage = |at: Option<f64>| {
             let at = at.filter(|&t| t >= running)?;
+            if first_at.is_some_and(|f| at > f + AGENT_REPORT_LAG_S) {
+                return None;
+            }
             let s = (at - last).max(0.0);
             last = last.max(at);
             Some(s)
@@ -716,9 +728,13 @@ mod tests {
         // A phase dated before the guest ran again belongs to the old boot.
         let s = RecoveryStages::from_instants(10.0, Some(3.0), Some(11.0), Some(11.5));
         assert_eq!((s.data_mount_s, s.database_s, s.first_correct_s), (None, Some(1.0), Some(0.5)));
-        // A first answer before the database was ready (a static page) counts as no wait.
-        let s = RecoveryStages::from_instants(10.0, Some(10.5), Some(12.0), Some(11.0));
-        assert_eq!(s.first_correct_s, Some(0.0));
+        // A first answer the agent's report of the database lags a little counts as no wait.
+        let s = RecoveryStages::from_instants(10.0, Some(10.5), Some(12.0), Some(11.8));
+        assert_eq!((s.data_mount_s, s.database_s, s.first_correct_s), (Some(0.5), Some(1.5), Some(0.0)));
+        // Static pages answered long before the data disk and the database
+        // came up: those stages are no part of the downtime.
+        let s = RecoveryStages::from_instants(10.0, Some(14.0), Some(22.0), Some(10.5));
+        assert_eq!((s.data_mount_s, s.database_s, s.first_correct_s), (None, None, Some(0.5)));
     }
 
     /// The stored name of every value is its serde name, and parses back.

@@ -804,18 +804,22 @@ pub fn recovery_stages(records: &[ExperimentRecord]) -> Option<Table> {
         .chain([col("downtime_s", "downtime (s)")])
         .collect(),
         rows,
-        note: "Medians over the recovered experiments of each strategy that ran (fallbacks counted under the \
+        note: format!(
+            "Medians over the recovered experiments of each strategy that ran (fallbacks counted under the \
                strategy they fell back to). Stages follow one another: detection runs from the injection to the \
                VMM's detection; reset or restore until the guest runs again (a full reboot: until its boot reached \
                the phase boundary); data disk mount until the guest agent reported the data disk mounted (its \
                journal replayed); database start until mariadb.service turned active (MariaDB told systemd it \
                serves: InnoDB crash recovery included); first correct answer until the end of the workload's first correct \
-               answer to a request sent after the failure (RUBiS: a database page), 0 when it came before the agent's report of the stage \
-               before it (the agent polls). Agent phases are dated on the host. A dash: the stage \
-               did not happen (a service restore mounts nothing, the tiny guest has no database). Downtime \
+               answer to a request sent after the failure (RUBiS: a database page), 0 when it came at most {lag} s before the agent's \
+               report of the stage before it (the agent polls). Agent phases are dated on the host. A dash: the stage \
+               did not happen (a service restore mounts nothing, the tiny guest has no database), or ended more than \
+               {lag} s after the first correct answer and so is no part of the downtime (static pages are answered \
+               while the data disk is mounted and MariaDB starts: clients that need no database are not held). Downtime \
                (client-seen, as above) starts at the last correct answer before the failure, so it need not \
-               equal the stages' sum."
-            .into(),
+               equal the stages' sum.",
+            lag = crate::record::AGENT_REPORT_LAG_S
+        ),
     })
 }
 
