@@ -164,8 +164,7 @@ impl PhaseBoundary {
 /// What the clients' requests need of the guest, which decides when they
 /// are forwarded again after a recovery or update that starts the
 /// data-dependent services ([`PhaseBoundary::admit_for`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClientsNeed {
     /// The data-dependent services too (RUBiS's pages need MariaDB): held
     /// at the host until the profile's `admit_after` phase. The default:

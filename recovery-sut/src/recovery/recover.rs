@@ -227,7 +227,7 @@ impl Sut {
 
     /// Forwards clients to a guest whose data-dependent services were
     /// started again (by `after`), once they run, where the profile holds
-    /// them until then (`PhaseBoundary::admit_after`); a guest that never
+    /// them until then (`PhaseBoundary::admit_for` the clients' need); a guest that never
     /// reports that phase gets them anyway, with a warning.
     pub(super) fn admit_clients(&mut self, after: &dyn std::fmt::Display) -> Result<(), VmError> {
         if let Some(phase) = self.image.profile().phase_boundary().admit_for(self.clients_need) {

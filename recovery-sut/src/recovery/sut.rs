@@ -249,11 +249,6 @@ impl Sut {
         self.clients_need = need;
     }
 
-    /// What the clients' requests need of the guest.
-    pub fn clients_need(&self) -> ClientsNeed {
-        self.clients_need
-    }
-
     /// The running VM.
     pub fn vm(&mut self) -> &mut Vm {
         self.vm.as_mut().expect("the SUT always holds a VM between calls")
