@@ -230,7 +230,7 @@ impl Shadow {
 }
 
 /// The last lines of a VM's console, for an error message.
-fn console_tail(vm: &Vm) -> String {
+pub(super) fn console_tail(vm: &Vm) -> String {
     let text = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(6).collect();
     if lines.is_empty() {

@@ -478,8 +478,10 @@ impl Sut {
     /// that the guest runs the new kernel. Returns when that answer came.
     fn admit_and_check(&mut self, next: &GuestImage, strategy: UpdateStrategy) -> Result<Instant, String> {
         self.admit_clients(&strategy).map_err(|e| e.to_string())?;
-        let served_at =
-            self.first_correct_answer().map_err(|e| format!("no correct answer within {SERVICE_TIMEOUT:?}: {e}"))?;
+        let served_at = self.first_correct_answer().map_err(|e| {
+            let console = shadow::console_tail(self.vm());
+            format!("no correct answer within {SERVICE_TIMEOUT:?}: {e}; the guest's console ended: {console}")
+        })?;
         let release = self.vm().agent().wait_release(SERVICE_TIMEOUT);
         match release {
             Some(r) if r == next.kernel.release => Ok(served_at),
