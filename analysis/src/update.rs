@@ -317,6 +317,15 @@ pub struct UpdateSummary {
     pub all_services_reduction_vs_reboot: Option<f64>,
 }
 
+/// The value every item has, `None` when they differ or there are none.
+fn the_one<T: Ord>(values: impl Iterator<Item = T>) -> Option<T> {
+    let mut distinct: BTreeSet<T> = values.collect();
+    match distinct.len() {
+        1 => distinct.pop_first(),
+        _ => None,
+    }
+}
+
 /// Per-strategy figures in strategy order, with the reduction against the
 /// reboot's median.
 pub fn summarize(records: &[UpdateRecord]) -> Vec<UpdateSummary> {
@@ -344,13 +353,7 @@ pub fn summarize(records: &[UpdateRecord]) -> Vec<UpdateSummary> {
                     served.iter().filter_map(|r| r.shadow.as_ref().map(|s| s.boot_s)),
                 ),
                 all_services_median_s: kfi_stats::median(served.iter().filter_map(|r| r.all_services_s)),
-                clients_held: {
-                    let held: BTreeSet<Option<bool>> = served.iter().map(|r| r.clients_held).collect();
-                    match held.into_iter().collect::<Vec<_>>()[..] {
-                        [one] => one,
-                        _ => None,
-                    }
-                },
+                clients_held: the_one(served.iter().map(|r| r.clients_held)).flatten(),
                 writes_acked: mine.iter().map(|r| r.writes_acked).sum(),
                 writes_lost: mine.iter().map(|r| r.writes_lost.len()).sum(),
                 reduction_vs_reboot: None,
@@ -516,11 +519,10 @@ pub fn write_update_report(
     md += "- Every update starts from a freshly booted guest on the old kernel, its service snapshot taken, under closed-loop static HTTP clients (the document set, each answer checked byte for byte) and an availability probe (the index page every 10 ms); a writer appends acknowledged, synced writes to the data disk through the guest agent before, during and after the update (one at a time, 100 ms after the last answer), and the data disk is read back afterwards.\n";
     md += "- The switch begins when the old kernel is told to stop the data disk's writers (`quiesce`: on debian MariaDB's orderly stop, then the data disk remounted read-only; the old kernel still serves what needs no database meanwhile), after kexec's load or the shadow's snapshot, while it served. reboot: the guest reboots (tiny: `reboot -f`; debian: `systemctl reboot`), QEMU (told `set-action reboot=shutdown`) exits and a new QEMU boots the new kernel. kexec: the agent loaded the new kernel (`kexec -l`, a bzImage the new kernel decompresses itself) while serving, then jumps into it in the same QEMU (debian: `systemctl kexec`). shadow-reboot: a shadow QEMU (network `restrict=on`, disks of its own, the data disk a throwaway overlay never mounted) boots the new kernel to the phase boundary, is snapshotted there and stopped; a standby QEMU is launched on that snapshot with the primary's ports and disks; the switch kills the primary and restores the standby, which mounts the data disk and starts the data-dependent services.\n";
     md += "- Reboot and kexec boot the new kernel straight through, as a plain reboot does; the new kernel's phase snapshot is then taken from a shadow boot of it off the downtime path (a ShadowReboot's is the shadow's own), and after every strategy the service snapshot is taken again on the new kernel once the data disk is quiet. Where the guest profile holds clients until its data-dependent services run (debian: until MariaDB serves), only clients whose requests need them are held, under every strategy alike.\n";
-    let held: BTreeSet<Option<bool>> = records.iter().filter(|r| r.error.is_none()).map(|r| r.clients_held).collect();
-    md += &match held.into_iter().collect::<Vec<_>>()[..] {
-        [Some(false)] => format!("- Clients were forwarded to the new kernel as soon as it ran (every record's `clients_held` is false): their static pages need only the web server, which runs at the phase boundary ({}), not the data-dependent services; the data disk's mount{} behind them. `all services running` is the time from the switch until the guest reported `services-ready`, the data-dependent services included.{}\n", if guest == "debian" { "Apache with PHP" } else { "busybox httpd" }, if guest == "debian" { " and MariaDB's start happen" } else { " happens" }, if guest == "debian" { " Unheld clients also reach a guest that is still booting or starting MariaDB, whose one vCPU their requests share: that lengthens a reboot's way to its first answer and MariaDB's start after every strategy." } else { "" }),
-        [Some(true)] => "- Clients were held at the host until the data-dependent services ran (every record's `clients_held` is true).\n".to_string(),
-        [None] => "- These records predate `clients_held`: at their commit debian held every client until MariaDB ran and tiny held none.\n".to_string(),
+    md += &match the_one(records.iter().filter(|r| r.error.is_none()).map(|r| r.clients_held)) {
+        Some(Some(false)) => format!("- Clients were forwarded to the new kernel as soon as it ran (every record's `clients_held` is false): their static pages need only the web server, which runs at the phase boundary ({}), not the data-dependent services; the data disk's mount{} behind them. `all services running` is the time from the switch until the guest reported `services-ready`, the data-dependent services included.{}\n", if guest == "debian" { "Apache with PHP" } else { "busybox httpd" }, if guest == "debian" { " and MariaDB's start happen" } else { " happens" }, if guest == "debian" { " Unheld clients also reach a guest that is still booting or starting MariaDB, whose one vCPU their requests share: that lengthens a reboot's way to its first answer and MariaDB's start after every strategy." } else { "" }),
+        Some(Some(true)) => "- Clients were held at the host until the data-dependent services ran (every record's `clients_held` is true).\n".to_string(),
+        Some(None) => "- These records predate `clients_held`: at their commit debian held every client until MariaDB ran and tiny held none.\n".to_string(),
         _ => "- The records differ in whether clients were held until the data-dependent services ran (`clients_held`): compare like with like.\n".to_string(),
     };
     md += match guest.as_str() {
