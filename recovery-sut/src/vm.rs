@@ -709,6 +709,12 @@ impl Vm {
         self.run_dir().join("console.log")
     }
 
+    /// The last lines of the guest's console, for an error message.
+    pub fn console_tail(&self) -> String {
+        let text = std::fs::read(self.console_log()).unwrap_or_default();
+        last_console_lines(&String::from_utf8_lossy(&text))
+    }
+
     /// Host address forwarded to the guest's port 80.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
@@ -947,6 +953,18 @@ fn read_tail(path: &Path) -> String {
     }
 }
 
+/// The last six non-empty lines of a console, joined, without the
+/// terminal's escape sequences (systemd colours its console and redraws
+/// its progress lines).
+fn last_console_lines(text: &str) -> String {
+    let text = console::strip_ansi_codes(text);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).rev().take(6).collect();
+    if lines.is_empty() {
+        return "(nothing)".into();
+    }
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
 fn round_ms(s: f64) -> f64 {
     (s * 1000.0).round() / 1000.0
 }
@@ -956,4 +974,19 @@ pub fn qemu_version() -> Result<String, ToolError> {
     let out = tools::QEMU.run(["--version"], None)?;
     let first = out.lines().next().unwrap_or_default();
     Ok(first.trim_start_matches("QEMU emulator version ").trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_tails_leave_out_terminal_codes_and_empty_lines() {
+        let line = "\u{1b}M\u{1b}[K[\u{1b}[0;32m  OK  \u{1b}[0m] Started \u{1b}[0;1;39mmariadb.service\u{1b}[0m.";
+        assert_eq!(last_console_lines(line), "[  OK  ] Started mariadb.service.");
+        assert_eq!(last_console_lines("plain"), "plain");
+        assert_eq!(last_console_lines("cut \u{1b}[0;3"), "cut");
+        assert_eq!(last_console_lines("1\n2\n\n3\n4\n5\n6\n7\n"), "2 | 3 | 4 | 5 | 6 | 7");
+        assert_eq!(last_console_lines(""), "(nothing)");
+    }
 }

@@ -180,7 +180,7 @@ fn boot_held(
             },
         };
         if let Some(why) = failed {
-            let console = console_tail(&vm);
+            let console = vm.console_tail();
             vm.kill();
             return Err(format!("{why}; its console ended with: {console}"));
         }
@@ -226,51 +226,5 @@ impl Shadow {
     pub(super) fn restore(&mut self, next: &GuestImage, primary: &VmConfig, open: bool) -> Result<(Vm, bool), VmError> {
         let config = self.config.clone().unwrap_or_else(|| primary.clone());
         super::standby::restore(self.standby.take(), next, &config, &self.snapshot, "shadow", open)
-    }
-}
-
-/// The last lines of a VM's console, for an error message.
-pub(super) fn console_tail(vm: &Vm) -> String {
-    let text = std::fs::read(vm.console_log()).unwrap_or_default();
-    let text = without_terminal_codes(&String::from_utf8_lossy(&text));
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).rev().take(6).collect();
-    if lines.is_empty() {
-        return "(nothing)".into();
-    }
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
-}
-
-/// `text` without the terminal's escape sequences (systemd colours its
-/// console and redraws its progress lines).
-fn without_terminal_codes(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        // CSI: `ESC [`, parameters, then one final letter; else one character.
-        if chars.next() == Some('[') {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn terminal_codes_are_left_out_of_console_lines() {
-        let line = "\u{1b}M\u{1b}[K[\u{1b}[0;32m  OK  \u{1b}[0m] Started \u{1b}[0;1;39mmariadb.service\u{1b}[0m.";
-        assert_eq!(without_terminal_codes(line), "[  OK  ] Started mariadb.service.");
-        assert_eq!(without_terminal_codes("plain"), "plain");
-        assert_eq!(without_terminal_codes("cut \u{1b}[0;3"), "cut ");
     }
 }

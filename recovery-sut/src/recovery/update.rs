@@ -479,7 +479,7 @@ impl Sut {
     fn admit_and_check(&mut self, next: &GuestImage, strategy: UpdateStrategy) -> Result<Instant, String> {
         self.admit_clients(&strategy).map_err(|e| e.to_string())?;
         let served_at = self.first_correct_answer().map_err(|e| {
-            let console = shadow::console_tail(self.vm());
+            let console = self.vm().console_tail();
             format!("no correct answer within {SERVICE_TIMEOUT:?}: {e}; the guest's console ended: {console}")
         })?;
         let release = self.vm().agent().wait_release(SERVICE_TIMEOUT);
